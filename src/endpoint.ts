@@ -1,0 +1,173 @@
+import { isIP } from 'node:net';
+import { ErrorCode, PodpoolError } from './errors.ts';
+
+/**
+ * One pod's address as discovery sees it. Conditions follow Kubernetes EndpointSlices:
+ * `ready` means it may take new work; `serving && terminating` means it is shutting down but
+ * still answers in-flight work; a source that knows nothing better reports ready endpoints.
+ */
+export interface Endpoint {
+  /** `address:port` (`[v6]:port` for IPv6); unique within a set. */
+  readonly key: string;
+  /** An IPv4 or IPv6 address, never a host name. */
+  readonly address: string;
+  readonly port: number;
+  readonly ready: boolean;
+  readonly serving: boolean;
+  readonly terminating: boolean;
+  readonly podName?: string;
+  readonly nodeName?: string;
+  readonly zone?: string;
+  /** Zones this endpoint should serve (EndpointSlice topology hints). */
+  readonly hintZones?: readonly string[];
+}
+
+/** What a source passes to {@link createEndpoint}: conditions default to ready and serving. */
+export interface EndpointInit {
+  address: string;
+  port: number;
+  ready?: boolean;
+  serving?: boolean;
+  terminating?: boolean;
+  podName?: string;
+  nodeName?: string;
+  zone?: string;
+  hintZones?: readonly string[];
+}
+
+/** The key of an address and port: `10.0.0.1:80`, `[fd00::1]:80`. */
+export function endpointKey(address: string, port: number): string {
+  return isIP(address) === 6 ? `[${address}]:${port}` : `${address}:${port}`;
+}
+
+/** Validates and freezes an endpoint; throws `PODPOOL_INVALID_ENDPOINT` naming what is wrong. */
+export function createEndpoint(init: EndpointInit): Endpoint {
+  if (init === null || typeof init !== 'object') {
+    throw new PodpoolError(ErrorCode.INVALID_ENDPOINT, `an endpoint must be an object, got ${String(init)}`);
+  }
+  const { address, port } = init;
+  if (typeof address !== 'string' || isIP(address) === 0) {
+    throw new PodpoolError(
+      ErrorCode.INVALID_ENDPOINT,
+      `endpoint address must be an IPv4 or IPv6 address, got ${JSON.stringify(address)}`,
+    );
+  }
+  if (!Number.isInteger(port) || port < 1 || port > 65535) {
+    throw new PodpoolError(
+      ErrorCode.INVALID_ENDPOINT,
+      `endpoint port must be an integer from 1 to 65535, got ${JSON.stringify(port)} (for ${address})`,
+    );
+  }
+  const terminating = init.terminating ?? false;
+  const serving = init.serving ?? !terminating;
+  const endpoint: Endpoint = {
+    key: endpointKey(address, port),
+    address,
+    port,
+    ready: init.ready ?? (serving && !terminating),
+    serving,
+    terminating,
+    ...(init.podName !== undefined && { podName: init.podName }),
+    ...(init.nodeName !== undefined && { nodeName: init.nodeName }),
+    ...(init.zone !== undefined && { zone: init.zone }),
+    ...(init.hintZones !== undefined && { hintZones: Object.freeze([...init.hintZones]) }),
+  };
+  return Object.freeze(endpoint);
+}
+
+/** What changed between two snapshots. */
+export interface EndpointDiff {
+  readonly added: readonly Endpoint[];
+  readonly removed: readonly Endpoint[];
+  /** Same key, other conditions or metadata: `[before, after]`. */
+  readonly changed: readonly (readonly [Endpoint, Endpoint])[];
+}
+
+/**
+ * An immutable snapshot of every endpoint a source knows, keyed by `address:port`. Sources emit
+ * whole snapshots, never deltas, so a relist can't leave ghosts behind.
+ */
+export class EndpointSet implements Iterable<Endpoint> {
+  static readonly empty: EndpointSet = new EndpointSet([]);
+
+  readonly #byKey: ReadonlyMap<string, Endpoint>;
+
+  /** Builds a set; a key given twice keeps the last one (sources merge before they build). */
+  constructor(endpoints: Iterable<Endpoint | EndpointInit>) {
+    const byKey = new Map<string, Endpoint>();
+    for (const e of endpoints) {
+      const endpoint = isEndpoint(e) ? e : createEndpoint(e);
+      byKey.set(endpoint.key, endpoint);
+    }
+    this.#byKey = byKey;
+    Object.freeze(this);
+  }
+
+  get size(): number {
+    return this.#byKey.size;
+  }
+
+  get(key: string): Endpoint | undefined {
+    return this.#byKey.get(key);
+  }
+
+  has(key: string): boolean {
+    return this.#byKey.has(key);
+  }
+
+  [Symbol.iterator](): Iterator<Endpoint> {
+    return this.#byKey.values();
+  }
+
+  /** The endpoints in key order, which makes output and tests stable. */
+  toArray(): Endpoint[] {
+    return [...this.#byKey.values()].sort((a, b) => (a.key < b.key ? -1 : a.key > b.key ? 1 : 0));
+  }
+
+  /** The endpoints that may take new work. */
+  ready(): Endpoint[] {
+    return this.toArray().filter((e) => e.ready);
+  }
+
+  /** What is new, gone and changed in this set compared with `previous`. */
+  diff(previous: EndpointSet): EndpointDiff {
+    const added: Endpoint[] = [];
+    const changed: (readonly [Endpoint, Endpoint])[] = [];
+    const removed: Endpoint[] = [];
+    for (const e of this.#byKey.values()) {
+      const before = previous.get(e.key);
+      if (before === undefined) added.push(e);
+      else if (!sameEndpoint(before, e)) changed.push([before, e]);
+    }
+    for (const e of previous) if (!this.#byKey.has(e.key)) removed.push(e);
+    return { added, removed, changed };
+  }
+
+  /** True when both sets hold the same endpoints with the same conditions. */
+  equals(other: EndpointSet): boolean {
+    if (other.size !== this.size) return false;
+    for (const e of this.#byKey.values()) {
+      const o = other.get(e.key);
+      if (o === undefined || !sameEndpoint(o, e)) return false;
+    }
+    return true;
+  }
+}
+
+function isEndpoint(e: Endpoint | EndpointInit): e is Endpoint {
+  return typeof (e as Endpoint).key === 'string' && Object.isFrozen(e);
+}
+
+/** Same key, conditions and metadata. */
+export function sameEndpoint(a: Endpoint, b: Endpoint): boolean {
+  return (
+    a.key === b.key &&
+    a.ready === b.ready &&
+    a.serving === b.serving &&
+    a.terminating === b.terminating &&
+    a.podName === b.podName &&
+    a.nodeName === b.nodeName &&
+    a.zone === b.zone &&
+    (a.hintZones ?? []).join(',') === (b.hintZones ?? []).join(',')
+  );
+}

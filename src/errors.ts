@@ -1,0 +1,90 @@
+/**
+ * Every error podpool raises is a `PodpoolError` with a stable `code` to branch on; the message
+ * says what happened and what to do about it. The original failure, if any, is in `cause`.
+ */
+
+/** The codes a `PodpoolError` can carry. */
+export const ErrorCode = {
+  /** An option passed to a factory was missing, of the wrong type or out of range. */
+  INVALID_OPTION: 'PODPOOL_INVALID_OPTION',
+  /** An endpoint (address, port) is not valid. */
+  INVALID_ENDPOINT: 'PODPOOL_INVALID_ENDPOINT',
+  /** No member is ready to take the call. */
+  NO_ENDPOINTS: 'PODPOOL_NO_ENDPOINTS',
+  /** The balancer needs a key (`use(fn, { key })`) and none was given. */
+  KEY_REQUIRED: 'PODPOOL_KEY_REQUIRED',
+  /** A call, a broadcast delivery or a wait took longer than its `timeoutMs`. */
+  TIMEOUT: 'PODPOOL_TIMEOUT',
+  /** The caller's `AbortSignal` fired. */
+  ABORTED: 'PODPOOL_ABORTED',
+  /** The pool (or source, or transport) was closed. */
+  CLOSED: 'PODPOOL_CLOSED',
+  /** A broadcast could not reach a pod because its connection is down. */
+  NOT_CONNECTED: 'PODPOOL_NOT_CONNECTED',
+  /** Opening a connection to a pod failed. */
+  CONNECT_FAILED: 'PODPOOL_CONNECT_FAILED',
+  /** A connection to a pod was lost. */
+  CONNECTION_LOST: 'PODPOOL_CONNECTION_LOST',
+  /** Discovery failed (DNS error, API server refused the request, watch broke). */
+  DISCOVERY_FAILED: 'PODPOOL_DISCOVERY_FAILED',
+  /** A message was refused by a receiver (bad signature, stale, replayed). */
+  MESSAGE_REJECTED: 'PODPOOL_MESSAGE_REJECTED',
+  /** A write would exceed a buffer's high-water mark. */
+  BACKPRESSURE: 'PODPOOL_BACKPRESSURE',
+} as const;
+
+/** One of the values of {@link ErrorCode}. */
+export type ErrorCode = (typeof ErrorCode)[keyof typeof ErrorCode];
+
+/** The one error class podpool throws; branch on `code`, never on the message. */
+export class PodpoolError extends Error {
+  readonly code: ErrorCode;
+
+  constructor(code: ErrorCode, message: string, options?: { cause?: unknown }) {
+    super(message, options);
+    this.name = 'PodpoolError';
+    this.code = code;
+  }
+}
+
+/** Throws `PODPOOL_INVALID_OPTION` naming the option, what it must be and what it got. */
+export function invalidOption(name: string, expected: string, got: unknown): never {
+  throw new PodpoolError(
+    ErrorCode.INVALID_OPTION,
+    `option ${name} must be ${expected}, got ${describe(got)}`,
+  );
+}
+
+function describe(value: unknown): string {
+  if (typeof value === 'string') return JSON.stringify(value);
+  if (typeof value === 'function') return 'a function';
+  if (value === null || typeof value !== 'object') return String(value);
+  try {
+    return JSON.stringify(value);
+  } catch {
+    return Object.prototype.toString.call(value);
+  }
+}
+
+/** Checks a numeric option at the door: finite, at least `min` (and integral when asked). */
+export function checkNumber(
+  name: string,
+  value: unknown,
+  { min = 0, integer = false, allowInfinity = false }: { min?: number; integer?: boolean; allowInfinity?: boolean } = {},
+): number {
+  const ok =
+    typeof value === 'number' &&
+    !Number.isNaN(value) &&
+    value >= min &&
+    (Number.isFinite(value) ? !integer || Number.isInteger(value) : allowInfinity);
+  if (!ok) {
+    const kind = integer ? 'an integer' : 'a number';
+    invalidOption(name, `${kind} >= ${min}${allowInfinity ? ' (or Infinity)' : ''}`, value);
+  }
+  return value as number;
+}
+
+/** The `PODPOOL_ABORTED` error for a signal, keeping the signal's reason as the cause. */
+export function abortError(signal: AbortSignal, what: string): PodpoolError {
+  return new PodpoolError(ErrorCode.ABORTED, `${what} was aborted`, { cause: signal.reason });
+}
