@@ -25,6 +25,8 @@ export const ErrorCode = {
   CONNECT_FAILED: 'PODPOOL_CONNECT_FAILED',
   /** A connection to a pod was lost. */
   CONNECTION_LOST: 'PODPOOL_CONNECTION_LOST',
+  /** A member was ejected as an outlier after failing too often in a row. */
+  EJECTED: 'PODPOOL_EJECTED',
   /** Discovery failed (DNS error, API server refused the request, watch broke). */
   DISCOVERY_FAILED: 'PODPOOL_DISCOVERY_FAILED',
   /** A message was refused by a receiver (bad signature, stale, replayed). */

@@ -28,6 +28,14 @@ export class PeakEwma {
     this.#samples++;
   }
 
+  /**
+   * A failed call only ever raises the estimate: a pod that fails fast must not look fast, but
+   * one that failed slowly (a timeout) must look slow.
+   */
+  observeFailure(latencyMs: number, now: number): void {
+    if (latencyMs > this.at(now)) this.observe(latencyMs, now);
+  }
+
   /** The estimate at `now`, decayed toward 0 since the last sample. */
   at(now: number): number {
     if (this.#samples === 0) return 0;

@@ -1,0 +1,138 @@
+import pRetry from 'p-retry';
+import type { Endpoint } from '../endpoint.ts';
+import { ErrorCode, PodpoolError, abortError, checkNumber } from '../errors.ts';
+
+/** Options of `pool.broadcast()`. */
+export interface BroadcastOptions {
+  /** Deliveries running at once. Default: all pods at once. */
+  concurrency?: number;
+  /** Deadline for the whole broadcast; pods not reached by then fail with `PODPOOL_TIMEOUT`. */
+  timeoutMs?: number;
+  /** Extra attempts per pod after a failed one (jittered exponential backoff). Default 0. */
+  retries?: number;
+  /** Aborts the broadcast; pods not reached by then fail with `PODPOOL_ABORTED`. */
+  signal?: AbortSignal;
+  /** The message id handed to every delivery; default a random UUID. Retries reuse it. */
+  id?: string;
+}
+
+/** What each delivery of a broadcast is told: the same `id` on every pod and every retry. */
+export interface Delivery {
+  readonly id: string;
+  /** 1 for the first attempt on this pod, 2 for the first retry, … */
+  readonly attempt: number;
+  /** Aborted at the broadcast's deadline or by the caller's signal. */
+  readonly signal: AbortSignal;
+}
+
+/** One pod's successful delivery. */
+export interface Delivered<T> {
+  readonly endpoint: Endpoint;
+  readonly value: T;
+  readonly attempts: number;
+}
+
+/** One pod the broadcast did not reach, and why. */
+export interface DeliveryFailure {
+  readonly endpoint: Endpoint;
+  readonly error: unknown;
+  readonly attempts: number;
+}
+
+/** The outcome of a broadcast: every pod it aimed at is in exactly one of the two lists. */
+export interface BroadcastResult<T> {
+  readonly id: string;
+  readonly delivered: readonly Delivered<T>[];
+  readonly failed: readonly DeliveryFailure[];
+  readonly durationMs: number;
+}
+
+/** The checked options a fan-out runs with. */
+export interface FanOutPlan {
+  readonly id: string;
+  readonly concurrency: number;
+  readonly timeoutMs: number | undefined;
+  readonly retries: number;
+  readonly signal: AbortSignal | undefined;
+}
+
+/** Checks broadcast options at the door. */
+export function planBroadcast(options: BroadcastOptions | undefined): FanOutPlan {
+  const { concurrency = Infinity, timeoutMs, retries = 0, signal, id = crypto.randomUUID() } = options ?? {};
+  checkNumber('concurrency', concurrency, { min: 1, integer: true, allowInfinity: true });
+  if (timeoutMs !== undefined) checkNumber('timeoutMs', timeoutMs, { min: 1 });
+  checkNumber('retries', retries, { min: 0, integer: true });
+  if (typeof id !== 'string' || id === '') {
+    throw new PodpoolError(ErrorCode.INVALID_OPTION, `option id must be a non-empty string, got ${String(id)}`);
+  }
+  return { id, concurrency, timeoutMs, retries, signal };
+}
+
+/**
+ * Runs `deliver` once per target (retrying each on its own), at most `concurrency` at a time,
+ * and sorts every target into delivered or failed. It never rejects because a delivery failed.
+ */
+export async function fanOut<M, T>(
+  targets: readonly M[],
+  endpointOf: (target: M) => Endpoint,
+  deliver: (target: M, delivery: Delivery) => Promise<T>,
+  plan: FanOutPlan,
+  clock: () => number,
+): Promise<BroadcastResult<T>> {
+  const started = clock();
+  const controller = new AbortController();
+  const { signal } = controller;
+  const onCallerAbort = (): void => controller.abort(abortError(plan.signal!, `broadcast ${plan.id}`));
+  if (plan.signal?.aborted) onCallerAbort();
+  else plan.signal?.addEventListener('abort', onCallerAbort, { once: true });
+  const timer =
+    plan.timeoutMs === undefined
+      ? undefined
+      : setTimeout(() => {
+          controller.abort(
+            new PodpoolError(ErrorCode.TIMEOUT, `broadcast ${plan.id} did not reach this pod within ${plan.timeoutMs} ms`),
+          );
+        }, plan.timeoutMs);
+
+  const outcomes: (Delivered<T> | DeliveryFailure)[] = new Array(targets.length);
+  const deliverOne = async (target: M): Promise<Delivered<T> | DeliveryFailure> => {
+    const endpoint = endpointOf(target);
+    let attempts = 0;
+    try {
+      const value = await pRetry(
+        (attempt) => {
+          attempts = attempt;
+          signal.throwIfAborted();
+          return deliver(target, { id: plan.id, attempt, signal });
+        },
+        { retries: plan.retries, minTimeout: 50, maxTimeout: 2_000, factor: 2, randomize: true, signal },
+      );
+      return { endpoint, value, attempts };
+    } catch (error) {
+      return { endpoint, error: signal.aborted ? signal.reason : error, attempts };
+    }
+  };
+
+  let next = 0;
+  const worker = async (): Promise<void> => {
+    while (next < targets.length) {
+      const i = next++;
+      outcomes[i] = await deliverOne(targets[i]);
+    }
+  };
+  try {
+    const workers = Math.min(plan.concurrency, targets.length);
+    await Promise.all(Array.from({ length: workers }, worker));
+  } finally {
+    clearTimeout(timer);
+    plan.signal?.removeEventListener('abort', onCallerAbort);
+  }
+
+  const delivered: Delivered<T>[] = [];
+  const failed: DeliveryFailure[] = [];
+  for (const o of outcomes) {
+    if ('error' in o) failed.push(o);
+    else delivered.push(o);
+  }
+  return { id: plan.id, delivered, failed, durationMs: clock() - started };
+}

@@ -1,0 +1,237 @@
+import { once } from 'node:events';
+import { connect as netConnect, type Socket } from 'node:net';
+import { connect as tlsConnect, type ConnectionOptions } from 'node:tls';
+import { Client, Dispatcher } from 'undici';
+import type { Endpoint } from '../endpoint.ts';
+import { ErrorCode, PodpoolError, checkNumber, invalidOption } from '../errors.ts';
+import type { Pool } from '../pool/pool.ts';
+import type { Connection, Transport } from './transport.ts';
+
+/** Options of {@link httpTransport}. */
+export interface HttpTransportOptions {
+  /** Requests sent on the one connection before their responses arrive (HTTP/1.1 pipelining). Default 1. */
+  pipelining?: number;
+  /** Connect with TLS, with these options (`ca`, `servername` naming the Service, …). */
+  tls?: ConnectionOptions;
+  /** Gives up on a TCP (and TLS) handshake after this long. Default 10 s. */
+  connectTimeoutMs?: number;
+  /** More undici `Client` options (`headersTimeout`, `bodyTimeout`, `maxResponseSize`, …). */
+  client?: Omit<Client.Options, 'connect' | 'pipelining'>;
+}
+
+/** undici's and the socket's codes that say the pod or the path to it failed, not the request. */
+const WIRE_FAILURES = new Set([
+  'UND_ERR_SOCKET',
+  'UND_ERR_CONNECT_TIMEOUT',
+  'UND_ERR_HEADERS_TIMEOUT',
+  'UND_ERR_BODY_TIMEOUT',
+  'UND_ERR_CLOSED',
+  'UND_ERR_DESTROYED',
+  'ECONNRESET',
+  'ECONNREFUSED',
+  'EPIPE',
+  'ETIMEDOUT',
+  'EHOSTUNREACH',
+  ErrorCode.TIMEOUT,
+  ErrorCode.CONNECTION_LOST,
+]);
+
+/**
+ * HTTP/1.1 keep-alive: one undici `Client` per pod over exactly one socket, opened before the
+ * member counts as ready and watched for as long as it lives. When the socket closes (the pod
+ * died, or it closed an idle keep-alive connection) the pool opens a new one.
+ */
+export function httpTransport(options: HttpTransportOptions = {}): Transport<Client> {
+  if (options === null || typeof options !== 'object') invalidOption('options', 'an object', options);
+  const { pipelining = 1, tls, connectTimeoutMs = 10_000, client: clientOptions = {} } = options;
+  checkNumber('pipelining', pipelining, { min: 1, integer: true });
+  checkNumber('connectTimeoutMs', connectTimeoutMs, { min: 1 });
+  if (tls !== undefined && (tls === null || typeof tls !== 'object')) invalidOption('tls', 'TLS connection options', tls);
+  if (clientOptions === null || typeof clientOptions !== 'object') invalidOption('client', 'undici Client options', clientOptions);
+
+  return {
+    name: 'http',
+    async connect(endpoint, { signal, lost }): Promise<Connection<Client>> {
+      const socket = await openSocket(endpoint, tls, connectTimeoutMs, signal);
+      let handedOver = false;
+      const client = new Client(originOf(endpoint, tls !== undefined), {
+        ...clientOptions,
+        pipelining,
+        // undici connects lazily, on the first request; it gets the socket we already opened,
+        // and never a second one: a lost socket is the pool's to replace, with its backoff.
+        // The callback must not run inside the connector: undici's resume loop is not re-entrant.
+        connect: (_opts, callback) => {
+          queueMicrotask(() => {
+            if (handedOver) {
+              callback(new PodpoolError(ErrorCode.CONNECTION_LOST, `the connection to ${endpoint.key} is closed`), null);
+              return;
+            }
+            handedOver = true;
+            callback(null, socket);
+          });
+        },
+      });
+      let socketError: Error | undefined;
+      socket.on('error', (error) => {
+        socketError = error;
+      });
+      socket.once('close', () => {
+        lost(socketError ?? new Error(`${endpoint.key} closed the connection`));
+      });
+      return {
+        client,
+        async close() {
+          await client.destroy().catch(() => {});
+          if (!socket.destroyed) socket.destroy();
+          if (!socket.closed) await once(socket, 'close');
+        },
+      };
+    },
+    isPodFailure(error) {
+      if (error === null || typeof error !== 'object') return false;
+      const { code, statusCode } = error as { code?: unknown; statusCode?: unknown };
+      if (typeof statusCode === 'number') return statusCode >= 500;
+      return typeof code === 'string' && WIRE_FAILURES.has(code);
+    },
+  };
+}
+
+function originOf(endpoint: Endpoint, secure: boolean): string {
+  const host = endpoint.address.includes(':') ? `[${endpoint.address}]` : endpoint.address;
+  return `${secure ? 'https' : 'http'}://${host}:${endpoint.port}`;
+}
+
+function openSocket(
+  endpoint: Endpoint,
+  tls: ConnectionOptions | undefined,
+  timeoutMs: number,
+  signal: AbortSignal,
+): Promise<Socket> {
+  return new Promise((resolve, reject) => {
+    signal.throwIfAborted();
+    const socket =
+      tls === undefined
+        ? netConnect({ host: endpoint.address, port: endpoint.port, noDelay: true })
+        : tlsConnect({ ALPNProtocols: ['http/1.1'], ...tls, host: endpoint.address, port: endpoint.port });
+    const cleanup = (): void => {
+      clearTimeout(timer);
+      signal.removeEventListener('abort', onAbort);
+      socket.off('error', fail);
+    };
+    const fail = (error: unknown): void => {
+      cleanup();
+      socket.destroy();
+      reject(error);
+    };
+    const onAbort = (): void => fail(signal.reason);
+    const timer = setTimeout(() => fail(new Error(`connect timed out after ${timeoutMs} ms`)), timeoutMs);
+    signal.addEventListener('abort', onAbort, { once: true });
+    socket.once('error', fail);
+    socket.once(tls === undefined ? 'connect' : 'secureConnect', () => {
+      cleanup();
+      socket.setKeepAlive(true, 60_000);
+      resolve(socket);
+    });
+  });
+}
+
+/** An HTTP status ≥ 500 seen by the dispatcher: it counts against the pod that sent it. */
+class ServerError extends Error {
+  readonly statusCode: number;
+  constructor(statusCode: number) {
+    super(`HTTP ${statusCode}`);
+    this.statusCode = statusCode;
+  }
+}
+
+/** Forwards every callback to the caller's handler and tells the pool how the request ended. */
+class RecordingHandler implements Dispatcher.DispatchHandler {
+  readonly #handler: Dispatcher.DispatchHandler;
+  readonly #end: (error?: unknown) => void;
+  #status = 0;
+
+  constructor(handler: Dispatcher.DispatchHandler, end: (error?: unknown) => void) {
+    this.#handler = handler;
+    this.#end = end;
+  }
+
+  onRequestStart(controller: Dispatcher.DispatchController, context: unknown): void {
+    this.#handler.onRequestStart?.(controller, context);
+  }
+
+  onRequestUpgrade(controller: Dispatcher.DispatchController, statusCode: number, headers: any, socket: any): void {
+    this.#end();
+    this.#handler.onRequestUpgrade?.(controller, statusCode, headers, socket);
+  }
+
+  onResponseStart(controller: Dispatcher.DispatchController, statusCode: number, headers: any, statusMessage?: string): void {
+    this.#status = statusCode;
+    this.#handler.onResponseStart?.(controller, statusCode, headers, statusMessage);
+  }
+
+  onResponseData(controller: Dispatcher.DispatchController, chunk: Buffer): void {
+    this.#handler.onResponseData?.(controller, chunk);
+  }
+
+  onResponseEnd(controller: Dispatcher.DispatchController, trailers: any): void {
+    this.#end(this.#status >= 500 ? new ServerError(this.#status) : undefined);
+    this.#handler.onResponseEnd?.(controller, trailers);
+  }
+
+  onResponseError(controller: Dispatcher.DispatchController, error: Error): void {
+    this.#end(error);
+    this.#handler.onResponseError?.(controller, error);
+  }
+}
+
+/**
+ * An undici `Dispatcher` that sends each request to a pod the pool picks, so
+ * `request(url, { dispatcher })` and `fetch(url, { dispatcher })` balance per request. The URL's
+ * path and query are kept; its host only names the Service. A 5xx or a wire error counts against
+ * the pod. Closing the dispatcher stops it taking requests; close the pool to close connections.
+ */
+export class PoolDispatcher extends Dispatcher {
+  readonly #pool: Pool<Client>;
+  #closed = false;
+
+  constructor(pool: Pool<Client>) {
+    super();
+    this.#pool = pool;
+  }
+
+  override dispatch(options: Dispatcher.DispatchOptions, handler: Dispatcher.DispatchHandler): boolean {
+    let call;
+    try {
+      if (this.#closed) throw new PodpoolError(ErrorCode.CLOSED, 'the dispatcher is closed');
+      call = this.#pool.begin();
+    } catch (error) {
+      handler.onResponseError?.(null as unknown as Dispatcher.DispatchController, error as Error);
+      return false;
+    }
+    return call.client.dispatch(options, new RecordingHandler(handler, call.end));
+  }
+
+  override close(): Promise<void>;
+  override close(callback: () => void): void;
+  override close(callback?: () => void): Promise<void> | void {
+    this.#closed = true;
+    if (callback === undefined) return Promise.resolve();
+    queueMicrotask(callback);
+  }
+
+  override destroy(): Promise<void>;
+  override destroy(error: Error | null): Promise<void>;
+  override destroy(callback: () => void): void;
+  override destroy(error: Error | null, callback: () => void): void;
+  override destroy(a?: Error | null | (() => void), b?: () => void): Promise<void> | void {
+    this.#closed = true;
+    const callback = typeof a === 'function' ? a : b;
+    if (callback === undefined) return Promise.resolve();
+    queueMicrotask(callback);
+  }
+}
+
+/** An undici `Dispatcher` over an HTTP pool: `fetch(url, { dispatcher: httpDispatcher(pool) })`. */
+export function httpDispatcher(pool: Pool<Client>): PoolDispatcher {
+  return new PoolDispatcher(pool);
+}
