@@ -1,0 +1,316 @@
+import assert from 'node:assert/strict';
+import { once } from 'node:events';
+import { describe, it, type TestContext } from 'node:test';
+import type { Client } from 'undici';
+import { fetch, request } from 'undici';
+import {
+  EndpointSet,
+  ErrorCode,
+  PodpoolError,
+  createPool,
+  httpDispatcher,
+  httpTransport,
+  staticEndpoints,
+  type EndpointSource,
+  type Pool,
+  type SourceSink,
+  type StateChange,
+} from '../../src/index.ts';
+import { startHttpPods, stopPods, type HttpPod } from '../support/http-pods.ts';
+
+const quickReconnect = { minMs: 5, maxMs: 20, factor: 2 };
+
+function endpointsOf(pods: readonly HttpPod[]) {
+  return pods.map((p) => ({ address: p.address, port: p.port }));
+}
+
+/** Resolves when the member for `key` reaches `to`. */
+function stateReached(pool: Pool<Client>, key: string, to: StateChange['to']): Promise<StateChange> {
+  return new Promise((resolve) => {
+    const listener = (change: StateChange): void => {
+      if (change.endpoint.key === key && change.to === to) {
+        pool.off('state', listener);
+        resolve(change);
+      }
+    };
+    pool.on('state', listener);
+  });
+}
+
+/** How many handles of each kind are alive now (the test runner's own Immediates left out). */
+function activeResources(): Map<string, number> {
+  const counts = new Map<string, number>();
+  for (const r of process.getActiveResourcesInfo()) if (r !== 'Immediate') counts.set(r, (counts.get(r) ?? 0) + 1);
+  return counts;
+}
+
+/** Asserts that nothing alive now was not alive at `before`. */
+function assertNothingLeft(before: Map<string, number>): void {
+  for (const [kind, n] of activeResources()) {
+    assert.ok(n <= (before.get(kind) ?? 0), `${n - (before.get(kind) ?? 0)} ${kind} left behind`);
+  }
+}
+
+async function get(client: Client, path = '/'): Promise<string> {
+  const res = await client.request({ method: 'GET', path });
+  return res.body.text();
+}
+
+/** Runs the cleanups after the test, last registered first. */
+function cleanupAfter(t: TestContext) {
+  const steps: (() => Promise<void>)[] = [];
+  t.after(async () => {
+    for (const step of steps.reverse()) await step();
+  });
+  return { push: (...more: (() => Promise<void>)[]) => void steps.push(...more) };
+}
+
+describe('httpTransport against real HTTP servers on loopback', () => {
+
+  it('balances requests over exactly one keep-alive connection per pod', async (t) => {
+    const cleanup = cleanupAfter(t);
+    const pods = await startHttpPods(3, { first: 11 });
+    const pool = createPool({ source: staticEndpoints(endpointsOf(pods)), transport: httpTransport() });
+    cleanup.push(() => stopPods(pods), () => pool.close());
+    await pool.ready({ minEndpoints: 3 });
+
+    for (let i = 0; i < 300; i++) {
+      await pool.use(async (client, endpoint) => {
+        assert.equal(await get(client), endpoint.key, 'the call went to the pod it was given');
+      });
+    }
+    assert.deepEqual(
+      pods.map((p) => p.requests),
+      [100, 100, 100],
+    );
+    assert.deepEqual(
+      pods.map((p) => p.connections),
+      [1, 1, 1],
+      'one keep-alive connection per pod, reused by every request',
+    );
+    const stats = pool.stats();
+    assert.deepEqual(
+      stats.members.map((m) => [m.state, m.requests, m.failures, m.inFlight]),
+      [
+        ['ready', 100, 0, 0],
+        ['ready', 100, 0, 0],
+        ['ready', 100, 0, 0],
+      ],
+    );
+  });
+
+  it('httpDispatcher balances fetch() and request() per request', async (t) => {
+    const cleanup = cleanupAfter(t);
+    const pods = await startHttpPods(3, { first: 21 });
+    const pool = createPool({ source: staticEndpoints(endpointsOf(pods)), transport: httpTransport() });
+    cleanup.push(() => stopPods(pods), () => pool.close());
+    await pool.ready({ minEndpoints: 3 });
+    const dispatcher = httpDispatcher(pool);
+
+    const served = new Map<string, number>();
+    for (let i = 0; i < 30; i++) {
+      const viaFetch = await (await fetch('http://backend.default.svc:8080/fetch', { dispatcher })).text();
+      const viaRequest = await (await request('http://backend.default.svc:8080/request', { dispatcher })).body.text();
+      for (const key of [viaFetch, viaRequest]) served.set(key, (served.get(key) ?? 0) + 1);
+    }
+    assert.deepEqual(
+      [...served.entries()].sort(),
+      pods.map((p) => [p.key, 20]),
+    );
+    assert.deepEqual(
+      pods.map((p) => p.connections),
+      [1, 1, 1],
+    );
+  });
+
+  it('httpDispatcher counts a 5xx against the pod and a 404 not', async (t) => {
+    const cleanup = cleanupAfter(t);
+    const pods = await startHttpPods(1, {
+      first: 31,
+      handler: (_pod, req, res) => {
+        req.resume();
+        res.statusCode = req.url === '/fail' ? 503 : 404;
+        res.end();
+      },
+    });
+    const pool = createPool({ source: staticEndpoints(endpointsOf(pods)), transport: httpTransport(), ejection: false });
+    cleanup.push(() => stopPods(pods), () => pool.close());
+    await pool.ready();
+    const dispatcher = httpDispatcher(pool);
+
+    assert.equal((await request('http://svc/missing', { dispatcher })).statusCode, 404);
+    assert.equal(pool.stats().members[0].failures, 0);
+    const failed = await request('http://svc/fail', { dispatcher });
+    await failed.body.dump();
+    assert.equal(failed.statusCode, 503);
+    assert.equal(pool.stats().members[0].failures, 1);
+    assert.equal(pool.stats().members[0].requests, 2);
+  });
+
+  it('httpDispatcher reports PODPOOL_NO_ENDPOINTS instead of hanging when nothing is ready', async (t) => {
+    const cleanup = cleanupAfter(t);
+    const pool = createPool({ source: staticEndpoints([]), transport: httpTransport() });
+    cleanup.push(() => pool.close());
+    await assert.rejects(request('http://svc/', { dispatcher: httpDispatcher(pool) }), (error: unknown) => {
+      assert.ok(error instanceof PodpoolError);
+      assert.equal(error.code, ErrorCode.NO_ENDPOINTS);
+      return true;
+    });
+  });
+
+  it('stops picking a killed pod and takes it back after it restarts', async (t) => {
+    const cleanup = cleanupAfter(t);
+    const pods = await startHttpPods(3, { first: 41 });
+    const pool = createPool({
+      source: staticEndpoints(endpointsOf(pods)),
+      transport: httpTransport(),
+      reconnect: quickReconnect,
+    });
+    cleanup.push(() => stopPods(pods), () => pool.close());
+    await pool.ready({ minEndpoints: 3 });
+    const [a, b, c] = pods;
+
+    const down = stateReached(pool, b.key, 'connecting');
+    await b.kill();
+    const change = await down;
+    assert.equal(change.from, 'ready');
+    assert.equal((change.error as PodpoolError).code, ErrorCode.CONNECTION_LOST);
+
+    const before = [a.requests, c.requests];
+    for (let i = 0; i < 30; i++) await pool.use((client) => get(client));
+    assert.deepEqual([a.requests - before[0], c.requests - before[1]], [15, 15], 'every call went to a live pod');
+
+    const up = stateReached(pool, b.key, 'ready');
+    await b.restart();
+    await up;
+    const bBefore = b.requests;
+    for (let i = 0; i < 30; i++) await pool.use((client) => get(client));
+    assert.equal(b.requests - bBefore, 10, 'the restarted pod takes its share again');
+    assert.equal(pool.stats().members.find((m) => m.endpoint.key === b.key)?.connects, 2);
+  });
+
+  it('broadcast reaches every live pod once and reports the one that is down', async (t) => {
+    const cleanup = cleanupAfter(t);
+    const pods = await startHttpPods(4, { first: 51 });
+    const pool = createPool({
+      source: staticEndpoints(endpointsOf(pods)),
+      transport: httpTransport(),
+      reconnect: { minMs: 60_000, maxMs: 60_000 },
+    });
+    cleanup.push(() => stopPods(pods), () => pool.close());
+    await pool.ready({ minEndpoints: 4 });
+    const dead = pods[2];
+    const down = stateReached(pool, dead.key, 'connecting');
+    await dead.kill();
+    await down;
+
+    const before = pods.map((p) => p.requests);
+    const result = await pool.broadcast(async (client, endpoint, delivery) => {
+      assert.equal(typeof delivery.id, 'string');
+      return { endpoint: endpoint.key, body: await get(client, `/invalidate?id=${delivery.id}`) };
+    });
+    assert.deepEqual(
+      result.delivered.map((d) => [d.endpoint.key, d.value.body]),
+      pods.filter((p) => p !== dead).map((p) => [p.key, p.key]),
+    );
+    assert.equal(result.failed.length, 1);
+    assert.equal(result.failed[0].endpoint.key, dead.key);
+    assert.equal((result.failed[0].error as PodpoolError).code, ErrorCode.NOT_CONNECTED);
+    assert.deepEqual(
+      pods.map((p, i) => p.requests - before[i]),
+      pods.map((p) => (p === dead ? 0 : 1)),
+      'exactly one request per live pod',
+    );
+  });
+
+  it('drains a removed pod: its in-flight request completes, new ones go elsewhere, then its connection closes', async (t) => {
+    const cleanup = cleanupAfter(t);
+    let release!: () => void;
+    const released = new Promise<void>((resolve) => {
+      release = resolve;
+    });
+    let held!: () => void;
+    const holding = new Promise<void>((resolve) => {
+      held = resolve;
+    });
+    const pods = await startHttpPods(2, {
+      first: 61,
+      handler: (pod, req, res) => {
+        req.resume();
+        if (req.url === '/slow') {
+          held();
+          void released.then(() => res.end(pod.key));
+        } else {
+          res.end(pod.key);
+        }
+      },
+    });
+    let sink!: SourceSink;
+    const source: EndpointSource = {
+      kind: 'manual',
+      watch(s) {
+        sink = s;
+        queueMicrotask(() => sink.snapshot(new EndpointSet(endpointsOf(pods))));
+        return { close: async () => {} };
+      },
+    };
+    const pool = createPool({ source, transport: httpTransport(), random: () => 0 });
+    cleanup.push(() => stopPods(pods), () => pool.close());
+    await pool.ready({ minEndpoints: 2 });
+    const [a, b] = pods;
+
+    // random() = 0 starts round-robin at the first pod (a) for the slow call.
+    const slow = pool.use((client) => get(client, '/slow'));
+    await holding;
+    const draining = stateReached(pool, a.key, 'draining');
+    const closed = stateReached(pool, a.key, 'closed');
+    sink.snapshot(new EndpointSet(endpointsOf([b])));
+    await draining;
+
+    for (let i = 0; i < 10; i++) assert.equal(await pool.use((client) => get(client)), b.key);
+    assert.equal(a.open, 1, 'the drained pod keeps its connection while a call is in flight');
+    release();
+    assert.equal(await slow, a.key, 'the in-flight call completed on its pod');
+    await closed;
+    await a.idle();
+    assert.equal(a.requests, 1);
+  });
+
+  it('connects to IPv6 pods', async (t) => {
+    const cleanup = cleanupAfter(t);
+    const { createServer } = await import('node:http');
+    const server = createServer((_req, res) => res.end('v6'));
+    server.listen(0, '::1');
+    await once(server, 'listening');
+    const port = (server.address() as { port: number }).port;
+    const pool = createPool({ source: staticEndpoints([{ address: '::1', port }]), transport: httpTransport() });
+    cleanup.push(
+      async () => {
+        server.closeAllConnections();
+        server.close();
+      },
+      () => pool.close(),
+    );
+    await pool.ready();
+    assert.equal(await pool.use((client, endpoint) => (assert.equal(endpoint.key, `[::1]:${port}`), get(client))), 'v6');
+  });
+
+  it('close() leaves no socket or timer behind', async (t) => {
+    const pods = await startHttpPods(3, { first: 71 });
+    t.after(() => stopPods(pods));
+    const resourcesBefore = activeResources();
+    const pool = createPool({ source: staticEndpoints(endpointsOf(pods)), transport: httpTransport() });
+    await pool.ready({ minEndpoints: 3 });
+    for (let i = 0; i < 9; i++) await pool.use((client) => get(client));
+    await pool.broadcast((client) => get(client));
+    await pool.close();
+    await Promise.all(pods.map((p) => p.idle()));
+    assertNothingLeft(resourcesBefore);
+    await assert.rejects(pool.use((client) => get(client)), { code: ErrorCode.CLOSED });
+  });
+
+  it('rejects bad options at the door, naming the option', () => {
+    assert.throws(() => httpTransport({ pipelining: 0 }), /option pipelining must be an integer >= 1, got 0/);
+    assert.throws(() => httpTransport({ connectTimeoutMs: -1 }), { code: ErrorCode.INVALID_OPTION });
+  });
+});
