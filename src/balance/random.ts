@@ -1,0 +1,29 @@
+import type { Balancer, Pickable, Picker, PickerContext } from './balancer.ts';
+
+/** Picks a member uniformly at random. */
+export function random(): Balancer {
+  return Object.freeze({
+    name: 'random',
+    picker<M extends Pickable>(members: readonly M[], context: PickerContext): Picker<M> {
+      return new RandomPicker(members, context.random);
+    },
+  });
+}
+
+class RandomPicker<M extends Pickable> implements Picker<M> {
+  readonly #members: readonly M[];
+  readonly #random: () => number;
+
+  constructor(members: readonly M[], random: () => number) {
+    this.#members = members;
+    this.#random = random;
+  }
+
+  pick(): M | undefined {
+    const n = this.#members.length;
+    if (n === 0) return undefined;
+    const i = Math.floor(this.#random() * n);
+    // random() < 1 times n can still round up to n in floating point.
+    return this.#members[i < n ? i : n - 1];
+  }
+}
