@@ -12,6 +12,8 @@ export { PodpoolError, ErrorCode } from './errors.ts';
 
 export type { EndpointSource, SourceSink, SourceWatch } from './discovery/source.ts';
 export { staticEndpoints } from './discovery/static.ts';
+export { kubernetesEndpoints } from './discovery/kubernetes.ts';
+export type { KubernetesEndpointsOptions } from './discovery/kubernetes.ts';
 
 export type { Balancer, Picker, Pickable, PickerContext } from './balance/balancer.ts';
 export { roundRobin } from './balance/round-robin.ts';

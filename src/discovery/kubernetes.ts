@@ -1,0 +1,591 @@
+import { existsSync } from 'node:fs';
+import { isIP } from 'node:net';
+import { homedir } from 'node:os';
+import { delimiter, join } from 'node:path';
+import { setTimeout as sleep } from 'node:timers/promises';
+import { debuglog } from 'node:util';
+import type { DiscoveryV1Api, KubeConfig, RequestContext, Watch } from '@kubernetes/client-node';
+import { createEndpoint, EndpointSet, endpointKey, type EndpointInit } from '../endpoint.ts';
+import { checkNumber, ErrorCode, invalidOption, PodpoolError } from '../errors.ts';
+import type { EndpointSource, SourceSink, SourceWatch } from './source.ts';
+
+const debug = debuglog('podpool');
+
+/** What {@link kubernetesEndpoints} takes. */
+export interface KubernetesEndpointsOptions {
+  /** The Service's name: its EndpointSlices carry the label `kubernetes.io/service-name=<service>`. */
+  service: string;
+  /** The namespace of the Service (in a pod, pass its own: the downward API's `metadata.namespace`). */
+  namespace: string;
+  /** A port name of the Service (each slice's number for that name is used) or a port number. */
+  port: string | number;
+  /** Where and who to talk to; by default the pod's service account, else `KUBECONFIG`, else `~/.kube/config`. */
+  kubeConfig?: KubeConfig;
+  /** A watch that brings no event nor bookmark for this long is restarted (default 120 000: two bookmark periods). */
+  stallTimeoutMs?: number;
+  /** The wait after a failure: jittered, doubling from `initialMs` (1000) up to `maxMs` (30 000). */
+  backoff?: { initialMs?: number; maxMs?: number };
+}
+
+/** The EndpointSlice fields discovery reads: the client's `V1EndpointSlice` and a watch event's raw JSON both fit. */
+export interface EndpointSliceLike {
+  metadata?: { name?: string; resourceVersion?: string };
+  addressType?: string;
+  endpoints?: readonly {
+    addresses?: readonly string[];
+    conditions?: { ready?: boolean | null; serving?: boolean | null; terminating?: boolean | null } | null;
+    targetRef?: { kind?: string; name?: string; namespace?: string; uid?: string } | null;
+    nodeName?: string | null;
+    zone?: string | null;
+    hints?: { forZones?: readonly { name?: string }[] | null } | null;
+  }[] | null;
+  ports?: readonly { name?: string | null; port?: number | null }[] | null;
+}
+
+const SERVICE_ACCOUNT_TOKEN = '/var/run/secrets/kubernetes.io/serviceaccount/token';
+const DEFAULT_STALL_TIMEOUT_MS = 120_000;
+const DEFAULT_BACKOFF_INITIAL_MS = 1_000;
+const DEFAULT_BACKOFF_MAX_MS = 30_000;
+// A Service has a handful of slices (100 endpoints each), so one page is the rule; the bound only
+// stops a server that keeps handing out continue tokens.
+const LIST_PAGE_SIZE = 500;
+const MAX_LIST_PAGES = 1_000;
+// As client-go's reflector does: the server ends each watch after 5 to 10 minutes, which moves
+// long-lived watches across API server replicas and bounds the life of a watch gone wrong.
+const MIN_WATCH_TIMEOUT_S = 300;
+const MAX_TIMER_MS = 2 ** 31 - 1;
+
+const DNS_LABEL = /^[a-z0-9]([-a-z0-9]*[a-z0-9])?$/;
+const DNS_1035_LABEL = /^[a-z]([-a-z0-9]*[a-z0-9])?$/;
+
+/** Discovers a Service's pods by watching all its EndpointSlices through the API server; throws `PODPOOL_INVALID_OPTION` for a bad option. */
+export function kubernetesEndpoints(options: KubernetesEndpointsOptions): EndpointSource {
+  if (options === null || typeof options !== 'object') invalidOption('options', 'an object', options);
+  const { service, namespace, port } = options;
+  if (typeof service !== 'string' || service.length > 63 || !DNS_1035_LABEL.test(service)) {
+    invalidOption('service', 'a Service name (a DNS-1035 label such as "backend")', service);
+  }
+  if (typeof namespace !== 'string' || namespace.length > 63 || !DNS_LABEL.test(namespace)) {
+    invalidOption('namespace', 'a namespace name (a DNS label such as "default")', namespace);
+  }
+  if (typeof port === 'number') {
+    if (checkNumber('port', port, { min: 1, integer: true }) > 65535) invalidOption('port', 'a port number from 1 to 65535', port);
+  } else if (typeof port !== 'string' || port.length > 63 || !DNS_LABEL.test(port)) {
+    invalidOption('port', 'a port name of the Service (such as "grpc") or a port number', port);
+  } else if (/^[0-9]+$/.test(port)) {
+    // Port names hold a letter; a string of digits is almost always a number read from the environment.
+    invalidOption('port', `a port name or a number (pass ${port} as a number)`, port);
+  }
+  const stallTimeoutMs = checkDelay('stallTimeoutMs', options.stallTimeoutMs ?? DEFAULT_STALL_TIMEOUT_MS, 1);
+  const backoff = options.backoff ?? {};
+  if (backoff === null || typeof backoff !== 'object') invalidOption('backoff', 'an object', backoff);
+  const initialMs = checkDelay('backoff.initialMs', backoff.initialMs ?? DEFAULT_BACKOFF_INITIAL_MS, 1);
+  const maxMs = checkDelay('backoff.maxMs', backoff.maxMs ?? Math.max(DEFAULT_BACKOFF_MAX_MS, initialMs), initialMs);
+  const credentials = findCredentials(options.kubeConfig);
+
+  const config: WatchConfig = { service, namespace, port, stallTimeoutMs, initialMs, maxMs, credentials };
+  return {
+    kind: 'kubernetes',
+    watch(sink) {
+      return new EndpointSliceWatch(config, sink);
+    },
+  };
+}
+
+/** Merges all the slices of a Service into one snapshot, each `address:port` once and each dual-stack pod once. */
+export function mergeEndpointSlices(slices: Iterable<EndpointSliceLike>, port: string | number): EndpointSet {
+  // An address moving from one slice to another sits in both for a moment: it counts once, and its
+  // ready view wins (then serving, then not terminating, then the slice whose name sorts first),
+  // so the result does not depend on the order slices arrive in. Slices without the named port,
+  // and FQDN slices, say nothing about this port.
+  const ordered = [...slices].sort((a, b) => compare(a.metadata?.name ?? '', b.metadata?.name ?? ''));
+  const chosen = new Map<string, { init: EndpointInit; rank: number; pod: string | undefined }>();
+  for (const slice of ordered) {
+    if (slice.addressType !== 'IPv4' && slice.addressType !== 'IPv6') continue;
+    const number = typeof port === 'number' ? port : slice.ports?.find((p) => (p.name ?? '') === port)?.port;
+    if (typeof number !== 'number' || !Number.isInteger(number) || number < 1 || number > 65535) continue;
+    for (const endpoint of slice.endpoints ?? []) {
+      // The API gives no meaning to addresses beyond the first, and kube-proxy ignores them too.
+      const address = endpoint.addresses?.[0];
+      if (typeof address !== 'string' || isIP(address) === 0) continue;
+      // Unset conditions as the API documents them: ready unless said otherwise, serving as ready.
+      // A terminating pod takes no new work even when the slice calls it ready (a Service that
+      // publishes not-ready addresses does): it is going away, in-flight work only.
+      const terminating = endpoint.conditions?.terminating ?? false;
+      const sliceReady = endpoint.conditions?.ready ?? true;
+      const serving = endpoint.conditions?.serving ?? sliceReady;
+      const ready = sliceReady && !terminating;
+      const ref = endpoint.targetRef?.kind === 'Pod' ? endpoint.targetRef : undefined;
+      const hintZones = endpoint.hints?.forZones?.flatMap((z) => (typeof z.name === 'string' ? [z.name] : []));
+      const init: EndpointInit = {
+        address,
+        port: number,
+        ready,
+        serving,
+        terminating,
+        ...(typeof ref?.name === 'string' && { podName: ref.name }),
+        ...(typeof endpoint.nodeName === 'string' && { nodeName: endpoint.nodeName }),
+        ...(typeof endpoint.zone === 'string' && { zone: endpoint.zone }),
+        ...(hintZones !== undefined && hintZones.length > 0 && { hintZones }),
+      };
+      const rank = (ready ? 4 : 0) + (serving ? 2 : 0) + (terminating ? 0 : 1);
+      const key = endpointKey(address, number);
+      const seen = chosen.get(key);
+      if (seen === undefined || rank > seen.rank) {
+        const pod = ref === undefined ? undefined : ref.uid || `${ref.namespace ?? ''}/${ref.name ?? ''}`;
+        chosen.set(key, { init, rank, pod });
+      }
+    }
+  }
+  // A dual-stack Service lists each pod under both families: one pod must be one member (a
+  // broadcast reaches it once, a balancer weighs it once), so it counts by its IPv4 address.
+  const podsWithIPv4 = new Set<string>();
+  for (const { init, pod } of chosen.values()) if (pod !== undefined && isIP(init.address) === 4) podsWithIPv4.add(pod);
+  const endpoints = [];
+  for (const { init, pod } of chosen.values()) {
+    if (pod !== undefined && isIP(init.address) === 6 && podsWithIPv4.has(pod)) continue;
+    endpoints.push(createEndpoint(init));
+  }
+  return new EndpointSet(endpoints);
+}
+
+/** A delay in ms that a timer can hold: Node fires longer ones at once, which would spin the loop. */
+function checkDelay(name: string, value: unknown, min: number): number {
+  const ms = checkNumber(name, value, { min });
+  if (ms > MAX_TIMER_MS) invalidOption(name, `a number of ms from ${min} to ${MAX_TIMER_MS}`, value);
+  return ms;
+}
+
+function compare(a: string, b: string): number {
+  return a < b ? -1 : a > b ? 1 : 0;
+}
+
+/** How the API server is reached: resolved at the door, loaded on first use. */
+type Credentials =
+  | { readonly kind: 'given'; readonly kubeConfig: KubeConfig }
+  | { readonly kind: 'in-cluster' }
+  | { readonly kind: 'files'; readonly files: readonly string[] };
+
+function findCredentials(given: unknown): Credentials {
+  if (given !== undefined) {
+    const kc = given as KubeConfig;
+    if (given === null || typeof given !== 'object' || typeof kc.getCurrentCluster !== 'function' || typeof kc.makeApiClient !== 'function') {
+      invalidOption('kubeConfig', 'a KubeConfig from @kubernetes/client-node', typeof given === 'object' ? 'another object' : given);
+    }
+    if (kc.getCurrentCluster() === null) {
+      // Not invalidOption: it would print the object, credentials and all.
+      throw new PodpoolError(ErrorCode.INVALID_OPTION, 'option kubeConfig must have a current context that names a cluster, got a KubeConfig without one');
+    }
+    return { kind: 'given', kubeConfig: kc };
+  }
+  if (process.env.KUBERNETES_SERVICE_HOST && existsSync(SERVICE_ACCOUNT_TOKEN)) return { kind: 'in-cluster' };
+  const files = (process.env.KUBECONFIG ?? '').split(delimiter).filter((f) => f.length > 0);
+  if (files.length > 0) return { kind: 'files', files };
+  const home = join(homedir(), '.kube', 'config');
+  if (existsSync(home)) return { kind: 'files', files: [home] };
+  throw new PodpoolError(
+    ErrorCode.INVALID_OPTION,
+    `option kubeConfig is needed here: this is not a pod (no KUBERNETES_SERVICE_HOST and ${SERVICE_ACCOUNT_TOKEN}), KUBECONFIG is unset and ${home} does not exist`,
+  );
+}
+
+interface WatchConfig {
+  readonly service: string;
+  readonly namespace: string;
+  readonly port: string | number;
+  readonly stallTimeoutMs: number;
+  readonly initialMs: number;
+  readonly maxMs: number;
+  readonly credentials: Credentials;
+}
+
+/** The API client, built once per watch on first use (the client module alone takes most of a second to load). */
+interface Client {
+  readonly api: DiscoveryV1Api;
+  readonly watch: Watch;
+  readonly server: string;
+  requestOptions(signal: AbortSignal): Parameters<DiscoveryV1Api['listNamespacedEndpointSlice']>[1];
+}
+
+/** Why a session ended badly: what the operator reads, and the original error. */
+interface Failure {
+  readonly message: string;
+  readonly cause?: unknown;
+}
+
+interface SessionEnd {
+  /** The watch delivered at least one event or bookmark: the API server is healthy. */
+  readonly progressed: boolean;
+  readonly failure?: Failure;
+}
+
+/**
+ * One running discovery: list the slices, watch them from the list's resourceVersion, and start
+ * over (re-watch, or relist after 410 Gone or an error status) with backoff, until closed.
+ */
+class EndpointSliceWatch implements SourceWatch {
+  readonly #config: WatchConfig;
+  readonly #sink: SourceSink;
+  readonly #closing = new AbortController();
+  readonly #labelSelector: string;
+  readonly #path: string;
+  readonly #name: string;
+  readonly #done: Promise<void>;
+  #client: Client | undefined;
+  #slices = new Map<string, EndpointSliceLike>();
+  #resourceVersion = '';
+  #needList = true;
+  #listed = false;
+  #last: EndpointSet | undefined;
+  #flushTimer: NodeJS.Immediate | undefined;
+
+  constructor(config: WatchConfig, sink: SourceSink) {
+    this.#config = config;
+    this.#sink = sink;
+    this.#labelSelector = `kubernetes.io/service-name=${config.service}`;
+    this.#path = `/apis/discovery.k8s.io/v1/namespaces/${config.namespace}/endpointslices`;
+    this.#name = `${config.namespace}/${config.service}`;
+    this.#done = this.#run();
+  }
+
+  async close(): Promise<void> {
+    this.#closing.abort();
+    clearImmediate(this.#flushTimer);
+    this.#flushTimer = undefined;
+    await this.#done;
+  }
+
+  async #run(): Promise<void> {
+    const { signal } = this.#closing;
+    const { initialMs, maxMs } = this.#config;
+    let failures = 0;
+    // Each turn waits on the API server or sleeps; close() ends the loop at either.
+    while (!signal.aborted) {
+      const started = performance.now();
+      const end = await this.#session();
+      if (signal.aborted) return;
+      if (end.progressed) failures = 0;
+      // A watch that ran a while and ended cleanly (the server's timeout) restarts at once;
+      // anything else waits, and each turn without a single event doubles the wait.
+      if (end.failure === undefined && end.progressed && performance.now() - started >= initialMs) {
+        debug('kubernetes %s: watch ended, restarting it', this.#name);
+        continue;
+      }
+      failures += 1;
+      const delay = backoffDelay(failures, initialMs, maxMs);
+      if (end.failure === undefined) {
+        debug('kubernetes %s: watch ended without progress, restarting in %d ms', this.#name, delay);
+      } else {
+        const server = this.#client === undefined ? '' : ` at ${this.#client.server}`;
+        const keeping = this.#listed ? 'keeping the last endpoints' : 'no endpoints known yet';
+        const message = `kubernetes discovery of Service ${this.#name} through the API server${server}: ${end.failure.message}; ${keeping}, retrying in ${delay} ms`;
+        debug('%s', message);
+        this.#sink.error(new PodpoolError(ErrorCode.DISCOVERY_FAILED, message, { cause: end.failure.cause }));
+      }
+      try {
+        await sleep(delay, undefined, { signal });
+      } catch {
+        return;
+      }
+    }
+  }
+
+  /** One list (when needed) and one watch; never throws. */
+  async #session(): Promise<SessionEnd> {
+    let client: Client;
+    try {
+      client = this.#client ??= await connect(this.#config);
+    } catch (error) {
+      return { progressed: false, failure: { message: `could not load the Kubernetes client configuration: ${messageOf(error)}`, cause: error } };
+    }
+    if (this.#needList) {
+      let list: { slices: EndpointSliceLike[]; resourceVersion: string };
+      try {
+        list = await this.#list(client);
+      } catch (error) {
+        return { progressed: false, failure: { message: `listing EndpointSlices failed: ${explain(error, this.#config.namespace)}`, cause: error } };
+      }
+      if (this.#closing.signal.aborted) return { progressed: false };
+      // Only a complete list replaces the picture, all at once: a relist leaves no ghosts, and a
+      // failed one leaves the last good picture standing.
+      this.#slices = new Map(list.slices.map((s) => [s.metadata?.name ?? '', s]));
+      this.#resourceVersion = list.resourceVersion;
+      this.#needList = false;
+      this.#listed = true;
+      debug('kubernetes %s: listed %d slices at resourceVersion %s', this.#name, list.slices.length, list.resourceVersion);
+      this.#flush();
+    }
+    return this.#watch(client);
+  }
+
+  async #list(client: Client): Promise<{ slices: EndpointSliceLike[]; resourceVersion: string }> {
+    // The client sets no deadline on a list; a server that never answers must not hold discovery.
+    const deadline = new AbortController();
+    const timer = setTimeout(() => deadline.abort(), this.#config.stallTimeoutMs);
+    const signal = AbortSignal.any([this.#closing.signal, deadline.signal]);
+    try {
+      const slices: EndpointSliceLike[] = [];
+      let resourceVersion = '';
+      let next: string | undefined;
+      for (let page = 0; page < MAX_LIST_PAGES; page++) {
+        const list = await client.api.listNamespacedEndpointSlice(
+          { namespace: this.#config.namespace, labelSelector: this.#labelSelector, limit: LIST_PAGE_SIZE, _continue: next },
+          client.requestOptions(signal),
+        );
+        for (const slice of list.items ?? []) if (typeof slice.metadata?.name === 'string') slices.push(slice);
+        resourceVersion = list.metadata?.resourceVersion ?? '';
+        next = list.metadata?._continue || undefined;
+        if (next === undefined) return { slices, resourceVersion };
+      }
+      throw new Error(`the list did not end after ${MAX_LIST_PAGES} pages`);
+    } catch (error) {
+      if (deadline.signal.aborted && !this.#closing.signal.aborted) {
+        throw new Error(`no answer within ${this.#config.stallTimeoutMs} ms`, { cause: error });
+      }
+      throw error;
+    } finally {
+      clearTimeout(timer);
+    }
+  }
+
+  #watch(client: Client): Promise<SessionEnd> {
+    const { signal } = this.#closing;
+    return new Promise<SessionEnd>((resolve) => {
+      let progressed = false;
+      let ended = false;
+      let controller: AbortController | undefined;
+      // Set when we end the watch ourselves, and why.
+      let stopped: { gone: true } | { failure: Failure } | undefined;
+      const stop = (why: NonNullable<typeof stopped>) => {
+        stopped ??= why;
+        controller?.abort();
+      };
+      const finish = (end: SessionEnd) => {
+        if (ended) return;
+        ended = true;
+        signal.removeEventListener('abort', onClose);
+        resolve(end);
+      };
+      // A watch still waiting for its response headers can't be aborted yet (the client hands out
+      // its controller only once they arrive): close() does not wait for it, the `then` below
+      // aborts it when it comes.
+      const onClose = () => {
+        controller?.abort();
+        finish({ progressed });
+      };
+      signal.addEventListener('abort', onClose, { once: true });
+
+      const onEvent = (type: string, object: unknown) => {
+        if (ended || stopped !== undefined) return;
+        const event = this.#apply(type, object);
+        if (event === 'progress') progressed = true;
+        else if (event === 'gone') stop({ gone: true });
+        else if (event !== 'ignored') stop({ failure: event });
+      };
+      const onDone = (error: unknown) => {
+        if (ended) return;
+        if (signal.aborted) return finish({ progressed });
+        if (stopped !== undefined) {
+          if ('gone' in stopped) {
+            debug('kubernetes %s: resourceVersion %s is gone (410), relisting', this.#name, this.#resourceVersion);
+            this.#needList = true;
+            return finish({ progressed });
+          }
+          this.#needList = true;
+          return finish({ progressed, failure: stopped.failure });
+        }
+        if (error === null || error === undefined) return finish({ progressed });
+        const status = httpStatus(error);
+        if (status === 410) {
+          debug('kubernetes %s: watch answered 410 Gone, relisting', this.#name);
+          this.#needList = true;
+          return finish({ progressed });
+        }
+        if (isTimeout(error)) {
+          return finish({
+            progressed,
+            failure: { message: `the watch brought no event nor bookmark for ${this.#config.stallTimeoutMs} ms`, cause: error },
+          });
+        }
+        // An error status says the server's view of us changed; start again from a fresh list.
+        if (status !== undefined) this.#needList = true;
+        finish({ progressed, failure: { message: `watching EndpointSlices failed: ${explain(error, this.#config.namespace)}`, cause: error } });
+      };
+
+      const query = {
+        labelSelector: this.#labelSelector,
+        resourceVersion: this.#resourceVersion || undefined,
+        allowWatchBookmarks: true,
+        timeoutSeconds: MIN_WATCH_TIMEOUT_S + Math.floor(Math.random() * MIN_WATCH_TIMEOUT_S),
+      };
+      debug('kubernetes %s: watching from resourceVersion %s', this.#name, this.#resourceVersion);
+      client.watch.watch(this.#path, query, onEvent, onDone).then(
+        (c) => {
+          controller = c;
+          if (ended || stopped !== undefined) c.abort();
+        },
+        onDone,
+      );
+    });
+  }
+
+  /** Applies one watch event to the slices; says what it meant for the watch. */
+  #apply(type: string, object: unknown): 'progress' | 'gone' | 'ignored' | Failure {
+    const o = (object ?? {}) as EndpointSliceLike & { code?: number; reason?: string; message?: string };
+    if (type === 'ERROR') {
+      if (o.code === 410) return 'gone';
+      return { message: `the watch sent an error: ${o.code ?? ''} ${o.reason ?? ''} ${o.message ?? ''}`.replace(/\s+/g, ' ').trim() };
+    }
+    const name = o.metadata?.name;
+    const resourceVersion = o.metadata?.resourceVersion;
+    if (typeof resourceVersion === 'string' && resourceVersion !== '') this.#resourceVersion = resourceVersion;
+    if (type === 'BOOKMARK') return 'progress';
+    if (typeof name !== 'string') {
+      debug('kubernetes %s: ignored a %s event without a name', this.#name, type);
+      return 'ignored';
+    }
+    if (type === 'ADDED' || type === 'MODIFIED') this.#slices.set(name, o);
+    else if (type === 'DELETED') this.#slices.delete(name);
+    else return 'ignored';
+    // Events that arrive together (a pod moving from one slice to another is a removal and an
+    // addition) are folded into one snapshot, so a pod does not blink out between them.
+    this.#flushTimer ??= setImmediate(() => {
+      this.#flushTimer = undefined;
+      this.#flush();
+    });
+    return 'progress';
+  }
+
+  #flush(): void {
+    clearImmediate(this.#flushTimer);
+    this.#flushTimer = undefined;
+    if (this.#closing.signal.aborted || !this.#listed) return;
+    const next = mergeEndpointSlices(this.#slices.values(), this.#config.port);
+    if (this.#last !== undefined && next.equals(this.#last)) return;
+    this.#last = next;
+    debug('kubernetes %s: %d endpoints (%d ready)', this.#name, next.size, next.ready().length);
+    this.#sink.snapshot(next);
+  }
+}
+
+async function connect(config: WatchConfig): Promise<Client> {
+  const k8s = await import('@kubernetes/client-node');
+  const { credentials } = config;
+  let kc: KubeConfig;
+  if (credentials.kind === 'given') {
+    kc = credentials.kubeConfig;
+  } else {
+    kc = new k8s.KubeConfig();
+    if (credentials.kind === 'in-cluster') {
+      kc.loadFromCluster();
+    } else {
+      // As the client's loadFromDefault reads KUBECONFIG: the first file, then the others merged in.
+      kc.loadFromFile(credentials.files[0]);
+      for (const file of credentials.files.slice(1)) {
+        const more = new k8s.KubeConfig();
+        more.loadFromFile(file);
+        kc.mergeConfig(more);
+      }
+    }
+  }
+  const cluster = kc.getCurrentCluster();
+  if (cluster === null) throw new Error('the kubeconfig has no current context naming a cluster');
+  // The client gives each request its own connection pool and never closes it, so the idle socket
+  // of a watch the server ended cleanly would outlive close() by seconds. No request ever reuses
+  // that connection: asking the server to close it when the response ends costs nothing.
+  const watchConfig: KubeConfig = Object.create(kc, {
+    applySecurityAuthentication: {
+      async value(context: RequestContext): Promise<void> {
+        await kc.applySecurityAuthentication(context);
+        context.setHeaderParam('Connection', 'close');
+      },
+    },
+  });
+  const watch = new k8s.Watch(watchConfig);
+  // The client's own inactivity timeout (30 s, reset by any byte) would restart every quiet watch
+  // before the API server's first bookmark (about a minute); it becomes our stall timeout, and
+  // covers the wait for response headers too, which nothing else can interrupt.
+  (watch as unknown as { requestTimeoutMs: number }).requestTimeoutMs = config.stallTimeoutMs;
+  return {
+    api: kc.makeApiClient(k8s.DiscoveryV1Api),
+    watch,
+    server: cluster.server,
+    requestOptions(signal) {
+      return {
+        middleware: [
+          {
+            pre(context) {
+              context.setSignal(signal);
+              // As for the watch: the list's connection pool is never closed nor reused.
+              context.setHeaderParam('Connection', 'close');
+              return new k8s.Observable(Promise.resolve(context));
+            },
+            post(response) {
+              return new k8s.Observable(Promise.resolve(response));
+            },
+          },
+        ],
+        middlewareMergeStrategy: 'append',
+      };
+    },
+  };
+}
+
+/** A jittered, capped exponential delay: between half and all of `initial · 2^(failures-1)`. */
+function backoffDelay(failures: number, initialMs: number, maxMs: number): number {
+  const ceiling = Math.min(maxMs, initialMs * 2 ** Math.min(failures - 1, 30));
+  return Math.round(ceiling / 2 + (Math.random() * ceiling) / 2);
+}
+
+/** The HTTP status of a failed list (`ApiException.code`) or watch (`statusCode`), if any. */
+function httpStatus(error: unknown): number | undefined {
+  if (error === null || typeof error !== 'object' || error instanceof DOMException) return undefined;
+  const { code, statusCode } = error as { code?: unknown; statusCode?: unknown };
+  if (typeof statusCode === 'number') return statusCode;
+  if (typeof code === 'number') return code;
+  return undefined;
+}
+
+function isTimeout(error: unknown): boolean {
+  return error instanceof Error && error.name === 'TimeoutError';
+}
+
+/** What went wrong, in words that point at the fix. */
+function explain(error: unknown, namespace: string): string {
+  const status = httpStatus(error);
+  if (status === 401) {
+    return 'HTTP 401 Unauthorized: the API server refused the credentials; the service account token (or the kubeconfig user) is missing, expired or wrong';
+  }
+  if (status === 403) {
+    return `HTTP 403 Forbidden: RBAC does not let this identity get, list and watch endpointslices (API group discovery.k8s.io) in namespace ${namespace}; bind it to a Role that does (see examples/kubernetes)`;
+  }
+  if (status !== undefined) {
+    const detail = statusMessage((error as { body?: unknown }).body) ?? (error instanceof Error && !error.message.startsWith('HTTP-Code') ? error.message : '');
+    return `HTTP ${status}${detail ? ` ${detail}` : ''}`;
+  }
+  // undici's network failures: `fetch failed` before a response, `terminated` during one.
+  const cause = error instanceof Error ? (error.cause as { code?: unknown; message?: unknown } | undefined) : undefined;
+  if (error instanceof TypeError && cause !== undefined) {
+    const what = error.message === 'terminated' ? 'the connection to the API server broke' : 'cannot reach the API server';
+    return `${what} (${typeof cause.code === 'string' ? cause.code : String(cause.message)})`;
+  }
+  return messageOf(error);
+}
+
+/** The message of a Status object the API server answered with, parsed or not. */
+function statusMessage(body: unknown): string | undefined {
+  let parsed = body;
+  if (typeof body === 'string') {
+    try {
+      parsed = JSON.parse(body);
+    } catch {
+      return body.slice(0, 200) || undefined;
+    }
+  }
+  const message = parsed !== null && typeof parsed === 'object' ? (parsed as { message?: unknown }).message : undefined;
+  return typeof message === 'string' ? message : undefined;
+}
+
+function messageOf(error: unknown): string {
+  return error instanceof Error ? error.message : String(error);
+}
