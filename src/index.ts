@@ -25,3 +25,5 @@ export { ringHash } from './balance/ring-hash.ts';
 export type { Transport, Connection, ConnectContext } from './transport/transport.ts';
 export { httpTransport, httpDispatcher, PoolDispatcher } from './transport/http.ts';
 export type { HttpTransportOptions } from './transport/http.ts';
+export { grpcTransport, grpcChannel, PoolChannel } from './transport/grpc.ts';
+export type { GrpcTransportOptions, GrpcChannelOptions, GrpcClientConstructor } from './transport/grpc.ts';

@@ -1,0 +1,638 @@
+import type { Socket } from 'node:net';
+import { debuglog } from 'node:util';
+import {
+  ChannelCredentials,
+  Client,
+  Metadata,
+  connectivityState,
+  credentials as grpcCredentials,
+  status,
+  type CallCredentials,
+  type ChannelInterface,
+  type ChannelOptions,
+  type ClientOptions,
+  type InterceptingListener,
+  type StatusObject,
+} from '@grpc/grpc-js';
+import { endpointKey, type Endpoint } from '../endpoint.ts';
+import { ErrorCode, PodpoolError, checkNumber, invalidOption } from '../errors.ts';
+import type { Pool, PoolCall } from '../pool/pool.ts';
+import type { Connection, Transport } from './transport.ts';
+
+const debug = debuglog('podpool');
+
+/** A generated grpc-js service client's constructor (`loadPackageDefinition(…).pkg.Service`, or generated code). */
+export type GrpcClientConstructor<C extends Client> = new (
+  address: string,
+  credentials: ChannelCredentials,
+  options?: ClientOptions,
+) => C;
+
+/** Options of {@link grpcTransport}. */
+export interface GrpcTransportOptions {
+  /** How each pod's channel is secured. Default `credentials.createInsecure()`. */
+  credentials?: ChannelCredentials;
+  /**
+   * The name the pods' TLS certificate carries: the Service's DNS name, since pods are dialled
+   * by IP. It is checked against the certificate and sent as SNI and `:authority`, as through the
+   * Service itself. Needs TLS `credentials`.
+   */
+  serverName?: string;
+  /**
+   * More grpc-js channel options, over podpool's defaults (keepalive, a connection of its own per
+   * pod); `interceptors` too.
+   */
+  channelOptions?: Omit<ClientOptions, 'channelOverride' | 'channelFactoryOverride'>;
+  /**
+   * How long a pod's channel may take to become READY, when it opens and again after it lost
+   * its connection; past it, the pool counts the connection lost and reconnects. Default 10 s.
+   */
+  connectTimeoutMs?: number;
+}
+
+/**
+ * What every pod's channel gets unless `channelOptions` says otherwise.
+ *
+ * Keepalive: a ping every 10 s, the connection declared dead when one goes 5 s unanswered, and
+ * pings on idle connections too. A pod that vanished without a FIN or RST (node gone, network
+ * cut, process wedged) is then noticed within 15 s even when no call is in flight, and dropped
+ * from the picks once the reconnect that follows fails (at most `connectTimeoutMs` later). A pod
+ * that dies the usual way (its process exits, the kernel resets its connections) is noticed at
+ * once, whatever these values.
+ *
+ * grpc-js servers accept pings at any rate. grpc-go, C-core (C++, Python, Ruby) and Java servers
+ * by default accept one per 5 minutes, none on idle connections, and answer more with GOAWAY
+ * `too_many_pings`: no interval that notices a dead pod in seconds fits under that policy, so
+ * relax it on such servers (Go: `EnforcementPolicy{MinTime: 5s, PermitWithoutStream: true}`).
+ * Where it isn't, grpc-js doubles its interval after each such GOAWAY (gRPC proposal A8), and
+ * since a pod's channel reconnects in place (see `watchChannel`) the doubling sticks: 10 s → …
+ * → 320 s after five reconnects, which the default policy accepts. Those reconnects cost idle
+ * connections nothing; a stream that is open but quiet at that moment can be cut.
+ *
+ * `use_local_subchannel_pool`: grpc-js otherwise shares one connection between every channel
+ * in the process with the same target and options; the pool's connection to a pod must be its
+ * own, to close when the pool closes it and to be measured on its own.
+ */
+const CHANNEL_DEFAULTS = Object.freeze({
+  'grpc.keepalive_time_ms': 10_000,
+  'grpc.keepalive_timeout_ms': 5_000,
+  'grpc.keepalive_permit_without_calls': 1,
+  'grpc.use_local_subchannel_pool': 1,
+});
+
+const KEEPALIVE_OPTIONS = ['grpc.keepalive_time_ms', 'grpc.keepalive_timeout_ms'] as const;
+
+/**
+ * Status codes that say the pod (or the path to it) failed rather than the request: it is
+ * unreachable or going away (UNAVAILABLE), too slow for the caller's deadline
+ * (DEADLINE_EXCEEDED, as the pool's own `timeoutMs` counts), or it broke the protocol
+ * (INTERNAL: a reset stream, a malformed frame, a reply that doesn't parse). Not counted:
+ * UNKNOWN, which is what grpc servers send when a handler throws, so a poison request would
+ * eject one healthy pod after another; RESOURCE_EXHAUSTED, mostly a per-caller quota or a
+ * message over the size limit, which another pod would refuse alike; CANCELLED, the caller
+ * gave up; and every application code (NOT_FOUND, INVALID_ARGUMENT, …).
+ */
+const POD_FAILURES: ReadonlySet<number> = new Set([status.UNAVAILABLE, status.DEADLINE_EXCEEDED, status.INTERNAL]);
+
+/**
+ * gRPC over HTTP/2: one grpc-js client per pod, dialled by IP, counted ready once its channel
+ * is READY and watched for as long as it lives. When the connection drops the channel
+ * reconnects in place; if that fails (TRANSIENT_FAILURE) or takes longer than
+ * `connectTimeoutMs`, the pool stops picking the pod and reconnects with its own backoff.
+ * Closing a pod's connection (once the pool has drained it) ends whatever still runs on it and
+ * resolves when its sockets are gone. `use()` and `broadcast()` callbacks get the generated
+ * client; for one stub that routes every call through the pool, see {@link grpcChannel}.
+ */
+export function grpcTransport<C extends Client>(
+  ServiceClient: GrpcClientConstructor<C>,
+  options: GrpcTransportOptions = {},
+): Transport<C> {
+  if (typeof ServiceClient !== 'function' || !(ServiceClient.prototype instanceof Client)) {
+    invalidOption('ServiceClient', 'a grpc-js client constructor (from loadPackageDefinition or generated code)', ServiceClient);
+  }
+  if (options === null || typeof options !== 'object') invalidOption('options', 'an object', options);
+  const { credentials = grpcCredentials.createInsecure(), serverName, channelOptions = {}, connectTimeoutMs = 10_000 } = options;
+  if (!(credentials instanceof ChannelCredentials)) {
+    invalidOption('credentials', 'grpc-js ChannelCredentials (credentials.createInsecure(), credentials.createSsl(…))', credentials);
+  }
+  if (serverName !== undefined) {
+    if (typeof serverName !== 'string' || serverName === '') invalidOption('serverName', 'a non-empty DNS name', serverName);
+    if (!credentials._isSecure()) invalidOption('serverName', 'used with TLS credentials (credentials.createSsl(…))', serverName);
+  }
+  if (channelOptions === null || typeof channelOptions !== 'object') invalidOption('channelOptions', 'grpc-js channel options', channelOptions);
+  for (const name of ['channelOverride', 'channelFactoryOverride'] as const) {
+    if (name in channelOptions) invalidOption(`channelOptions.${name}`, 'left out: podpool makes one channel per pod', '(set)');
+  }
+  for (const name of KEEPALIVE_OPTIONS) {
+    if (name in channelOptions) checkNumber(`channelOptions['${name}']`, channelOptions[name], { min: 1, integer: true });
+  }
+  const permit = channelOptions['grpc.keepalive_permit_without_calls'];
+  if (permit !== undefined && permit !== 0 && permit !== 1) {
+    invalidOption("channelOptions['grpc.keepalive_permit_without_calls']", '0 or 1', permit);
+  }
+  checkNumber('connectTimeoutMs', connectTimeoutMs, { min: 1 });
+
+  const clientOptions: ClientOptions = {
+    ...CHANNEL_DEFAULTS,
+    ...(serverName !== undefined && { 'grpc.ssl_target_name_override': serverName, 'grpc.default_authority': serverName }),
+    ...channelOptions,
+  };
+
+  return {
+    name: 'grpc',
+    async connect(endpoint, { signal, lost }): Promise<Connection<C>> {
+      signal.throwIfAborted();
+      const sockets = new OwnSockets(credentials);
+      const client = new ServiceClient(targetOf(endpoint), sockets.credentials, clientOptions);
+      const channel = client.getChannel();
+      let watch: { stop(): void } | undefined;
+      const close = (): Promise<void> => {
+        watch?.stop();
+        client.close();
+        return sockets.destroy();
+      };
+      try {
+        await untilReady(channel, endpoint, connectTimeoutMs, signal);
+      } catch (error) {
+        await close();
+        throw error;
+      }
+      watch = watchChannel(channel, endpoint, connectTimeoutMs, lost);
+      return { client, close };
+    },
+    isPodFailure(error) {
+      if (error === null || typeof error !== 'object') return false;
+      const { code } = error as { code?: unknown };
+      if (typeof code === 'number') return POD_FAILURES.has(code);
+      return code === ErrorCode.TIMEOUT || code === ErrorCode.CONNECTION_LOST;
+    },
+  };
+}
+
+type SecureConnector = ReturnType<ChannelCredentials['_createSecureConnector']>;
+
+/**
+ * The sockets of one pod's channel, kept by wrapping its credentials (each connection grpc-js
+ * opens passes through them). grpc-js closes a connection gracefully, and one still in its
+ * handshake not at all: it would close it if the handshake ever completed, so a pod that
+ * accepts TCP and then says nothing (a wedged process) would keep one socket per connect
+ * attempt. Closing a pod's connection destroys its sockets, and waits until they are gone.
+ */
+class OwnSockets {
+  readonly credentials: ChannelCredentials;
+  readonly #open = new Set<Socket>();
+  #destroyed = false;
+
+  constructor(inner: ChannelCredentials) {
+    // grpc-js has built connections through `_createSecureConnector` since 1.13; without it
+    // podpool can only close channels as grpc-js does.
+    this.credentials = typeof inner._createSecureConnector === 'function' ? new TrackingCredentials(inner, this) : inner;
+  }
+
+  track(socket: Socket): void {
+    if (this.#destroyed) {
+      socket.destroy();
+      return;
+    }
+    if (this.#open.has(socket) || socket.closed) return;
+    this.#open.add(socket);
+    socket.once('close', () => this.#open.delete(socket));
+  }
+
+  /** Destroys every socket still open; resolves once all are closed. */
+  async destroy(): Promise<void> {
+    this.#destroyed = true;
+    const closing = [...this.#open].map((socket) => new Promise((resolve) => socket.once('close', resolve)));
+    for (const socket of this.#open) socket.destroy();
+    await Promise.all(closing);
+  }
+}
+
+class TrackingCredentials extends ChannelCredentials {
+  readonly #inner: ChannelCredentials;
+  readonly #sockets: OwnSockets;
+
+  constructor(inner: ChannelCredentials, sockets: OwnSockets) {
+    super();
+    this.#inner = inner;
+    this.#sockets = sockets;
+  }
+
+  override _isSecure(): boolean {
+    return this.#inner._isSecure();
+  }
+
+  override _equals(other: ChannelCredentials): boolean {
+    return other === this;
+  }
+
+  override _createSecureConnector(...args: [GrpcUri, ChannelOptions, CallCredentials?]): SecureConnector {
+    const connector = this.#inner._createSecureConnector(...args);
+    const sockets = this.#sockets;
+    return {
+      async connect(socket) {
+        sockets.track(socket);
+        const secured = await connector.connect(socket);
+        sockets.track(secured.socket);
+        return secured;
+      },
+      waitForReady: () => connector.waitForReady(),
+      getCallCredentials: () => connector.getCallCredentials(),
+      destroy: () => connector.destroy(),
+    };
+  }
+}
+
+/** `ipv4:10.0.0.1:50051` / `ipv6:[fd00::1]:50051`: dialled as is, with no DNS resolver behind it. */
+function targetOf(endpoint: Endpoint): string {
+  return `${endpoint.address.includes(':') ? 'ipv6' : 'ipv4'}:${endpointKey(endpoint.address, endpoint.port)}`;
+}
+
+type GrpcChannel = ChannelInterface;
+type GrpcUri = Parameters<ChannelCredentials['_createSecureConnector']>[0];
+type State = ReturnType<GrpcChannel['getConnectivityState']>;
+
+function stateName(state: State): string {
+  return connectivityState[state] ?? String(state);
+}
+
+/** Resolves once `channel` is READY; rejects when it fails, takes longer than `timeoutMs`, or `signal` aborts. */
+function untilReady(channel: GrpcChannel, endpoint: Endpoint, timeoutMs: number, signal: AbortSignal): Promise<void> {
+  return new Promise((resolve, reject) => {
+    let settled = false;
+    const finish = (error?: unknown): void => {
+      if (settled) return;
+      settled = true;
+      clearTimeout(timer);
+      signal.removeEventListener('abort', onAbort);
+      if (error === undefined) resolve();
+      else reject(error);
+    };
+    const onAbort = (): void => finish(signal.reason);
+    const timer = setTimeout(() => {
+      finish(new Error(`the channel was not READY after ${timeoutMs} ms (${stateName(channel.getConnectivityState(false))})`));
+    }, timeoutMs);
+    signal.addEventListener('abort', onAbort, { once: true });
+    const step = (): void => {
+      if (settled) return;
+      const state = leaveIdle(channel);
+      debug('%s: grpc channel %s', endpoint.key, stateName(state));
+      if (state === connectivityState.READY) {
+        finish();
+      } else if (state === connectivityState.TRANSIENT_FAILURE) {
+        void lastFailure(channel).then((why) => finish(new Error(`the channel failed to connect: ${withHint(why)}`)));
+      } else if (state === connectivityState.SHUTDOWN) {
+        finish(new Error('the channel was shut down'));
+      } else {
+        channel.watchConnectivityState(state, Infinity, step);
+      }
+    };
+    step();
+  });
+}
+
+/**
+ * Watches a READY channel until it fails, and calls `lost` once. A dropped connection (GOAWAY,
+ * keepalive timeout, reset) takes the channel to IDLE; it reconnects in place, keeping what
+ * grpc-js learned (a doubled keepalive interval), and counts as lost only if that reconnect
+ * fails or takes longer than `timeoutMs`.
+ */
+function watchChannel(
+  channel: GrpcChannel,
+  endpoint: Endpoint,
+  timeoutMs: number,
+  lost: (error: Error) => void,
+): { stop(): void } {
+  let done = false;
+  let timer: NodeJS.Timeout | undefined;
+  const stop = (): void => {
+    done = true;
+    clearTimeout(timer);
+  };
+  const fail = (error: Error): void => {
+    if (done) return;
+    stop();
+    lost(error);
+  };
+  const step = (): void => {
+    if (done) return;
+    const state = leaveIdle(channel);
+    debug('%s: grpc channel %s', endpoint.key, stateName(state));
+    if (state === connectivityState.READY) {
+      clearTimeout(timer);
+      timer = undefined;
+    } else if (state === connectivityState.TRANSIENT_FAILURE) {
+      clearTimeout(timer);
+      void lastFailure(channel).then((why) => fail(new Error(`the channel could not reconnect: ${why}`)));
+      return;
+    } else if (state === connectivityState.SHUTDOWN) {
+      fail(new Error('the channel was shut down'));
+      return;
+    } else if (timer === undefined) {
+      timer = setTimeout(() => {
+        fail(new Error(`the channel lost its connection and was not READY again within ${timeoutMs} ms`));
+      }, timeoutMs);
+    }
+    channel.watchConnectivityState(state, Infinity, step);
+  };
+  step();
+  return { stop };
+}
+
+/** The channel's state, after asking an IDLE channel to connect. */
+function leaveIdle(channel: GrpcChannel): State {
+  const state = channel.getConnectivityState(false);
+  if (state !== connectivityState.IDLE) return state;
+  channel.getConnectivityState(true);
+  return channel.getConnectivityState(false);
+}
+
+/** A certificate that names something else than the pod's IP is the usual Service-name case. */
+function withHint(why: string): string {
+  return /certificate's altnames/.test(why)
+    ? `${why} (when the certificate names the Service, give grpcTransport its DNS name as serverName)`
+    : why;
+}
+
+/**
+ * Why a channel in TRANSIENT_FAILURE failed (`connect ECONNREFUSED …`, a certificate that
+ * doesn't name the server, …). grpc-js keeps the reason only for the calls it fails fast in
+ * that state, so this asks with a call that never reaches the wire.
+ */
+function lastFailure(channel: GrpcChannel): Promise<string> {
+  return new Promise((resolve) => {
+    let call;
+    try {
+      // The deadline only guards against a channel that is connecting again already: a call
+      // started in TRANSIENT_FAILURE fails on the spot.
+      call = channel.createCall('/podpool.Probe/LastError', Date.now() + 1_000, null, null, null);
+    } catch (error) {
+      resolve(error instanceof Error ? error.message : String(error));
+      return;
+    }
+    call.start(new Metadata(), {
+      onReceiveMetadata() {},
+      onReceiveMessage() {},
+      onReceiveStatus({ details }) {
+        resolve(details.replace(/^No connection established\. Last error: (Error: )?/, '').replace(/\. Resolution note: ?$/, ''));
+      },
+    });
+    call.halfClose();
+  });
+}
+
+// ---- the Channel over the pool ----------------------------------------------------------------
+
+type GrpcCall = ReturnType<GrpcChannel['createCall']>;
+type CreateCallArgs = Parameters<GrpcChannel['createCall']>;
+type MessageContext = Parameters<GrpcCall['sendMessageWithContext']>[0];
+type ChannelRef = ReturnType<GrpcChannel['getChannelzRef']>;
+
+/** Options of {@link grpcChannel}. */
+export interface GrpcChannelOptions {
+  /**
+   * The affinity key of a call, for `ringHash()`: read from the method or the call's metadata
+   * (`(method, metadata) => metadata.get('tenant')[0]?.toString()`).
+   */
+  key?: (method: string, metadata: Metadata) => string | undefined;
+}
+
+/** Picks a pod for one call. */
+type Begin<C> = (method: string, metadata: Metadata) => PoolCall<C>;
+
+/** A `watchConnectivityState` caller. */
+interface Watcher {
+  readonly from: State;
+  readonly callback: (error?: Error) => void;
+  timer?: NodeJS.Timeout;
+}
+
+/** A failed call's status as the error the pool records (shaped like grpc-js's `ServiceError`). */
+function statusError({ code, details, metadata }: StatusObject): Error {
+  return Object.assign(new Error(`${code} ${status[code] ?? 'UNKNOWN'}: ${details}`), { code, details, metadata });
+}
+
+/**
+ * One call through the pool. The pod is picked when the call starts (its metadata may carry the
+ * affinity key), the call is created on that pod's channel, and the pool counts it in flight
+ * until its status arrives, so a stream stays on its pod for its whole life and counts for as
+ * long as it is open.
+ */
+class PoolChannelCall<C extends Client> implements GrpcCall, InterceptingListener {
+  readonly #begin: Begin<C>;
+  readonly #args: CreateCallArgs;
+  #inner: GrpcCall | undefined = undefined;
+  #listener: InterceptingListener | undefined = undefined;
+  #end: ((error?: unknown) => void) | undefined = undefined;
+  #credentials: CallCredentials | undefined = undefined;
+  /** Set when the call failed (or was cancelled) before it reached a pod. */
+  #failure: StatusObject | undefined = undefined;
+  /** Operations issued before `start`, replayed on the pod's call. */
+  #pending: ((call: GrpcCall) => void)[] | undefined = undefined;
+
+  constructor(begin: Begin<C>, args: CreateCallArgs) {
+    this.#begin = begin;
+    this.#args = args;
+  }
+
+  start(metadata: Metadata, listener: InterceptingListener): void {
+    this.#listener = listener;
+    if (this.#failure !== undefined) {
+      this.#deliverFailure();
+      return;
+    }
+    let call: PoolCall<C>;
+    try {
+      call = this.#begin(this.#args[0], metadata);
+    } catch (error) {
+      this.#fail(error);
+      return;
+    }
+    let inner: GrpcCall;
+    try {
+      inner = call.client.getChannel().createCall(...this.#args);
+      if (this.#credentials !== undefined) inner.setCredentials(this.#credentials);
+    } catch (error) {
+      const lost = new PodpoolError(ErrorCode.CONNECTION_LOST, `the channel to ${call.endpoint.key} is closed`, { cause: error });
+      call.end(lost);
+      this.#fail(lost);
+      return;
+    }
+    this.#end = call.end;
+    this.#inner = inner;
+    inner.start(metadata, this);
+    const pending = this.#pending;
+    this.#pending = undefined;
+    if (pending !== undefined) for (const operation of pending) operation(inner);
+  }
+
+  onReceiveMetadata(metadata: Metadata): void {
+    this.#listener!.onReceiveMetadata(metadata);
+  }
+
+  onReceiveMessage(message: unknown): void {
+    this.#listener!.onReceiveMessage(message);
+  }
+
+  onReceiveStatus(received: StatusObject): void {
+    // The pool hears first, so whoever waits on the status sees the call no longer in flight.
+    this.#end!(received.code === status.OK ? undefined : statusError(received));
+    this.#listener!.onReceiveStatus(received);
+  }
+
+  sendMessageWithContext(context: MessageContext, message: Buffer): void {
+    if (this.#inner !== undefined) this.#inner.sendMessageWithContext(context, message);
+    else if (this.#failure !== undefined) process.nextTick(() => context.callback?.());
+    else (this.#pending ??= []).push((call) => call.sendMessageWithContext(context, message));
+  }
+
+  startRead(): void {
+    if (this.#inner !== undefined) this.#inner.startRead();
+    else if (this.#failure === undefined) (this.#pending ??= []).push((call) => call.startRead());
+  }
+
+  halfClose(): void {
+    if (this.#inner !== undefined) this.#inner.halfClose();
+    else if (this.#failure === undefined) (this.#pending ??= []).push((call) => call.halfClose());
+  }
+
+  cancelWithStatus(code: status, details: string): void {
+    if (this.#inner !== undefined) this.#inner.cancelWithStatus(code, details);
+    else if (this.#failure === undefined) this.#failure = { code, details, metadata: new Metadata() };
+  }
+
+  getPeer(): string {
+    return this.#inner?.getPeer() ?? '';
+  }
+
+  getCallNumber(): number {
+    return this.#inner?.getCallNumber() ?? 0;
+  }
+
+  setCredentials(credentials: CallCredentials): void {
+    if (this.#inner !== undefined) this.#inner.setCredentials(credentials);
+    else this.#credentials = credentials;
+  }
+
+  getAuthContext() {
+    return this.#inner?.getAuthContext() ?? null;
+  }
+
+  /** No pod could take the call: it ends UNAVAILABLE, the details saying why. */
+  #fail(error: unknown): void {
+    const metadata = new Metadata();
+    if (error instanceof PodpoolError) metadata.set('podpool-error-code', error.code);
+    const details = error instanceof Error ? error.message : String(error);
+    this.#failure = { code: status.UNAVAILABLE, details: `podpool: ${details}`, metadata };
+    this.#deliverFailure();
+  }
+
+  #deliverFailure(): void {
+    const failure = this.#failure!;
+    // Never from inside start(): the client has not finished setting the call up yet.
+    process.nextTick(() => this.#listener!.onReceiveStatus(failure));
+  }
+}
+
+/**
+ * A grpc-js `Channel` that sends each call to a pod the pool picks, for a generated client's
+ * `channelOverride`: `new EchoClient('podpool', credentials.createInsecure(), { channelOverride:
+ * grpcChannel(pool) })`. Unary calls and streams of every kind work; a stream stays on its pod
+ * for its whole life, and the pool counts it in flight until its status arrives. UNAVAILABLE,
+ * DEADLINE_EXCEEDED and INTERNAL count against the pod. With no pod ready a call fails at once
+ * with UNAVAILABLE, its details carrying the pool's message and its trailers the
+ * `podpool-error-code`. Closing the channel (or the client) stops it taking calls; close the
+ * pool to close connections.
+ */
+export class PoolChannel<C extends Client = Client> implements GrpcChannel {
+  readonly #pool: Pool<C>;
+  readonly #target: string;
+  readonly #begin: Begin<C>;
+  readonly #watchers = new Set<Watcher>();
+  readonly #onState = (): void => this.#notify();
+  #closed = false;
+
+  constructor(pool: Pool<C>, options: GrpcChannelOptions = {}) {
+    if (pool === null || typeof pool !== 'object' || typeof pool.begin !== 'function') {
+      invalidOption('pool', 'a pool made with createPool({ transport: grpcTransport(…) })', pool);
+    }
+    if (options === null || typeof options !== 'object') invalidOption('options', 'an object', options);
+    const { key } = options;
+    if (key !== undefined && typeof key !== 'function') invalidOption('key', 'a function (method, metadata) => string | undefined', key);
+    this.#pool = pool;
+    this.#target = `podpool:${pool.stats().source}`;
+    this.#begin = (method, metadata) => {
+      if (this.#closed) throw new PodpoolError(ErrorCode.CLOSED, 'the gRPC channel over the pool is closed');
+      return pool.begin(key?.(method, metadata));
+    };
+  }
+
+  createCall(...args: CreateCallArgs): GrpcCall {
+    return new PoolChannelCall(this.#begin, args);
+  }
+
+  /**
+   * READY while a pod can take a call, TRANSIENT_FAILURE while none can (calls then fail at
+   * once, as grpc-js fails them in that state), SHUTDOWN once closed.
+   */
+  getConnectivityState(_tryToConnect?: boolean): State {
+    if (this.#closed) return connectivityState.SHUTDOWN;
+    return this.#pool.stats().ready > 0 ? connectivityState.READY : connectivityState.TRANSIENT_FAILURE;
+  }
+
+  watchConnectivityState(currentState: State, deadline: Date | number, callback: (error?: Error) => void): void {
+    if (this.#closed) throw new Error('Channel has been shut down');
+    if (this.getConnectivityState() !== currentState) {
+      process.nextTick(callback);
+      return;
+    }
+    const watcher: Watcher = { from: currentState, callback };
+    const ms = deadline instanceof Date ? deadline.getTime() - Date.now() : deadline === Infinity ? Infinity : deadline - Date.now();
+    if (ms !== Infinity) {
+      watcher.timer = setTimeout(() => {
+        this.#unwatch(watcher);
+        callback(new Error('Deadline passed without connectivity state change'));
+      }, Math.max(0, ms));
+    }
+    if (this.#watchers.size === 0) this.#pool.on('state', this.#onState);
+    this.#watchers.add(watcher);
+  }
+
+  getTarget(): string {
+    return this.#target;
+  }
+
+  /** Not registered with channelz: the pods' own channels are. */
+  getChannelzRef(): ChannelRef {
+    return { kind: 'channel', id: 0, name: this.#target } as ChannelRef;
+  }
+
+  close(): void {
+    if (this.#closed) return;
+    this.#closed = true;
+    this.#notify();
+  }
+
+  #notify(): void {
+    const state = this.getConnectivityState();
+    for (const watcher of [...this.#watchers]) {
+      if (watcher.from === state) continue;
+      this.#unwatch(watcher);
+      watcher.callback();
+    }
+  }
+
+  #unwatch(watcher: Watcher): void {
+    clearTimeout(watcher.timer);
+    this.#watchers.delete(watcher);
+    if (this.#watchers.size === 0) this.#pool.off('state', this.#onState);
+  }
+}
+
+/**
+ * A grpc-js `Channel` over a gRPC pool, so one generated stub balances per call:
+ * `new EchoClient('podpool', credentials.createInsecure(), { channelOverride: grpcChannel(pool) })`.
+ */
+export function grpcChannel<C extends Client>(pool: Pool<C>, options?: GrpcChannelOptions): PoolChannel<C> {
+  return new PoolChannel(pool, options);
+}
