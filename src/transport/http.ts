@@ -76,7 +76,10 @@ export function httpTransport(options: HttpTransportOptions = {}): Transport<Cli
         socketError = error;
       });
       socket.once('close', () => {
-        lost(socketError ?? new Error(`${endpoint.key} closed the connection`));
+        // After every 'close' listener has run: undici's own marks the socket closed, and a
+        // Client.destroy() that the pool calls from lost() waits forever for a 'close' that is
+        // being emitted right now unless undici has seen it.
+        queueMicrotask(() => lost(socketError ?? new Error(`${endpoint.key} closed the connection`)));
       });
       return {
         client,

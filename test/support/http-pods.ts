@@ -11,6 +11,8 @@ export interface HttpPod {
   requests: number;
   /** TCP connections accepted since start. */
   connections: number;
+  /** Called on each request, before the handler (tests use it to learn a request arrived). */
+  onRequest: (() => void) | undefined;
   /** TCP connections open now. */
   readonly open: number;
   /** Resolves once no connection is open. */
@@ -55,6 +57,7 @@ async function startHttpPod(address: string, handler: PodHandler): Promise<HttpP
     },
     requests: 0,
     connections: 0,
+    onRequest: undefined,
     get open() {
       return open;
     },
@@ -80,6 +83,7 @@ async function startHttpPod(address: string, handler: PodHandler): Promise<HttpP
   const listen = async (): Promise<void> => {
     const s = createServer((req, res) => {
       pod.requests++;
+      pod.onRequest?.();
       handler(pod, req, res);
     });
     s.on('connection', (socket) => {

@@ -295,6 +295,41 @@ describe('httpTransport against real HTTP servers on loopback', () => {
     assert.equal(await pool.use((client, endpoint) => (assert.equal(endpoint.key, `[::1]:${port}`), get(client))), 'v6');
   });
 
+  it('close() finishes after a pod died with requests queued on its connection', { timeout: 20_000 }, async (t) => {
+    const pods = await startHttpPods(1, {
+      first: 81,
+      handler: (_pod, req) => {
+        req.resume(); // never answers: the first request runs, the others queue behind it
+      },
+    });
+    t.after(() => stopPods(pods));
+    const pool = createPool({
+      source: staticEndpoints(endpointsOf(pods)),
+      transport: httpTransport(),
+      reconnect: { minMs: 60_000, maxMs: 60_000 },
+    });
+    await pool.ready();
+    let started!: () => void;
+    const running = new Promise<void>((resolve) => {
+      started = resolve;
+    });
+    pods[0].onRequest = started;
+    const calls = Array.from({ length: 3 }, () => pool.use((client) => get(client)));
+    await running;
+    const down = stateReached(pool, pods[0].key, 'connecting');
+    await pods[0].kill();
+    await down;
+    const outcomes = await Promise.allSettled(calls);
+    assert.deepEqual(
+      outcomes.map((o) => o.status),
+      ['rejected', 'rejected', 'rejected'],
+    );
+    // The regression: undici's Client.destroy() never settled when called from inside the
+    // socket's own 'close' event, so close() hung here.
+    await pool.close();
+    assert.equal(pool.stats().members.length, 0);
+  });
+
   it('close() leaves no socket or timer behind', async (t) => {
     const pods = await startHttpPods(3, { first: 71 });
     t.after(() => stopPods(pods));
