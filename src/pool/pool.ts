@@ -102,6 +102,12 @@ export interface PoolCall<C> {
   end(error?: unknown): void;
 }
 
+/** A connection `#open` made, and a loss the transport reported before the member took it. */
+interface Opened<C> {
+  readonly connection: Connection<C>;
+  lostEarly(): Error | undefined;
+}
+
 interface Waiter {
   check(): void;
   fail(error: PodpoolError): void;
@@ -130,6 +136,7 @@ export class Pool<C> extends EventEmitter<PoolEvents> {
   #lastSourceError: PodpoolError | undefined = undefined;
   readonly #waiters = new Set<Waiter>();
   readonly #closingConnections = new Set<Promise<void>>();
+  readonly #connectLoops = new Set<Promise<void>>();
   readonly #watch: SourceWatch;
   #closing: Promise<void> | undefined = undefined;
 
@@ -238,10 +245,11 @@ export class Pool<C> extends EventEmitter<PoolEvents> {
     let member: Member<C> | undefined;
     try {
       if (this.#closing) throw this.#closedError('use()');
-      member = this.#picker.pick(options?.key);
-      if (member === undefined) throw this.#noEndpoints();
+      // Checked before the pick: a bad option is the caller's bug whether or not a pod is ready.
       const timeoutMs = options?.timeoutMs;
       if (timeoutMs !== undefined) checkNumber('timeoutMs', timeoutMs, { min: 1 });
+      member = this.#picker.pick(options?.key);
+      if (member === undefined) throw this.#noEndpoints();
     } catch (error) {
       return Promise.reject(error);
     }
@@ -349,6 +357,8 @@ export class Pool<C> extends EventEmitter<PoolEvents> {
     const members = [...this.#members.values()];
     for (const m of members) this.#drain(m);
     await Promise.all([watchClosed, ...members.map((m) => m.closed.promise)]);
+    // Every loop was aborted above; one that opened a connection as the abort came closes it.
+    await Promise.all(this.#connectLoops);
     await Promise.all(this.#closingConnections);
     debug('pool closed');
   }
@@ -360,27 +370,25 @@ export class Pool<C> extends EventEmitter<PoolEvents> {
     fn: (client: C, endpoint: Endpoint, signal: AbortSignal | undefined) => T | PromiseLike<T>,
     signal: AbortSignal | undefined,
     deadline: { expired: boolean } | undefined,
+    started = this.#clock(),
   ): Promise<T> {
     const connection = m.connection!;
     m.inFlight++;
     m.requests++;
-    const started = this.#clock();
     let client: C | undefined;
     let failed = false;
     try {
       client = connection.acquire === undefined ? (connection.client as C) : await connection.acquire(signal);
       const value = await fn(client, m.endpoint, signal);
-      if (deadline?.expired) {
-        failed = true;
-        this.#record(m, started, true, undefined);
-      } else {
-        this.#record(m, started, false, undefined);
-      }
+      // A call that ended past its deadline was counted as a failure when the deadline passed.
+      if (deadline?.expired) failed = true;
+      else this.#record(m, started, false, undefined);
       return value;
     } catch (error) {
       failed = true;
-      // A caller that gave up says nothing about the pod; a deadline that passed does.
-      if (deadline?.expired || !signal?.aborted) this.#record(m, started, true, error);
+      // A caller that gave up says nothing about the pod; a deadline that passed does, and was
+      // counted then (the signal is aborted in both cases).
+      if (!signal?.aborted) this.#record(m, started, true, error);
       throw error;
     } finally {
       if (client !== undefined && connection.release !== undefined) connection.release(client, failed);
@@ -389,9 +397,10 @@ export class Pool<C> extends EventEmitter<PoolEvents> {
   }
 
   /**
-   * `#call` raced against a signal and a timeout. The caller's promise settles at the deadline;
-   * the member keeps counting the call in flight until `fn` really ends, which is the truth the
-   * balancers need.
+   * `#call` raced against a signal and a timeout. The caller's promise settles at the deadline,
+   * and the timeout counts against the pod then: a pod that never answers must add up to an
+   * ejection even when `fn` ignores its signal. The member keeps counting the call in flight until
+   * `fn` really ends, which is the truth the balancers need.
    */
   #callWithin<T>(
     m: Member<C>,
@@ -404,6 +413,7 @@ export class Pool<C> extends EventEmitter<PoolEvents> {
     return new Promise<T>((resolve, reject) => {
       const controller = new AbortController();
       const deadline = { expired: false };
+      const started = this.#clock();
       let timer: NodeJS.Timeout | undefined;
       const finish = (): void => {
         clearTimeout(timer);
@@ -419,13 +429,14 @@ export class Pool<C> extends EventEmitter<PoolEvents> {
         timer = setTimeout(() => {
           deadline.expired = true;
           const error = new PodpoolError(ErrorCode.TIMEOUT, `${what} did not finish within ${timeoutMs} ms`);
+          this.#record(m, started, true, error);
           controller.abort(error);
           finish();
           reject(error);
         }, timeoutMs);
       }
       outer?.addEventListener('abort', onAbort, { once: true });
-      this.#call(m, fn, controller.signal, deadline).then(
+      this.#call(m, fn, controller.signal, deadline, started).then(
         (value) => {
           finish();
           resolve(value);
@@ -516,12 +527,20 @@ export class Pool<C> extends EventEmitter<PoolEvents> {
     const m = new Member<C>(endpoint, this.#latencyDecayMs);
     this.#members.set(endpoint.key, m);
     debug('%s: new member', endpoint.key);
-    void this.#connect(m);
+    this.#connect(m);
   }
 
-  async #connect(m: Member<C>): Promise<void> {
+  /** Starts the member's connect loop; `close()` waits for every loop to end. */
+  #connect(m: Member<C>): void {
+    const loop = this.#connectLoop(m);
+    this.#connectLoops.add(loop);
+    void loop.finally(() => this.#connectLoops.delete(loop));
+  }
+
+  async #connectLoop(m: Member<C>): Promise<void> {
     const { signal } = m.abort;
     const { minMs, maxMs, factor } = this.#reconnect;
+    let opened: Opened<C> | undefined;
     try {
       if (m.flaps > 0) {
         // The last connection died young: wait as a failed attempt would, so a pod that
@@ -529,7 +548,7 @@ export class Pool<C> extends EventEmitter<PoolEvents> {
         const backoff = Math.min(maxMs, minMs * factor ** (m.flaps - 1));
         await sleep(backoff * (1 + this.#context.random()), undefined, { signal });
       }
-      const connection = await pRetry(() => this.#open(m, signal), {
+      const { connection, lostEarly } = await pRetry(async () => (opened = await this.#open(m, signal)), {
         retries: Infinity,
         minTimeout: minMs,
         maxTimeout: maxMs,
@@ -551,19 +570,26 @@ export class Pool<C> extends EventEmitter<PoolEvents> {
       m.connectedAt = this.#clock();
       m.consecutiveFailures = 0;
       this.#transition(m, 'ready');
+      // A loss reported between connect resolving and now matched no member connection yet.
+      const lost = lostEarly();
+      if (lost !== undefined) this.#lost(m, connection, lost);
     } catch {
-      // Aborted: the member is draining or the pool is closing; nothing to report.
+      // Aborted: the member is draining or the pool is closing; nothing to report. p-retry looks
+      // at the signal again after an attempt succeeded, so a connection that opened just as the
+      // abort came ends up here, and nothing else would ever close it.
+      if (opened !== undefined && m.connection !== opened.connection) void this.#closeConnection(opened.connection);
     }
   }
 
-  async #open(m: Member<C>, signal: AbortSignal): Promise<Connection<C>> {
+  async #open(m: Member<C>, signal: AbortSignal): Promise<Opened<C>> {
     let connection: Connection<C> | undefined;
     let lostEarly: Error | undefined;
     const context = {
       signal,
       lost: (error: Error) => {
-        if (connection === undefined) lostEarly = error;
-        else this.#lost(m, connection, error);
+        // Until the member has adopted this connection, keep the loss for #connectLoop.
+        if (connection !== undefined && m.connection === connection) this.#lost(m, connection, error);
+        else lostEarly ??= error;
       },
     };
     try {
@@ -582,7 +608,7 @@ export class Pool<C> extends EventEmitter<PoolEvents> {
         cause: lostEarly,
       });
     }
-    return connection;
+    return { connection, lostEarly: () => lostEarly };
   }
 
   #lost(m: Member<C>, connection: Connection<C>, error: Error): void {
@@ -602,7 +628,7 @@ export class Pool<C> extends EventEmitter<PoolEvents> {
     clearTimeout(m.timer);
     m.timer = undefined;
     this.#transition(m, 'connecting', lost);
-    void this.#connect(m);
+    this.#connect(m);
   }
 
   #eject(m: Member<C>, policy: EjectionPolicy, now: number): void {
@@ -655,7 +681,7 @@ export class Pool<C> extends EventEmitter<PoolEvents> {
     }
     m.abort = new AbortController();
     this.#transition(m, 'connecting');
-    void this.#connect(m);
+    this.#connect(m);
   }
 
   #finishDrain(m: Member<C>): void {

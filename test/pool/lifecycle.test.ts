@@ -1,0 +1,455 @@
+import assert from 'node:assert/strict';
+import { syncBuiltinESMExports } from 'node:module';
+import { describe, it, type TestContext } from 'node:test';
+import type { Balancer, Pickable, Picker } from '../../src/balance/balancer.ts';
+import { ErrorCode, PodpoolError } from '../../src/errors.ts';
+import type { MemberState, MemberStats } from '../../src/pool/member.ts';
+import { createPool, type Pool, type PoolOptions, type StateChange } from '../../src/pool/pool.ts';
+import { ManualSource, pod, podKey } from '../support/manual-source.ts';
+import { MemoryTransport, type MemoryClient } from '../support/memory-transport.ts';
+
+const k1 = podKey(1);
+const k2 = podKey(2);
+
+interface Harness {
+  source: ManualSource;
+  transport: MemoryTransport;
+  pool: Pool<MemoryClient>;
+}
+
+function harness(t: TestContext, options: Partial<PoolOptions<MemoryClient>> = {}): Harness {
+  const source = new ManualSource();
+  const transport = (options.transport as MemoryTransport | undefined) ?? new MemoryTransport();
+  const pool = createPool({ reconnect: { minMs: 1, maxMs: 4 }, ...options, source, transport });
+  t.after(() => pool.close());
+  return { source, transport, pool };
+}
+
+/** Resolves at the next `state` event that takes `key` to `to`; call it before causing it. */
+function reached(pool: Pool<MemoryClient>, key: string, to: MemberState): Promise<StateChange> {
+  return new Promise((resolve) => {
+    const listener = (change: StateChange): void => {
+      if (change.endpoint.key !== key || change.to !== to) return;
+      pool.off('state', listener);
+      resolve(change);
+    };
+    pool.on('state', listener);
+  });
+}
+
+/** Lets every pending promise job and I/O callback run (not timers that are not due). */
+function flush(): Promise<void> {
+  return new Promise((resolve) => setImmediate(resolve));
+}
+
+/** Drains the microtask queue only: nothing that waits for a timer can happen meanwhile. */
+async function microtasks(n = 50): Promise<void> {
+  for (let i = 0; i < n; i++) await Promise.resolve();
+}
+
+/** Always picks the first pickable member (by key), so a test knows where a call goes. */
+function first(): Balancer {
+  return {
+    name: 'first',
+    picker<M extends Pickable>(members: readonly M[]): Picker<M> {
+      return { pick: () => members[0] };
+    },
+  };
+}
+
+function statsOf(pool: Pool<MemoryClient>, key: string): MemberStats | undefined {
+  return pool.stats().members.find((m) => m.endpoint.key === key);
+}
+
+/** Where `n` calls land. */
+async function picks(pool: Pool<MemoryClient>, n: number): Promise<string[]> {
+  const keys: string[] = [];
+  for (let i = 0; i < n; i++) {
+    keys.push(
+      await pool.use((client, endpoint) => {
+        assert.equal(client.key, endpoint.key);
+        assert.equal(client.dead, false, `picked ${client.key}'s dead connection ${client.connection}`);
+        return endpoint.key;
+      }),
+    );
+  }
+  return keys;
+}
+
+/** Node's mock timers, also for `node:timers/promises` as the pool imports it. */
+function mockTimers(t: TestContext): TestContext['mock']['timers'] {
+  t.mock.timers.enable({ apis: ['setTimeout'] });
+  // The pool imports `setTimeout` from node:timers/promises by name; re-sync the ESM bindings so
+  // that name points at the mock (and back at the real one afterwards).
+  syncBuiltinESMExports();
+  t.after(() => {
+    t.mock.timers.reset();
+    syncBuiltinESMExports();
+  });
+  return t.mock.timers;
+}
+
+describe('ready()', () => {
+  it('resolves once minEndpoints members are ready, not before', async (t) => {
+    const { source, transport, pool } = harness(t);
+    transport.hold();
+    source.set([pod(1), pod(2), pod(3)]);
+    let settled = false;
+    const ready = pool.ready({ minEndpoints: 2 }).then(() => {
+      settled = true;
+    });
+    const one = reached(pool, k1, 'ready');
+    transport.release(k1);
+    await one;
+    await flush();
+    assert.equal(settled, false, 'ready() resolved with one of two members ready');
+    transport.release(k2);
+    await ready;
+    assert.equal(pool.stats().ready, 2);
+  });
+
+  it('waits for the first snapshot, and resolves at once when enough are ready', async (t) => {
+    const { source, pool } = harness(t);
+    let settled = false;
+    const ready = pool.ready().then(() => {
+      settled = true;
+    });
+    await flush();
+    assert.equal(settled, false);
+    source.set([pod(1)]);
+    await ready;
+    await pool.ready({ minEndpoints: 1 });
+  });
+
+  it('fails with PODPOOL_TIMEOUT saying how many are ready', async (t) => {
+    const { source, transport, pool } = harness(t);
+    transport.hold(k2);
+    source.set([pod(1), pod(2)]);
+    await pool.ready();
+    await assert.rejects(pool.ready({ minEndpoints: 2, timeoutMs: 5 }), (error: PodpoolError) => {
+      assert.equal(error.code, ErrorCode.TIMEOUT);
+      assert.match(error.message, /1 of 2 endpoint\(s\) ready after 5 ms/);
+      assert.match(error.message, /1 ready, 1 connecting/);
+      return true;
+    });
+  });
+
+  it('fails with PODPOOL_ABORTED when its signal aborts, before or while waiting', async (t) => {
+    const { pool } = harness(t);
+    const reason = new Error('shutting down');
+    await assert.rejects(pool.ready({ signal: AbortSignal.abort(reason) }), { code: ErrorCode.ABORTED, cause: reason });
+    const controller = new AbortController();
+    const waiting = pool.ready({ signal: controller.signal });
+    controller.abort(reason);
+    await assert.rejects(waiting, { code: ErrorCode.ABORTED, cause: reason });
+  });
+
+  it('fails with PODPOOL_CLOSED when the pool closes while it waits, and after', async (t) => {
+    const { pool } = harness(t);
+    const waiting = pool.ready({ timeoutMs: 60_000 });
+    await pool.close();
+    await assert.rejects(waiting, { code: ErrorCode.CLOSED });
+    await assert.rejects(pool.ready(), { code: ErrorCode.CLOSED });
+  });
+});
+
+describe('use() with nothing to pick', () => {
+  it('before any snapshot: PODPOOL_NO_ENDPOINTS telling to await ready(), with the source error', async (t) => {
+    const { source, pool } = harness(t);
+    await assert.rejects(pool.use(() => 1), (error: PodpoolError) => {
+      assert.equal(error.code, ErrorCode.NO_ENDPOINTS);
+      assert.match(error.message, /manual discovery has not reported any endpoint yet; await pool\.ready\(\) first/);
+      return true;
+    });
+    const reported: PodpoolError[] = [];
+    pool.on('sourceError', (error) => reported.push(error));
+    const failure = source.fail('lookup of backend timed out');
+    assert.deepEqual(reported, [failure]);
+    await assert.rejects(pool.use(() => 1), {
+      code: ErrorCode.NO_ENDPOINTS,
+      message: /\(last error: lookup of backend timed out\); await pool\.ready\(\) first/,
+    });
+  });
+
+  it('when every member is down: PODPOOL_NO_ENDPOINTS naming the states and the last error', async (t) => {
+    const { source, transport, pool } = harness(t);
+    source.set([pod(1), pod(2)]);
+    await pool.ready({ minEndpoints: 2 });
+    transport.hold();
+    transport.lose(k1, new Error('pod crashed'));
+    transport.lose(k2, new Error('pod crashed'));
+    await assert.rejects(pool.use(() => 1), (error: PodpoolError) => {
+      assert.equal(error.code, ErrorCode.NO_ENDPOINTS);
+      assert.match(error.message, /2 endpoint\(s\) discovered, 2 connecting; last error: lost the connection to 10\.0\.0\.\d:80: pod crashed/);
+      return true;
+    });
+  });
+
+  it('with only unready endpoints: no member, no connect, and the error says so', async (t) => {
+    const { source, transport, pool } = harness(t);
+    source.set([pod(1, { ready: false }), pod(2, { ready: false, serving: true, terminating: true })]);
+    assert.equal(transport.attempts(), 0);
+    assert.deepEqual(pool.stats().members, []);
+    await assert.rejects(pool.use(() => 1), { code: ErrorCode.NO_ENDPOINTS, message: /2 endpoint\(s\) discovered, no members$/ });
+  });
+});
+
+describe('connecting', () => {
+  it('retries a failing connect, never picks the member meanwhile, and takes it up once it connects', async (t) => {
+    const { source, transport, pool } = harness(t);
+    transport.refuse(k1);
+    const errors: PodpoolError[] = [];
+    pool.on('connectError', (endpoint, error) => {
+      if (endpoint.key === k1) errors.push(error);
+    });
+    source.set([pod(1), pod(2)]);
+    await transport.untilAttempts(k1, 4);
+    assert.ok(errors.length >= 3, `${errors.length} connectError events for 4 attempts`);
+    for (const error of errors) {
+      assert.equal(error.code, ErrorCode.CONNECT_FAILED);
+      assert.match(error.message, /could not connect to 10\.0\.0\.1:80 \(memory\): 10\.0\.0\.1:80 refused the connection/);
+      assert.ok(error.cause instanceof Error);
+    }
+    assert.equal(statsOf(pool, k1)?.state, 'connecting');
+    assert.equal(statsOf(pool, k1)?.lastError, errors.at(-1));
+    await pool.ready();
+    assert.deepEqual(new Set(await picks(pool, 6)), new Set([k2]));
+
+    const up = reached(pool, k1, 'ready');
+    transport.accept(k1);
+    assert.equal((await up).from, 'connecting');
+    assert.equal(statsOf(pool, k1)?.connects, 1);
+    assert.deepEqual(new Set(await picks(pool, 6)), new Set([k1, k2]));
+  });
+
+  it('waits longer between failed connects each time (p-retry backoff, jittered up to 2×)', async (t) => {
+    const timers = mockTimers(t);
+    const { source, transport, pool } = harness(t, { reconnect: { minMs: 100, maxMs: 10_000, factor: 2 } });
+    transport.refuse(k1);
+    source.set([pod(1)]);
+    await flush();
+    assert.equal(transport.attempts(k1), 1);
+    // The n-th retry waits between minMs·2^(n-1) and twice that.
+    for (const [n, wait] of [
+      [2, 100],
+      [3, 200],
+      [4, 400],
+    ] as const) {
+      timers.tick(wait - 1);
+      await flush();
+      assert.equal(transport.attempts(k1), n - 1, `attempt ${n} came before ${wait} ms`);
+      timers.tick(wait + 1);
+      await flush();
+      assert.equal(transport.attempts(k1), n, `attempt ${n} did not come within ${2 * wait} ms`);
+    }
+    await pool.close();
+  });
+});
+
+describe('a lost connection', () => {
+  it('takes the member to connecting, out of the picks, until it reconnects', async (t) => {
+    const { source, transport, pool } = harness(t);
+    source.set([pod(1), pod(2)]);
+    await pool.ready({ minEndpoints: 2 });
+    transport.hold(k1);
+    const down = reached(pool, k1, 'connecting');
+    transport.lose(k1, new Error('connection reset'));
+    const change = await down;
+    assert.equal(change.from, 'ready');
+    assert.equal((change.error as PodpoolError).code, ErrorCode.CONNECTION_LOST);
+    assert.match(change.error!.message, /lost the connection to 10\.0\.0\.1:80: connection reset/);
+    assert.equal(transport.closes(k1), 1, 'the lost connection was not closed');
+    await transport.untilAttempts(k1, 2);
+    assert.deepEqual(new Set(await picks(pool, 6)), new Set([k2]));
+
+    const up = reached(pool, k1, 'ready');
+    transport.release(k1);
+    await up;
+    assert.equal(statsOf(pool, k1)?.connects, 2);
+    assert.deepEqual(new Set(await picks(pool, 6)), new Set([k1, k2]));
+  });
+
+  it('that died young is reconnected only after a backoff that grows; one that lived long, at once', async (t) => {
+    const timers = mockTimers(t);
+    let now = 0;
+    const { source, transport, pool } = harness(t, {
+      clock: () => now,
+      random: () => 0,
+      reconnect: { minMs: 100, maxMs: 10_000, factor: 2 },
+    });
+    source.set([pod(1)]);
+    await pool.ready();
+    assert.equal(transport.attempts(k1), 1);
+
+    // Each young death doubles the wait before the next connect (random 0: no jitter).
+    let attempts = 1;
+    for (const wait of [100, 200, 400]) {
+      now += 10;
+      transport.lose(k1);
+      await flush();
+      assert.equal(transport.attempts(k1), attempts, 'reconnected at once after a young death');
+      timers.tick(wait - 1);
+      await flush();
+      assert.equal(transport.attempts(k1), attempts, `reconnected before ${wait} ms`);
+      const up = reached(pool, k1, 'ready');
+      timers.tick(1);
+      await up;
+      attempts++;
+      assert.equal(transport.attempts(k1), attempts);
+    }
+
+    // A connection that lived past a second was healthy: reconnect at once, without a timer.
+    now += 5_000;
+    const up = reached(pool, k1, 'ready');
+    transport.lose(k1);
+    await microtasks();
+    assert.equal(transport.attempts(k1), attempts + 1);
+    await up;
+    // …and the next young death starts again from minMs.
+    now += 10;
+    transport.lose(k1);
+    timers.tick(99);
+    await flush();
+    assert.equal(transport.attempts(k1), attempts + 1);
+    timers.tick(1);
+    await flush();
+    assert.equal(transport.attempts(k1), attempts + 2);
+    await pool.close();
+  });
+
+  it('is never missed, whenever after connect resolves the transport reports it', async (t) => {
+    // The transport may call lost() on any microtask after connect resolved; the pool must not
+    // keep a dead connection as its ready member's.
+    for (let delay = 0; delay < 12; delay++) {
+      const { source, transport, pool } = harness(t);
+      transport.hold(k1);
+      source.set([pod(1)]);
+      transport.release(k1);
+      await microtasks(delay);
+      assert.equal(transport.lose(k1), 1);
+      transport.accept(k1);
+      await flush();
+      if (statsOf(pool, k1)?.state !== 'ready') await reached(pool, k1, 'ready');
+      const client = await pool.use((c) => c);
+      assert.equal(client.dead, false, `lost() ${delay} microtask(s) after connect: the member kept its dead connection`);
+      await pool.close();
+    }
+  });
+});
+
+describe('draining', () => {
+  it('lets an in-flight call finish on a removed endpoint, picks it no more, then closes it', async (t) => {
+    const { source, transport, pool } = harness(t, { balancer: first() });
+    source.set([pod(1), pod(2)]);
+    await pool.ready({ minEndpoints: 2 });
+    const gate = Promise.withResolvers<string>();
+    const call = pool.use((client) => {
+      assert.equal(client.key, k1);
+      return gate.promise;
+    });
+    const draining = reached(pool, k1, 'draining');
+    source.set([pod(2)]);
+    await draining;
+    assert.deepEqual(await picks(pool, 4), [k2, k2, k2, k2]);
+    assert.equal(statsOf(pool, k1)?.inFlight, 1);
+    await flush();
+    assert.equal(transport.closes(k1), 0, 'closed the connection under an in-flight call');
+
+    const closed = reached(pool, k1, 'closed');
+    gate.resolve('answer');
+    assert.equal(await call, 'answer');
+    await closed;
+    assert.equal(transport.closes(k1), 1);
+    assert.equal(statsOf(pool, k1), undefined);
+    assert.equal(transport.attempts(k1), 1);
+  });
+
+  it('closes an idle removed endpoint at once', async (t) => {
+    const { source, transport, pool } = harness(t);
+    source.set([pod(1)]);
+    await pool.ready();
+    const states: string[] = [];
+    pool.on('state', (c) => states.push(`${c.from}→${c.to}`));
+    source.set([]);
+    assert.deepEqual(states, ['ready→draining', 'draining→closed']);
+    await transport.untilCloses(k1, 1);
+  });
+
+  it('closes the connection at drainTimeoutMs even if the call never ends', async (t) => {
+    const timers = mockTimers(t);
+    const { source, transport, pool } = harness(t, { drainTimeoutMs: 1_000 });
+    source.set([pod(1)]);
+    await pool.ready();
+    const gate = Promise.withResolvers<void>();
+    const call = pool.use(() => gate.promise);
+    source.set([]);
+    timers.tick(999);
+    await flush();
+    assert.equal(transport.closes(k1), 0);
+    assert.equal(statsOf(pool, k1)?.state, 'draining');
+    const closed = reached(pool, k1, 'closed');
+    timers.tick(1);
+    await closed;
+    await transport.untilCloses(k1, 1);
+    // The call ends later: nothing breaks, nothing reopens.
+    gate.resolve();
+    await call;
+    assert.equal(transport.attempts(k1), 1);
+    await pool.close();
+  });
+
+  it('gives a terminating endpoint no new picks while its in-flight call finishes', async (t) => {
+    const { source, transport, pool } = harness(t, { balancer: first() });
+    source.set([pod(1), pod(2)]);
+    await pool.ready({ minEndpoints: 2 });
+    const gate = Promise.withResolvers<string>();
+    const call = pool.use((client) => (assert.equal(client.key, k1), gate.promise));
+    const draining = reached(pool, k1, 'draining');
+    source.set([pod(1, { ready: false, serving: true, terminating: true }), pod(2)]);
+    await draining;
+    assert.deepEqual(await picks(pool, 3), [k2, k2, k2]);
+    assert.equal(transport.closes(k1), 0);
+    gate.resolve('done');
+    assert.equal(await call, 'done');
+    await transport.untilCloses(k1, 1);
+  });
+
+  it('revives a member whose endpoint comes back while it drains: same connection, no connect', async (t) => {
+    const { source, transport, pool } = harness(t, { balancer: first() });
+    source.set([pod(1)]);
+    await pool.ready();
+    const gate = Promise.withResolvers<void>();
+    const call = pool.use((client) => (assert.equal(client.connection, 1), gate.promise));
+    source.set([]);
+    assert.equal(statsOf(pool, k1)?.state, 'draining');
+    const revived = reached(pool, k1, 'ready');
+    source.set([pod(1)]);
+    assert.equal((await revived).from, 'draining');
+    const client = await pool.use((c) => c);
+    assert.equal(client.connection, 1);
+    gate.resolve();
+    await call;
+    await flush();
+    assert.equal(statsOf(pool, k1)?.state, 'ready');
+    assert.equal(transport.attempts(k1), 1);
+    assert.equal(transport.closes(k1), 0);
+  });
+
+  it('aborts a connect in progress for an endpoint that goes away, and never leaks what it opened', async (t) => {
+    const { source, transport, pool } = harness(t);
+    transport.hold(k1);
+    source.set([pod(1)]);
+    assert.equal(transport.held(k1), 1);
+    source.set([]);
+    assert.equal(transport.held(k1), 0, 'the connect was not aborted');
+    assert.equal(statsOf(pool, k1), undefined);
+
+    // The connect resolves in the very tick the endpoint goes away.
+    source.set([pod(1)]);
+    transport.release(k1);
+    source.set([]);
+    await pool.close();
+    assert.equal(transport.connects(k1), 1);
+    assert.equal(transport.open(k1), 0, 'a connection opened as its endpoint left was never closed');
+  });
+});
