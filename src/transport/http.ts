@@ -1,7 +1,6 @@
-import { once } from 'node:events';
 import { connect as netConnect, type Socket } from 'node:net';
 import { connect as tlsConnect, type ConnectionOptions } from 'node:tls';
-import { Client, Dispatcher } from 'undici';
+import { Client, Dispatcher, Pool as UndiciPool, buildConnector } from 'undici';
 import type { Endpoint } from '../endpoint.ts';
 import { ErrorCode, PodpoolError, checkNumber, invalidOption } from '../errors.ts';
 import type { Pool } from '../pool/pool.ts';
@@ -9,14 +8,22 @@ import type { Connection, Transport } from './transport.ts';
 
 /** Options of {@link httpTransport}. */
 export interface HttpTransportOptions {
-  /** Requests sent on the one connection before their responses arrive (HTTP/1.1 pipelining). Default 1. */
+  /**
+   * Connections per pod. Default 1: one keep-alive socket, one request at a time on it (or
+   * `pipelining`). HTTP/1.1 servers (Node's among them) answer one request per socket at a
+   * time, so a pod that serves several requests at once needs as many connections to be kept
+   * busy. The first is opened before the member counts as ready and decides when it is lost;
+   * the others are opened when load needs them and kept alive.
+   */
+  connections?: number;
+  /** Requests sent on each connection before their responses arrive (HTTP/1.1 pipelining). Default 1. */
   pipelining?: number;
   /** Connect with TLS, with these options (`ca`, `servername` naming the Service, …). */
   tls?: ConnectionOptions;
   /** Gives up on a TCP (and TLS) handshake after this long. Default 10 s. */
   connectTimeoutMs?: number;
   /** More undici `Client` options (`headersTimeout`, `bodyTimeout`, `maxResponseSize`, …). */
-  client?: Omit<Client.Options, 'connect' | 'pipelining'>;
+  client?: Omit<Client.Options, 'connect' | 'pipelining' | 'connections'>;
 }
 
 /** undici's and the socket's codes that say the pod or the path to it failed, not the request. */
@@ -37,13 +44,15 @@ const WIRE_FAILURES = new Set([
 ]);
 
 /**
- * HTTP/1.1 keep-alive: one undici `Client` per pod over exactly one socket, opened before the
- * member counts as ready and watched for as long as it lives. When the socket closes (the pod
- * died, or it closed an idle keep-alive connection) the pool opens a new one.
+ * HTTP/1.1 keep-alive: per pod, an undici `Client` over one socket (or a `Pool` of
+ * `connections` sockets), the first opened before the member counts as ready and watched for as
+ * long as it lives. When it closes (the pod died, or it closed an idle keep-alive connection)
+ * the pool opens a new one. Callbacks get the pod's undici `Dispatcher`: `client.request(…)`.
  */
-export function httpTransport(options: HttpTransportOptions = {}): Transport<Client> {
+export function httpTransport(options: HttpTransportOptions = {}): Transport<Dispatcher> {
   if (options === null || typeof options !== 'object') invalidOption('options', 'an object', options);
-  const { pipelining = 1, tls, connectTimeoutMs = 10_000, client: clientOptions = {} } = options;
+  const { connections = 1, pipelining = 1, tls, connectTimeoutMs = 10_000, client: clientOptions = {} } = options;
+  checkNumber('connections', connections, { min: 1, integer: true });
   checkNumber('pipelining', pipelining, { min: 1, integer: true });
   checkNumber('connectTimeoutMs', connectTimeoutMs, { min: 1 });
   if (tls !== undefined && (tls === null || typeof tls !== 'object')) invalidOption('tls', 'TLS connection options', tls);
@@ -51,30 +60,37 @@ export function httpTransport(options: HttpTransportOptions = {}): Transport<Cli
 
   return {
     name: 'http',
-    async connect(endpoint, { signal, lost }): Promise<Connection<Client>> {
+    async connect(endpoint, { signal, lost }): Promise<Connection<Dispatcher>> {
       const socket = await openSocket(endpoint, tls, connectTimeoutMs, signal);
       let handedOver = false;
-      const client = new Client(originOf(endpoint, tls !== undefined), {
-        ...clientOptions,
-        pipelining,
-        // undici connects lazily, on the first request; it gets the socket we already opened,
-        // and never a second one: a lost socket is the pool's to replace, with its backoff.
+      const more = connections > 1 ? buildConnector({ ...tls, timeout: connectTimeoutMs }) : undefined;
+      // undici connects lazily, on the first request, and gets the socket we already opened.
+      // With one connection it never gets a second: a lost socket is the pool's to replace,
+      // with its backoff. With more, the others are undici's to open and keep alive.
+      const connect: buildConnector.connector = (opts, callback) => {
+        if (handedOver && more !== undefined) {
+          more(opts, callback);
+          return;
+        }
+        const first = !handedOver;
+        handedOver = true;
         // The callback must not run inside the connector: undici's resume loop is not re-entrant.
-        connect: (_opts, callback) => {
-          queueMicrotask(() => {
-            if (handedOver) {
-              callback(new PodpoolError(ErrorCode.CONNECTION_LOST, `the connection to ${endpoint.key} is closed`), null);
-              return;
-            }
-            handedOver = true;
-            callback(null, socket);
-          });
-        },
-      });
+        queueMicrotask(() => {
+          if (first) callback(null, socket);
+          else callback(new PodpoolError(ErrorCode.CONNECTION_LOST, `the connection to ${endpoint.key} is closed`), null);
+        });
+      };
+      const origin = originOf(endpoint, tls !== undefined);
+      const client =
+        connections === 1
+          ? new Client(origin, { ...clientOptions, pipelining, connect })
+          : new UndiciPool(origin, { ...clientOptions, pipelining, connections, connect });
       let socketError: Error | undefined;
       socket.on('error', (error) => {
         socketError = error;
       });
+      // `socket.closed` turns true at destroy(), before the handle is freed: wait for the event.
+      const socketClosed = new Promise<void>((resolve) => socket.once('close', () => resolve()));
       socket.once('close', () => {
         // After every 'close' listener has run: undici's own marks the socket closed, and a
         // Client.destroy() that the pool calls from lost() waits forever for a 'close' that is
@@ -85,8 +101,8 @@ export function httpTransport(options: HttpTransportOptions = {}): Transport<Cli
         client,
         async close() {
           await client.destroy().catch(() => {});
-          if (!socket.destroyed) socket.destroy();
-          if (!socket.closed) await once(socket, 'close');
+          socket.destroy();
+          await socketClosed;
         },
       };
     },
@@ -194,10 +210,10 @@ class RecordingHandler implements Dispatcher.DispatchHandler {
  * the pod. Closing the dispatcher stops it taking requests; close the pool to close connections.
  */
 export class PoolDispatcher extends Dispatcher {
-  readonly #pool: Pool<Client>;
+  readonly #pool: Pool<Dispatcher>;
   #closed = false;
 
-  constructor(pool: Pool<Client>) {
+  constructor(pool: Pool<Dispatcher>) {
     super();
     this.#pool = pool;
   }
@@ -235,6 +251,6 @@ export class PoolDispatcher extends Dispatcher {
 }
 
 /** An undici `Dispatcher` over an HTTP pool: `fetch(url, { dispatcher: httpDispatcher(pool) })`. */
-export function httpDispatcher(pool: Pool<Client>): PoolDispatcher {
+export function httpDispatcher(pool: Pool<Dispatcher>): PoolDispatcher {
   return new PoolDispatcher(pool);
 }

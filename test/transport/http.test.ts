@@ -1,7 +1,7 @@
 import assert from 'node:assert/strict';
 import { once } from 'node:events';
 import { describe, it, type TestContext } from 'node:test';
-import type { Client } from 'undici';
+import type { Dispatcher } from 'undici';
 import { fetch, request } from 'undici';
 import {
   EndpointSet,
@@ -25,7 +25,7 @@ function endpointsOf(pods: readonly HttpPod[]) {
 }
 
 /** Resolves when the member for `key` reaches `to`. */
-function stateReached(pool: Pool<Client>, key: string, to: StateChange['to']): Promise<StateChange> {
+function stateReached(pool: Pool<Dispatcher>, key: string, to: StateChange['to']): Promise<StateChange> {
   return new Promise((resolve) => {
     const listener = (change: StateChange): void => {
       if (change.endpoint.key === key && change.to === to) {
@@ -51,7 +51,7 @@ function assertNothingLeft(before: Map<string, number>): void {
   }
 }
 
-async function get(client: Client, path = '/'): Promise<string> {
+async function get(client: Dispatcher, path = '/'): Promise<string> {
   const res = await client.request({ method: 'GET', path });
   return res.body.text();
 }
@@ -97,6 +97,37 @@ describe('httpTransport against real HTTP servers on loopback', () => {
         ['ready', 100, 0, 0],
       ],
     );
+  });
+
+  it('with connections: 3, a pod serves three requests at once over three kept-alive sockets', async (t) => {
+    let release!: () => void;
+    const released = new Promise<void>((resolve) => {
+      release = resolve;
+    });
+    let arrived = 0;
+    let allArrived!: () => void;
+    const three = new Promise<void>((resolve) => {
+      allArrived = resolve;
+    });
+    const pods = await startHttpPods(1, {
+      first: 91,
+      handler: (pod, req, res) => {
+        req.resume();
+        if (++arrived === 3) allArrived();
+        void released.then(() => res.end(pod.key));
+      },
+    });
+    const pool = createPool({ source: staticEndpoints(endpointsOf(pods)), transport: httpTransport({ connections: 3 }) });
+    t.after(() => pool.close());
+    t.after(() => stopPods(pods));
+    await pool.ready();
+    const calls = Array.from({ length: 3 }, () => pool.use((client) => get(client)));
+    await three; // with one connection the second request would wait behind the first
+    assert.equal(pods[0].open, 3);
+    release();
+    assert.deepEqual(await Promise.all(calls), [pods[0].key, pods[0].key, pods[0].key]);
+    for (let i = 0; i < 9; i++) await pool.use((client) => get(client));
+    assert.equal(pods[0].connections, 3, 'the sockets are kept alive and reused');
   });
 
   it('httpDispatcher balances fetch() and request() per request', async (t) => {
@@ -347,5 +378,6 @@ describe('httpTransport against real HTTP servers on loopback', () => {
   it('rejects bad options at the door, naming the option', () => {
     assert.throws(() => httpTransport({ pipelining: 0 }), /option pipelining must be an integer >= 1, got 0/);
     assert.throws(() => httpTransport({ connectTimeoutMs: -1 }), { code: ErrorCode.INVALID_OPTION });
+    assert.throws(() => httpTransport({ connections: 1.5 }), /option connections must be an integer >= 1, got 1.5/);
   });
 });
