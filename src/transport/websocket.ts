@@ -1,0 +1,475 @@
+import { debuglog } from 'node:util';
+import { WebSocket, type PerMessageDeflateOptions, type RawData, type WebSocketServer } from 'ws';
+import type { Endpoint } from '../endpoint.ts';
+import { ErrorCode, PodpoolError, abortError, checkNumber, invalidOption } from '../errors.ts';
+import type { Connection, Transport } from './transport.ts';
+
+/*
+ * The wire framing, one JSON text frame per message:
+ *
+ *   client → pod   {"id":7,"data":…}      a request: the pod must answer with the same id
+ *   client → pod   {"data":…}             a message sent with `send()`: no answer expected
+ *   pod → client   {"id":7,"reply":…}     the answer to request 7 (`reply` may be left out)
+ *   pod → client   {"id":7,"error":{"message":"…","code":"…"}}   request 7 failed in the handler
+ *
+ * Ids are unique per connection, not per pod, so a pod needs no state to answer. Frames the
+ * client does not recognise (binary, not JSON, unknown or late ids) are ignored, which leaves the
+ * socket free for a protocol of the user's own next to this one. `answerRequests` is the pod side.
+ */
+
+const debug = debuglog('podpool');
+
+/** Node's timers take at most 2^31 - 1 ms; a longer delay would fire after 1 ms instead. */
+const MAX_DELAY_MS = 2 ** 31 - 1;
+
+/** How long `close()` waits for the pod to answer the close handshake before cutting the TCP connection. */
+const CLOSE_GRACE_MS = 1_000;
+
+/** Options of {@link webSocketTransport}. */
+export interface WebSocketTransportOptions {
+  /** The path of the WebSocket URL, with its query if any. Default `/`. */
+  path?: string;
+  /** Subprotocols offered in `Sec-WebSocket-Protocol`. */
+  protocols?: string | readonly string[];
+  /** Extra headers on the upgrade request (authorization, …). */
+  headers?: Readonly<Record<string, string>>;
+  /**
+   * Pings the pod this often, and terminates the connection when the previous ping got no pong.
+   * Default 30 s: ws's documented interval, below the 60 s idle timeouts common on proxies and
+   * cloud load balancers, and a dead pod that sent no FIN is noticed within 30–60 s at a cost
+   * of one small frame per pod per interval.
+   */
+  heartbeatMs?: number;
+  /**
+   * `send()` and `request()` refuse a message with `PODPOOL_BACKPRESSURE` while the socket's
+   * `bufferedAmount` is at or above this many bytes, so a pod that stops reading costs at most
+   * this plus one message. Default 1 MiB.
+   */
+  highWaterMark?: number;
+  /** Default `timeoutMs` of `request()`, so no answer is waited for forever. Default 30 s. */
+  requestTimeoutMs?: number;
+  /** Gives up on the TCP connection and the upgrade after this long. Default 10 s. */
+  connectTimeoutMs?: number;
+  /** Negotiates permessage-deflate, with these options when an object. Default `false`: it costs CPU and memory per socket. */
+  perMessageDeflate?: boolean | PerMessageDeflateOptions;
+}
+
+/** Options of {@link WebSocketClient.request}. */
+export interface WebSocketRequestOptions {
+  /** Fails with `PODPOOL_TIMEOUT` when no answer came by then. Default the transport's `requestTimeoutMs`. */
+  timeoutMs?: number;
+  /** Stops waiting for the answer (the pod may still act on the request). */
+  signal?: AbortSignal;
+}
+
+/** The error the pod's handler threw, as the reply frame carried it: it is the `cause` of a `PODPOOL_MESSAGE_REJECTED`. */
+export interface RemoteError extends Error {
+  /** The `code` the handler's error had, if any. */
+  readonly code?: string;
+}
+
+/** Pod-side: what the handler of {@link answerRequests} is told about a message. */
+export interface WebSocketMessage {
+  /** The socket it came on. */
+  readonly socket: WebSocket;
+  /** True for `request()`: the handler's return value (or error) goes back to the client. */
+  readonly expectsReply: boolean;
+}
+
+/** Pod-side: answers one message; what it returns (or resolves to) is the reply. */
+export type WebSocketHandler = (data: unknown, message: WebSocketMessage) => unknown;
+
+/** Rejects every request still waiting on a client: its socket is gone, or going. */
+let failPending: (client: WebSocketClient, error: PodpoolError) => void;
+
+interface Pending {
+  resolve(value: unknown): void;
+  reject(error: unknown): void;
+  timer: NodeJS.Timeout;
+  signal: AbortSignal | undefined;
+  onAbort: (() => void) | undefined;
+}
+
+/** Codes that say the pod or the path to it failed; an error reply from the pod's handler does not. */
+const POD_FAILURES = new Set<string>([
+  ErrorCode.TIMEOUT,
+  ErrorCode.CONNECTION_LOST,
+  ErrorCode.NOT_CONNECTED,
+  // A pod that does not read what it is sent is failing, and picking another one is the remedy.
+  ErrorCode.BACKPRESSURE,
+  'ECONNRESET',
+  'EPIPE',
+  'ETIMEDOUT',
+  'EHOSTUNREACH',
+]);
+
+/**
+ * One pod's WebSocket as `use()` and `broadcast()` callbacks see it: fire-and-forget `send`,
+ * `request` with a correlation id, and the `ws` socket itself for anything else. The framing is
+ * JSON: `{ id, data }` out, `{ id, reply }` or `{ id, error }` back; see {@link answerRequests}.
+ */
+export class WebSocketClient {
+  /** The underlying `ws` socket, for advanced use (its own messages, `ping`, stats). Don't close it: the pool does. */
+  readonly socket: WebSocket;
+  readonly endpoint: Endpoint;
+  readonly #highWaterMark: number;
+  readonly #requestTimeoutMs: number;
+  readonly #pending = new Map<number, Pending>();
+  #nextId = 1;
+
+  /** @internal Made by the transport. */
+  constructor(socket: WebSocket, endpoint: Endpoint, highWaterMark: number, requestTimeoutMs: number) {
+    this.socket = socket;
+    this.endpoint = endpoint;
+    this.#highWaterMark = highWaterMark;
+    this.#requestTimeoutMs = requestTimeoutMs;
+    socket.on('message', (raw, isBinary) => {
+      if (!isBinary) this.#answer(raw);
+    });
+  }
+
+  /** Requests sent and not yet answered. */
+  get pending(): number {
+    return this.#pending.size;
+  }
+
+  /**
+   * Sends `data` (any JSON value) as `{ data }` and returns at once; the pod sends nothing
+   * back. Throws `PODPOOL_BACKPRESSURE` when the pod isn't reading fast enough (the message is
+   * not sent: drop it, or retry later) and `PODPOOL_CONNECTION_LOST` when the socket is closed.
+   */
+  send(data: unknown): void {
+    this.#write(JSON.stringify({ data }));
+  }
+
+  /**
+   * Sends `data` (any JSON value) as `{ id, data }` and resolves with the pod's `reply`. Rejects
+   * with `PODPOOL_TIMEOUT` after `timeoutMs`, `PODPOOL_CONNECTION_LOST` when the socket drops
+   * first, `PODPOOL_BACKPRESSURE` when it is not sent at all, `PODPOOL_ABORTED` (or the signal's
+   * podpool reason) on abort, and `PODPOOL_MESSAGE_REJECTED` when the pod's handler failed.
+   */
+  request<R = unknown>(data: unknown, options?: WebSocketRequestOptions): Promise<R> {
+    const timeoutMs = options?.timeoutMs ?? this.#requestTimeoutMs;
+    const signal = options?.signal;
+    const id = this.#nextId++;
+    try {
+      if (options?.timeoutMs !== undefined) checkDelay('timeoutMs', timeoutMs);
+      if (signal?.aborted) throw reasonOf(signal, `request ${id} to ${this.endpoint.key}`);
+      this.#write(JSON.stringify({ id, data }));
+    } catch (error) {
+      return Promise.reject(error);
+    }
+    return new Promise<R>((resolve, reject) => {
+      const pending: Pending = {
+        resolve: resolve as (value: unknown) => void,
+        reject,
+        signal,
+        onAbort: undefined,
+        timer: setTimeout(() => {
+          this.#settle(id, new PodpoolError(ErrorCode.TIMEOUT, `${this.endpoint.key} did not answer request ${id} within ${timeoutMs} ms`));
+        }, timeoutMs),
+      };
+      if (signal !== undefined) {
+        pending.onAbort = () => this.#settle(id, reasonOf(signal, `request ${id} to ${this.endpoint.key}`));
+        signal.addEventListener('abort', pending.onAbort, { once: true });
+      }
+      this.#pending.set(id, pending);
+    });
+  }
+
+  static {
+    // The connection settles what waits on a closed socket; nothing outside this file may.
+    failPending = (client, error) => {
+      for (const id of [...client.#pending.keys()]) client.#settle(id, error);
+    };
+  }
+
+  #write(frame: string): void {
+    const { socket } = this;
+    if (socket.readyState !== WebSocket.OPEN) {
+      throw new PodpoolError(ErrorCode.CONNECTION_LOST, `the WebSocket to ${this.endpoint.key} is closed; the pool is reconnecting`);
+    }
+    // Checked before the write, so the buffer never grows past the mark by more than one frame.
+    if (socket.bufferedAmount >= this.#highWaterMark) {
+      throw new PodpoolError(
+        ErrorCode.BACKPRESSURE,
+        `${this.endpoint.key} is not reading fast enough: ${socket.bufferedAmount} bytes buffered (highWaterMark ${this.#highWaterMark}); the message was not sent`,
+      );
+    }
+    socket.send(frame);
+  }
+
+  #answer(raw: RawData): void {
+    let frame: unknown;
+    try {
+      frame = JSON.parse(raw.toString());
+    } catch {
+      return;
+    }
+    if (frame === null || typeof frame !== 'object') return;
+    const { id, reply, error } = frame as { id?: unknown; reply?: unknown; error?: unknown };
+    if (typeof id !== 'number' || !this.#pending.has(id)) {
+      if (typeof id === 'number') debug('%s: answer to request %d came after it ended', this.endpoint.key, id);
+      return;
+    }
+    if (error === undefined) {
+      this.#settle(id, undefined, reply);
+      return;
+    }
+    const remote = remoteError(error);
+    this.#settle(
+      id,
+      new PodpoolError(ErrorCode.MESSAGE_REJECTED, `${this.endpoint.key} refused request ${id}: ${remote.message}`, { cause: remote }),
+    );
+  }
+
+  #settle(id: number, error: unknown, value?: unknown): void {
+    const pending = this.#pending.get(id);
+    if (pending === undefined) return;
+    this.#pending.delete(id);
+    clearTimeout(pending.timer);
+    if (pending.onAbort !== undefined) pending.signal!.removeEventListener('abort', pending.onAbort);
+    if (error === undefined) pending.resolve(value);
+    else pending.reject(error);
+  }
+}
+
+/**
+ * WebSocket (`ws`): one socket per pod, opened before the member counts as ready. The client
+ * pings every `heartbeatMs` and terminates a socket whose previous ping got no pong (ws's
+ * heartbeat pattern); a closed socket is the pool's to reopen, with its backoff. Callbacks get a
+ * {@link WebSocketClient}: `pool.use((ws) => ws.request(data))` balances request/response
+ * traffic, and `pool.broadcast((ws, _, { signal }) => ws.request(data, { signal }))` waits for
+ * every pod's acknowledgement.
+ */
+export function webSocketTransport(options: WebSocketTransportOptions = {}): Transport<WebSocketClient> {
+  if (options === null || typeof options !== 'object') invalidOption('options', 'an object', options);
+  const {
+    path = '/',
+    protocols = [],
+    headers = {},
+    heartbeatMs = 30_000,
+    highWaterMark = 1024 * 1024,
+    requestTimeoutMs = 30_000,
+    connectTimeoutMs = 10_000,
+    perMessageDeflate = false,
+  } = options;
+  if (typeof path !== 'string' || !path.startsWith('/')) invalidOption('path', 'a string starting with "/"', path);
+  const protocolList = typeof protocols === 'string' ? [protocols] : protocols;
+  if (!Array.isArray(protocolList) || !protocolList.every((p) => typeof p === 'string' && p !== '')) {
+    invalidOption('protocols', 'a subprotocol name or an array of them', protocols);
+  }
+  if (headers === null || typeof headers !== 'object' || !Object.values(headers).every((v) => typeof v === 'string')) {
+    invalidOption('headers', 'an object of string header values', headers);
+  }
+  checkDelay('heartbeatMs', heartbeatMs);
+  checkNumber('highWaterMark', highWaterMark, { min: 1 });
+  checkDelay('requestTimeoutMs', requestTimeoutMs);
+  checkDelay('connectTimeoutMs', connectTimeoutMs);
+  if (typeof perMessageDeflate !== 'boolean' && (perMessageDeflate === null || typeof perMessageDeflate !== 'object')) {
+    invalidOption('perMessageDeflate', 'a boolean or permessage-deflate options', perMessageDeflate);
+  }
+  const socketOptions = {
+    headers: { ...headers },
+    perMessageDeflate,
+    handshakeTimeout: connectTimeoutMs,
+    followRedirects: false,
+  };
+
+  return {
+    name: 'websocket',
+    connect(endpoint, { signal, lost }): Promise<Connection<WebSocketClient>> {
+      return new Promise((resolve, reject) => {
+        signal.throwIfAborted();
+        const socket = new WebSocket(urlOf(endpoint, path), [...protocolList], socketOptions);
+        let lastError: Error | undefined;
+        let connection: WebSocketConnection | undefined;
+        // Always listened to: ws emits 'error' before 'close', and an unheard 'error' would crash.
+        // 'unexpected-response' is left unheard on purpose: ws then aborts the upgrade itself and
+        // reports the status in an 'error' ("Unexpected server response: 404").
+        socket.on('error', (error) => {
+          lastError = error;
+        });
+        const onAbort = (): void => {
+          lastError = signal.reason;
+          socket.terminate();
+        };
+        signal.addEventListener('abort', onAbort, { once: true });
+        socket.once('open', () => {
+          signal.removeEventListener('abort', onAbort);
+          connection = new WebSocketConnection(socket, endpoint, { heartbeatMs, highWaterMark, requestTimeoutMs }, lost);
+          resolve(connection);
+        });
+        socket.once('close', (code, reason) => {
+          signal.removeEventListener('abort', onAbort);
+          if (connection !== undefined) {
+            connection.closed(lastError ?? new Error(describeClose(code, reason)));
+            return;
+          }
+          // Settled only once the socket is gone, so a failed connect leaves nothing behind.
+          if (signal.aborted) reject(signal.reason);
+          else reject(lastError ?? new Error(`${describeClose(code, reason)} during the upgrade`));
+        });
+      });
+    },
+    isPodFailure(error) {
+      if (error === null || typeof error !== 'object') return false;
+      const { code } = error as { code?: unknown };
+      return typeof code === 'string' && POD_FAILURES.has(code);
+    },
+  };
+}
+
+/** An open socket, its heartbeat and its life cycle; the pool sees it as a `Connection`. */
+class WebSocketConnection implements Connection<WebSocketClient> {
+  readonly client: WebSocketClient;
+  readonly #socket: WebSocket;
+  readonly #endpoint: Endpoint;
+  readonly #lost: (error: Error) => void;
+  readonly #heartbeat: NodeJS.Timeout;
+  #closing: Promise<void> | undefined = undefined;
+  /** Set just before the heartbeat terminates the socket, so 'close' reports why. */
+  #missedPong: Error | undefined = undefined;
+
+  constructor(
+    socket: WebSocket,
+    endpoint: Endpoint,
+    options: { heartbeatMs: number; highWaterMark: number; requestTimeoutMs: number },
+    lost: (error: Error) => void,
+  ) {
+    this.#socket = socket;
+    this.#endpoint = endpoint;
+    this.#lost = lost;
+    this.client = new WebSocketClient(socket, endpoint, options.highWaterMark, options.requestTimeoutMs);
+    let alive = true;
+    socket.on('pong', () => {
+      alive = true;
+    });
+    const { heartbeatMs } = options;
+    this.#heartbeat = setInterval(() => {
+      if (!alive) {
+        this.#missedPong = new PodpoolError(ErrorCode.TIMEOUT, `no pong from ${endpoint.key} within ${heartbeatMs} ms`);
+        socket.terminate();
+        return;
+      }
+      alive = false;
+      socket.ping();
+    }, heartbeatMs);
+  }
+
+  /** @internal The socket closed: settle what waits on it and tell the pool, unless the pool closed it. */
+  closed(error: Error): void {
+    clearInterval(this.#heartbeat);
+    const reason = this.#missedPong ?? error;
+    failPending(
+      this.client,
+      new PodpoolError(ErrorCode.CONNECTION_LOST, `lost the WebSocket to ${this.#endpoint.key}: ${reason.message}`, { cause: reason }),
+    );
+    if (this.#closing === undefined) this.#lost(reason);
+  }
+
+  close(): Promise<void> {
+    this.#closing ??= this.#close();
+    return this.#closing;
+  }
+
+  async #close(): Promise<void> {
+    clearInterval(this.#heartbeat);
+    const socket = this.#socket;
+    failPending(this.client, new PodpoolError(ErrorCode.CLOSED, `the WebSocket to ${this.#endpoint.key} was closed by the pool`));
+    if (socket.readyState === WebSocket.CLOSED) return;
+    const { promise, resolve } = Promise.withResolvers<void>();
+    socket.once('close', () => resolve());
+    const timer = setTimeout(() => socket.terminate(), CLOSE_GRACE_MS);
+    if (socket.readyState === WebSocket.OPEN) socket.close(1000);
+    await promise;
+    clearTimeout(timer);
+  }
+}
+
+/**
+ * Pod-side: answers the framing of {@link WebSocketClient} on every socket of `server`, present
+ * and future. `handler(data, { socket, expectsReply })` runs for each message; for a request,
+ * what it returns (or resolves to) goes back as `{ id, reply }`, and what it throws as
+ * `{ id, error: { message, code } }`, which the client rejects with `PODPOOL_MESSAGE_REJECTED`.
+ */
+export function answerRequests(server: WebSocketServer, handler: WebSocketHandler): void {
+  if (server === null || typeof server !== 'object' || typeof server.on !== 'function') {
+    invalidOption('server', 'a ws WebSocketServer', server);
+  }
+  if (typeof handler !== 'function') invalidOption('handler', 'a function', handler);
+  const serve = (socket: WebSocket): void => {
+    socket.on('message', (raw, isBinary) => {
+      if (isBinary) return;
+      let frame: unknown;
+      try {
+        frame = JSON.parse(raw.toString());
+      } catch {
+        return;
+      }
+      if (frame === null || typeof frame !== 'object') return;
+      const { id, data } = frame as { id?: unknown; data?: unknown };
+      const expectsReply = typeof id === 'number';
+      const answer = (body: object): void => {
+        if (!expectsReply || socket.readyState !== WebSocket.OPEN) return;
+        let text: string;
+        try {
+          text = JSON.stringify({ id, ...body });
+        } catch (error) {
+          // A reply JSON can't carry (a BigInt, a cycle) is the handler's failure, not the pod's crash.
+          text = JSON.stringify({ id, error: errorFrame(error) });
+        }
+        socket.send(text);
+      };
+      let result: unknown;
+      try {
+        result = handler(data, { socket, expectsReply });
+      } catch (error) {
+        answer({ error: errorFrame(error) });
+        return;
+      }
+      Promise.resolve(result).then(
+        (reply) => answer({ reply }),
+        (error: unknown) => answer({ error: errorFrame(error) }),
+      );
+    });
+  };
+  for (const socket of server.clients) serve(socket);
+  server.on('connection', serve);
+}
+
+function errorFrame(error: unknown): { message: string; code?: string } {
+  const message = error instanceof Error ? error.message : String(error);
+  const code = (error as { code?: unknown } | null)?.code;
+  return typeof code === 'string' ? { message, code } : { message };
+}
+
+function remoteError(error: unknown): RemoteError {
+  const { message, code } = (error ?? {}) as { message?: unknown; code?: unknown };
+  const remote = new Error(typeof message === 'string' ? message : 'the pod reported an error') as Error & { code?: string };
+  remote.name = 'RemoteError';
+  if (typeof code === 'string') remote.code = code;
+  return remote;
+}
+
+function checkDelay(name: string, value: unknown): void {
+  checkNumber(name, value, { min: 1 });
+  if ((value as number) > MAX_DELAY_MS) invalidOption(name, `a number of ms from 1 to ${MAX_DELAY_MS}`, value);
+}
+
+function urlOf(endpoint: Endpoint, path: string): string {
+  const host = endpoint.address.includes(':') ? `[${endpoint.address}]` : endpoint.address;
+  return `ws://${host}:${endpoint.port}${path}`;
+}
+
+/** Why a socket closed, for the pool's "lost the connection to …: <this>". */
+function describeClose(code: number, reason: Buffer): string {
+  // 1006 is never sent: ws reports it when the TCP connection ended without a close frame.
+  if (code === 1006) return 'the WebSocket dropped without a close frame (1006)';
+  const text = reason.toString();
+  return `the pod closed the WebSocket (${text === '' ? code : `${code}: ${text}`})`;
+}
+
+function reasonOf(signal: AbortSignal, what: string): unknown {
+  return signal.reason instanceof PodpoolError ? signal.reason : abortError(signal, what);
+}
