@@ -1,0 +1,303 @@
+import { randomUUID } from 'node:crypto';
+import { createSocket, type Socket, type SocketType } from 'node:dgram';
+import { isIP } from 'node:net';
+import { hostname } from 'node:os';
+import { setImmediate } from 'node:timers/promises';
+import type { Endpoint } from '../endpoint.ts';
+import { ErrorCode, PodpoolError, abortError, checkNumber, invalidOption } from '../errors.ts';
+import type { Connection, Transport } from './transport.ts';
+
+/**
+ * The datagram format, version 1. Every datagram is one message:
+ *
+ * ```
+ * offset  size  field
+ *      0     2  magic "PP" (0x50 0x50)
+ *      2     1  version, 1
+ *      3     1  N, the sender id's length in bytes (1–255)
+ *      4     8  sequence, unsigned big-endian (1, 2, 3, … per sender; at most 2^53 − 1)
+ *     12     N  sender id, UTF-8
+ *   12+N     …  body, the rest of the datagram
+ * ```
+ *
+ * A receiver keys its duplicate window by (sender, sequence): the copies `repeat` sends and the
+ * retries of one broadcast all carry the same pair.
+ */
+export interface Datagram {
+  readonly sender: string;
+  readonly sequence: number;
+  readonly body: Uint8Array;
+}
+
+const MAGIC_0 = 0x50;
+const MAGIC_1 = 0x50;
+const VERSION = 1;
+const HEADER_BYTES = 12;
+/** Broadcast ids remembered to give their retries the sequence of the first attempt. */
+const REMEMBERED_IDS = 1024;
+
+/** Frames one message as a datagram (see {@link Datagram} for the layout). */
+export function encodeDatagram(message: { sender: string; sequence: number; body: string | Uint8Array }): Buffer {
+  const sender = Buffer.from(message.sender, 'utf8');
+  if (sender.length < 1 || sender.length > 255) invalidOption('sender', 'a string of 1 to 255 UTF-8 bytes', message.sender);
+  checkNumber('sequence', message.sequence, { min: 1, integer: true });
+  if (message.sequence > Number.MAX_SAFE_INTEGER) invalidOption('sequence', 'at most 2^53 - 1', message.sequence);
+  const body = typeof message.body === 'string' ? Buffer.from(message.body, 'utf8') : message.body;
+  const datagram = Buffer.allocUnsafe(HEADER_BYTES + sender.length + body.byteLength);
+  datagram[0] = MAGIC_0;
+  datagram[1] = MAGIC_1;
+  datagram[2] = VERSION;
+  datagram[3] = sender.length;
+  datagram.writeBigUInt64BE(BigInt(message.sequence), 4);
+  sender.copy(datagram, HEADER_BYTES);
+  datagram.set(body, HEADER_BYTES + sender.length);
+  return datagram;
+}
+
+/** Reads a datagram framed by {@link encodeDatagram}; `undefined` when it isn't one. The body is a view, not a copy. */
+export function decodeDatagram(datagram: Uint8Array): Datagram | undefined {
+  if (datagram.byteLength < HEADER_BYTES + 1) return undefined;
+  const bytes = Buffer.from(datagram.buffer, datagram.byteOffset, datagram.byteLength);
+  if (bytes[0] !== MAGIC_0 || bytes[1] !== MAGIC_1 || bytes[2] !== VERSION) return undefined;
+  const senderLength = bytes[3];
+  if (senderLength === 0 || bytes.length < HEADER_BYTES + senderLength) return undefined;
+  const sequence = bytes.readBigUInt64BE(4);
+  if (sequence < 1n || sequence > BigInt(Number.MAX_SAFE_INTEGER)) return undefined;
+  return {
+    sender: bytes.toString('utf8', HEADER_BYTES, HEADER_BYTES + senderLength),
+    sequence: Number(sequence),
+    body: bytes.subarray(HEADER_BYTES + senderLength),
+  };
+}
+
+/** Options of {@link udpTransport}. */
+export interface UdpTransportOptions {
+  /** The pods' UDP port, when it is not the endpoint's port (the one discovery reports). */
+  port?: number;
+  /** Copies of each datagram to send, to ride out loss; receivers drop the extra ones. Default 1. */
+  repeat?: number;
+  /**
+   * Names this sender in every datagram. It must be unique per sender and per process lifetime
+   * (a restarted sender that reuses it starts again at sequence 1, which receivers would drop as
+   * duplicates). Default: host name, pid and a random suffix.
+   */
+  senderId?: string;
+}
+
+/** What a send says: how many copies went out, and that nobody confirmed anything. */
+export interface UdpSendResult {
+  /** Always false: UDP has no acknowledgement; a datagram sent may never arrive. */
+  readonly acknowledged: false;
+  /** Copies handed to the kernel (the `repeat` option). */
+  readonly sent: number;
+  /** The sequence number the datagram carried. */
+  readonly sequence: number;
+  /** Bytes per copy, header included. */
+  readonly bytes: number;
+}
+
+/** What `use()` and `broadcast()` callbacks get: a sender of datagrams to one pod. */
+export interface UdpClient {
+  /** This transport's sender id, as every datagram carries it. */
+  readonly senderId: string;
+  /**
+   * Sends `body` to the pod, `repeat` times. Pass the broadcast's delivery (or any `{ id }`) so
+   * every pod and every retry of that broadcast gets the same sequence number:
+   * `pool.broadcast((client, _endpoint, delivery) => client.send(body, delivery))`. Without an id,
+   * each send takes the next sequence number.
+   */
+  send(body: string | Uint8Array, message?: { readonly id: string; readonly signal?: AbortSignal }): Promise<UdpSendResult>;
+}
+
+/** One bound socket, shared by every member of one address family. */
+interface SharedSocket {
+  readonly socket: Socket;
+  readonly bound: Promise<void>;
+  /** The members using it, told when it breaks. */
+  readonly users: Set<(error: Error) => void>;
+  /** Resolves on the socket's 'close'. */
+  readonly closed: Promise<void>;
+  closing: boolean;
+}
+
+/**
+ * Datagram fan-out: one unicast datagram per pod, framed with this sender's id and a sequence
+ * number, optionally repeated. There is no acknowledgement and the result says so. UDP has no
+ * connection either, so a member is ready as soon as the sender's socket is bound (one socket per
+ * address family, shared by every member), and only a local send error counts against a pod.
+ */
+export function udpTransport(options: UdpTransportOptions = {}): Transport<UdpClient> {
+  if (options === null || typeof options !== 'object') invalidOption('options', 'an object', options);
+  const { port, repeat = 1, senderId = `${hostname()}/${process.pid}/${randomUUID().slice(0, 8)}` } = options;
+  if (port !== undefined && (!Number.isInteger(port) || port < 1 || port > 65535)) {
+    invalidOption('port', 'an integer from 1 to 65535', port);
+  }
+  checkNumber('repeat', repeat, { min: 1, integer: true });
+  if (typeof senderId !== 'string' || Buffer.byteLength(senderId) < 1 || Buffer.byteLength(senderId) > 255) {
+    invalidOption('senderId', 'a string of 1 to 255 UTF-8 bytes', senderId);
+  }
+
+  const sockets = new Map<SocketType, SharedSocket>();
+  /** Errors thrown by a send, the only ones that say something about the path to a pod. */
+  const sendErrors = new WeakSet<object>();
+  /** The sender's counter; one sequence space for every pod, so a pod can tell it missed a broadcast. */
+  let nextSequence = 1;
+  const sequenceOfId = new Map<string, number>();
+
+  const sequenceFor = (id: string | undefined): number => {
+    if (id === undefined) return nextSequence++;
+    let sequence = sequenceOfId.get(id);
+    if (sequence === undefined) {
+      sequence = nextSequence++;
+      sequenceOfId.set(id, sequence);
+      if (sequenceOfId.size > REMEMBERED_IDS) sequenceOfId.delete(sequenceOfId.keys().next().value as string);
+    }
+    return sequence;
+  };
+
+  const shared = (type: SocketType): SharedSocket => {
+    const existing = sockets.get(type);
+    if (existing !== undefined && !existing.closing) return existing;
+    const socket = createSocket({ type });
+    const entry: SharedSocket = {
+      socket,
+      users: new Set(),
+      closed: new Promise<void>((resolve) => socket.once('close', () => resolve(handleGone()))),
+      closing: false,
+      bound: new Promise<void>((resolve, reject) => {
+        const onError = (error: Error): void => reject(error);
+        socket.once('error', onError);
+        socket.bind(0, () => {
+          socket.off('error', onError);
+          resolve();
+        });
+      }),
+    };
+    entry.bound.then(
+      () => {
+        const broke = (error: Error): void => {
+          if (entry.closing) return;
+          retire(type, entry);
+          for (const user of [...entry.users]) user(error);
+        };
+        socket.on('error', broke);
+        socket.once('close', () => broke(new Error('the UDP socket closed')));
+      },
+      () => retire(type, entry),
+    );
+    sockets.set(type, entry);
+    return entry;
+  };
+
+  /** Stops handing out `entry` and closes its socket. */
+  const retire = (type: SocketType, entry: SharedSocket): Promise<void> => {
+    if (sockets.get(type) === entry) sockets.delete(type);
+    if (!entry.closing) {
+      entry.closing = true;
+      try {
+        entry.socket.close();
+      } catch {
+        // Not running: it closed by itself, and 'close' has fired.
+      }
+    }
+    return entry.closed;
+  };
+
+  return {
+    name: 'udp',
+    async connect(endpoint, { signal, lost }): Promise<Connection<UdpClient>> {
+      signal.throwIfAborted();
+      const type: SocketType = isIP(endpoint.address) === 6 ? 'udp6' : 'udp4';
+      const entry = shared(type);
+      let open = true;
+      const onBroken = (error: Error): void => {
+        if (!open) return;
+        open = false;
+        entry.users.delete(onBroken);
+        lost(error);
+      };
+      entry.users.add(onBroken);
+      const release = (): Promise<void> => {
+        entry.users.delete(onBroken);
+        open = false;
+        return entry.users.size === 0 ? retire(type, entry) : Promise.resolve();
+      };
+      try {
+        await abortable(entry.bound, signal, `connecting to ${endpoint.key}`);
+      } catch (error) {
+        await release();
+        throw error;
+      }
+      const target = { address: endpoint.address, port: port ?? endpoint.port };
+      const client: UdpClient = {
+        senderId,
+        async send(body, message) {
+          if (typeof body !== 'string' && !(body instanceof Uint8Array)) invalidOption('body', 'a string or bytes', body);
+          if (message !== undefined && (message === null || typeof message.id !== 'string')) {
+            invalidOption('message', 'an object with a string id (the delivery)', message);
+          }
+          if (message?.signal?.aborted) throw abortError(message.signal, `a send to ${endpoint.key}`);
+          if (!open) throw new PodpoolError(ErrorCode.CONNECTION_LOST, `the UDP sender for ${endpoint.key} is closed`);
+          const sequence = sequenceFor(message?.id);
+          const datagram = encodeDatagram({ sender: senderId, sequence, body });
+          for (let copy = 0; copy < repeat; copy++) {
+            await sendOnce(entry.socket, datagram, target, sendErrors);
+          }
+          return { acknowledged: false, sent: repeat, sequence, bytes: datagram.length };
+        },
+      };
+      return {
+        client,
+        close: release,
+      };
+    },
+    isPodFailure(error) {
+      if (error === null || typeof error !== 'object' || !sendErrors.has(error)) return false;
+      // Too big a datagram is the message's fault, not the pod's.
+      return (error as { code?: unknown }).code !== 'EMSGSIZE';
+    },
+  };
+}
+
+/**
+ * dgram emits 'close' on the next tick after `close()`, while libuv frees the handle only in a
+ * later close phase of the event loop; two check phases later it is gone whichever phase
+ * `close()` ran in. Without this wait, `close()` would resolve with the socket still open.
+ */
+async function handleGone(): Promise<void> {
+  await setImmediate();
+  await setImmediate();
+}
+
+function sendOnce(socket: Socket, datagram: Buffer, target: { address: string; port: number }, sendErrors: WeakSet<object>): Promise<void> {
+  return new Promise((resolve, reject) => {
+    const fail = (error: Error): void => {
+      sendErrors.add(error);
+      reject(error);
+    };
+    try {
+      socket.send(datagram, target.port, target.address, (error) => (error ? fail(error) : resolve()));
+    } catch (error) {
+      // The socket closed under us (ERR_SOCKET_DGRAM_NOT_RUNNING): ours to report, not the pod's.
+      reject(error);
+    }
+  });
+}
+
+function abortable(promise: Promise<void>, signal: AbortSignal, what: string): Promise<void> {
+  if (signal.aborted) return Promise.reject(abortError(signal, what));
+  return new Promise((resolve, reject) => {
+    const onAbort = (): void => reject(abortError(signal, what));
+    signal.addEventListener('abort', onAbort, { once: true });
+    promise.then(
+      () => {
+        signal.removeEventListener('abort', onAbort);
+        resolve();
+      },
+      (error: unknown) => {
+        signal.removeEventListener('abort', onAbort);
+        reject(error);
+      },
+    );
+  });
+}
