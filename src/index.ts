@@ -12,6 +12,8 @@ export { PodpoolError, ErrorCode } from './errors.ts';
 
 export type { EndpointSource, SourceSink, SourceWatch } from './discovery/source.ts';
 export { staticEndpoints } from './discovery/static.ts';
+export { dnsEndpoints } from './discovery/dns.ts';
+export type { DnsEndpointsOptions } from './discovery/dns.ts';
 export { kubernetesEndpoints } from './discovery/kubernetes.ts';
 export type { KubernetesEndpointsOptions } from './discovery/kubernetes.ts';
 
@@ -27,3 +29,24 @@ export { httpTransport, httpDispatcher, PoolDispatcher } from './transport/http.
 export type { HttpTransportOptions } from './transport/http.ts';
 export { grpcTransport, grpcChannel, PoolChannel } from './transport/grpc.ts';
 export type { GrpcTransportOptions, GrpcChannelOptions, GrpcClientConstructor } from './transport/grpc.ts';
+export { webSocketTransport, WebSocketClient, answerRequests } from './transport/websocket.ts';
+export type { WebSocketTransportOptions, WebSocketRequestOptions, WebSocketMessage, WebSocketHandler, RemoteError } from './transport/websocket.ts';
+export { exclusiveTransport } from './transport/exclusive.ts';
+export type { ExclusiveFactory, ExclusiveTransportOptions } from './transport/exclusive.ts';
+export { udpTransport, encodeDatagram, decodeDatagram } from './transport/udp.ts';
+export type { UdpTransportOptions, UdpClient, UdpSendResult, Datagram } from './transport/udp.ts';
+
+export { dedupFilter } from './receive/dedup.ts';
+export type { DedupFilter, DedupOptions } from './receive/dedup.ts';
+export { datagramReceiver } from './receive/datagram.ts';
+export type {
+  DatagramReceiver,
+  DatagramReceiverOptions,
+  DatagramGap,
+  DatagramDrop,
+  DatagramOutcome,
+  DropReason,
+  DatagramReceiverStats,
+} from './receive/datagram.ts';
+export { signMessage, verifyMessage, MessageRejectedError } from './receive/signing.ts';
+export type { Secret, SignedMessage, ReceivedMessage, SignOptions, VerifyOptions, RejectReason } from './receive/signing.ts';

@@ -1,0 +1,236 @@
+/**
+ * The clients a scenario compares, each as a {@link Mode}: how one application instance connects
+ * and sends one request. kube-proxy modes dial the ClusterIP over one long-lived connection;
+ * podpool modes keep one connection per pod and pick per request; peers are what a user would
+ * otherwise write (grpc-js `round_robin` over the headless name, undici `BalancedPool` over the
+ * pods' addresses).
+ */
+import * as grpc from '@grpc/grpc-js';
+import { BalancedPool, Client } from 'undici';
+import WebSocket from 'ws';
+import { createPool, httpTransport, leastLoaded, peakEwma, roundRobin, staticEndpoints, type Balancer, type EndpointSource, type Pool } from '../src/index.ts';
+import { dnsEndpoints } from '../src/discovery/dns.ts';
+import { HEADLESS_NAME, type Cluster } from './cluster.ts';
+import type { Caller } from './load.ts';
+import { EchoClient, POD_PORTS, type EchoClientInstance } from './pods.ts';
+
+export type Wire = 'http' | 'grpc' | 'ws';
+
+export interface ModeOptions {
+  /** Requests in flight per client. */
+  inflight: number;
+}
+
+export interface Mode {
+  /** What the report calls it: `kube-proxy`, `podpool round-robin`, `grpc-js round_robin`, … */
+  readonly client: string;
+  readonly wire: Wire;
+  /** Opens one client application instance; resolves once it can send. */
+  open(cluster: Cluster, options: ModeOptions): Promise<Caller>;
+}
+
+const EMPTY = Buffer.alloc(0);
+
+/** The balancers a scenario may compare, by their report names. */
+export const BALANCERS: Record<string, () => Balancer> = {
+  'round-robin': roundRobin,
+  'least-loaded': leastLoaded,
+  'peak-ewma': peakEwma,
+};
+
+/** What podpool discovers the pods with in the bench: the headless name, through cluster DNS. */
+export type SourceFactory = (cluster: Cluster, port: number) => EndpointSource | Promise<EndpointSource>;
+
+/** The ready pods as they are now, listed once: for scenarios where discovery is beside the point. */
+export const staticSource: SourceFactory = (cluster, port) =>
+  staticEndpoints(cluster.readyPods().map((p) => ({ address: p.address, port, podName: p.name })));
+
+/** How often podpool's DNS source polls in the bench (its default is 5 s). */
+export const DNS_REFRESH_MS = 1_000;
+
+/**
+ * The headless name through cluster DNS: the namespace's resolv.conf names our DNS server in the
+ * iptables stand-in; elsewhere the server is given explicitly.
+ */
+export const dnsSource: SourceFactory = (cluster, port) =>
+  dnsEndpoints({
+    host: HEADLESS_NAME,
+    port,
+    refreshMs: DNS_REFRESH_MS,
+    ...(cluster.standIn === 'userspace' && { servers: [cluster.dnsServer] }),
+  });
+
+/** How podpool finds the pods unless a scenario says otherwise: the headless name, in DNS. */
+export const defaultSource: SourceFactory = dnsSource;
+
+async function readyPool<C>(pool: Pool<C>, cluster: Cluster): Promise<void> {
+  try {
+    await pool.ready({ minEndpoints: cluster.readyPods().length, timeoutMs: 10_000 });
+  } catch (error) {
+    await pool.close();
+    throw error;
+  }
+}
+
+// ---- HTTP ---------------------------------------------------------------------------------
+
+/** kube-proxy: one keep-alive connection to the ClusterIP, requests pipelined on it. */
+export const httpKubeProxy: Mode = {
+  client: 'kube-proxy',
+  wire: 'http',
+  async open(cluster, { inflight }) {
+    const { host, port } = cluster.clusterAddress('http');
+    const client = new Client(`http://${host}:${port}`, { pipelining: inflight, keepAliveTimeout: 120_000 });
+    return {
+      async call() {
+        const res = await client.request({ path: '/', method: 'GET' });
+        return res.body.text();
+      },
+      close: () => client.close(),
+    };
+  },
+};
+
+/**
+ * podpool's HTTP transport with one balancer, over the headless Service. As many keep-alive
+ * connections per pod as the client has calls in flight: Node's HTTP server answers one request
+ * per socket at a time, so fewer would leave a pod's capacity unused (BalancedPool opens as many
+ * as it needs).
+ */
+export function httpPodpool(balancer: string, source?: SourceFactory): Mode {
+  return {
+    client: `podpool ${balancer}`,
+    wire: 'http',
+    async open(cluster, { inflight }) {
+      const pool = createPool({
+        source: await (source ?? defaultSource)(cluster, POD_PORTS.http),
+        transport: httpTransport({ connections: inflight, client: { keepAliveTimeout: 120_000 } }),
+        balancer: BALANCERS[balancer]!(),
+        reconnect: { minMs: 20, maxMs: 500 },
+        drainTimeoutMs: 2_000,
+      });
+      await readyPool(pool, cluster);
+      return {
+        call: () =>
+          pool.use(async (client) => {
+            const res = await client.request({ path: '/', method: 'GET' });
+            return res.body.text();
+          }),
+        close: () => pool.close(),
+      };
+    },
+  };
+}
+
+/** undici `BalancedPool` over the pods' addresses, listed once at start, with its defaults. */
+export const httpBalancedPool: Mode = {
+  client: 'undici BalancedPool',
+  wire: 'http',
+  async open(cluster) {
+    const pool = new BalancedPool(cluster.readyPods().map((p) => `http://${p.address}:${POD_PORTS.http}`));
+    return {
+      async call() {
+        const res = await pool.request({ path: '/', method: 'GET' });
+        return res.body.text();
+      },
+      close: () => pool.close(),
+    };
+  },
+};
+
+// ---- gRPC ---------------------------------------------------------------------------------
+
+function grpcCaller(client: EchoClientInstance): Caller {
+  return {
+    call: () =>
+      new Promise<string>((resolve, reject) => {
+        client.call(EMPTY, (error, reply) => (error ? reject(error) : resolve(String(reply))));
+      }),
+    close: async () => client.close(),
+  };
+}
+
+function waitForReady(client: grpc.Client): Promise<void> {
+  return new Promise((resolve, reject) => client.waitForReady(Date.now() + 10_000, (e) => (e ? reject(e) : resolve())));
+}
+
+/** kube-proxy: a grpc-js client on the ClusterIP; pick_first, so one HTTP/2 connection. */
+export const grpcKubeProxy: Mode = {
+  client: 'kube-proxy',
+  wire: 'grpc',
+  async open(cluster) {
+    const { host, port } = cluster.clusterAddress('grpc');
+    const client = new EchoClient(`${host}:${port}`, grpc.credentials.createInsecure(), {
+      // Distinct channel options keep grpc-js from sharing one subchannel between clients.
+      'grpc.primary_user_agent': `bench-${Math.random()}`,
+    }) as EchoClientInstance;
+    await waitForReady(client);
+    return grpcCaller(client);
+  },
+};
+
+/** grpc-js's own `round_robin` over the headless name: the peer gRPC users reach for. */
+export const grpcRoundRobin: Mode = {
+  client: 'grpc-js round_robin',
+  wire: 'grpc',
+  async open(cluster) {
+    const client = new EchoClient(cluster.grpcDnsTarget(), grpc.credentials.createInsecure(), {
+      'grpc.service_config': JSON.stringify({ loadBalancingConfig: [{ round_robin: {} }] }),
+      'grpc.primary_user_agent': `bench-${Math.random()}`,
+    }) as EchoClientInstance;
+    await waitForReady(client);
+    return grpcCaller(client);
+  },
+};
+
+// ---- WebSocket ----------------------------------------------------------------------------
+
+/** One WebSocket, requests correlated by id, as an application over a ws connection does. */
+function wsCaller(socket: WebSocket): Caller {
+  let next = 0;
+  const pending = new Map<number, { resolve: (pod: string) => void; reject: (e: Error) => void }>();
+  socket.on('message', (data) => {
+    const { id, reply } = JSON.parse(String(data)) as { id: number; reply: string };
+    const waiter = pending.get(id);
+    if (!waiter) return;
+    pending.delete(id);
+    waiter.resolve(reply);
+  });
+  socket.on('close', () => {
+    const error = new Error('the WebSocket closed');
+    for (const w of pending.values()) w.reject(error);
+    pending.clear();
+  });
+  socket.on('error', () => {});
+  return {
+    call() {
+      if (socket.readyState !== WebSocket.OPEN) return Promise.reject(new Error('the WebSocket is not open'));
+      const id = ++next;
+      return new Promise<string>((resolve, reject) => {
+        pending.set(id, { resolve, reject });
+        socket.send(JSON.stringify({ id, data: null }));
+      });
+    },
+    async close() {
+      if (socket.readyState === WebSocket.CLOSED) return;
+      const closed = new Promise((r) => socket.once('close', r));
+      socket.terminate();
+      await closed;
+    },
+  };
+}
+
+/** kube-proxy: one WebSocket to the ClusterIP. */
+export const wsKubeProxy: Mode = {
+  client: 'kube-proxy',
+  wire: 'ws',
+  async open(cluster) {
+    const { host, port } = cluster.clusterAddress('ws');
+    const socket = new WebSocket(`ws://${host}:${port}/`);
+    await new Promise<void>((resolve, reject) => {
+      socket.once('open', resolve);
+      socket.once('error', reject);
+    });
+    return wsCaller(socket);
+  },
+};

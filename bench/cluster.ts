@@ -1,0 +1,273 @@
+/**
+ * The stand-in cluster: one headless Service (`backend`) with a ClusterIP in front of it, its pods
+ * (in the pods process), cluster DNS answering the headless name with one A record per ready pod,
+ * and kube-proxy's share (iptables rules or the userspace proxy). Scenarios add, slow down and
+ * replace pods through it; it keeps DNS and the ClusterIP in step, as the control plane would.
+ */
+import { setTimeout as sleep } from 'node:timers/promises';
+import { DnsServer } from '../test/support/dns-server.ts';
+import { FakeApiServer, endpointSlice } from '../test/support/fake-apiserver.ts';
+import { kubernetesEndpoints } from '../src/discovery/kubernetes.ts';
+import type { EndpointSource } from '../src/index.ts';
+import { PodFleet, POD_PORTS, type PodCounts, type Protocol } from './pods.ts';
+import {
+  NETNS_DNS_HOST,
+  UserspaceProxy,
+  addAddresses,
+  applyRules,
+  currentNamespace,
+  detectStandIn,
+  kubeProxyRules,
+  type ServicePort,
+  type StandIn,
+} from './standin.ts';
+
+export const SERVICE = 'default/backend';
+/** The headless Service's DNS name. */
+export const HEADLESS_NAME = 'backend.default.svc.cluster.local';
+const CLUSTER_IP = '10.96.0.10';
+
+/** The ClusterIP's ports, by the protocol they carry. */
+const SERVICE_PORTS: Record<'http' | 'grpc' | 'ws', ServicePort> = {
+  http: { name: 'http', port: 80, targetPort: POD_PORTS.http },
+  grpc: { name: 'grpc', port: 50051, targetPort: POD_PORTS.grpc },
+  ws: { name: 'ws', port: 8081, targetPort: POD_PORTS.ws },
+};
+
+export interface ClusterOptions {
+  /** Pods at start. */
+  pods: number;
+  /** Protocols every pod serves. Default http, grpc, ws. */
+  protocols?: readonly Protocol[];
+  /** Requests a pod serves at once. Default 4. */
+  concurrency?: number;
+  /** Service time of one request, ms. Default 10. */
+  serviceMs?: number;
+}
+
+/** A pod as the control plane sees it. */
+export interface PodInfo {
+  readonly name: string;
+  readonly address: string;
+  /** Taking new work (in DNS and behind the ClusterIP). */
+  ready: boolean;
+  /** Gone for good. */
+  gone: boolean;
+}
+
+/** Where a client dials the ClusterIP for one protocol. */
+export interface ClusterAddress {
+  readonly host: string;
+  readonly port: number;
+}
+
+export class Cluster {
+  readonly standIn: StandIn;
+  readonly standInReason: string;
+  readonly #fleet: PodFleet;
+  readonly #dns: DnsServer;
+  readonly #proxies = new Map<string, UserspaceProxy>();
+  readonly #pods: PodInfo[] = [];
+  readonly #protocols: readonly Protocol[];
+  readonly #concurrency: number;
+  readonly #serviceMs: number;
+  #next = 0;
+  #api: FakeApiServer | undefined;
+  #apiPublished: Promise<unknown> = Promise.resolve();
+
+  private constructor(standIn: StandIn, reason: string, fleet: PodFleet, dns: DnsServer, options: ClusterOptions) {
+    this.standIn = standIn;
+    this.standInReason = reason;
+    this.#fleet = fleet;
+    this.#dns = dns;
+    this.#protocols = options.protocols ?? ['http', 'grpc', 'ws'];
+    this.#concurrency = options.concurrency ?? 4;
+    this.#serviceMs = options.serviceMs ?? 10;
+  }
+
+  /**
+   * Starts the pods process, DNS and the ClusterIP, then `options.pods` pods. The `iptables`
+   * stand-in needs this process to run inside the bench's namespace ({@link runInNamespace}).
+   */
+  static async start(options: ClusterOptions): Promise<Cluster> {
+    const detected = detectStandIn();
+    const standIn: StandIn = currentNamespace() ? 'iptables' : 'userspace';
+    const reason = standIn === detected.standIn ? detected.reason : `${detected.reason}, but not inside the bench's namespace`;
+    const dns = await DnsServer.start(standIn === 'iptables' ? { host: NETNS_DNS_HOST, port: 53 } : {});
+    const fleet = await PodFleet.start();
+    const cluster = new Cluster(standIn, reason, fleet, dns, options);
+    try {
+      if (standIn === 'iptables') {
+        addAddresses([CLUSTER_IP]);
+      } else {
+        for (const [protocol, port] of Object.entries(SERVICE_PORTS)) {
+          cluster.#proxies.set(protocol, await UserspaceProxy.start(() => cluster.readyAddresses(), port.targetPort));
+        }
+      }
+      await cluster.scale(options.pods);
+    } catch (error) {
+      await cluster.close();
+      throw error;
+    }
+    return cluster;
+  }
+
+  /** `host:port` of the DNS server that answers {@link HEADLESS_NAME}. */
+  get dnsServer(): string {
+    return this.#dns.address;
+  }
+
+  /**
+   * The grpc-js target that resolves the headless name: through the system resolver inside the
+   * namespace (its resolv.conf points at our DNS), else with the DNS server as the authority.
+   */
+  grpcDnsTarget(): string {
+    return this.standIn === 'iptables'
+      ? `dns:///${HEADLESS_NAME}:${POD_PORTS.grpc}`
+      : `dns://${this.#dns.address}/${HEADLESS_NAME}:${POD_PORTS.grpc}`;
+  }
+
+  /** Where clients dial the Service's ClusterIP for `protocol`. */
+  clusterAddress(protocol: 'http' | 'grpc' | 'ws'): ClusterAddress {
+    if (this.standIn === 'iptables') return { host: CLUSTER_IP, port: SERVICE_PORTS[protocol].port };
+    return { host: '127.0.0.1', port: this.#proxies.get(protocol)!.port };
+  }
+
+  /** Every pod ever started, in start order. */
+  get pods(): readonly PodInfo[] {
+    return this.#pods;
+  }
+
+  readyPods(): PodInfo[] {
+    return this.#pods.filter((p) => p.ready);
+  }
+
+  readyAddresses(): string[] {
+    return this.readyPods().map((p) => p.address);
+  }
+
+  /**
+   * Pod n's address: on the namespace's lo, or on loopback (all of 127/8 is loopback on Linux),
+   * in a /16 picked by pid so that two runs at once rarely meet.
+   */
+  #address(n: number): string {
+    const prefix = this.standIn === 'iptables' ? '10.244' : `127.${10 + (process.pid % 240)}`;
+    return `${prefix}.${1 + Math.floor(n / 250)}.${1 + (n % 250)}`;
+  }
+
+  /** Starts pods until `count` are ready. */
+  async scale(count: number): Promise<PodInfo[]> {
+    const added: PodInfo[] = [];
+    const wanted = count - this.readyPods().length;
+    if (wanted <= 0) return added;
+    const pods: PodInfo[] = [];
+    for (let i = 0; i < wanted; i++) {
+      const n = this.#next++;
+      pods.push({ name: `backend-${n}`, address: this.#address(n), ready: false, gone: false });
+    }
+    if (this.standIn === 'iptables') addAddresses(pods.map((p) => p.address));
+    // Start in small batches: hundreds of servers at once would only queue in the pods process.
+    for (let i = 0; i < pods.length; i += 25) {
+      await Promise.all(
+        pods.slice(i, i + 25).map((p) =>
+          this.#fleet.add({
+            name: p.name,
+            address: p.address,
+            protocols: this.#protocols,
+            concurrency: this.#concurrency,
+            serviceMs: this.#serviceMs,
+          }),
+        ),
+      );
+    }
+    for (const p of pods) {
+      p.ready = true;
+      this.#pods.push(p);
+      added.push(p);
+    }
+    this.#publish();
+    await this.#apiPublished;
+    return added;
+  }
+
+  /** Adds one pod; it is in DNS and behind the ClusterIP when this resolves. */
+  async addPod(): Promise<PodInfo> {
+    const [pod] = await this.scale(this.readyPods().length + 1);
+    return pod!;
+  }
+
+  /**
+   * Takes a pod out as Kubernetes does: out of DNS and the ClusterIP at once (terminating), then
+   * SIGTERM: it stops accepting, finishes in-flight work for up to `graceMs`, and is gone.
+   * `preStopMs` is the `preStop` sleep pods use so that clients hear of the change before the
+   * pod stops accepting.
+   */
+  async terminatePod(name: string, graceMs = 0, preStopMs = 0): Promise<void> {
+    const pod = this.#pods.find((p) => p.name === name);
+    if (!pod || pod.gone) return;
+    pod.ready = false;
+    this.#publish();
+    if (preStopMs > 0) await sleep(preStopMs);
+    await this.#fleet.terminate(name, graceMs);
+    pod.gone = true;
+    this.#publish();
+  }
+
+  slowPod(name: string, factor: number): Promise<void> {
+    return this.#fleet.slow(name, factor);
+  }
+
+  /** What each pod served so far. */
+  counts(): Promise<PodCounts> {
+    return this.#fleet.counts();
+  }
+
+  /**
+   * A Kubernetes source for `port` (a pod port number) through a fake API server that holds the
+   * Service's EndpointSlice, kept in step with the pods from now on. The API server listens on
+   * 127.0.0.1 (inside the namespace, in the iptables stand-in).
+   */
+  async kubernetesSource(port: number): Promise<EndpointSource> {
+    if (this.#api === undefined) {
+      this.#api = await FakeApiServer.start();
+      this.#publish();
+      await this.#apiPublished;
+    }
+    const name = (Object.entries(SERVICE_PORTS).find(([, p]) => p.targetPort === port)?.[0]) ?? port;
+    return kubernetesEndpoints({ service: 'backend', namespace: 'default', port: name, kubeConfig: this.#api.kubeConfig() });
+  }
+
+  /** DNS, kube-proxy and the API server learn the ready (and terminating) pods. */
+  #publish(): void {
+    const addresses = this.readyAddresses();
+    this.#dns.set(HEADLESS_NAME, { A: addresses });
+    if (this.standIn === 'iptables') {
+      applyRules(kubeProxyRules(SERVICE, CLUSTER_IP, Object.values(SERVICE_PORTS), addresses));
+    }
+    const api = this.#api;
+    if (api !== undefined) {
+      const slice = endpointSlice({
+        name: 'backend-bench',
+        service: 'backend',
+        namespace: 'default',
+        ports: Object.values(SERVICE_PORTS).map((p) => ({ name: p.name, port: p.targetPort, protocol: 'TCP' })),
+        endpoints: this.#pods
+          .filter((p) => !p.gone)
+          .map((p) => ({ ip: p.address, pod: p.name, ready: p.ready, serving: p.ready || !p.gone, terminating: !p.ready })),
+      });
+      this.#apiPublished = this.#apiPublished.then(() => api.apply(slice)).catch(() => {});
+    }
+  }
+
+  /** Resolves once every change so far reached the API server's watches. */
+  published(): Promise<unknown> {
+    return this.#apiPublished;
+  }
+
+  async close(): Promise<void> {
+    await Promise.all([...this.#proxies.values()].map((p) => p.close()));
+    await this.#fleet.stop();
+    await this.#dns.close();
+    await this.#api?.close();
+  }
+}

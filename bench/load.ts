@@ -1,0 +1,117 @@
+/**
+ * Closed-loop load: each client runs `inflight` workers that send a request, wait for the answer
+ * and send the next. Every loop is bounded twice, by time and by count, so a bench can't run away.
+ */
+import { createHistogram, performance, type RecordableHistogram } from 'node:perf_hooks';
+
+/** One client application instance: its own connection(s), whichever way it balances. */
+export interface Caller {
+  /** One request; resolves with the name of the pod that answered. */
+  call(): Promise<string>;
+  close(): Promise<void>;
+}
+
+export interface LoadOptions {
+  /** Requests in flight per client. */
+  inflight: number;
+  durationMs: number;
+  /** Upper bound on requests per client, whatever the time. */
+  maxRequests: number;
+  /** Called about every 100 ms with the elapsed fraction, for the progress bar. */
+  onTick?: (fraction: number) => void;
+  /** Keep every answer's time and pod, for time lines (scale-up). */
+  keepAnswers?: boolean;
+  /** Stops the load early. */
+  signal?: AbortSignal;
+  /**
+   * Keeps the load going past `durationMs` until this settles (a rolling restart that must finish
+   * under load), but never past `maxDurationMs` (default 3 × `durationMs`).
+   */
+  holdUntil?: Promise<unknown>;
+  maxDurationMs?: number;
+}
+
+export interface LoadResult {
+  requests: number;
+  errors: number;
+  /** The first few distinct error messages, to say what failed. */
+  errorSamples: string[];
+  elapsedMs: number;
+  latency: RecordableHistogram;
+  /** Answers as [ms since start, pod name], when `keepAnswers`. */
+  answers: [number, string][];
+  /** Answers per pod, as the clients saw them. */
+  byPod: Map<string, number>;
+}
+
+export async function runLoad(callers: readonly Caller[], options: LoadOptions): Promise<LoadResult> {
+  const { inflight, durationMs, maxRequests, onTick, keepAnswers = false, signal, holdUntil } = options;
+  const latency = createHistogram();
+  const answers: [number, string][] = [];
+  const byPod = new Map<string, number>();
+  const errorSamples: string[] = [];
+  let requests = 0;
+  let errors = 0;
+  const start = performance.now();
+  let end = start + durationMs;
+  if (holdUntil) {
+    const cap = start + (options.maxDurationMs ?? durationMs * 3);
+    end = cap;
+    void holdUntil.finally(() => {
+      end = Math.min(cap, Math.max(start + durationMs, performance.now() + Math.min(250, durationMs / 4)));
+    });
+  }
+  const ticker = onTick ? setInterval(() => onTick(Math.min(1, (performance.now() - start) / durationMs)), 100) : undefined;
+
+  const worker = async (caller: Caller, budget: { left: number }): Promise<void> => {
+    while (budget.left > 0 && performance.now() < end && !signal?.aborted) {
+      budget.left--;
+      const t0 = performance.now();
+      try {
+        const pod = await caller.call();
+        const t1 = performance.now();
+        latency.record(Math.max(1, Math.round((t1 - t0) * 1e6)));
+        requests++;
+        byPod.set(pod, (byPod.get(pod) ?? 0) + 1);
+        if (keepAnswers) answers.push([t1 - start, pod]);
+      } catch (error) {
+        errors++;
+        const message = error instanceof Error ? `${(error as { code?: string }).code ?? error.name}: ${error.message}` : String(error);
+        if (errorSamples.length < 5 && !errorSamples.includes(message)) errorSamples.push(message);
+        // A client whose connection is down fails fast; don't spin on it.
+        await new Promise((r) => setTimeout(r, 5));
+      }
+    }
+  };
+  try {
+    await Promise.all(
+      callers.flatMap((caller) => {
+        const budget = { left: maxRequests };
+        return Array.from({ length: inflight }, () => worker(caller, budget));
+      }),
+    );
+  } finally {
+    clearInterval(ticker);
+  }
+  onTick?.(1);
+  return { requests, errors, errorSamples, elapsedMs: performance.now() - start, latency, answers, byPod };
+}
+
+/** Milliseconds at a percentile of a histogram in nanoseconds; 0 when empty. */
+export function percentileMs(h: RecordableHistogram, p: number): number {
+  return h.count === 0 ? 0 : round(h.percentile(p) / 1e6, 2);
+}
+
+/** Coefficient of variation (σ / mean) of per-pod counts, idle pods included. */
+export function coefficientOfVariation(values: readonly number[]): number {
+  if (values.length === 0) return 0;
+  const mean = values.reduce((a, b) => a + b, 0) / values.length;
+  if (mean === 0) return 0;
+  const variance = values.reduce((a, v) => a + (v - mean) ** 2, 0) / values.length;
+  return round(Math.sqrt(variance) / mean, 3);
+}
+
+export function round(value: number, digits: number): number {
+  const f = 10 ** digits;
+  return Math.round(value * f) / f;
+}

@@ -1,0 +1,355 @@
+/**
+ * The stand-in cluster's pods, in their own process (so the clients' CPU does not serve them):
+ * the bench forks this file and drives it over IPC with {@link PodFleet}.
+ *
+ * A pod has bounded capacity: it serves at most `concurrency` requests at a time, each for
+ * `serviceMs` (times its slow factor); the rest wait in its queue. So throughput grows with the
+ * number of pods a client actually uses, as in a cluster, rather than with the CPU of this
+ * machine. Each pod counts what it served, per protocol.
+ */
+import { fork, type ChildProcess } from 'node:child_process';
+import { createSocket, type Socket as UdpSocket } from 'node:dgram';
+import { once } from 'node:events';
+import { createServer, type Server as HttpServer } from 'node:http';
+import type { Socket } from 'node:net';
+import * as grpc from '@grpc/grpc-js';
+import { WebSocketServer } from 'ws';
+import { decodeDatagram } from '../src/transport/udp.ts';
+
+/** The ports every pod listens on, as a Deployment's container ports would say. */
+export const POD_PORTS = { http: 8080, grpc: 50051, ws: 8081, udp: 9090 } as const;
+
+export type Protocol = 'http' | 'grpc' | 'ws' | 'udp';
+
+/** The gRPC service the pods serve: one unary method over raw bytes, so no .proto is needed. */
+export const echoService = {
+  call: {
+    path: '/podpool.bench.Echo/Call',
+    requestStream: false,
+    responseStream: false,
+    requestSerialize: (b: Buffer) => b,
+    requestDeserialize: (b: Buffer) => b,
+    responseSerialize: (b: Buffer) => b,
+    responseDeserialize: (b: Buffer) => b,
+  },
+} satisfies grpc.ServiceDefinition;
+
+/** A generated-style client class for {@link echoService}: `new EchoClient(target, credentials)`. */
+export const EchoClient = grpc.makeGenericClientConstructor(echoService, 'Echo');
+/** What an `EchoClient` instance offers. */
+export type EchoClientInstance = InstanceType<typeof EchoClient> & {
+  call(request: Buffer, callback: (error: grpc.ServiceError | null, reply?: Buffer) => void): grpc.ClientUnaryCall;
+};
+
+export interface PodSpec {
+  readonly name: string;
+  readonly address: string;
+  readonly protocols: readonly Protocol[];
+  readonly concurrency: number;
+  readonly serviceMs: number;
+}
+
+/** Requests each pod served since it started, per protocol (and datagrams received). */
+export type PodCounts = Record<
+  string,
+  { http: number; grpc: number; ws: number; wsMessages: number; httpBroadcasts: number; wsBroadcasts: number; udp: number }
+>;
+
+type Command =
+  | { op: 'add'; spec: PodSpec }
+  | { op: 'terminate'; name: string; graceMs: number }
+  | { op: 'slow'; name: string; factor: number }
+  | { op: 'counts' }
+  | { op: 'stop' };
+
+interface Request {
+  seq: number;
+  command: Command;
+}
+
+interface Reply {
+  seq: number;
+  value?: unknown;
+  error?: string;
+}
+
+/** The bench's handle on the pods process. */
+export class PodFleet {
+  readonly #child: ChildProcess;
+  readonly #pending = new Map<number, { resolve: (v: unknown) => void; reject: (e: Error) => void }>();
+  #seq = 0;
+  #exited = false;
+
+  private constructor(child: ChildProcess) {
+    this.#child = child;
+    child.on('message', (reply: Reply) => {
+      const waiter = this.#pending.get(reply.seq);
+      if (!waiter) return;
+      this.#pending.delete(reply.seq);
+      if (reply.error !== undefined) waiter.reject(new Error(reply.error));
+      else waiter.resolve(reply.value);
+    });
+    child.once('exit', (code, signal) => {
+      this.#exited = true;
+      const error = new Error(`the pods process exited (${signal ?? code})`);
+      for (const w of this.#pending.values()) w.reject(error);
+      this.#pending.clear();
+    });
+  }
+
+  /** Forks the pods process; it inherits this process's network namespace. */
+  static async start(): Promise<PodFleet> {
+    const child = fork(new URL(import.meta.url), ['--pods-process'], {
+      stdio: ['ignore', 'inherit', 'inherit', 'ipc'],
+      serialization: 'advanced',
+    });
+    await once(child, 'spawn');
+    return new PodFleet(child);
+  }
+
+  #send<T>(command: Command): Promise<T> {
+    if (this.#exited) return Promise.reject(new Error('the pods process is gone'));
+    const seq = ++this.#seq;
+    return new Promise<T>((resolve, reject) => {
+      this.#pending.set(seq, { resolve: resolve as (v: unknown) => void, reject });
+      this.#child.send({ seq, command } satisfies Request);
+    });
+  }
+
+  /** Starts a pod; resolves once it listens on every protocol. */
+  add(spec: PodSpec): Promise<void> {
+    return this.#send({ op: 'add', spec });
+  }
+
+  /** Stops accepting, lets work in flight finish for up to `graceMs`, then drops every connection. */
+  terminate(name: string, graceMs = 0): Promise<void> {
+    return this.#send({ op: 'terminate', name, graceMs });
+  }
+
+  /** Multiplies the pod's service time by `factor` (1 restores it). */
+  slow(name: string, factor: number): Promise<void> {
+    return this.#send({ op: 'slow', name, factor });
+  }
+
+  counts(): Promise<PodCounts> {
+    return this.#send({ op: 'counts' });
+  }
+
+  async stop(): Promise<void> {
+    if (this.#exited) return;
+    const exited = once(this.#child, 'exit');
+    await this.#send({ op: 'stop' }).catch(() => {});
+    const timer = setTimeout(() => this.#child.kill('SIGKILL'), 3_000);
+    await exited;
+    clearTimeout(timer);
+  }
+}
+
+// ---- the pods process ---------------------------------------------------------------------
+
+class Pod {
+  readonly spec: PodSpec;
+  readonly counts = { http: 0, grpc: 0, ws: 0, wsMessages: 0, httpBroadcasts: 0, wsBroadcasts: 0, udp: 0 };
+  /** (sender, sequence) of datagrams seen, so repeats and retries count once. */
+  readonly #seen = new Set<string>();
+  factor = 1;
+  #busy = 0;
+  readonly #queue: (() => void)[] = [];
+  readonly #sockets = new Set<Socket>();
+  #http: HttpServer | undefined;
+  #grpc: grpc.Server | undefined;
+  #ws: { http: HttpServer; wss: WebSocketServer } | undefined;
+  #udp: UdpSocket | undefined;
+
+  constructor(spec: PodSpec) {
+    this.spec = spec;
+  }
+
+  /** Holds one of the pod's `concurrency` slots for its service time, then runs `done`. */
+  serve(done: () => void): void {
+    const run = (): void => {
+      this.#busy++;
+      setTimeout(() => {
+        this.#busy--;
+        done();
+        const next = this.#queue.shift();
+        if (next) next();
+      }, this.spec.serviceMs * this.factor);
+    };
+    if (this.#busy < this.spec.concurrency) run();
+    else this.#queue.push(run);
+  }
+
+  async start(): Promise<void> {
+    const { address, protocols, name } = this.spec;
+    const reply = Buffer.from(name);
+    if (protocols.includes('http')) {
+      const server = createServer({ keepAliveTimeout: 120_000, requestTimeout: 0 }, (req, res) => {
+        req.resume();
+        // A broadcast (cache invalidation, config push) is cheap to apply: answered at once.
+        if (req.url === '/broadcast') {
+          req.once('end', () => {
+            this.counts.httpBroadcasts++;
+            res.end(reply);
+          });
+          return;
+        }
+        this.serve(() => {
+          this.counts.http++;
+          res.end(reply);
+        });
+      });
+      this.#track(server);
+      server.listen(POD_PORTS.http, address);
+      await once(server, 'listening');
+      this.#http = server;
+    }
+    if (protocols.includes('grpc')) {
+      const server = new grpc.Server();
+      server.addService(echoService, {
+        call: (_call: unknown, callback: (e: null, r: Buffer) => void) => {
+          this.serve(() => {
+            this.counts.grpc++;
+            callback(null, reply);
+          });
+        },
+      });
+      await new Promise<void>((resolve, reject) =>
+        server.bindAsync(`${address}:${POD_PORTS.grpc}`, grpc.ServerCredentials.createInsecure(), (e) => (e ? reject(e) : resolve())),
+      );
+      this.#grpc = server;
+    }
+    if (protocols.includes('ws')) {
+      const http = createServer((_req, res) => res.writeHead(426).end());
+      this.#track(http);
+      const wss = new WebSocketServer({ server: http });
+      wss.on('connection', (socket) => {
+        socket.on('message', (data) => {
+          // podpool's WebSocket framing: {id, data} is a request answered with {id, reply};
+          // {data} alone is a message sent with send() (a broadcast), answered with nothing.
+          let id: unknown;
+          let kind: unknown;
+          try {
+            const frame = JSON.parse(String(data)) as { id?: unknown; data?: { kind?: unknown } | null };
+            id = frame.id;
+            kind = frame.data?.kind;
+          } catch {
+            return;
+          }
+          if (id === undefined) {
+            this.counts.wsMessages++;
+            return;
+          }
+          if (kind === 'broadcast') {
+            this.counts.wsBroadcasts++;
+            socket.send(JSON.stringify({ id, reply: name }));
+            return;
+          }
+          this.serve(() => {
+            this.counts.ws++;
+            if (socket.readyState === socket.OPEN) socket.send(JSON.stringify({ id, reply: name }));
+          });
+        });
+      });
+      http.listen(POD_PORTS.ws, address);
+      await once(http, 'listening');
+      this.#ws = { http, wss };
+    }
+    if (protocols.includes('udp')) {
+      const socket = createSocket('udp4');
+      socket.on('message', (message) => {
+        const datagram = decodeDatagram(message);
+        if (datagram === undefined) return;
+        const key = `${datagram.sender}/${datagram.sequence}`;
+        if (this.#seen.has(key)) return;
+        if (this.#seen.size > 10_000) this.#seen.clear();
+        this.#seen.add(key);
+        this.counts.udp++;
+      });
+      socket.bind(POD_PORTS.udp, address);
+      await once(socket, 'listening');
+      this.#udp = socket;
+    }
+  }
+
+  #track(server: HttpServer): void {
+    server.on('connection', (socket: Socket) => {
+      this.#sockets.add(socket);
+      socket.once('close', () => this.#sockets.delete(socket));
+    });
+  }
+
+  /** Like a pod given SIGTERM: stop listening, finish what is in flight (up to `graceMs`), exit. */
+  async terminate(graceMs: number): Promise<void> {
+    const closing: Promise<unknown>[] = [];
+    if (this.#http) {
+      const server = this.#http;
+      closing.push(new Promise((r) => server.close(r)));
+      server.closeIdleConnections();
+    }
+    if (this.#ws) {
+      const { http, wss } = this.#ws;
+      for (const client of wss.clients) client.close(1001, 'pod terminating');
+      closing.push(new Promise((r) => wss.close(r)), new Promise((r) => http.close(r)));
+    }
+    if (this.#grpc) {
+      const server = this.#grpc;
+      closing.push(new Promise<void>((r) => server.tryShutdown(() => r())));
+    }
+    if (this.#udp) {
+      const socket = this.#udp;
+      closing.push(new Promise<void>((r) => socket.close(() => r())));
+    }
+    const grace = new Promise<void>((r) => setTimeout(r, graceMs).unref());
+    await Promise.race([Promise.all(closing), grace]);
+    for (const s of this.#sockets) s.destroy();
+    this.#grpc?.forceShutdown();
+    if (this.#ws) for (const client of this.#ws.wss.clients) client.terminate();
+    await Promise.all(closing);
+  }
+}
+
+function podsProcess(): void {
+  const pods = new Map<string, Pod>();
+  const run = async (command: Command): Promise<unknown> => {
+    switch (command.op) {
+      case 'add': {
+        const pod = new Pod(command.spec);
+        pods.set(command.spec.name, pod);
+        await pod.start();
+        return undefined;
+      }
+      case 'terminate': {
+        const pod = pods.get(command.name);
+        if (!pod) throw new Error(`no pod ${command.name}`);
+        await pod.terminate(command.graceMs);
+        return undefined;
+      }
+      case 'slow': {
+        const pod = pods.get(command.name);
+        if (!pod) throw new Error(`no pod ${command.name}`);
+        pod.factor = command.factor;
+        return undefined;
+      }
+      case 'counts': {
+        const counts: PodCounts = {};
+        for (const [name, pod] of pods) counts[name] = { ...pod.counts };
+        return counts;
+      }
+      case 'stop':
+        await Promise.all([...pods.values()].map((p) => p.terminate(0).catch(() => {})));
+        setImmediate(() => process.exit(0));
+        return undefined;
+    }
+  };
+  process.on('message', (request: Request) => {
+    run(request.command).then(
+      (value) => process.send!({ seq: request.seq, value } satisfies Reply),
+      (error: unknown) => process.send!({ seq: request.seq, error: error instanceof Error ? error.message : String(error) } satisfies Reply),
+    );
+  });
+  // The bench went away without saying stop (crash, SIGKILL): don't outlive it.
+  process.on('disconnect', () => process.exit(0));
+}
+
+if (process.argv.includes('--pods-process')) podsProcess();

@@ -1,0 +1,18 @@
+import { balance } from './balance.ts';
+import type { ScenarioOptions, ScenarioOutput } from './options.ts';
+import { slowPod } from './slow-pod.ts';
+import { scaleUp } from './scale-up.ts';
+import { rollingRestart } from './rolling-restart.ts';
+import { broadcast } from './broadcast.ts';
+import { overhead } from './overhead.ts';
+import type { Cluster } from '../cluster.ts';
+
+/** Every scenario `podpool bench` runs, by name. */
+export const SCENARIOS: Record<string, (options: ScenarioOptions, cluster?: Cluster) => Promise<ScenarioOutput>> = {
+  balance,
+  'slow-pod': slowPod,
+  'scale-up': scaleUp,
+  'rolling-restart': rollingRestart,
+  broadcast: (options, cluster) => broadcast(options.podsGiven ? { ...options, sizes: [options.pods] } : options, cluster),
+  overhead,
+};

@@ -1,0 +1,130 @@
+/**
+ * `overhead`: what podpool costs per request. Pods answer at once with no capacity limit, so the
+ * client's CPU is the bottleneck; podpool's transports are compared with the plain client over the
+ * same connections (one per pod, picked round-robin by hand).
+ */
+import * as grpc from '@grpc/grpc-js';
+import { Client } from 'undici';
+import { Cluster } from '../cluster.ts';
+import { httpPodpool, staticSource, type Mode } from '../clients.ts';
+import { round } from '../load.ts';
+import { measure, type ModeResult } from '../measure.ts';
+import { EchoClient, POD_PORTS, type EchoClientInstance } from '../pods.ts';
+import { formatTable, throughputChart, type ScenarioReport } from '../report.ts';
+import { grpcPodpool } from '../transports.ts';
+import type { ScenarioOptions, ScenarioOutput } from './options.ts';
+
+const EMPTY = Buffer.alloc(0);
+
+/** Plain undici: one `Client` per pod, the same pipelining, round-robin by hand. */
+const httpPlain: Mode = {
+  client: 'plain undici',
+  wire: 'http',
+  async open(cluster, { inflight }) {
+    const clients = cluster.readyPods().map((p) => new Client(`http://${p.address}:${POD_PORTS.http}`, { pipelining: inflight }));
+    let next = 0;
+    return {
+      async call() {
+        const client = clients[next++ % clients.length]!;
+        const res = await client.request({ path: '/', method: 'GET' });
+        return res.body.text();
+      },
+      close: async () => {
+        await Promise.all(clients.map((c) => c.close()));
+      },
+    };
+  },
+};
+
+/** Plain grpc-js: one client per pod, round-robin by hand. */
+const grpcPlain: Mode = {
+  client: 'plain grpc-js',
+  wire: 'grpc',
+  async open(cluster) {
+    const clients = cluster.readyPods().map(
+      (p) =>
+        new EchoClient(`${p.address}:${POD_PORTS.grpc}`, grpc.credentials.createInsecure(), {
+          'grpc.primary_user_agent': `bench-${Math.random()}`,
+        }) as EchoClientInstance,
+    );
+    await Promise.all(
+      clients.map((c) => new Promise<void>((resolve, reject) => c.waitForReady(Date.now() + 10_000, (e) => (e ? reject(e) : resolve())))),
+    );
+    let next = 0;
+    return {
+      call: () =>
+        new Promise<string>((resolve, reject) => {
+          clients[next++ % clients.length]!.call(EMPTY, (error, reply) => (error ? reject(error) : resolve(String(reply))));
+        }),
+      close: async () => {
+        for (const c of clients) c.close();
+      },
+    };
+  },
+};
+
+export async function overhead(options: ScenarioOptions, cluster?: Cluster): Promise<ScenarioOutput> {
+  const own = cluster === undefined;
+  // Unbounded, instant pods: only the client's work is left to measure.
+  cluster ??= await Cluster.start({ pods: options.pods, protocols: ['http', 'grpc'], concurrency: 1_000_000, serviceMs: 0 });
+  const wires = (options.wires ?? ['http', 'grpc']).filter((w) => w !== 'ws');
+  try {
+    const results: ModeResult[] = [];
+    for (const wire of wires) {
+      const pair: Mode[] = wire === 'http' ? [httpPlain, httpPodpool('round-robin', staticSource)] : [grpcPlain, grpcPodpool('round-robin', staticSource)];
+      const rows: ModeResult[] = [];
+      // Warm both up first (JIT, connections, the pods process): the first run would pay for it.
+      for (const mode of pair) {
+        await measure(cluster, mode, {
+          clients: options.clients,
+          inflight: options.inflight,
+          durationMs: Math.min(1_000, options.durationS * 500),
+          label: `overhead · ${wire} · ${mode.client} (warm-up)`,
+        });
+      }
+      for (const mode of pair) {
+        const { row } = await measure(cluster, mode, {
+          clients: options.clients,
+          inflight: options.inflight,
+          durationMs: options.durationS * 1000,
+          label: `overhead · ${wire} · ${mode.client}`,
+        });
+        rows.push(row);
+      }
+      const base = rows[0]!;
+      for (const row of rows) {
+        row.throughputRatio = base.throughput === 0 ? 0 : round(row.throughput / base.throughput, 3);
+        row.addedP50Ms = round(row.p50Ms - base.p50Ms, 3);
+        row.addedUsPerRequest = base.throughput === 0 || row.throughput === 0 ? 0 : round((1 / row.throughput - 1 / base.throughput) * 1e6, 1);
+        results.push(row);
+      }
+    }
+    const report: ScenarioReport = {
+      scenario: 'overhead',
+      standIn: cluster.standIn,
+      standInReason: cluster.standInReason,
+      pods: options.pods,
+      clients: options.clients,
+      durationS: options.durationS,
+      podConcurrency: 0,
+      serviceMs: 0,
+      inflightPerClient: options.inflight,
+      results,
+      notes: [
+        'pods answer at once with no capacity limit: the client process is the bottleneck.',
+        '"µs/req added" is the difference in client time per request at full load (1/throughput).',
+      ],
+    };
+    return {
+      report,
+      chart: throughputChart(report, 'Throughput: podpool vs the plain client'),
+      table: formatTable(report, [
+        ['× plain', (r) => (r.throughputRatio as number).toFixed(2)],
+        ['p50 added ms', (r) => (r.addedP50Ms as number).toFixed(2)],
+        ['µs/req added', (r) => (r.addedUsPerRequest as number).toFixed(1)],
+      ]),
+    };
+  } finally {
+    if (own) await cluster.close();
+  }
+}

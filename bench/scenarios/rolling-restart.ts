@@ -1,0 +1,94 @@
+/**
+ * `rolling-restart`: every pod is replaced, one at a time, under load: a new pod becomes ready,
+ * then an old one turns terminating (out of DNS, the ClusterIP and the EndpointSlice's ready set),
+ * finishes its in-flight work within a grace period, and is gone. Failed requests and p99 per mode.
+ */
+import { setTimeout as sleep } from 'node:timers/promises';
+import { Cluster } from '../cluster.ts';
+import { DNS_REFRESH_MS, grpcKubeProxy, grpcRoundRobin, httpBalancedPool, httpKubeProxy, httpPodpool, type Mode } from '../clients.ts';
+import { round } from '../load.ts';
+import { measure, type ModeResult } from '../measure.ts';
+import { formatTable, type ScenarioReport } from '../report.ts';
+import { discoverySources, grpcPodpool } from '../transports.ts';
+import type { ScenarioOptions, ScenarioOutput } from './options.ts';
+
+/** How long a terminating pod may finish in-flight work (terminationGracePeriodSeconds, scaled down). */
+export const GRACE_MS = 300;
+/** The pods' `preStop` sleep: endpoints change first, the pod stops accepting this much later. */
+export const PRE_STOP_MS = 100;
+
+export function rollingRestartModes(cluster: Cluster): Mode[] {
+  const sources = discoverySources(cluster);
+  const named = (mode: Mode, source: string): Mode => ({ ...mode, client: `${mode.client} (${source})` });
+  return [
+    httpKubeProxy,
+    ...Object.entries(sources).map(([name, source]) => named(httpPodpool('round-robin', source), name)),
+    httpBalancedPool,
+    grpcKubeProxy,
+    ...Object.entries(sources).map(([name, source]) => named(grpcPodpool('round-robin', source), name)),
+    grpcRoundRobin,
+  ];
+}
+
+export async function rollingRestart(options: ScenarioOptions, cluster?: Cluster): Promise<ScenarioOutput> {
+  const own = cluster === undefined;
+  cluster ??= await Cluster.start({ pods: options.pods, concurrency: options.concurrency, serviceMs: options.serviceMs });
+  const durationMs = options.durationS * 1000;
+  try {
+    const results: ModeResult[] = [];
+    for (const mode of rollingRestartModes(cluster)) {
+      const { row } = await measure(cluster, mode, {
+        clients: options.clients,
+        inflight: options.inflight,
+        durationMs,
+        label: `rolling-restart · ${mode.wire} · ${mode.client}`,
+        holdForDuring: true,
+        during: async ({ signal }) => {
+          const old = cluster!.readyPods();
+          const step = durationMs / (old.length + 1);
+          let replaced = 0;
+          for (const pod of old) {
+            await sleep(step * 0.6);
+            if (signal.aborted) break;
+            await cluster!.addPod();
+            await cluster!.terminatePod(pod.name, GRACE_MS, PRE_STOP_MS);
+            replaced++;
+          }
+          return { replaced };
+        },
+      });
+      // Requests, not pods, are what a restart must not lose.
+      row.errorRate = row.requests + row.errors === 0 ? 0 : round(row.errors / (row.requests + row.errors), 4);
+      results.push(row);
+      // Each mode replaced every pod; the next starts on the new ones, which are as fresh.
+    }
+    const report: ScenarioReport = {
+      scenario: 'rolling-restart',
+      standIn: cluster.standIn,
+      standInReason: cluster.standInReason,
+      pods: options.pods,
+      clients: options.clients,
+      durationS: options.durationS,
+      podConcurrency: options.concurrency,
+      serviceMs: options.serviceMs,
+      inflightPerClient: options.inflight,
+      graceMs: GRACE_MS,
+      preStopMs: PRE_STOP_MS,
+      results,
+      notes: [
+        `every pod replaced once per mode: new pod ready, old pod terminating (out of endpoints), ${PRE_STOP_MS} ms preStop sleep, then stops accepting and is gone after ≤ ${GRACE_MS} ms of grace.`,
+        `podpool's DNS source polls every ${DNS_REFRESH_MS} ms, so it may still pick a pod that stopped accepting.`,
+        'undici BalancedPool lists the pods once at start: once they are all replaced, it has nowhere to send.',
+      ],
+    };
+    return {
+      report,
+      table: formatTable(report, [
+        ['replaced', (r) => String(r.replaced ?? '')],
+        ['error rate', (r) => `${(((r.errorRate as number) ?? 0) * 100).toFixed(2)}%`],
+      ]),
+    };
+  } finally {
+    if (own) await cluster.close();
+  }
+}
