@@ -43,6 +43,8 @@ export class Member<C> implements Pickable {
   failures = 0;
   consecutiveFailures = 0;
   ejections = 0;
+  /** Ejections in a row, each longer than the last; back to 0 after a healthy `maxMs`. */
+  ejectionStreak = 0;
   connects = 0;
   lastError: Error | undefined = undefined;
   /** Aborted to stop the connect loop (endpoint gone, pool closing). */

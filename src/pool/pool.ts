@@ -180,7 +180,7 @@ export class Pool<C> extends EventEmitter<PoolEvents> {
       error: (error) => {
         this.#lastSourceError = error;
         debug('source %s: %s', source.kind, error.message);
-        this.emit('sourceError', error);
+        this.#emit('sourceError', error);
       },
     });
   }
@@ -500,7 +500,7 @@ export class Pool<C> extends EventEmitter<PoolEvents> {
       if (!endpoints.has(m.endpoint.key)) this.#drain(m);
     }
     debug('snapshot: %d endpoints, +%d -%d ~%d', endpoints.size, diff.added.length, diff.removed.length, diff.changed.length);
-    this.emit('change', endpoints, diff);
+    this.#emit('change', endpoints, diff);
     // A snapshot that changed nothing about readiness still settles waiters that count on it.
     for (const w of [...this.#waiters]) w.check();
   }
@@ -511,7 +511,22 @@ export class Pool<C> extends EventEmitter<PoolEvents> {
     m.state = to;
     debug('%s: %s → %s%s', m.endpoint.key, from, to, error ? ` (${error.message})` : '');
     if (from === 'ready' || to === 'ready') this.#rebuild();
-    this.emit('state', { endpoint: m.endpoint, from, to, ...(error !== undefined && { error }) });
+    this.#emit('state', { endpoint: m.endpoint, from, to, ...(error !== undefined && { error }) });
+  }
+
+  /**
+   * Emits without letting a listener's throw cut a state change in half (a transition left
+   * undone, a connect loop ended): the error is thrown again on its own, so it still surfaces as
+   * an uncaught exception, and the pool's state stays whole.
+   */
+  #emit<E extends keyof PoolEvents>(event: E, ...args: PoolEvents[E]): void {
+    try {
+      (this.emit as (event: E, ...args: PoolEvents[E]) => boolean)(event, ...args);
+    } catch (error) {
+      queueMicrotask(() => {
+        throw error;
+      });
+    }
   }
 
   #rebuild(): void {
@@ -558,7 +573,7 @@ export class Pool<C> extends EventEmitter<PoolEvents> {
         onFailedAttempt: ({ error }) => {
           const failure = error as PodpoolError;
           m.lastError = failure;
-          this.emit('connectError', m.endpoint, failure);
+          this.#emit('connectError', m.endpoint, failure);
         },
       });
       if (signal.aborted) {
@@ -640,8 +655,9 @@ export class Pool<C> extends EventEmitter<PoolEvents> {
     }
     if (!mayEject(policy, ejected, connected)) return;
     // A member that stayed healthy for a whole maxMs starts again from the base duration.
-    m.ejections = m.ejections > 0 && now - m.unejectedAt < policy.maxMs ? m.ejections + 1 : 1;
-    const duration = ejectionMs(policy, m.ejections);
+    m.ejectionStreak = m.ejectionStreak > 0 && now - m.unejectedAt < policy.maxMs ? m.ejectionStreak + 1 : 1;
+    m.ejections++;
+    const duration = ejectionMs(policy, m.ejectionStreak);
     this.#transition(
       m,
       'ejected',

@@ -142,6 +142,7 @@ describe('outlier ejection', () => {
     setNow(60_000);
     await fail(pool, 3);
     assert.equal(changes.at(-1)!.error!.message, '3 failures in a row; ejected for 1000 ms');
+    assert.equal(statsOf(pool, k1).ejections, 4, 'stats count every ejection, not just the streak');
   });
 
   it('never ejects more than maxPercent of the members: with 2 at 50 %, the last one stays', async (t) => {

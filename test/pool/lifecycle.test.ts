@@ -453,3 +453,25 @@ describe('draining', () => {
     assert.equal(transport.open(k1), 0, 'a connection opened as its endpoint left was never closed');
   });
 });
+
+describe('listeners', () => {
+  it('a listener that throws neither stops a connect loop nor is swallowed', async (t) => {
+    const caught: unknown[] = [];
+    process.setUncaughtExceptionCaptureCallback((error) => caught.push(error));
+    t.after(() => process.setUncaughtExceptionCaptureCallback(null));
+    const { source, transport, pool } = harness(t);
+    transport.refuse(k1);
+    pool.on('connectError', () => {
+      throw new Error('a bug in a connectError listener');
+    });
+    const ready = reached(pool, k1, 'ready');
+    source.set([pod(1)]);
+    await transport.untilAttempts(k1, 2);
+    transport.accept(k1);
+    await ready;
+    await flush();
+    assert.ok(caught.length >= 1);
+    assert.ok(caught.every((e) => e instanceof Error && e.message === 'a bug in a connectError listener'));
+    assert.deepEqual(await picks(pool, 1), [k1]);
+  });
+});
