@@ -61,7 +61,7 @@ export function perPodChart(report: ScenarioReport, title: string): ChartSpec {
       y: { field: 'served', type: 'quantitative', title: 'requests served' },
       color: { field: 'client', type: 'nominal', legend: null },
     },
-    resolve: { scale: { y: 'independent' } },
+    // One y scale for every panel: a client that served less must look smaller, not re-scaled.
   };
 }
 

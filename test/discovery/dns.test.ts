@@ -8,10 +8,11 @@ import { readdirSync, readlinkSync } from 'node:fs';
 import { afterEach, beforeEach, describe, it } from 'node:test';
 import { setImmediate } from 'node:timers/promises';
 import { dnsEndpoints, type DnsEndpointsOptions } from '../../src/discovery/dns.ts';
-import type { SourceSink, SourceWatch } from '../../src/discovery/source.ts';
-import type { EndpointSet } from '../../src/endpoint.ts';
+import type { SourceWatch } from '../../src/discovery/source.ts';
 import { ErrorCode, PodpoolError } from '../../src/errors.ts';
 import { DnsServer } from '../support/dns-server.ts';
+import { RecordingSink } from '../support/recording-sink.ts';
+import { resourceNames } from '../support/resources.ts';
 
 const HOST = 'backend.default.svc.cluster.local';
 const SRV = `_grpc._tcp.${HOST}`;
@@ -19,45 +20,6 @@ const SRV = `_grpc._tcp.${HOST}`;
 const POD_A = '127.0.0.11';
 const POD_B = '127.0.0.12';
 const POD_C = '127.0.0.13';
-
-/** A sink that records everything and lets a test wait until what it recorded says so. */
-class RecordingSink implements SourceSink {
-  readonly snapshots: EndpointSet[] = [];
-  readonly errors: PodpoolError[] = [];
-  #waiters: { check: () => boolean; resolve: () => void }[] = [];
-
-  snapshot(endpoints: EndpointSet): void {
-    this.snapshots.push(endpoints);
-    this.#wake();
-  }
-
-  error(error: PodpoolError): void {
-    this.errors.push(error);
-    this.#wake();
-  }
-
-  /** The keys of the latest snapshot. */
-  get keys(): string[] {
-    return keysOf(this.snapshots.at(-1));
-  }
-
-  until(check: (sink: this) => boolean): Promise<void> {
-    if (check(this)) return Promise.resolve();
-    return new Promise((resolve) => this.#waiters.push({ check: () => check(this), resolve }));
-  }
-
-  #wake(): void {
-    this.#waiters = this.#waiters.filter((w) => {
-      if (!w.check()) return true;
-      w.resolve();
-      return false;
-    });
-  }
-}
-
-function keysOf(set: EndpointSet | undefined): string[] {
-  return set === undefined ? [] : set.toArray().map((e) => e.key);
-}
 
 /** Sockets this process holds open; c-ares's are invisible to getActiveResourcesInfo. */
 function openSockets(): number | undefined {
@@ -80,10 +42,6 @@ function openSockets(): number | undefined {
 
 // Per test, so a hang fails one test instead of cancelling the rest of the file.
 const T = { timeout: 10_000 };
-
-function resources(): string[] {
-  return process.getActiveResourcesInfo().sort();
-}
 
 describe('dnsEndpoints', () => {
   let server: DnsServer;
@@ -437,7 +395,7 @@ describe('dnsEndpoints', () => {
   describe('close', () => {
     it('cancels a poll in flight, reports nothing and leaves no socket or timer behind', T, async () => {
       server.set(HOST, { A: [POD_A] });
-      const baseline = resources();
+      const baseline = resourceNames();
       const sockets = openSockets();
       server.hold();
       const sink = new RecordingSink();
@@ -451,7 +409,7 @@ describe('dnsEndpoints', () => {
       // the resolver gives up on the held query, and close() would wait for that.
       if (sockets !== undefined) assert.equal(openSockets(), sockets, 'close() cancelled the query at once');
       await closing;
-      assert.deepEqual(resources(), baseline);
+      assert.deepEqual(resourceNames(), baseline);
       if (sockets !== undefined) assert.equal(openSockets(), sockets);
       assert.equal(sink.snapshots.length, 0);
       assert.deepEqual(sink.errors, [], 'a cancelled query is not a failure to report');
@@ -460,7 +418,7 @@ describe('dnsEndpoints', () => {
 
     it('clears the timer of the next poll', T, async () => {
       server.set(HOST, { A: [POD_A] });
-      const baseline = resources();
+      const baseline = resourceNames();
       const sockets = openSockets();
       const sink = new RecordingSink();
       const w = dnsEndpoints({ host: HOST, port: 8080, refreshMs: 60_000, servers: [server.address] }).watch(sink);
@@ -468,9 +426,9 @@ describe('dnsEndpoints', () => {
       await sink.until((s) => s.snapshots.length === 1);
       // The poll schedules its successor in microtasks after reporting: all run before an immediate.
       await setImmediate();
-      assert.deepEqual(resources(), [...baseline, 'Timeout'].sort(), 'the next poll waits on a timer');
+      assert.deepEqual(resourceNames(), [...baseline, 'Timeout'].sort(), 'the next poll waits on a timer');
       await w.close();
-      assert.deepEqual(resources(), baseline);
+      assert.deepEqual(resourceNames(), baseline);
       if (sockets !== undefined) assert.equal(openSockets(), sockets);
       await w.close(); // twice is harmless
     });

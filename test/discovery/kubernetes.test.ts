@@ -8,7 +8,6 @@ import { isDeepStrictEqual } from 'node:util';
 import { KubeConfig } from '@kubernetes/client-node';
 import fc from 'fast-check';
 import { kubernetesEndpoints, mergeEndpointSlices, type KubernetesEndpointsOptions } from '../../src/discovery/kubernetes.ts';
-import type { SourceSink } from '../../src/discovery/source.ts';
 import type { Endpoint, EndpointSet } from '../../src/endpoint.ts';
 import { ErrorCode, PodpoolError } from '../../src/errors.ts';
 import {
@@ -20,56 +19,10 @@ import {
   type RequestRecord,
   type SliceEndpointInit,
 } from '../support/fake-apiserver.ts';
+import { RecordingSink } from '../support/recording-sink.ts';
 
 // A broken feature shows up as a wait that never ends; this turns it into a failure.
 const TIMEOUT = { timeout: 20_000 };
-
-/** Records what a source reports and lets a test wait for a report that matches. */
-class Recorder implements SourceSink {
-  readonly snapshots: EndpointSet[] = [];
-  readonly errors: PodpoolError[] = [];
-  #waiters: { check: () => boolean }[] = [];
-
-  snapshot(endpoints: EndpointSet): void {
-    this.snapshots.push(endpoints);
-    this.#wake();
-  }
-
-  error(error: PodpoolError): void {
-    this.errors.push(error);
-    this.#wake();
-  }
-
-  get last(): EndpointSet | undefined {
-    return this.snapshots.at(-1);
-  }
-
-  /** The first snapshot from index `from` on (reported already or still to come) that `match` accepts. */
-  snapshotWhere(match: (s: EndpointSet) => boolean, from = 0): Promise<EndpointSet> {
-    return this.#until(() => this.snapshots.slice(from).find(match));
-  }
-
-  /** The first error from index `from` on that `match` accepts. */
-  errorWhere(match: (e: PodpoolError) => boolean = () => true, from = 0): Promise<PodpoolError> {
-    return this.#until(() => this.errors.slice(from).find(match));
-  }
-
-  #until<T>(find: () => T | undefined): Promise<T> {
-    return new Promise((resolve) => {
-      const check = () => {
-        const found = find();
-        if (found === undefined) return false;
-        resolve(found);
-        return true;
-      };
-      if (!check()) this.#waiters.push({ check });
-    });
-  }
-
-  #wake(): void {
-    this.#waiters = this.#waiters.filter((w) => !w.check());
-  }
-}
 
 const SERVICE = 'backend';
 
@@ -106,7 +59,7 @@ function discover(
   t: TestContext,
   server: FakeApiServer,
   options: Partial<KubernetesEndpointsOptions> = {},
-): { recorder: Recorder; close: () => Promise<void> } {
+): { recorder: RecordingSink; close: () => Promise<void> } {
   const source = kubernetesEndpoints({
     service: SERVICE,
     namespace: 'default',
@@ -116,7 +69,7 @@ function discover(
     backoff: { initialMs: 5, maxMs: 40 },
     ...options,
   });
-  const recorder = new Recorder();
+  const recorder = new RecordingSink();
   const watch = source.watch(recorder);
   let closed = false;
   const close = async () => {
@@ -133,14 +86,14 @@ async function discoverAndWatch(
   t: TestContext,
   server: FakeApiServer,
   options: Partial<KubernetesEndpointsOptions> = {},
-): Promise<{ recorder: Recorder; watch: RequestRecord; close: () => Promise<void> }> {
+): Promise<{ recorder: RecordingSink; watch: RequestRecord; close: () => Promise<void> }> {
   const watching = server.nextRequest((r) => r.kind === 'watch');
   const d = discover(t, server, options);
   await d.recorder.snapshotWhere(() => true);
   return { ...d, watch: await watching };
 }
 
-function assertNeverEmpty(recorder: Recorder): void {
+function assertNeverEmpty(recorder: RecordingSink): void {
   for (const s of recorder.snapshots) assert.notEqual(s.size, 0, 'a snapshot was empty');
 }
 
@@ -318,7 +271,7 @@ describe('kubernetesEndpoints options', () => {
     const source = withEnv({ KUBECONFIG: file, KUBERNETES_SERVICE_HOST: undefined }, () =>
       kubernetesEndpoints({ service: SERVICE, namespace: 'default', port: 'http' }),
     );
-    const recorder = new Recorder();
+    const recorder = new RecordingSink();
     const watch = source.watch(recorder);
     t.after(() => watch.close());
     const first = await recorder.snapshotWhere(() => true);

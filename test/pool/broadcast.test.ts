@@ -1,46 +1,26 @@
 import assert from 'node:assert/strict';
-import { syncBuiltinESMExports } from 'node:module';
 import { describe, it, type TestContext } from 'node:test';
-import type { Balancer, Pickable, Picker } from '../../src/balance/balancer.ts';
 import type { Endpoint } from '../../src/endpoint.ts';
 import { ErrorCode, PodpoolError } from '../../src/errors.ts';
 import type { BroadcastResult, Delivery } from '../../src/pool/broadcast.ts';
-import { createPool, type Pool, type PoolOptions } from '../../src/pool/pool.ts';
-import { ManualSource, pod, podKey } from '../support/manual-source.ts';
+import type { PoolOptions } from '../../src/pool/pool.ts';
+import { first } from '../support/first-balancer.ts';
+import { flush } from '../support/flush.ts';
+import { pod, podKey } from '../support/manual-source.ts';
 import { MemoryTransport, type MemoryClient } from '../support/memory-transport.ts';
+import { mockTimers } from '../support/mock-timers.ts';
+import { harness as poolHarness, type Harness } from '../support/pool-harness.ts';
 
 const [k1, k2, k3] = [podKey(1), podKey(2), podKey(3)];
 
-interface Harness {
-  source: ManualSource;
-  transport: MemoryTransport;
-  pool: Pool<MemoryClient>;
-}
-
+/** The pool harness with pods 1 to `pods` set and ready. */
 async function harness(t: TestContext, pods: number, options: Partial<PoolOptions<MemoryClient>> = {}): Promise<Harness> {
-  const source = new ManualSource();
-  const transport = (options.transport as MemoryTransport | undefined) ?? new MemoryTransport();
-  const pool = createPool({ reconnect: { minMs: 1, maxMs: 4 }, ...options, source, transport });
-  t.after(() => pool.close());
+  const { source, transport, pool } = poolHarness(t, options);
   if (pods > 0) {
     source.set(Array.from({ length: pods }, (_, i) => pod(i + 1)));
     await pool.ready({ minEndpoints: pods });
   }
   return { source, transport, pool };
-}
-
-function mockTimers(t: TestContext): TestContext['mock']['timers'] {
-  t.mock.timers.enable({ apis: ['setTimeout'] });
-  syncBuiltinESMExports();
-  t.after(() => {
-    t.mock.timers.reset();
-    syncBuiltinESMExports();
-  });
-  return t.mock.timers;
-}
-
-function flush(): Promise<void> {
-  return new Promise((resolve) => setImmediate(resolve));
 }
 
 /** Runs mocked time forward until `promise` settles (p-retry's backoff between retries). */
@@ -56,15 +36,6 @@ async function drive<T>(timers: TestContext['mock']['timers'], promise: Promise<
     assert.ok(ms < 60_000, 'the broadcast never ended');
     timers.tick(100);
   }
-}
-
-function first(): Balancer {
-  return {
-    name: 'first',
-    picker<M extends Pickable>(members: readonly M[]): Picker<M> {
-      return { pick: () => members[0] };
-    },
-  };
 }
 
 function keysOf(entries: readonly { endpoint: Endpoint }[]): string[] {

@@ -1,52 +1,14 @@
 import assert from 'node:assert/strict';
-import { syncBuiltinESMExports } from 'node:module';
-import { describe, it, type TestContext } from 'node:test';
-import type { Balancer, Pickable, Picker } from '../../src/balance/balancer.ts';
+import { describe, it } from 'node:test';
 import { ErrorCode } from '../../src/errors.ts';
-import type { MemberState } from '../../src/pool/member.ts';
-import { createPool, type Pool, type PoolOptions, type StateChange } from '../../src/pool/pool.ts';
-import { ManualSource, pod, podKey } from '../support/manual-source.ts';
-import { MemoryTransport, type MemoryClient } from '../support/memory-transport.ts';
+import { first } from '../support/first-balancer.ts';
+import { flush } from '../support/flush.ts';
+import { pod, podKey } from '../support/manual-source.ts';
+import { mockTimers } from '../support/mock-timers.ts';
+import { stateReached } from '../support/pool-events.ts';
+import { harness } from '../support/pool-harness.ts';
 
 const [k1, k2, k3, k4] = [podKey(1), podKey(2), podKey(3), podKey(4)];
-
-interface Harness {
-  source: ManualSource;
-  transport: MemoryTransport;
-  pool: Pool<MemoryClient>;
-}
-
-function harness(t: TestContext, options: Partial<PoolOptions<MemoryClient>> = {}): Harness {
-  const source = new ManualSource();
-  const transport = (options.transport as MemoryTransport | undefined) ?? new MemoryTransport();
-  const pool = createPool({ reconnect: { minMs: 1, maxMs: 4 }, ...options, source, transport });
-  t.after(() => pool.close());
-  return { source, transport, pool };
-}
-
-function flush(): Promise<void> {
-  return new Promise((resolve) => setImmediate(resolve));
-}
-
-function reached(pool: Pool<MemoryClient>, key: string, to: MemberState): Promise<StateChange> {
-  return new Promise((resolve) => {
-    const listener = (change: StateChange): void => {
-      if (change.endpoint.key !== key || change.to !== to) return;
-      pool.off('state', listener);
-      resolve(change);
-    };
-    pool.on('state', listener);
-  });
-}
-
-function first(): Balancer {
-  return {
-    name: 'first',
-    picker<M extends Pickable>(members: readonly M[]): Picker<M> {
-      return { pick: () => members[0] };
-    },
-  };
-}
 
 async function isPending(promise: Promise<unknown>): Promise<boolean> {
   let pending = true;
@@ -85,12 +47,7 @@ describe('close()', () => {
   });
 
   it('gives up on a call that never ends after drainTimeoutMs', async (t) => {
-    t.mock.timers.enable({ apis: ['setTimeout'] });
-    syncBuiltinESMExports();
-    t.after(() => {
-      t.mock.timers.reset();
-      syncBuiltinESMExports();
-    });
+    mockTimers(t);
     const { source, transport, pool } = harness(t, { drainTimeoutMs: 5_000 });
     source.set([pod(1)]);
     await pool.ready();
@@ -175,7 +132,7 @@ describe('close()', () => {
     transport.hold();
     source.set([pod(1)]);
     const waiting = pool.ready();
-    const closed = reached(pool, k1, 'closed');
+    const closed = stateReached(pool, k1, 'closed');
     await pool.close();
     await closed;
     await assert.rejects(waiting, { code: ErrorCode.CLOSED });

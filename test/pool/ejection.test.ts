@@ -1,26 +1,17 @@
 import assert from 'node:assert/strict';
-import { syncBuiltinESMExports } from 'node:module';
 import { describe, it, type TestContext } from 'node:test';
-import type { Balancer, Pickable, Picker } from '../../src/balance/balancer.ts';
 import { ErrorCode, PodpoolError } from '../../src/errors.ts';
 import type { MemberState, MemberStats } from '../../src/pool/member.ts';
 import { createPool, type Pool, type PoolOptions, type StateChange } from '../../src/pool/pool.ts';
+import { first } from '../support/first-balancer.ts';
+import { flush } from '../support/flush.ts';
 import { ManualSource, pod, podKey } from '../support/manual-source.ts';
 import { MemoryTransport, type MemoryClient } from '../support/memory-transport.ts';
+import { mockTimers } from '../support/mock-timers.ts';
 
 const k1 = podKey(1);
 const k2 = podKey(2);
 const k3 = podKey(3);
-
-/** Always the first pickable member by key, so failures land where the test wants them. */
-function first(): Balancer {
-  return {
-    name: 'first',
-    picker<M extends Pickable>(members: readonly M[]): Picker<M> {
-      return { pick: () => members[0] };
-    },
-  };
-}
 
 interface Harness {
   source: ManualSource;
@@ -34,12 +25,7 @@ interface Harness {
 
 /** Mock timers, an injected clock at 0, the `first()` balancer and 3 failures to eject. */
 async function harness(t: TestContext, pods: number, options: Partial<PoolOptions<MemoryClient>> = {}): Promise<Harness> {
-  t.mock.timers.enable({ apis: ['setTimeout'] });
-  syncBuiltinESMExports();
-  t.after(() => {
-    t.mock.timers.reset();
-    syncBuiltinESMExports();
-  });
+  const timers = mockTimers(t);
   let now = 0;
   const source = new ManualSource();
   const transport = (options.transport as MemoryTransport | undefined) ?? new MemoryTransport();
@@ -57,11 +43,7 @@ async function harness(t: TestContext, pods: number, options: Partial<PoolOption
   source.set(Array.from({ length: pods }, (_, i) => pod(i + 1)));
   await pool.ready({ minEndpoints: pods });
   changes.length = 0;
-  return { source, transport, pool, timers: t.mock.timers, changes, setNow: (ms) => (now = ms) };
-}
-
-function flush(): Promise<void> {
-  return new Promise((resolve) => setImmediate(resolve));
+  return { source, transport, pool, timers, changes, setNow: (ms) => (now = ms) };
 }
 
 function stateOf(pool: Pool<MemoryClient>, key: string): MemberState | undefined {

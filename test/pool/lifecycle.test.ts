@@ -1,60 +1,22 @@
 import assert from 'node:assert/strict';
-import { syncBuiltinESMExports } from 'node:module';
-import { describe, it, type TestContext } from 'node:test';
-import type { Balancer, Pickable, Picker } from '../../src/balance/balancer.ts';
+import { describe, it } from 'node:test';
 import { ErrorCode, PodpoolError } from '../../src/errors.ts';
-import type { MemberState, MemberStats } from '../../src/pool/member.ts';
-import { createPool, type Pool, type PoolOptions, type StateChange } from '../../src/pool/pool.ts';
-import { ManualSource, pod, podKey } from '../support/manual-source.ts';
-import { MemoryTransport, type MemoryClient } from '../support/memory-transport.ts';
+import type { MemberStats } from '../../src/pool/member.ts';
+import type { Pool } from '../../src/pool/pool.ts';
+import { first } from '../support/first-balancer.ts';
+import { flush } from '../support/flush.ts';
+import { pod, podKey } from '../support/manual-source.ts';
+import type { MemoryClient } from '../support/memory-transport.ts';
+import { mockTimers } from '../support/mock-timers.ts';
+import { stateReached } from '../support/pool-events.ts';
+import { harness } from '../support/pool-harness.ts';
 
 const k1 = podKey(1);
 const k2 = podKey(2);
 
-interface Harness {
-  source: ManualSource;
-  transport: MemoryTransport;
-  pool: Pool<MemoryClient>;
-}
-
-function harness(t: TestContext, options: Partial<PoolOptions<MemoryClient>> = {}): Harness {
-  const source = new ManualSource();
-  const transport = (options.transport as MemoryTransport | undefined) ?? new MemoryTransport();
-  const pool = createPool({ reconnect: { minMs: 1, maxMs: 4 }, ...options, source, transport });
-  t.after(() => pool.close());
-  return { source, transport, pool };
-}
-
-/** Resolves at the next `state` event that takes `key` to `to`; call it before causing it. */
-function reached(pool: Pool<MemoryClient>, key: string, to: MemberState): Promise<StateChange> {
-  return new Promise((resolve) => {
-    const listener = (change: StateChange): void => {
-      if (change.endpoint.key !== key || change.to !== to) return;
-      pool.off('state', listener);
-      resolve(change);
-    };
-    pool.on('state', listener);
-  });
-}
-
-/** Lets every pending promise job and I/O callback run (not timers that are not due). */
-function flush(): Promise<void> {
-  return new Promise((resolve) => setImmediate(resolve));
-}
-
 /** Drains the microtask queue only: nothing that waits for a timer can happen meanwhile. */
 async function microtasks(n = 50): Promise<void> {
   for (let i = 0; i < n; i++) await Promise.resolve();
-}
-
-/** Always picks the first pickable member (by key), so a test knows where a call goes. */
-function first(): Balancer {
-  return {
-    name: 'first',
-    picker<M extends Pickable>(members: readonly M[]): Picker<M> {
-      return { pick: () => members[0] };
-    },
-  };
 }
 
 function statsOf(pool: Pool<MemoryClient>, key: string): MemberStats | undefined {
@@ -76,19 +38,6 @@ async function picks(pool: Pool<MemoryClient>, n: number): Promise<string[]> {
   return keys;
 }
 
-/** Node's mock timers, also for `node:timers/promises` as the pool imports it. */
-function mockTimers(t: TestContext): TestContext['mock']['timers'] {
-  t.mock.timers.enable({ apis: ['setTimeout'] });
-  // The pool imports `setTimeout` from node:timers/promises by name; re-sync the ESM bindings so
-  // that name points at the mock (and back at the real one afterwards).
-  syncBuiltinESMExports();
-  t.after(() => {
-    t.mock.timers.reset();
-    syncBuiltinESMExports();
-  });
-  return t.mock.timers;
-}
-
 describe('ready()', () => {
   it('resolves once minEndpoints members are ready, not before', async (t) => {
     const { source, transport, pool } = harness(t);
@@ -98,7 +47,7 @@ describe('ready()', () => {
     const ready = pool.ready({ minEndpoints: 2 }).then(() => {
       settled = true;
     });
-    const one = reached(pool, k1, 'ready');
+    const one = stateReached(pool, k1, 'ready');
     transport.release(k1);
     await one;
     await flush();
@@ -215,7 +164,7 @@ describe('connecting', () => {
     await pool.ready();
     assert.deepEqual(new Set(await picks(pool, 6)), new Set([k2]));
 
-    const up = reached(pool, k1, 'ready');
+    const up = stateReached(pool, k1, 'ready');
     transport.accept(k1);
     assert.equal((await up).from, 'connecting');
     assert.equal(statsOf(pool, k1)?.connects, 1);
@@ -252,7 +201,7 @@ describe('a lost connection', () => {
     source.set([pod(1), pod(2)]);
     await pool.ready({ minEndpoints: 2 });
     transport.hold(k1);
-    const down = reached(pool, k1, 'connecting');
+    const down = stateReached(pool, k1, 'connecting');
     transport.lose(k1, new Error('connection reset'));
     const change = await down;
     assert.equal(change.from, 'ready');
@@ -262,7 +211,7 @@ describe('a lost connection', () => {
     await transport.untilAttempts(k1, 2);
     assert.deepEqual(new Set(await picks(pool, 6)), new Set([k2]));
 
-    const up = reached(pool, k1, 'ready');
+    const up = stateReached(pool, k1, 'ready');
     transport.release(k1);
     await up;
     assert.equal(statsOf(pool, k1)?.connects, 2);
@@ -291,7 +240,7 @@ describe('a lost connection', () => {
       timers.tick(wait - 1);
       await flush();
       assert.equal(transport.attempts(k1), attempts, `reconnected before ${wait} ms`);
-      const up = reached(pool, k1, 'ready');
+      const up = stateReached(pool, k1, 'ready');
       timers.tick(1);
       await up;
       attempts++;
@@ -300,7 +249,7 @@ describe('a lost connection', () => {
 
     // A connection that lived past a second was healthy: reconnect at once, without a timer.
     now += 5_000;
-    const up = reached(pool, k1, 'ready');
+    const up = stateReached(pool, k1, 'ready');
     transport.lose(k1);
     await microtasks();
     assert.equal(transport.attempts(k1), attempts + 1);
@@ -329,7 +278,7 @@ describe('a lost connection', () => {
       assert.equal(transport.lose(k1), 1);
       transport.accept(k1);
       await flush();
-      if (statsOf(pool, k1)?.state !== 'ready') await reached(pool, k1, 'ready');
+      if (statsOf(pool, k1)?.state !== 'ready') await stateReached(pool, k1, 'ready');
       const client = await pool.use((c) => c);
       assert.equal(client.dead, false, `lost() ${delay} microtask(s) after connect: the member kept its dead connection`);
       await pool.close();
@@ -347,7 +296,7 @@ describe('draining', () => {
       assert.equal(client.key, k1);
       return gate.promise;
     });
-    const draining = reached(pool, k1, 'draining');
+    const draining = stateReached(pool, k1, 'draining');
     source.set([pod(2)]);
     await draining;
     assert.deepEqual(await picks(pool, 4), [k2, k2, k2, k2]);
@@ -355,7 +304,7 @@ describe('draining', () => {
     await flush();
     assert.equal(transport.closes(k1), 0, 'closed the connection under an in-flight call');
 
-    const closed = reached(pool, k1, 'closed');
+    const closed = stateReached(pool, k1, 'closed');
     gate.resolve('answer');
     assert.equal(await call, 'answer');
     await closed;
@@ -387,7 +336,7 @@ describe('draining', () => {
     await flush();
     assert.equal(transport.closes(k1), 0);
     assert.equal(statsOf(pool, k1)?.state, 'draining');
-    const closed = reached(pool, k1, 'closed');
+    const closed = stateReached(pool, k1, 'closed');
     timers.tick(1);
     await closed;
     await transport.untilCloses(k1, 1);
@@ -404,7 +353,7 @@ describe('draining', () => {
     await pool.ready({ minEndpoints: 2 });
     const gate = Promise.withResolvers<string>();
     const call = pool.use((client) => (assert.equal(client.key, k1), gate.promise));
-    const draining = reached(pool, k1, 'draining');
+    const draining = stateReached(pool, k1, 'draining');
     source.set([pod(1, { ready: false, serving: true, terminating: true }), pod(2)]);
     await draining;
     assert.deepEqual(await picks(pool, 3), [k2, k2, k2]);
@@ -422,7 +371,7 @@ describe('draining', () => {
     const call = pool.use((client) => (assert.equal(client.connection, 1), gate.promise));
     source.set([]);
     assert.equal(statsOf(pool, k1)?.state, 'draining');
-    const revived = reached(pool, k1, 'ready');
+    const revived = stateReached(pool, k1, 'ready');
     source.set([pod(1)]);
     assert.equal((await revived).from, 'draining');
     const client = await pool.use((c) => c);
@@ -464,7 +413,7 @@ describe('listeners', () => {
     pool.on('connectError', () => {
       throw new Error('a bug in a connectError listener');
     });
-    const ready = reached(pool, k1, 'ready');
+    const ready = stateReached(pool, k1, 'ready');
     source.set([pod(1)]);
     await transport.untilAttempts(k1, 2);
     transport.accept(k1);

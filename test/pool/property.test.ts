@@ -1,12 +1,13 @@
 import assert from 'node:assert/strict';
-import { syncBuiltinESMExports } from 'node:module';
 import { describe, it } from 'node:test';
 import fc from 'fast-check';
 import type { Endpoint } from '../../src/endpoint.ts';
 import { ErrorCode, PodpoolError } from '../../src/errors.ts';
 import { createPool, type Pool } from '../../src/pool/pool.ts';
+import { flush } from '../support/flush.ts';
 import { ManualSource, pod, podKey } from '../support/manual-source.ts';
 import { MemoryTransport, type MemoryClient } from '../support/memory-transport.ts';
+import { mockTimers } from '../support/mock-timers.ts';
 
 const podArb = fc.integer({ min: 1, max: 5 });
 
@@ -50,10 +51,6 @@ const opArb: fc.Arbitrary<Op> = fc.oneof(
   { arbitrary: fc.constant({ kind: 'flush' as const }), weight: 2 },
 );
 
-function flush(): Promise<void> {
-  return new Promise((resolve) => setImmediate(resolve));
-}
-
 /** A pick is right only onto a ready member, over a live connection, of a ready endpoint in the snapshot. */
 function checkPick(pool: Pool<MemoryClient>, client: MemoryClient, endpoint: Endpoint): void {
   const member = pool.stats().members.find((m) => m.endpoint.key === endpoint.key);
@@ -89,13 +86,7 @@ function checkState(pool: Pool<MemoryClient>, transport: MemoryTransport): void 
 
 describe('the pool under any sequence of events', () => {
   it('picks only ready members of ready endpoints in the current snapshot, over live connections', async (t) => {
-    t.mock.timers.enable({ apis: ['setTimeout'] });
-    syncBuiltinESMExports();
-    t.after(() => {
-      t.mock.timers.reset();
-      syncBuiltinESMExports();
-    });
-    const timers = t.mock.timers;
+    const timers = mockTimers(t);
 
     await fc.assert(
       fc.asyncProperty(fc.array(opArb, { maxLength: 40 }), async (ops) => {

@@ -1,58 +1,27 @@
 import assert from 'node:assert/strict';
-import { syncBuiltinESMExports } from 'node:module';
 import { describe, it, type TestContext } from 'node:test';
-import type { Balancer, Pickable, Picker } from '../../src/balance/balancer.ts';
 import { ErrorCode, PodpoolError } from '../../src/errors.ts';
 import type { MemberStats } from '../../src/pool/member.ts';
-import { createPool, type Pool, type PoolOptions } from '../../src/pool/pool.ts';
-import { ManualSource, pod, podKey } from '../support/manual-source.ts';
+import type { Pool, PoolOptions } from '../../src/pool/pool.ts';
+import { first } from '../support/first-balancer.ts';
+import { flush } from '../support/flush.ts';
+import { pod, podKey } from '../support/manual-source.ts';
 import { MemoryTransport, type MemoryClient } from '../support/memory-transport.ts';
+import { mockTimers } from '../support/mock-timers.ts';
+import { harness as poolHarness, type Harness } from '../support/pool-harness.ts';
 
 const k1 = podKey(1);
 const k2 = podKey(2);
 
-interface Harness {
-  source: ManualSource;
-  transport: MemoryTransport;
-  pool: Pool<MemoryClient>;
-}
-
-/** A pool over a manual source and a memory transport; a short drain so a failed test ends soon. */
+/** The pool harness with a short drain, so a failed test ends soon. */
 function harness(t: TestContext, options: Partial<PoolOptions<MemoryClient>> = {}): Harness {
-  const source = new ManualSource();
-  const transport = (options.transport as MemoryTransport | undefined) ?? new MemoryTransport();
-  const pool = createPool({ reconnect: { minMs: 1, maxMs: 4 }, drainTimeoutMs: 100, ...options, source, transport });
-  t.after(() => pool.close());
-  return { source, transport, pool };
-}
-
-function flush(): Promise<void> {
-  return new Promise((resolve) => setImmediate(resolve));
-}
-
-function first(): Balancer {
-  return {
-    name: 'first',
-    picker<M extends Pickable>(members: readonly M[]): Picker<M> {
-      return { pick: () => members[0] };
-    },
-  };
+  return poolHarness(t, { drainTimeoutMs: 100, ...options });
 }
 
 function statsOf(pool: Pool<MemoryClient>, key: string): MemberStats {
   const stats = pool.stats().members.find((m) => m.endpoint.key === key);
   assert.ok(stats, `no member for ${key}`);
   return stats;
-}
-
-function mockTimers(t: TestContext): TestContext['mock']['timers'] {
-  t.mock.timers.enable({ apis: ['setTimeout'] });
-  syncBuiltinESMExports();
-  t.after(() => {
-    t.mock.timers.reset();
-    syncBuiltinESMExports();
-  });
-  return t.mock.timers;
 }
 
 /** A promise's state right now (after pending jobs ran). */

@@ -5,9 +5,11 @@ import { leastLoaded } from '../../src/balance/least-loaded.ts';
 import { staticEndpoints } from '../../src/discovery/static.ts';
 import { createEndpoint, type Endpoint } from '../../src/endpoint.ts';
 import { ErrorCode, type PodpoolError } from '../../src/errors.ts';
-import { createPool, type Pool, type StateChange } from '../../src/pool/pool.ts';
+import { createPool, type Pool } from '../../src/pool/pool.ts';
 import { exclusiveTransport, type ExclusiveFactory } from '../../src/transport/exclusive.ts';
 import { connectLineClient, LineServer, type LineClient } from '../support/line-server.ts';
+import { stateReached } from '../support/pool-events.ts';
+import { resourceNames } from '../support/resources.ts';
 
 const quickReconnect = { minMs: 5, maxMs: 20, factor: 2 };
 
@@ -26,24 +28,6 @@ function lineFactory(options: { validate?: boolean } = {}) {
     ...(options.validate && { validate: (client: LineClient) => !client.socket.destroyed }),
   };
   return { factory, creates, clients };
-}
-
-/** Resolves when the member for `key` reaches `to`, with what `snapshot` read at that moment. */
-function stateReached<C, S = undefined>(
-  pool: Pool<C>,
-  key: string,
-  to: StateChange['to'],
-  snapshot: () => S = () => undefined as S,
-): Promise<StateChange & { snapshot: S }> {
-  return new Promise((resolve) => {
-    const listener = (change: StateChange): void => {
-      if (change.endpoint.key === key && change.to === to) {
-        pool.off('state', listener);
-        resolve({ ...change, snapshot: snapshot() });
-      }
-    };
-    pool.on('state', listener);
-  });
 }
 
 /** Resolves after `n` connect errors for `key`, with them. */
@@ -331,7 +315,7 @@ describe('exclusiveTransport against real TCP line servers on loopback', { timeo
 
   it('close() leaves no socket or timer behind, even with calls waiting', async () => {
     const server = await LineServer.start('127.0.0.131');
-    const resourcesBefore = process.getActiveResourcesInfo().sort();
+    const resourcesBefore = resourceNames();
     const { factory } = lineFactory();
     const pool = createPool({
       source: staticEndpoints([server]),
@@ -347,7 +331,7 @@ describe('exclusiveTransport against real TCP line servers on loopback', { timeo
     // Two held sockets were destroyed under their calls; two callers were still waiting.
     for (const outcome of await calls) assert.equal(outcome.status, 'rejected');
     await server.idle();
-    assert.deepEqual(process.getActiveResourcesInfo().sort(), resourcesBefore, `before: ${resourcesBefore}`);
+    assert.deepEqual(resourceNames(), resourcesBefore, `before: ${resourcesBefore}`);
     await server.close();
     await assert.rejects(pool.use((client) => client.request('x')), { code: ErrorCode.CLOSED });
   });

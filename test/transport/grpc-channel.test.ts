@@ -3,8 +3,9 @@ import { once } from 'node:events';
 import { createServer } from 'node:net';
 import { describe, it, type TestContext } from 'node:test';
 import { Metadata, connectivityState, credentials, status, type ServiceError, type StatusObject } from '@grpc/grpc-js';
-import { ErrorCode, createPool, ringHash, staticEndpoints, type Pool, type StateChange } from '../../src/index.ts';
+import { ErrorCode, createPool, ringHash, staticEndpoints, type Pool } from '../../src/index.ts';
 import { grpcChannel, grpcTransport, type PoolChannel } from '../../src/transport/grpc.ts';
+import { cleanupAfter } from '../support/cleanup.ts';
 import {
   EchoClient,
   startGrpcPods,
@@ -12,6 +13,7 @@ import {
   type EchoReply,
   type EchoRequest,
 } from '../support/grpc-pods.ts';
+import { stateReached } from '../support/pool-events.ts';
 
 /** Every wait below is on an event; this only turns a broken feature's endless wait into a failure. */
 const events = { timeout: 20_000 };
@@ -27,30 +29,8 @@ function unary(stub: EchoClient, request: EchoRequest, metadata = new Metadata()
   });
 }
 
-/** Resolves when the member for `key` reaches `to`. */
-function stateReached<C>(pool: Pool<C>, key: string, to: StateChange['to']): Promise<StateChange> {
-  return new Promise((resolve) => {
-    const listener = (change: StateChange): void => {
-      if (change.endpoint.key === key && change.to === to) {
-        pool.off('state', listener);
-        resolve(change);
-      }
-    };
-    pool.on('state', listener);
-  });
-}
-
 function inFlight(pool: Pool<EchoClient>): Record<string, number> {
   return Object.fromEntries(pool.stats().members.map((m) => [m.endpoint.key, m.inFlight]));
-}
-
-/** Runs the cleanups after the test, last registered first. */
-function cleanupAfter(t: TestContext) {
-  const steps: (() => Promise<void>)[] = [];
-  t.after(async () => {
-    for (const step of steps.reverse()) await step();
-  });
-  return { push: (...more: (() => Promise<void>)[]) => void steps.push(...more) };
 }
 
 /** Pods, a round-robin pool over them, and one stub over the pool. */

@@ -8,11 +8,12 @@ import { execFile } from 'node:child_process';
 import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { describe, it, type TestContext } from 'node:test';
+import { describe, it } from 'node:test';
 import { promisify } from 'node:util';
 import { credentials } from '@grpc/grpc-js';
 import { ErrorCode, PodpoolError, createPool, staticEndpoints, type Endpoint } from '../../src/index.ts';
 import { grpcChannel, grpcTransport } from '../../src/transport/grpc.ts';
+import { cleanupAfter } from '../support/cleanup.ts';
 import { EchoClient, startGrpcPods, stopGrpcPods, type EchoReply } from '../support/grpc-pods.ts';
 
 const run = promisify(execFile);
@@ -48,15 +49,6 @@ async function makeCertificates(dnsName: string): Promise<Certificates> {
   } finally {
     await rm(dir, { recursive: true, force: true });
   }
-}
-
-/** Runs the cleanups after the test, last registered first. */
-function cleanupAfter(t: TestContext) {
-  const steps: (() => Promise<void>)[] = [];
-  t.after(async () => {
-    for (const step of steps.reverse()) await step();
-  });
-  return { push: (...more: (() => Promise<void>)[]) => void steps.push(...more) };
 }
 
 function unary(client: EchoClient, message: string): Promise<EchoReply> {

@@ -1,7 +1,7 @@
 import assert from 'node:assert/strict';
 import { once } from 'node:events';
 import { createServer, connect as netConnect, type Server as NetServer, type Socket } from 'node:net';
-import { describe, it, type TestContext } from 'node:test';
+import { describe, it } from 'node:test';
 import { credentials, status, type ClientOptions, type ChannelCredentials } from '@grpc/grpc-js';
 import {
   ErrorCode,
@@ -9,10 +9,10 @@ import {
   createEndpoint,
   createPool,
   staticEndpoints,
-  type Pool,
   type StateChange,
 } from '../../src/index.ts';
 import { grpcTransport } from '../../src/transport/grpc.ts';
+import { cleanupAfter } from '../support/cleanup.ts';
 import {
   EchoClient,
   GrpcPod,
@@ -21,6 +21,8 @@ import {
   type EchoReply,
   type EchoRequest,
 } from '../support/grpc-pods.ts';
+import { stateReached } from '../support/pool-events.ts';
+import { activeResources, assertNothingLeft } from '../support/resources.ts';
 
 const quickReconnect = { minMs: 5, maxMs: 20, factor: 2 };
 /** Every wait below is on an event; this only turns a broken feature's endless wait into a failure. */
@@ -30,42 +32,6 @@ function echo(client: EchoClient, request: EchoRequest): Promise<EchoReply> {
   return new Promise((resolve, reject) => {
     client.unary(request, (error, reply) => (error ? reject(error) : resolve(reply!)));
   });
-}
-
-/** Resolves when the member for `key` reaches `to`. */
-function stateReached<C>(pool: Pool<C>, key: string, to: StateChange['to']): Promise<StateChange> {
-  return new Promise((resolve) => {
-    const listener = (change: StateChange): void => {
-      if (change.endpoint.key === key && change.to === to) {
-        pool.off('state', listener);
-        resolve(change);
-      }
-    };
-    pool.on('state', listener);
-  });
-}
-
-/** How many handles of each kind are alive now (the test runner's own Immediates left out). */
-function activeResources(): Map<string, number> {
-  const counts = new Map<string, number>();
-  for (const r of process.getActiveResourcesInfo()) if (r !== 'Immediate') counts.set(r, (counts.get(r) ?? 0) + 1);
-  return counts;
-}
-
-/** Asserts that nothing alive now was not alive at `before`. */
-function assertNothingLeft(before: Map<string, number>): void {
-  for (const [kind, n] of activeResources()) {
-    assert.ok(n <= (before.get(kind) ?? 0), `${n - (before.get(kind) ?? 0)} ${kind} left behind`);
-  }
-}
-
-/** Runs the cleanups after the test, last registered first. */
-function cleanupAfter(t: TestContext) {
-  const steps: (() => Promise<void>)[] = [];
-  t.after(async () => {
-    for (const step of steps.reverse()) await step();
-  });
-  return { push: (...more: (() => Promise<void>)[]) => void steps.push(...more) };
 }
 
 /**

@@ -1,6 +1,6 @@
 import assert from 'node:assert/strict';
 import { once } from 'node:events';
-import { describe, it, type TestContext } from 'node:test';
+import { describe, it } from 'node:test';
 import type { Dispatcher } from 'undici';
 import { fetch, request } from 'undici';
 import {
@@ -12,11 +12,12 @@ import {
   httpTransport,
   staticEndpoints,
   type EndpointSource,
-  type Pool,
   type SourceSink,
-  type StateChange,
 } from '../../src/index.ts';
+import { cleanupAfter } from '../support/cleanup.ts';
 import { startHttpPods, stopPods, type HttpPod } from '../support/http-pods.ts';
+import { stateReached } from '../support/pool-events.ts';
+import { activeResources, assertNothingLeft } from '../support/resources.ts';
 
 const quickReconnect = { minMs: 5, maxMs: 20, factor: 2 };
 
@@ -24,45 +25,9 @@ function endpointsOf(pods: readonly HttpPod[]) {
   return pods.map((p) => ({ address: p.address, port: p.port }));
 }
 
-/** Resolves when the member for `key` reaches `to`. */
-function stateReached(pool: Pool<Dispatcher>, key: string, to: StateChange['to']): Promise<StateChange> {
-  return new Promise((resolve) => {
-    const listener = (change: StateChange): void => {
-      if (change.endpoint.key === key && change.to === to) {
-        pool.off('state', listener);
-        resolve(change);
-      }
-    };
-    pool.on('state', listener);
-  });
-}
-
-/** How many handles of each kind are alive now (the test runner's own Immediates left out). */
-function activeResources(): Map<string, number> {
-  const counts = new Map<string, number>();
-  for (const r of process.getActiveResourcesInfo()) if (r !== 'Immediate') counts.set(r, (counts.get(r) ?? 0) + 1);
-  return counts;
-}
-
-/** Asserts that nothing alive now was not alive at `before`. */
-function assertNothingLeft(before: Map<string, number>): void {
-  for (const [kind, n] of activeResources()) {
-    assert.ok(n <= (before.get(kind) ?? 0), `${n - (before.get(kind) ?? 0)} ${kind} left behind`);
-  }
-}
-
 async function get(client: Dispatcher, path = '/'): Promise<string> {
   const res = await client.request({ method: 'GET', path });
   return res.body.text();
-}
-
-/** Runs the cleanups after the test, last registered first. */
-function cleanupAfter(t: TestContext) {
-  const steps: (() => Promise<void>)[] = [];
-  t.after(async () => {
-    for (const step of steps.reverse()) await step();
-  });
-  return { push: (...more: (() => Promise<void>)[]) => void steps.push(...more) };
 }
 
 describe('httpTransport against real HTTP servers on loopback', () => {

@@ -8,6 +8,7 @@ import { ErrorCode } from '../../src/errors.ts';
 import { createPool } from '../../src/pool/pool.ts';
 import { datagramReceiver, type DatagramGap } from '../../src/receive/datagram.ts';
 import { decodeDatagram, udpTransport } from '../../src/transport/udp.ts';
+import { resourceNames } from '../support/resources.ts';
 
 /** A pod's UDP socket on its own loopback address, with the dedup receiver in front of it. */
 class UdpPod extends EventEmitter<{ datagram: [] }> {
@@ -213,7 +214,7 @@ describe('udpTransport with real dgram sockets on loopback', { timeout: 20_000 }
     const pods = await startPods(['127.0.0.150', '127.0.0.151', '127.0.0.152']);
     cleanup.push(async () => void (await Promise.all(pods.map((p) => p.close()))));
     const udpSockets = (): number => process.getActiveResourcesInfo().filter((r) => r === 'UDPWrap').length;
-    const resourcesBefore = process.getActiveResourcesInfo().sort();
+    const resourcesBefore = resourceNames();
     const before = udpSockets();
 
     const pool = createPool({ source: staticEndpoints(pods), transport: udpTransport({ repeat: 2 }) });
@@ -221,7 +222,7 @@ describe('udpTransport with real dgram sockets on loopback', { timeout: 20_000 }
     assert.equal(udpSockets(), before + 1, 'one sender socket for three pods');
     await pool.broadcast((client, _e, delivery) => client.send('x', delivery));
     await pool.close();
-    assert.deepEqual(process.getActiveResourcesInfo().sort(), resourcesBefore);
+    assert.deepEqual(resourceNames(), resourcesBefore);
     await assert.rejects(pool.use((client) => client.send('x')), { code: ErrorCode.CLOSED });
   });
 

@@ -9,6 +9,7 @@ import { createEndpoint } from '../../src/endpoint.ts';
 import { ErrorCode, PodpoolError } from '../../src/errors.ts';
 import { createPool, type Pool, type PoolOptions, type StateChange } from '../../src/pool/pool.ts';
 import { webSocketTransport, type WebSocketClient, type WebSocketTransportOptions } from '../../src/transport/websocket.ts';
+import { resourceNames } from '../support/resources.ts';
 import { closePods, startPods, WsPod } from '../support/ws-pods.ts';
 
 type WsPool = Pool<WebSocketClient>;
@@ -62,7 +63,7 @@ function hasCode(code: string) {
  */
 async function resources(): Promise<string[]> {
   for (let turn = 0; turn < 2; turn++) await new Promise((resolve) => setImmediate(resolve));
-  return process.getActiveResourcesInfo().sort();
+  return resourceNames();
 }
 
 const lostNever = (): void => {
