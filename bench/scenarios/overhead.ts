@@ -1,10 +1,10 @@
 /**
  * `overhead`: what podpool costs per request. Pods answer at once with no capacity limit, so the
  * client's CPU is the bottleneck; podpool's transports are compared with the plain client over the
- * same connections (one per pod, picked round-robin by hand).
+ * same connections (the same number per pod, pods picked round-robin by hand).
  */
 import * as grpc from '@grpc/grpc-js';
-import { Client } from 'undici';
+import { Pool } from 'undici';
 import { Cluster } from '../cluster.ts';
 import { httpPodpool, staticSource, type Mode } from '../clients.ts';
 import { round } from '../load.ts';
@@ -16,12 +16,12 @@ import type { ScenarioOptions, ScenarioOutput } from './options.ts';
 
 const EMPTY = Buffer.alloc(0);
 
-/** Plain undici: one `Client` per pod, the same pipelining, round-robin by hand. */
+/** Plain undici: per pod a `Pool` of as many connections as podpool's transport keeps, round-robin by hand. */
 const httpPlain: Mode = {
   client: 'plain undici',
   wire: 'http',
   async open(cluster, { inflight }) {
-    const clients = cluster.readyPods().map((p) => new Client(`http://${p.address}:${POD_PORTS.http}`, { pipelining: inflight }));
+    const clients = cluster.readyPods().map((p) => new Pool(`http://${p.address}:${POD_PORTS.http}`, { connections: inflight }));
     let next = 0;
     return {
       async call() {
