@@ -206,8 +206,8 @@ class RecordingHandler implements Dispatcher.DispatchHandler {
 /**
  * An undici `Dispatcher` that sends each request to a pod the pool picks, so
  * `request(url, { dispatcher })` and `fetch(url, { dispatcher })` balance per request. The URL's
- * path and query are kept; its host only names the Service. A 5xx or a wire error counts against
- * the pod. Closing the dispatcher stops it taking requests; close the pool to close connections.
+ * host names the Service and is sent as `Host` (unless the request sets one), as through the
+ * ClusterIP; path and query are kept. A 5xx or a wire error counts against the pod. Closing the dispatcher stops it taking requests; close the pool to close connections.
  */
 export class PoolDispatcher extends Dispatcher {
   readonly #pool: Pool<Dispatcher>;
@@ -227,7 +227,37 @@ export class PoolDispatcher extends Dispatcher {
       handler.onResponseError?.(null as unknown as Dispatcher.DispatchController, error as Error);
       return false;
     }
-    return call.client.dispatch(options, new RecordingHandler(handler, call.end));
+    return call.client.dispatch(this.#withHost(options), new RecordingHandler(handler, call.end));
+  }
+
+  #origin: string | URL | undefined = undefined;
+  #host = '';
+
+  /**
+   * The URL names the Service; the request goes to a pod's address. Like a request through the
+   * ClusterIP, it carries the URL's host as `Host` (virtual hosts, TLS-terminating sidecars and
+   * logs expect the Service name), unless the caller set one.
+   */
+  #withHost(options: Dispatcher.DispatchOptions): Dispatcher.DispatchOptions {
+    const { origin, headers } = options;
+    if (origin === undefined) return options;
+    if (origin !== this.#origin) {
+      this.#host = typeof origin === 'string' ? new URL(origin).host : origin.host;
+      this.#origin = origin;
+    }
+    const host = this.#host;
+    if (headers == null) return { ...options, headers: { host } };
+    if (Array.isArray(headers)) {
+      for (let i = 0; i < headers.length; i += 2) if (String(headers[i]).toLowerCase() === 'host') return options;
+      return { ...options, headers: [...headers, 'host', host] };
+    }
+    if (Symbol.iterator in headers) {
+      const pairs = [...(headers as Iterable<[string, string | string[] | undefined]>)];
+      if (pairs.some(([name]) => name.toLowerCase() === 'host')) return options;
+      return { ...options, headers: [...pairs, ['host', host]] as Iterable<[string, string]> };
+    }
+    for (const name of Object.keys(headers)) if (name.toLowerCase() === 'host') return options;
+    return { ...options, headers: { ...(headers as Record<string, string>), host } };
   }
 
   override close(): Promise<void>;

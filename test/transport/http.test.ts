@@ -119,6 +119,31 @@ describe('httpTransport against real HTTP servers on loopback', () => {
     );
   });
 
+  it('httpDispatcher sends the URL host as Host, as through the ClusterIP, unless the request sets one', async (t) => {
+    const pods = await startHttpPods(2, {
+      first: 95,
+      handler: (_pod, req, res) => {
+        req.resume();
+        res.end(req.headers.host);
+      },
+    });
+    const pool = createPool({ source: staticEndpoints(endpointsOf(pods)), transport: httpTransport() });
+    t.after(() => pool.close());
+    t.after(() => stopPods(pods));
+    await pool.ready({ minEndpoints: 2 });
+    const dispatcher = httpDispatcher(pool);
+    const url = 'http://backend.default.svc:8080/';
+    assert.equal(await (await fetch(url, { dispatcher })).text(), 'backend.default.svc:8080');
+    assert.equal(await (await request(url, { dispatcher })).body.text(), 'backend.default.svc:8080');
+    assert.equal(await (await request(url, { dispatcher, headers: { 'x-a': '1' } })).body.text(), 'backend.default.svc:8080');
+    assert.equal(await (await request(url, { dispatcher, headers: ['x-a', '1'] })).body.text(), 'backend.default.svc:8080');
+    assert.equal(await (await request(url, { dispatcher, headers: { Host: 'other.example' } })).body.text(), 'other.example');
+    assert.equal(await (await request(url, { dispatcher, headers: ['host', 'other.example'] })).body.text(), 'other.example');
+    // pool.use talks to the pod itself: its address is the Host.
+    const [host, key] = await pool.use(async (client, endpoint) => [await get(client), endpoint.key]);
+    assert.equal(host, key);
+  });
+
   it('httpDispatcher counts a 5xx against the pod and a 404 not', async (t) => {
     const cleanup = cleanupAfter(t);
     const pods = await startHttpPods(1, {
