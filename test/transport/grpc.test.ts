@@ -2,7 +2,7 @@ import assert from 'node:assert/strict';
 import { once } from 'node:events';
 import { createServer, connect as netConnect, type Server as NetServer, type Socket } from 'node:net';
 import { describe, it } from 'node:test';
-import { credentials, status, type ClientOptions, type ChannelCredentials } from '@grpc/grpc-js';
+import { status, type ClientOptions, type ChannelCredentials } from '@grpc/grpc-js';
 import {
   ErrorCode,
   PodpoolError,
