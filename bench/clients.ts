@@ -8,7 +8,7 @@
 import * as grpc from '@grpc/grpc-js';
 import { BalancedPool, Client } from 'undici';
 import WebSocket from 'ws';
-import { createPool, httpTransport, leastLoaded, peakEwma, roundRobin, staticEndpoints, type Balancer, type EndpointSource, type Pool } from '../src/index.ts';
+import { createPool, httpTransport, leastLoaded, peakEwma, roundRobin, staticEndpoints, type Balancer, type EndpointSource, type Pool, type Transport } from '../src/index.ts';
 import { dnsEndpoints } from '../src/discovery/dns.ts';
 import { HEADLESS_NAME, type Cluster } from './cluster.ts';
 import type { Caller } from './load.ts';
@@ -63,13 +63,28 @@ export const dnsSource: SourceFactory = (cluster, port) =>
 /** How podpool finds the pods unless a scenario says otherwise: the headless name, in DNS. */
 export const defaultSource: SourceFactory = dnsSource;
 
-async function readyPool<C>(pool: Pool<C>, cluster: Cluster): Promise<void> {
+/**
+ * A podpool pool over the stand-in's pods, configured the same for every transport: the
+ * scenario's source (DNS by default) and balancer, quick reconnects, and ready once every pod is.
+ */
+export async function openPodpool<C>(
+  cluster: Cluster,
+  { port, transport, balancer, source }: { port: number; transport: Transport<C>; balancer: string; source?: SourceFactory },
+): Promise<Pool<C>> {
+  const pool = createPool<C>({
+    source: await (source ?? defaultSource)(cluster, port),
+    transport,
+    balancer: BALANCERS[balancer]!(),
+    reconnect: { minMs: 20, maxMs: 500 },
+    drainTimeoutMs: 2_000,
+  });
   try {
     await pool.ready({ minEndpoints: cluster.readyPods().length, timeoutMs: 10_000 });
   } catch (error) {
     await pool.close();
     throw error;
   }
+  return pool;
 }
 
 // ---- HTTP ---------------------------------------------------------------------------------
@@ -102,14 +117,12 @@ export function httpPodpool(balancer: string, source?: SourceFactory): Mode {
     client: `podpool ${balancer}`,
     wire: 'http',
     async open(cluster, { inflight }) {
-      const pool = createPool({
-        source: await (source ?? defaultSource)(cluster, POD_PORTS.http),
+      const pool = await openPodpool(cluster, {
+        port: POD_PORTS.http,
         transport: httpTransport({ connections: inflight, client: { keepAliveTimeout: 120_000 } }),
-        balancer: BALANCERS[balancer]!(),
-        reconnect: { minMs: 20, maxMs: 500 },
-        drainTimeoutMs: 2_000,
+        balancer,
+        source,
       });
-      await readyPool(pool, cluster);
       return {
         call: () =>
           pool.use(async (client) => {

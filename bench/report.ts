@@ -31,6 +31,27 @@ export interface ScenarioReport {
   [figure: string]: unknown;
 }
 
+/** What every load scenario's report starts with: the stand-in that ran and the run's shape. */
+export function reportHead(
+  scenario: string,
+  cluster: { readonly standIn: StandIn; readonly standInReason: string },
+  options: { pods: number; clients: number; durationS: number; concurrency: number; serviceMs: number; inflight: number },
+): Pick<ScenarioReport, 'scenario' | 'standIn' | 'standInReason' | 'pods' | 'clients' | 'durationS' | 'podConcurrency' | 'serviceMs'> & {
+  inflightPerClient: number;
+} {
+  return {
+    scenario,
+    standIn: cluster.standIn,
+    standInReason: cluster.standInReason,
+    pods: options.pods,
+    clients: options.clients,
+    durationS: options.durationS,
+    podConcurrency: options.concurrency,
+    serviceMs: options.serviceMs,
+    inflightPerClient: options.inflight,
+  };
+}
+
 /** A vega-lite spec (loosely typed: vega-lite's own types are broad and deep). */
 export type ChartSpec = Record<string, unknown>;
 

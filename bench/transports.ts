@@ -2,10 +2,9 @@
  * podpool modes over the gRPC and WebSocket transports, and the discovery sources the scenarios
  * compare.
  */
-import { createPool } from '../src/index.ts';
 import { grpcTransport } from '../src/transport/grpc.ts';
 import { webSocketTransport, type WebSocketClient } from '../src/transport/websocket.ts';
-import { BALANCERS, defaultSource, dnsSource, type Mode, type SourceFactory } from './clients.ts';
+import { dnsSource, openPodpool, type Mode, type SourceFactory } from './clients.ts';
 import { EchoClient, POD_PORTS, type EchoClientInstance } from './pods.ts';
 import type { Cluster } from './cluster.ts';
 
@@ -15,19 +14,12 @@ export function wsPodpool(balancer: string, source?: SourceFactory): Mode {
     client: `podpool ${balancer}`,
     wire: 'ws',
     async open(cluster) {
-      const pool = createPool<WebSocketClient>({
-        source: await (source ?? defaultSource)(cluster, POD_PORTS.ws),
+      const pool = await openPodpool<WebSocketClient>(cluster, {
+        port: POD_PORTS.ws,
         transport: webSocketTransport({ requestTimeoutMs: 10_000 }),
-        balancer: BALANCERS[balancer]!(),
-        reconnect: { minMs: 20, maxMs: 500 },
-        drainTimeoutMs: 2_000,
+        balancer,
+        source,
       });
-      try {
-        await pool.ready({ minEndpoints: cluster.readyPods().length, timeoutMs: 10_000 });
-      } catch (error) {
-        await pool.close();
-        throw error;
-      }
       return {
         call: () => pool.use((ws) => ws.request<string>(null)),
         close: () => pool.close(),
@@ -42,19 +34,12 @@ export function grpcPodpool(balancer: string, source?: SourceFactory): Mode {
     client: `podpool ${balancer}`,
     wire: 'grpc',
     async open(cluster) {
-      const pool = createPool<EchoClientInstance>({
-        source: await (source ?? defaultSource)(cluster, POD_PORTS.grpc),
+      const pool = await openPodpool<EchoClientInstance>(cluster, {
+        port: POD_PORTS.grpc,
         transport: grpcTransport(EchoClient as never),
-        balancer: BALANCERS[balancer]!(),
-        reconnect: { minMs: 20, maxMs: 500 },
-        drainTimeoutMs: 2_000,
+        balancer,
+        source,
       });
-      try {
-        await pool.ready({ minEndpoints: cluster.readyPods().length, timeoutMs: 10_000 });
-      } catch (error) {
-        await pool.close();
-        throw error;
-      }
       const empty = Buffer.alloc(0);
       return {
         call: () =>

@@ -7,7 +7,7 @@ import { Cluster } from '../cluster.ts';
 import { BALANCERS, grpcKubeProxy, grpcRoundRobin, httpBalancedPool, httpKubeProxy, httpPodpool, wsKubeProxy, type Mode, type Wire } from '../clients.ts';
 import { measure, type ModeResult } from '../measure.ts';
 import { grpcPodpool, wsPodpool } from '../transports.ts';
-import { formatTable, perPodChart, writeResults, type ScenarioReport } from '../report.ts';
+import { formatTable, perPodChart, reportHead, writeResults, type ScenarioReport } from '../report.ts';
 import type { ScenarioOptions, ScenarioOutput } from './options.ts';
 
 /** The modes `balance` compares on one wire protocol. */
@@ -41,15 +41,7 @@ export async function balance(options: ScenarioOptions, cluster?: Cluster): Prom
       }
     }
     const report: ScenarioReport = {
-      scenario: 'balance',
-      standIn: cluster.standIn,
-      standInReason: cluster.standInReason,
-      pods: options.pods,
-      clients: options.clients,
-      durationS: options.durationS,
-      podConcurrency: options.concurrency,
-      serviceMs: options.serviceMs,
-      inflightPerClient: options.inflight,
+      ...reportHead('balance', cluster, options),
       results,
       notes: [
         `kube-proxy can use at most ${Math.min(options.clients, options.pods)} of ${options.pods} pods: one connection per client, pinned where iptables sent it.`,

@@ -10,7 +10,7 @@ import { httpPodpool, staticSource, type Mode } from '../clients.ts';
 import { round } from '../load.ts';
 import { measure, type ModeResult } from '../measure.ts';
 import { EchoClient, POD_PORTS, type EchoClientInstance } from '../pods.ts';
-import { formatTable, throughputChart, type ScenarioReport } from '../report.ts';
+import { formatTable, throughputChart, reportHead, type ScenarioReport } from '../report.ts';
 import { grpcPodpool } from '../transports.ts';
 import type { ScenarioOptions, ScenarioOutput } from './options.ts';
 
@@ -100,15 +100,9 @@ export async function overhead(options: ScenarioOptions, cluster?: Cluster): Pro
       }
     }
     const report: ScenarioReport = {
-      scenario: 'overhead',
-      standIn: cluster.standIn,
-      standInReason: cluster.standInReason,
-      pods: options.pods,
-      clients: options.clients,
-      durationS: options.durationS,
+      ...reportHead('overhead', cluster, options),
       podConcurrency: 0,
       serviceMs: 0,
-      inflightPerClient: options.inflight,
       results,
       notes: [
         'pods answer at once with no capacity limit: the client process is the bottleneck.',

@@ -8,7 +8,7 @@ import { Cluster } from '../cluster.ts';
 import { DNS_REFRESH_MS, grpcKubeProxy, grpcRoundRobin, httpBalancedPool, httpKubeProxy, httpPodpool, type Mode } from '../clients.ts';
 import { round } from '../load.ts';
 import { measure, type ModeResult } from '../measure.ts';
-import { formatTable, type ScenarioReport } from '../report.ts';
+import { formatTable, reportHead, type ScenarioReport } from '../report.ts';
 import { discoverySources, grpcPodpool } from '../transports.ts';
 import type { ScenarioOptions, ScenarioOutput } from './options.ts';
 
@@ -63,15 +63,7 @@ export async function rollingRestart(options: ScenarioOptions, cluster?: Cluster
       // Each mode replaced every pod; the next starts on the new ones, which are as fresh.
     }
     const report: ScenarioReport = {
-      scenario: 'rolling-restart',
-      standIn: cluster.standIn,
-      standInReason: cluster.standInReason,
-      pods: options.pods,
-      clients: options.clients,
-      durationS: options.durationS,
-      podConcurrency: options.concurrency,
-      serviceMs: options.serviceMs,
-      inflightPerClient: options.inflight,
+      ...reportHead('rolling-restart', cluster, options),
       graceMs: GRACE_MS,
       preStopMs: PRE_STOP_MS,
       results,

@@ -9,7 +9,7 @@ import { Cluster } from '../cluster.ts';
 import { grpcRoundRobin, httpKubeProxy, httpPodpool, grpcKubeProxy, type Mode, type SourceFactory } from '../clients.ts';
 import { round } from '../load.ts';
 import { measure, type ModeResult } from '../measure.ts';
-import { formatTable, type ChartSpec, type ScenarioReport } from '../report.ts';
+import { formatTable, type ChartSpec, reportHead, type ScenarioReport } from '../report.ts';
 import { discoverySources } from '../transports.ts';
 import type { ScenarioOptions, ScenarioOutput } from './options.ts';
 
@@ -72,15 +72,7 @@ export async function scaleUp(options: ScenarioOptions, cluster?: Cluster): Prom
       await cluster.terminatePod(added, 0);
     }
     const report: ScenarioReport = {
-      scenario: 'scale-up',
-      standIn: cluster.standIn,
-      standInReason: cluster.standInReason,
-      pods: options.pods,
-      clients: options.clients,
-      durationS: options.durationS,
-      podConcurrency: options.concurrency,
-      serviceMs: options.serviceMs,
-      inflightPerClient: options.inflight,
+      ...reportHead('scale-up', cluster, options),
       results,
       timeline,
       notes: [

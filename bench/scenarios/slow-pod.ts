@@ -5,7 +5,7 @@
 import { Cluster } from '../cluster.ts';
 import { httpBalancedPool, httpKubeProxy, httpPodpool, type Mode } from '../clients.ts';
 import { measure, type ModeResult } from '../measure.ts';
-import { formatTable, percentileChart, type ScenarioReport } from '../report.ts';
+import { formatTable, percentileChart, reportHead, type ScenarioReport } from '../report.ts';
 import type { ScenarioOptions, ScenarioOutput } from './options.ts';
 
 export const SLOW_FACTOR = 10;
@@ -37,15 +37,8 @@ export async function slowPod(options: ScenarioOptions, cluster?: Cluster): Prom
       }
     }
     const report: ScenarioReport = {
-      scenario: 'slow-pod',
-      standIn: cluster.standIn,
-      standInReason: cluster.standInReason,
+      ...reportHead('slow-pod', cluster, options),
       pods: cluster.readyPods().length,
-      clients: options.clients,
-      durationS: options.durationS,
-      podConcurrency: options.concurrency,
-      serviceMs: options.serviceMs,
-      inflightPerClient: options.inflight,
       slowPod: slow.name,
       slowFactor: SLOW_FACTOR,
       results,
