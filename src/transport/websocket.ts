@@ -104,6 +104,20 @@ const POD_FAILURES = new Set<string>([
 ]);
 
 /**
+ * One text frame of podpool's framing as an object; `undefined` for anything else, which both
+ * sides ignore so the socket stays free for a protocol of the user's own.
+ */
+function parseFrame(raw: RawData): object | undefined {
+  let frame: unknown;
+  try {
+    frame = JSON.parse(raw.toString());
+  } catch {
+    return undefined;
+  }
+  return frame !== null && typeof frame === 'object' ? frame : undefined;
+}
+
+/**
  * One pod's WebSocket as `use()` and `broadcast()` callbacks see it: fire-and-forget `send`,
  * `request` with a correlation id, and the `ws` socket itself for anything else. The framing is
  * JSON: `{ id, data }` out, `{ id, reply }` or `{ id, error }` back; see {@link answerRequests}.
@@ -200,13 +214,8 @@ export class WebSocketClient {
   }
 
   #answer(raw: RawData): void {
-    let frame: unknown;
-    try {
-      frame = JSON.parse(raw.toString());
-    } catch {
-      return;
-    }
-    if (frame === null || typeof frame !== 'object') return;
+    const frame = parseFrame(raw);
+    if (frame === undefined) return;
     const { id, reply, error } = frame as { id?: unknown; reply?: unknown; error?: unknown };
     if (typeof id !== 'number' || !this.#pending.has(id)) {
       if (typeof id === 'number') debug('%s: answer to request %d came after it ended', this.endpoint.key, id);
@@ -401,13 +410,8 @@ export function answerRequests(server: WebSocketServer, handler: WebSocketHandle
   const serve = (socket: WebSocket): void => {
     socket.on('message', (raw, isBinary) => {
       if (isBinary) return;
-      let frame: unknown;
-      try {
-        frame = JSON.parse(raw.toString());
-      } catch {
-        return;
-      }
-      if (frame === null || typeof frame !== 'object') return;
+      const frame = parseFrame(raw);
+      if (frame === undefined) return;
       const { id, data } = frame as { id?: unknown; data?: unknown };
       const expectsReply = typeof id === 'number';
       const answer = (body: object): void => {
