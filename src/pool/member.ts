@@ -49,6 +49,12 @@ export class Member<C> implements Pickable {
   lastError: Error | undefined = undefined;
   /** Aborted to stop the connect loop (endpoint gone, pool closing). */
   abort = new AbortController();
+  /**
+   * Aborted when the pool closes the connection the current calls run on (lost, drained, pool
+   * closed); its signal is what `use()` callbacks get when the caller passed none, so a call
+   * learns that its connection is gone without an allocation per call. A new one per connection.
+   */
+  calls = new AbortController();
   /** Pending drain or ejection timer. */
   timer: NodeJS.Timeout | undefined = undefined;
   /** When the current connection was opened, to tell a flapping pod from a long-lived one. */

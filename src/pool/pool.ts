@@ -42,7 +42,11 @@ export interface PoolOptions<C> {
 export interface UseOptions {
   /** Affinity key, for `ringHash()`: the same key goes to the same pod while it is ready. */
   key?: string;
-  /** Aborts the wait for the call (the callback gets the signal too). */
+  /**
+   * Aborts the wait for the call. The callback always gets a signal: this one, or else one that
+   * aborts when the pool closes the connection under the call (lost, or drained past
+   * `drainTimeoutMs`, or the pool closed).
+   */
   signal?: AbortSignal;
   /** Fails the call with `PODPOOL_TIMEOUT` after this long and counts it against the pod. */
   timeoutMs?: number;
@@ -238,7 +242,7 @@ export class Pool<C> extends EventEmitter<PoolEvents> {
    * `fn` threw otherwise.
    */
   use<T>(
-    fn: (client: C, endpoint: Endpoint, signal: AbortSignal | undefined) => T | PromiseLike<T>,
+    fn: (client: C, endpoint: Endpoint, signal: AbortSignal) => T | PromiseLike<T>,
     options?: UseOptions,
   ): Promise<T> {
     // Not an async function: the common path then makes one promise, not two.
@@ -367,19 +371,21 @@ export class Pool<C> extends EventEmitter<PoolEvents> {
 
   async #call<T>(
     m: Member<C>,
-    fn: (client: C, endpoint: Endpoint, signal: AbortSignal | undefined) => T | PromiseLike<T>,
+    fn: (client: C, endpoint: Endpoint, signal: AbortSignal) => T | PromiseLike<T>,
     signal: AbortSignal | undefined,
     deadline: { expired: boolean } | undefined,
     started = this.#clock(),
   ): Promise<T> {
     const connection = m.connection!;
+    // The caller's signal, or else the connection's: either way fn learns when to give up.
+    const callSignal = signal ?? m.calls.signal;
     m.inFlight++;
     m.requests++;
     let client: C | undefined;
     let failed = false;
     try {
-      client = connection.acquire === undefined ? (connection.client as C) : await connection.acquire(signal);
-      const value = await fn(client, m.endpoint, signal);
+      client = connection.acquire === undefined ? (connection.client as C) : await connection.acquire(callSignal);
+      const value = await fn(client, m.endpoint, callSignal);
       // A call that ended past its deadline was counted as a failure when the deadline passed.
       if (deadline?.expired) failed = true;
       else this.#record(m, started, false, undefined);
@@ -404,7 +410,7 @@ export class Pool<C> extends EventEmitter<PoolEvents> {
    */
   #callWithin<T>(
     m: Member<C>,
-    fn: (client: C, endpoint: Endpoint, signal: AbortSignal | undefined) => T | PromiseLike<T>,
+    fn: (client: C, endpoint: Endpoint, signal: AbortSignal) => T | PromiseLike<T>,
     outer: AbortSignal | undefined,
     timeoutMs: number | undefined,
     what: string,
@@ -415,9 +421,13 @@ export class Pool<C> extends EventEmitter<PoolEvents> {
       const deadline = { expired: false };
       const started = this.#clock();
       let timer: NodeJS.Timeout | undefined;
+      // fn's signal also aborts when the pool closes the connection under the call.
+      const connection = m.calls.signal;
+      const onConnectionClosed = (): void => controller.abort(connection.reason);
       const finish = (): void => {
         clearTimeout(timer);
         outer?.removeEventListener('abort', onAbort);
+        connection.removeEventListener('abort', onConnectionClosed);
       };
       const onAbort = (): void => {
         const error = reasonOf(outer!, what);
@@ -436,6 +446,7 @@ export class Pool<C> extends EventEmitter<PoolEvents> {
         }, timeoutMs);
       }
       outer?.addEventListener('abort', onAbort, { once: true });
+      connection.addEventListener('abort', onConnectionClosed, { once: true });
       this.#call(m, fn, controller.signal, deadline, started).then(
         (value) => {
           finish();
@@ -581,6 +592,7 @@ export class Pool<C> extends EventEmitter<PoolEvents> {
         return;
       }
       m.connection = connection;
+      m.calls = new AbortController();
       m.connects++;
       m.connectedAt = this.#clock();
       m.consecutiveFailures = 0;
@@ -629,10 +641,11 @@ export class Pool<C> extends EventEmitter<PoolEvents> {
   #lost(m: Member<C>, connection: Connection<C>, error: Error): void {
     if (m.connection !== connection) return;
     m.connection = undefined;
-    this.#closeConnection(connection);
     const lost = new PodpoolError(ErrorCode.CONNECTION_LOST, `lost the connection to ${m.endpoint.key}: ${error.message}`, {
       cause: error,
     });
+    m.calls.abort(lost);
+    this.#closeConnection(connection);
     m.lastError = lost;
     m.flaps = this.#clock() - m.connectedAt < STABLE_CONNECTION_MS ? m.flaps + 1 : 0;
     if (m.state === 'draining') {
@@ -707,6 +720,11 @@ export class Pool<C> extends EventEmitter<PoolEvents> {
     m.abort.abort();
     const connection = m.connection;
     m.connection = undefined;
+    if (connection !== undefined && m.inFlight > 0) {
+      m.calls.abort(
+        new PodpoolError(ErrorCode.CLOSED, `the pool closed its connection to ${m.endpoint.key} after ${this.#drainTimeoutMs} ms of draining`),
+      );
+    }
     this.#members.delete(m.endpoint.key);
     this.#transition(m, 'closed');
     if (connection === undefined) m.closed.resolve();

@@ -62,7 +62,8 @@ describe('use()', () => {
     const value = await pool.use((client, endpoint, signal) => {
       assert.equal(client.key, k1);
       assert.equal(endpoint.key, k1);
-      assert.equal(signal, undefined);
+      assert.ok(signal instanceof AbortSignal);
+      assert.equal(signal.aborted, false);
       return 42;
     });
     assert.equal(value, 42);
@@ -203,6 +204,59 @@ describe('use()', () => {
     await flush();
     assert.equal(statsOf(pool, k1).inFlight, 0);
     assert.equal(statsOf(pool, k1).failures, 0);
+  });
+});
+
+describe("use(): fn's signal follows its connection", () => {
+  it('without options: aborts with PODPOOL_CONNECTION_LOST when the connection is lost under the call', async (t) => {
+    const { source, transport, pool } = harness(t, { balancer: first() });
+    source.set([pod(1)]);
+    await pool.ready();
+    const call = hanging(true);
+    const result = pool.use(call.fn);
+    const [signal] = call.signals;
+    assert.equal(signal?.aborted, false);
+    transport.lose(k1);
+    await assert.rejects(result, { code: ErrorCode.CONNECTION_LOST });
+    assert.equal(signal?.aborted, true);
+    assert.equal((signal?.reason as PodpoolError).code, ErrorCode.CONNECTION_LOST);
+  });
+
+  it('without options: aborts with PODPOOL_CLOSED when the drain timeout closes the connection under the call', async (t) => {
+    const timers = mockTimers(t);
+    const { source, pool } = harness(t, { balancer: first(), drainTimeoutMs: 1_000 });
+    source.set([pod(1)]);
+    await pool.ready();
+    const call = hanging(true);
+    const result = pool.use(call.fn);
+    source.set([]);
+    timers.tick(999);
+    assert.equal(call.signals[0]?.aborted, false, 'aborted before the drain timeout');
+    timers.tick(1);
+    await assert.rejects(result, { code: ErrorCode.CLOSED, message: /closed its connection to 10\.0\.0\.1:80 after 1000 ms of draining/ });
+  });
+
+  it('with timeoutMs: the signal fn gets also aborts when the connection is lost', async (t) => {
+    const { source, transport, pool } = harness(t, { balancer: first() });
+    source.set([pod(1)]);
+    await pool.ready();
+    const call = hanging(true);
+    const result = pool.use(call.fn, { timeoutMs: 60_000 });
+    transport.lose(k1);
+    await assert.rejects(result, { code: ErrorCode.CONNECTION_LOST });
+  });
+
+  it('a call on a new connection gets a fresh signal, not the aborted one of the connection before', async (t) => {
+    const { source, transport, pool } = harness(t, { balancer: first() });
+    source.set([pod(1)]);
+    await pool.ready();
+    const before = await pool.use((_client, _endpoint, signal) => signal);
+    transport.lose(k1);
+    await transport.untilConnects(k1, 2);
+    await pool.ready();
+    const after = await pool.use((_client, _endpoint, signal) => signal);
+    assert.equal(before.aborted, true);
+    assert.equal(after.aborted, false);
   });
 });
 
