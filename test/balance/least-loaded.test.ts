@@ -1,37 +1,10 @@
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
 import fc from 'fast-check';
-import type { Pickable } from '../../src/balance/balancer.ts';
 import { leastLoaded } from '../../src/balance/least-loaded.ts';
-import { createEndpoint, type Endpoint } from '../../src/endpoint.ts';
 import { ErrorCode, PodpoolError } from '../../src/errors.ts';
-import { PeakEwma } from '../../src/pool/latency.ts';
+import { TestMember, seeded } from '../support/test-member.ts';
 
-/** A member whose `inFlight` reads are counted, which shows which members a pick sampled. */
-class TestMember implements Pickable {
-  readonly endpoint: Endpoint;
-  readonly ewma = new PeakEwma(10_000);
-  load: number;
-  reads = 0;
-
-  constructor(id: number, load = 0) {
-    this.endpoint = createEndpoint({ address: `10.0.${id >> 8}.${id & 255}`, port: 80 });
-    this.load = load;
-  }
-
-  get inFlight(): number {
-    this.reads++;
-    return this.load;
-  }
-
-  get samples(): number {
-    return this.ewma.samples;
-  }
-
-  latencyMs(now: number): number {
-    return this.ewma.at(now);
-  }
-}
 
 /** Cycles through fixed draws, so fast-check can shrink them and include 0 and 1 - ε. */
 function cycle(draws: readonly number[]): () => number {
@@ -39,16 +12,6 @@ function cycle(draws: readonly number[]): () => number {
   return () => draws[i++ % draws.length];
 }
 
-/** mulberry32: a seeded stream for the tests that need many draws. */
-function seeded(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) | 0;
-    let t = Math.imul(a ^ (a >>> 15), 1 | a);
-    t = (t + Math.imul(t ^ (t >>> 7), 61 | t)) ^ t;
-    return ((t ^ (t >>> 14)) >>> 0) / 2 ** 32;
-  };
-}
 
 const below1 = fc.double({ min: 0, max: 1, maxExcluded: true, noNaN: true });
 const clock = () => 0;
@@ -60,8 +23,8 @@ describe('leastLoaded', () => {
   });
 
   it('of two members, always picks the one with fewer calls in flight', () => {
-    const idle = new TestMember(1, 0);
-    const busy = new TestMember(2, 3);
+    const idle = new TestMember(1, { load: 0 });
+    const busy = new TestMember(2, { load: 3 });
     for (const members of [[idle, busy], [busy, idle]]) {
       const picker = leastLoaded().picker(members, { clock, random: seeded(1) });
       for (let i = 0; i < 20; i++) assert.equal(picker.pick(), idle);
@@ -76,7 +39,7 @@ describe('leastLoaded', () => {
         fc.array(below1, { minLength: 1, maxLength: 64 }),
         (loads, seed, draws) => {
           const choices = 1 + (seed % (loads.length - 1));
-          const members = loads.map((load, i) => new TestMember(i, load));
+          const members = loads.map((load, i) => new TestMember(i, { load: load }));
           const picker = leastLoaded({ choices }).picker(members, { clock, random: cycle(draws) });
           for (let k = 0; k < 20; k++) {
             for (const m of members) m.reads = 0;
@@ -99,7 +62,7 @@ describe('leastLoaded', () => {
         fc.oneof(fc.integer({ min: 30, max: 100 }), fc.constant(Infinity)),
         fc.array(below1, { minLength: 1, maxLength: 16 }),
         (loads, choices, draws) => {
-          const members = loads.map((load, i) => new TestMember(i, load));
+          const members = loads.map((load, i) => new TestMember(i, { load: load }));
           const picker = leastLoaded({ choices }).picker(members, { clock, random: cycle(draws) });
           for (let k = 0; k < 10; k++) {
             const picked = picker.pick() as TestMember;
@@ -142,7 +105,7 @@ describe('leastLoaded', () => {
   it('returns undefined over no members and the only member over one, without drawing', () => {
     const random = () => assert.fail('drew a random number');
     assert.equal(leastLoaded().picker([], { clock, random }).pick(), undefined);
-    const one = new TestMember(1, 5);
+    const one = new TestMember(1, { load: 5 });
     assert.equal(leastLoaded().picker([one], { clock, random }).pick(), one);
   });
 

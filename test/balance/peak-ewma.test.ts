@@ -1,57 +1,13 @@
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
 import fc from 'fast-check';
-import type { Balancer, Pickable } from '../../src/balance/balancer.ts';
+import type { Balancer } from '../../src/balance/balancer.ts';
 import { peakEwma } from '../../src/balance/peak-ewma.ts';
 import { roundRobin } from '../../src/balance/round-robin.ts';
-import { createEndpoint, type Endpoint } from '../../src/endpoint.ts';
 import { ErrorCode, PodpoolError } from '../../src/errors.ts';
-import { PeakEwma } from '../../src/pool/latency.ts';
+import { TestMember, seeded } from '../support/test-member.ts';
 
-/** A member whose `inFlight` reads are counted, which shows which members a pick sampled. */
-class TestMember implements Pickable {
-  readonly endpoint: Endpoint;
-  readonly ewma: PeakEwma;
-  load = 0;
-  reads = 0;
 
-  constructor(id: number, decayMs = 10_000) {
-    this.endpoint = createEndpoint({ address: `10.0.${id >> 8}.${id & 255}`, port: 80 });
-    this.ewma = new PeakEwma(decayMs);
-  }
-
-  /** Sets the load and one observed latency at time 0. */
-  static with(id: number, load: number, latencyMs?: number): TestMember {
-    const m = new TestMember(id);
-    m.load = load;
-    if (latencyMs !== undefined) m.ewma.observe(latencyMs, 0);
-    return m;
-  }
-
-  get inFlight(): number {
-    this.reads++;
-    return this.load;
-  }
-
-  get samples(): number {
-    return this.ewma.samples;
-  }
-
-  latencyMs(now: number): number {
-    return this.ewma.at(now);
-  }
-}
-
-/** mulberry32: a seeded stream for the tests that need many draws. */
-function seeded(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) | 0;
-    let t = Math.imul(a ^ (a >>> 15), 1 | a);
-    t = (t + Math.imul(t ^ (t >>> 7), 61 | t)) ^ t;
-    return ((t ^ (t >>> 14)) >>> 0) / 2 ** 32;
-  };
-}
 
 const below1 = fc.double({ min: 0, max: 1, maxExcluded: true, noNaN: true });
 
@@ -153,7 +109,7 @@ describe('peakEwma', () => {
     // A virtual-time run: one call a ms, each answered after its member's latency. From 10 s on
     // member 0 answers in 100 ms instead of 10; round-robin keeps sending it a quarter.
     const run = (balancer: Balancer) => {
-      const members = [0, 1, 2, 3].map((id) => new TestMember(id, balancer.latencyDecayMs ?? 10_000));
+      const members = [0, 1, 2, 3].map((id) => new TestMember(id, { decayMs: balancer.latencyDecayMs ?? 10_000 }));
       let now = 0;
       const picker = balancer.picker(members, { clock: () => now, random: seeded(11) });
       const pending: { at: number; member: TestMember; latency: number }[] = [];
