@@ -7,7 +7,7 @@ import { Cluster } from '../cluster.ts';
 import { BALANCERS, grpcKubeProxy, grpcRoundRobin, httpBalancedPool, httpKubeProxy, httpPodpool, wsKubeProxy, type Mode, type Wire } from '../clients.ts';
 import { measure, type ModeResult } from '../measure.ts';
 import { grpcPodpool, wsPodpool } from '../transports.ts';
-import { formatTable, perPodChart, reportHead, writeResults, type ScenarioReport } from '../report.ts';
+import { formatTable, perPodChart, reportHead, type ScenarioReport } from '../report.ts';
 import type { ScenarioOptions, ScenarioOutput } from './options.ts';
 
 /** The modes `balance` compares on one wire protocol. */

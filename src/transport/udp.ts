@@ -3,7 +3,6 @@ import { createSocket, type Socket, type SocketType } from 'node:dgram';
 import { isIP } from 'node:net';
 import { hostname } from 'node:os';
 import { setImmediate } from 'node:timers/promises';
-import type { Endpoint } from '../endpoint.ts';
 import { ErrorCode, PodpoolError, abortError, checkNumber, invalidOption } from '../errors.ts';
 import type { Connection, Transport } from './transport.ts';
 
