@@ -41,7 +41,7 @@ await Promise.all(
 );
 
 // 3. Broadcast: one call per pod, with a per-pod result.
-const result = await pool.broadcast(async (client, endpoint, delivery) => {
+const result = await pool.broadcast(async (client, _endpoint, delivery) => {
   const res = await client.request({ method: 'POST', path: `/invalidate?id=${delivery.id}` });
   await res.body.dump();
   return res.statusCode;
