@@ -56,7 +56,9 @@ export function reportHead(
 export type ChartSpec = Record<string, unknown>;
 
 export async function renderSvg(spec: ChartSpec): Promise<string> {
-  const compiled = vegaLite.compile({ $schema: 'https://vega.github.io/schema/vega-lite/v6.json', ...spec } as never).spec;
+  // Client names are long ("http · podpool round-robin (kubernetes)"): cut, two read the same.
+  const config = { axis: { labelLimit: 320 }, legend: { labelLimit: 320 } };
+  const compiled = vegaLite.compile({ $schema: 'https://vega.github.io/schema/vega-lite/v6.json', config, ...spec } as never).spec;
   const view = new vega.View(vega.parse(compiled), { renderer: 'none' });
   try {
     return await view.toSVG();
@@ -92,7 +94,7 @@ export function percentileChart(report: ScenarioReport, title: string): ChartSpe
     (['p50Ms', 'p99Ms', 'p999Ms'] as const).map((p) => ({
       client: `${r.transport} · ${r.client}`,
       percentile: p.replace('Ms', '').replace('p999', 'p99.9'),
-      ms: Math.max(0.01, r[p]),
+      ms: Math.max(1, r[p]),
     })),
   );
   return {
@@ -104,7 +106,9 @@ export function percentileChart(report: ScenarioReport, title: string): ChartSpe
     encoding: {
       y: { field: 'client', type: 'nominal', title: null, sort: null },
       yOffset: { field: 'percentile', type: 'nominal', sort: ['p50', 'p99', 'p99.9'] },
-      x: { field: 'ms', type: 'quantitative', scale: { type: 'log' }, title: 'latency (ms, log scale)' },
+      x: { field: 'ms', type: 'quantitative', scale: { type: 'log', domainMin: 1 }, title: 'latency (ms, log scale)' },
+      // A log scale has no 0: the bars grow from 1 ms, or vega draws none of them.
+      x2: { datum: 1 },
       color: { field: 'percentile', type: 'nominal', sort: ['p50', 'p99', 'p99.9'] },
     },
   };
