@@ -4,52 +4,16 @@
  * the `openssl` command, for this run only.
  */
 import assert from 'node:assert/strict';
-import { execFile } from 'node:child_process';
-import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
 import { describe, it } from 'node:test';
-import { promisify } from 'node:util';
 import { credentials } from '@grpc/grpc-js';
 import { ErrorCode, PodpoolError, createPool, staticEndpoints, type Endpoint } from '../../src/index.ts';
 import { grpcChannel, grpcTransport } from '../../src/transport/grpc.ts';
+import { makeCertificates } from '../support/certificates.ts';
 import { cleanupAfter } from '../support/cleanup.ts';
 import { EchoClient, startGrpcPods, stopGrpcPods, type EchoReply } from '../support/grpc-pods.ts';
 
-const run = promisify(execFile);
 const SERVICE = 'echo.podpool-test.svc.cluster.local';
 const events = { timeout: 20_000 };
-
-interface Certificates {
-  ca: Buffer;
-  key: Buffer;
-  cert: Buffer;
-}
-
-/** A throwaway CA, and a server certificate it signed whose only name is `dnsName`. */
-async function makeCertificates(dnsName: string): Promise<Certificates> {
-  const dir = await mkdtemp(join(tmpdir(), 'podpool-tls-'));
-  try {
-    const openssl = (...args: string[]) =>
-      run('openssl', args, { cwd: dir }).catch((error: NodeJS.ErrnoException) => {
-        if (error.code === 'ENOENT') throw new Error('these tests make their certificates with the openssl command; install it (apt-get install openssl)');
-        throw error;
-      });
-    const ec = ['-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:prime256v1', '-nodes'];
-    await openssl('req', '-x509', ...ec, '-keyout', 'ca.key', '-out', 'ca.crt', '-days', '1', '-subj', '/CN=podpool test CA',
-      '-addext', 'basicConstraints=critical,CA:TRUE', '-addext', 'keyUsage=critical,keyCertSign,cRLSign');
-    await openssl('req', ...ec, '-keyout', 'pod.key', '-out', 'pod.csr', '-subj', `/CN=${dnsName}`);
-    await writeFile(
-      join(dir, 'pod.ext'),
-      `subjectAltName=DNS:${dnsName}\nbasicConstraints=CA:FALSE\nkeyUsage=digitalSignature\nextendedKeyUsage=serverAuth\n`,
-    );
-    await openssl('x509', '-req', '-in', 'pod.csr', '-CA', 'ca.crt', '-CAkey', 'ca.key', '-CAcreateserial', '-out', 'pod.crt', '-days', '1', '-extfile', 'pod.ext');
-    const [ca, key, cert] = await Promise.all(['ca.crt', 'pod.key', 'pod.crt'].map((f) => readFile(join(dir, f))));
-    return { ca, key, cert };
-  } finally {
-    await rm(dir, { recursive: true, force: true });
-  }
-}
 
 function unary(client: EchoClient, message: string): Promise<EchoReply> {
   return new Promise((resolve, reject) => client.unary({ message }, (error, reply) => (error ? reject(error) : resolve(reply!))));
