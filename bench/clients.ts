@@ -49,16 +49,11 @@ export const staticSource: SourceFactory = (cluster, port) =>
 export const DNS_REFRESH_MS = 1_000;
 
 /**
- * The headless name through cluster DNS: the namespace's resolv.conf names our DNS server in the
- * iptables stand-in; elsewhere the server is given explicitly.
+ * The headless name through cluster DNS, whose server is named (as a pod's resolv.conf would):
+ * the machine's own resolver never hears of the bench's names.
  */
 export const dnsSource: SourceFactory = (cluster, port) =>
-  dnsEndpoints({
-    host: HEADLESS_NAME,
-    port,
-    refreshMs: DNS_REFRESH_MS,
-    ...(cluster.standIn === 'userspace' && { servers: [cluster.dnsServer] }),
-  });
+  dnsEndpoints({ host: HEADLESS_NAME, port, refreshMs: DNS_REFRESH_MS, servers: [cluster.dnsServer] });
 
 /** How podpool finds the pods unless a scenario says otherwise: the headless name, in DNS. */
 export const defaultSource: SourceFactory = dnsSource;

@@ -10,8 +10,8 @@ import { FakeApiServer, endpointSlice } from '../test/support/fake-apiserver.ts'
 import { kubernetesEndpoints } from '../src/discovery/kubernetes.ts';
 import type { EndpointSource } from '../src/index.ts';
 import { PodFleet, POD_PORTS, type PodCounts, type Protocol } from './pods.ts';
+import { clusterDnsTarget } from './grpc-resolver.ts';
 import {
-  NETNS_DNS_HOST,
   UserspaceProxy,
   addAddresses,
   applyRules,
@@ -93,7 +93,9 @@ export class Cluster {
     const detected = detectStandIn();
     const standIn: StandIn = currentNamespace() ? 'iptables' : 'userspace';
     const reason = standIn === detected.standIn ? detected.reason : `${detected.reason}, but not inside the bench's namespace`;
-    const dns = await DnsServer.start(standIn === 'iptables' ? { host: NETNS_DNS_HOST, port: 53 } : {});
+    // On 127.0.0.1 in both stand-ins, and every client is told where: nothing asks the system's
+    // resolver (its resolv.conf, getaddrinfo) about the bench's names.
+    const dns = await DnsServer.start({ host: '127.0.0.1' });
     const fleet = await PodFleet.start();
     const cluster = new Cluster(standIn, reason, fleet, dns, options);
     try {
@@ -118,13 +120,11 @@ export class Cluster {
   }
 
   /**
-   * The grpc-js target that resolves the headless name: through the system resolver inside the
-   * namespace (its resolv.conf points at our DNS), else with the DNS server as the authority.
+   * The grpc-js target that resolves the headless name at the cluster's DNS server, with
+   * grpc-js's own `dns:` resolver rules (see grpc-resolver.ts), in both stand-ins.
    */
   grpcDnsTarget(): string {
-    return this.standIn === 'iptables'
-      ? `dns:///${HEADLESS_NAME}:${POD_PORTS.grpc}`
-      : `dns://${this.#dns.address}/${HEADLESS_NAME}:${POD_PORTS.grpc}`;
+    return clusterDnsTarget(this.#dns.address, HEADLESS_NAME, POD_PORTS.grpc);
   }
 
   /** Where clients dial the Service's ClusterIP for `protocol`. */

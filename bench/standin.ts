@@ -4,8 +4,7 @@
  * - `iptables` (root and `iptables` present): the bench runs inside a network namespace it
  *   creates, one address per pod on the namespace's `lo`, a ClusterIP whose `nat` table holds the
  *   rules kube-proxy's iptables mode writes (a `KUBE-SVC-…` chain of `-m statistic --mode random
- *   --probability 1/(n-i)` jumps to one `KUBE-SEP-…` DNAT chain per pod), and the namespace's
- *   `resolv.conf` pointing at the bench's DNS server.
+ *   --probability 1/(n-i)` jumps to one `KUBE-SEP-…` DNAT chain per pod).
  * - `userspace` (anywhere else): pods on 127.1.x.y, and a proxy on 127.0.0.1 that picks a random
  *   pod per new connection: kube-proxy's semantics, without the kernel.
  *
@@ -16,7 +15,7 @@
 import { execFileSync, spawn, spawnSync } from 'node:child_process';
 import { createHash } from 'node:crypto';
 import { once } from 'node:events';
-import { mkdirSync, rmSync, writeFileSync } from 'node:fs';
+import { rmSync } from 'node:fs';
 import { createServer, connect, type Server, type Socket } from 'node:net';
 
 export type StandIn = 'iptables' | 'userspace';
@@ -25,8 +24,6 @@ export type StandIn = 'iptables' | 'userspace';
 export const NETNS_PREFIX = 'podpool-bench-';
 /** Set in the child that runs inside the namespace. */
 const NETNS_ENV = 'PODPOOL_BENCH_NETNS';
-/** Where the DNS server listens inside the namespace; its `resolv.conf` points here. */
-export const NETNS_DNS_HOST = '127.0.0.53';
 
 /** The namespace this process runs in, when it was started inside one by {@link runInNamespace}. */
 export function currentNamespace(): string | undefined {
@@ -75,6 +72,7 @@ function alive(pid: number): boolean {
 
 export function removeNamespace(name: string): void {
   spawnSync('ip', ['netns', 'del', name], { stdio: 'ignore' });
+  // Runs before this one gave the namespace a resolv.conf here; a crashed one may have left it.
   rmSync(`/etc/netns/${name}`, { recursive: true, force: true });
 }
 
@@ -95,10 +93,6 @@ export async function runInNamespace(): Promise<number> {
   process.once('exit', cleanup);
   try {
     execFileSync('ip', ['netns', 'add', name], { stdio: 'inherit' });
-    // `ip netns exec` bind-mounts this over /etc/resolv.conf, which is what grpc-js's resolver
-    // (getaddrinfo) reads.
-    mkdirSync(`/etc/netns/${name}`, { recursive: true });
-    writeFileSync(`/etc/netns/${name}/resolv.conf`, `nameserver ${NETNS_DNS_HOST}\noptions timeout:1 attempts:2\n`);
     execFileSync('ip', ['netns', 'exec', name, 'ip', 'link', 'set', 'lo', 'up']);
   } catch (error) {
     cleanup();
