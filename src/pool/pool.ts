@@ -66,8 +66,8 @@ export interface StateChange {
   readonly endpoint: Endpoint;
   readonly from: MemberState;
   readonly to: MemberState;
-  /** Why, for transitions caused by a failure. */
-  readonly error?: Error;
+  /** Why, for transitions caused by a failure (`PODPOOL_CONNECTION_LOST`, `PODPOOL_EJECTED`, …). */
+  readonly error?: PodpoolError;
 }
 
 /** The pool's events. */
@@ -516,7 +516,7 @@ export class Pool<C> extends EventEmitter<PoolEvents> {
     for (const w of [...this.#waiters]) w.check();
   }
 
-  #transition(m: Member<C>, to: MemberState, error?: Error): void {
+  #transition(m: Member<C>, to: MemberState, error?: PodpoolError): void {
     const from = m.state;
     if (from === to) return;
     m.state = to;
