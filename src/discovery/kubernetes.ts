@@ -314,6 +314,9 @@ class EndpointSliceWatch implements SourceWatch {
       this.#listed = true;
       debug('kubernetes %s: listed %d slices at resourceVersion %s', this.#name, list.slices.length, list.resourceVersion);
       this.#flush();
+      // The sink may have closed us from inside that snapshot; a watch started now would hold
+      // close() until the server ends it, minutes later.
+      if (this.#closing.signal.aborted) return { progressed: false };
     }
     return this.#watch(client);
   }
