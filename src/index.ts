@@ -1,5 +1,8 @@
 // The public surface of podpool: everything a user imports comes from here, and only from here.
 
+// First, so that on too old a Node the version check runs before undici is loaded.
+import './node-version.ts';
+
 export { createPool, Pool } from './pool/pool.ts';
 export type { PoolOptions, UseOptions, ReadyOptions, StateChange, PoolEvents, PoolStats, PoolCall } from './pool/pool.ts';
 export type { BroadcastOptions, BroadcastResult, Delivery, Delivered, DeliveryFailure } from './pool/broadcast.ts';
