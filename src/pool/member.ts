@@ -63,8 +63,11 @@ export class Member<C> implements Pickable {
   flaps = 0;
   /** When the member last left `ejected`; a long healthy stretch resets the ejection multiplier. */
   unejectedAt = 0;
-  /** Resolved once the member is closed and its connection is gone. */
-  readonly closed: PromiseWithResolvers<void> = Promise.withResolvers();
+  /**
+   * Resolved once the member is closed and its connection is gone. Not typed
+   * `PromiseWithResolvers`: published declarations must compile without the es2024 lib.
+   */
+  readonly closed: { readonly promise: Promise<void>; resolve(): void } = Promise.withResolvers();
   readonly latency: PeakEwma;
 
   constructor(endpoint: Endpoint, latencyDecayMs: number) {
