@@ -6,7 +6,7 @@
  * pods' addresses).
  */
 import * as grpc from '@grpc/grpc-js';
-import { BalancedPool, Client } from 'undici';
+import { BalancedPool, Client, Pool as UndiciPool, type Dispatcher } from 'undici';
 import WebSocket from 'ws';
 import { createPool, httpTransport, leastLoaded, peakEwma, roundRobin, staticEndpoints, type Balancer, type EndpointSource, type Pool, type Transport } from '../src/index.ts';
 import { dnsEndpoints } from '../src/discovery/dns.ts';
@@ -21,12 +21,58 @@ export interface ModeOptions {
   inflight: number;
 }
 
+/** Who balances in a row: the ClusterIP (kube-proxy), podpool, or another client-side balancer. */
+export type Kind = 'kube-proxy' | 'podpool' | 'client-side';
+
+/** The connections one client keeps, as a row states them. */
+export interface Connections {
+  /** In all, with `pods` pods. */
+  readonly perClient: number;
+  /** `1`, `1 per pod (5)`, `20`, `4 per pod (20)`. */
+  readonly text: string;
+}
+
 export interface Mode {
   /** What the report calls it: `kube-proxy`, `podpool round-robin`, `grpc-js round_robin`, … */
   readonly client: string;
   readonly wire: Wire;
+  readonly kind: Kind;
+  /** What one client holds with `pods` pods ready. */
+  connections(pods: number): Connections;
   /** Opens one client application instance; resolves once it can send. */
   open(cluster: Cluster, options: ModeOptions): Promise<Caller>;
+}
+
+/** One long-lived connection to the ClusterIP. */
+export const ONE: Connections = { perClient: 1, text: '1' };
+/** One long-lived connection to each pod. */
+export const onePerPod = (pods: number): Connections => ({ perClient: pods, text: `1 per pod (${pods})` });
+
+/**
+ * How a client's HTTP agent holds its sockets, the same for every row it is compared with:
+ * - `undefined`: one long-lived connection per destination (the ClusterIP, or each pod), every
+ *   request in flight pipelined on it: the shape of a gRPC channel, and of the seed's clients.
+ *   An HTTP/1.1 server answers a socket's requests one after another, so this is slow for all.
+ * - a number S: an agent of S sockets per client in all, one request on a socket at a time. To
+ *   the ClusterIP each socket is DNAT'd on its own (kube-proxy spreads them); client-side, S/N
+ *   sockets to each of N pods.
+ */
+export type HttpAgent = number | undefined;
+
+/** Sockets per pod for an agent of `agent` sockets over `pods` pods (scenarios pick a multiple). */
+function perPod(agent: number, pods: number): number {
+  return Math.max(1, Math.floor(agent / pods));
+}
+
+function httpConnections(agent: HttpAgent, clusterIp: boolean): (pods: number) => Connections {
+  if (agent === undefined) return clusterIp ? () => ONE : onePerPod;
+  if (clusterIp) return () => ({ perClient: agent, text: String(agent) });
+  return (pods) => ({ perClient: perPod(agent, pods) * pods, text: `${perPod(agent, pods)} per pod (${perPod(agent, pods) * pods})` });
+}
+
+/** Requests a socket carries at once: all of them on a lone connection, else one. */
+function pipeliningFor(agent: HttpAgent, inflight: number): number {
+  return agent === undefined ? inflight : 1;
 }
 
 const EMPTY = Buffer.alloc(0);
@@ -84,67 +130,65 @@ export async function openPodpool<C>(
 
 // ---- HTTP ---------------------------------------------------------------------------------
 
-/** kube-proxy: one keep-alive connection to the ClusterIP, requests pipelined on it. */
-export const httpKubeProxy: Mode = {
-  client: 'kube-proxy',
-  wire: 'http',
-  async open(cluster, { inflight }) {
-    const { host, port } = cluster.clusterAddress('http');
-    const client = new Client(`http://${host}:${port}`, { pipelining: inflight, keepAliveTimeout: 120_000 });
-    return {
-      async call() {
-        const res = await client.request({ path: '/', method: 'GET' });
-        return res.body.text();
-      },
-      close: () => client.close(),
-    };
-  },
-};
+async function httpText(dispatcher: Dispatcher): Promise<string> {
+  const res = await dispatcher.request({ path: '/', method: 'GET' });
+  return res.body.text();
+}
 
-/**
- * podpool's HTTP transport with one balancer, over the headless Service. As many keep-alive
- * connections per pod as the client has calls in flight: Node's HTTP server answers one request
- * per socket at a time, so fewer would leave a pod's capacity unused (BalancedPool opens as many
- * as it needs).
- */
-export function httpPodpool(balancer: string, source?: SourceFactory): Mode {
+/** kube-proxy: the ClusterIP, over one pipelined keep-alive connection or an agent of S sockets. */
+export function httpKubeProxy(agent?: HttpAgent): Mode {
   return {
-    client: `podpool ${balancer}`,
+    client: 'kube-proxy',
     wire: 'http',
+    kind: 'kube-proxy',
+    connections: httpConnections(agent, true),
     async open(cluster, { inflight }) {
-      const pool = await openPodpool(cluster, {
-        port: POD_PORTS.http,
-        transport: httpTransport({ connections: inflight, client: { keepAliveTimeout: 120_000 } }),
-        balancer,
-        source,
-      });
-      return {
-        call: () =>
-          pool.use(async (client) => {
-            const res = await client.request({ path: '/', method: 'GET' });
-            return res.body.text();
-          }),
-        close: () => pool.close(),
-      };
+      const { host, port } = cluster.clusterAddress('http');
+      const origin = `http://${host}:${port}`;
+      const options = { pipelining: pipeliningFor(agent, inflight), keepAliveTimeout: 120_000 };
+      const client = agent === undefined ? new Client(origin, options) : new UndiciPool(origin, { ...options, connections: agent });
+      return { call: () => httpText(client), close: () => client.close() };
     },
   };
 }
 
-/** undici `BalancedPool` over the pods' addresses, listed once at start, with its defaults. */
-export const httpBalancedPool: Mode = {
-  client: 'undici BalancedPool',
-  wire: 'http',
-  async open(cluster) {
-    const pool = new BalancedPool(cluster.readyPods().map((p) => `http://${p.address}:${POD_PORTS.http}`));
-    return {
-      async call() {
-        const res = await pool.request({ path: '/', method: 'GET' });
-        return res.body.text();
-      },
-      close: () => pool.close(),
-    };
-  },
-};
+/** podpool's HTTP transport with one balancer, over the headless Service, sockets as `agent` says. */
+export function httpPodpool(balancer: string, { source, agent }: { source?: SourceFactory; agent?: HttpAgent } = {}): Mode {
+  return {
+    client: `podpool ${balancer}`,
+    wire: 'http',
+    kind: 'podpool',
+    connections: httpConnections(agent, false),
+    async open(cluster, { inflight }) {
+      const connections = agent === undefined ? 1 : perPod(agent, cluster.readyPods().length);
+      const pool = await openPodpool(cluster, {
+        port: POD_PORTS.http,
+        transport: httpTransport({ connections, pipelining: pipeliningFor(agent, inflight), client: { keepAliveTimeout: 120_000 } }),
+        balancer,
+        source,
+      });
+      return { call: () => pool.use(httpText), close: () => pool.close() };
+    },
+  };
+}
+
+/** undici `BalancedPool` over the pods' addresses, listed once at start, sockets as `agent` says. */
+export function httpBalancedPool(agent?: HttpAgent): Mode {
+  return {
+    client: 'undici BalancedPool',
+    wire: 'http',
+    kind: 'client-side',
+    connections: httpConnections(agent, false),
+    async open(cluster, { inflight }) {
+      const pods = cluster.readyPods();
+      const pool = new BalancedPool(
+        pods.map((p) => `http://${p.address}:${POD_PORTS.http}`),
+        { connections: agent === undefined ? 1 : perPod(agent, pods.length), pipelining: pipeliningFor(agent, inflight), keepAliveTimeout: 120_000 },
+      );
+      return { call: () => httpText(pool), close: () => pool.close() };
+    },
+  };
+}
 
 // ---- gRPC ---------------------------------------------------------------------------------
 
@@ -166,6 +210,8 @@ function waitForReady(client: grpc.Client): Promise<void> {
 export const grpcKubeProxy: Mode = {
   client: 'kube-proxy',
   wire: 'grpc',
+  kind: 'kube-proxy',
+  connections: () => ONE,
   async open(cluster) {
     const { host, port } = cluster.clusterAddress('grpc');
     const client = new EchoClient(`${host}:${port}`, grpc.credentials.createInsecure(), {
@@ -181,6 +227,8 @@ export const grpcKubeProxy: Mode = {
 export const grpcRoundRobin: Mode = {
   client: 'grpc-js round_robin',
   wire: 'grpc',
+  kind: 'client-side',
+  connections: onePerPod,
   async open(cluster) {
     const client = new EchoClient(cluster.grpcDnsTarget(), grpc.credentials.createInsecure(), {
       'grpc.service_config': JSON.stringify({ loadBalancingConfig: [{ round_robin: {} }] }),
@@ -232,6 +280,8 @@ function wsCaller(socket: WebSocket): Caller {
 export const wsKubeProxy: Mode = {
   client: 'kube-proxy',
   wire: 'ws',
+  kind: 'kube-proxy',
+  connections: () => ONE,
   async open(cluster) {
     const { host, port } = cluster.clusterAddress('ws');
     const socket = new WebSocket(`ws://${host}:${port}/`);

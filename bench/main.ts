@@ -7,7 +7,7 @@ import { writeFileSync } from 'node:fs';
 import { parseArgs } from 'node:util';
 import { Cluster } from './cluster.ts';
 import { clearProgress, note } from './progress.ts';
-import { RESULTS_DIR, perPodChart, percentileChart, renderSvg, writeResults, type ScenarioReport } from './report.ts';
+import { RESULTS_DIR, renderSvg, writeResults, type ScenarioReport } from './report.ts';
 import { balance } from './scenarios/balance.ts';
 import type { ScenarioOptions, ScenarioOutput } from './scenarios/options.ts';
 import { SCENARIOS } from './scenarios/index.ts';
@@ -15,7 +15,8 @@ import { currentNamespace, detectStandIn, runInNamespace } from './standin.ts';
 import type { Wire } from './clients.ts';
 
 export const USAGE = `usage:
-  podpool demo                      balance (gRPC, WebSocket, HTTP) and slow-pod at a small size; writes an HTML page
+  podpool demo [--quick]            balance (gRPC, WebSocket, HTTP) and slow-pod at a small size; writes an HTML page
+      --quick                       the smallest demo (3 pods, short runs): a few seconds, for a first look or a test
   podpool bench <scenario> [--pods N] [--clients C] [--duration S] [--json]
       scenarios: ${Object.keys(SCENARIOS).join(', ')}
       --transport http,grpc,ws   wire protocols to compare (balance, overhead)
@@ -60,6 +61,7 @@ const FLAGS = {
   'service-ms': { type: 'string' },
   transport: { type: 'string' },
   json: { type: 'boolean' },
+  quick: { type: 'boolean' },
   help: { type: 'boolean', short: 'h' },
 } as const;
 
@@ -95,16 +97,17 @@ async function emit(output: ScenarioOutput, json: boolean): Promise<void> {
   if (json) process.stdout.write(`${JSON.stringify(output.report)}\n`);
 }
 
-/** `podpool demo`: the picture in under a minute. */
+/** `podpool demo`: the picture in under a minute; `--quick`, in a few seconds. */
 async function demo(values: Record<string, string | boolean | undefined>): Promise<number> {
-  const options = scenarioOptions(values, { pods: 5, clients: 2, durationS: 1.5, wires: ['grpc', 'ws', 'http'] });
+  const quick = values.quick === true;
+  const options = scenarioOptions(values, { pods: quick ? 3 : 5, clients: 2, durationS: quick ? 0.2 : 1.2, wires: ['grpc', 'ws', 'http'] });
   const started = performance.now();
   const cluster = await Cluster.start({ pods: options.pods, concurrency: options.concurrency, serviceMs: options.serviceMs });
-  note(`podpool demo: ${options.clients} clients, ${options.pods} pods; stand-in: ${cluster.standIn} (${cluster.standInReason})`);
+  note(`podpool demo${quick ? ' --quick' : ''}: ${options.clients} clients, ${options.pods} pods; stand-in: ${cluster.standIn} (${cluster.standInReason})`);
   let outputs: ScenarioOutput[];
   try {
     const balanced = await balance({ ...options, balancers: ['round-robin', 'least-loaded'] }, cluster);
-    const slow = await SCENARIOS['slow-pod']!({ ...options, durationS: Math.max(1, options.durationS) }, cluster);
+    const slow = await SCENARIOS['slow-pod']!(options, cluster);
     outputs = [balanced, slow];
   } finally {
     await cluster.close();
@@ -123,51 +126,77 @@ async function demo(values: Record<string, string | boolean | undefined>): Promi
   return 0;
 }
 
-/** One line per transport: what kube-proxy used and did, against podpool's best. */
+/**
+ * One line per comparison group (the same connections per client): what kube-proxy used and did,
+ * against podpool's best and the other client-side balancers; then slow-pod's expected p99s.
+ */
 export function summaryTable(reports: readonly ScenarioReport[]): string {
   const lines: string[] = ['summary'];
   const balanceReport = reports.find((r) => r.scenario === 'balance');
   if (balanceReport) {
-    for (const wire of new Set(balanceReport.results.map((r) => r.transport))) {
-      const rows = balanceReport.results.filter((r) => r.transport === wire);
-      const kube = rows.find((r) => r.client === 'kube-proxy');
-      const best = rows.filter((r) => r.client.startsWith('podpool')).sort((a, b) => b.throughput - a.throughput)[0];
+    for (const group of new Set(balanceReport.results.map((r) => r.group ?? r.transport))) {
+      const rows = balanceReport.results.filter((r) => (r.group ?? r.transport) === group);
+      const kube = rows.find((r) => r.kind === 'kube-proxy');
+      const best = rows.filter((r) => r.kind === 'podpool').sort((a, b) => b.throughput - a.throughput)[0];
       if (!kube || !best) continue;
       // The peer a user would otherwise pick, so the line does not flatter podpool.
-      const peers = rows.filter((r) => r !== kube && !r.client.startsWith('podpool'));
+      const peers = rows.filter((r) => r.kind === 'client-side');
       lines.push(
-        `  ${wire.padEnd(5)} kube-proxy used ${kube.podsUsed}/${kube.pods} pods at ${kube.throughput} req/s; ` +
-          `${best.client} used ${best.podsUsed}/${best.pods} at ${best.throughput} req/s (×${(best.throughput / Math.max(1, kube.throughput)).toFixed(1)})` +
+        `  ${group}: kube-proxy (${kube.connections}/client) used ${kube.podsUsed}/${kube.pods} pods at ${kube.throughput} req/s; ` +
+          `${best.client} (${best.connections}) used ${best.podsUsed}/${best.pods} at ${best.throughput} req/s (×${(best.throughput / Math.max(1, kube.throughput)).toFixed(1)})` +
           peers.map((p) => `; ${p.client} ${p.podsUsed}/${p.pods} at ${p.throughput} req/s`).join(''),
       );
     }
   }
   const slowReport = reports.find((r) => r.scenario === 'slow-pod');
   if (slowReport) {
-    const rows = [...slowReport.results].sort((a, b) => a.p99Ms - b.p99Ms);
-    lines.push(`  slow pod (one of ${slowReport.pods} pods 10× slower), p99: ${rows.map((r) => `${r.client} ${r.p99Ms.toFixed(0)} ms`).join(', ')}`);
+    lines.push(
+      `  slow pod (one of ${slowReport.pods} pods ${slowReport.slowFactor}× slower), expected p99 over connection draws: ` +
+        slowReport.results.map((r) => `${r.client} ${r.p99Ms.toFixed(0)} ms`).join(', '),
+    );
+    const kube = slowReport.results.find((r) => r.kind === 'kube-proxy');
+    const draws = (kube?.draws as { k: number; probability: number; p99Ms: number }[] | undefined) ?? [];
+    if (draws.length > 0) {
+      lines.push(`    kube-proxy's draws: ${draws.map((d) => `${d.k} of ${slowReport.clients} clients on the slow pod (p = ${(d.probability * 100).toFixed(1)} %): p99 ${d.p99Ms.toFixed(0)} ms`).join('; ')}`);
+    }
   }
   return lines.join('\n');
 }
 
 async function demoPage(balanced: ScenarioOutput, slow: ScenarioOutput, summary: string): Promise<string> {
   const escape = (s: string): string => s.replace(/&/g, '&amp;').replace(/</g, '&lt;').replace(/>/g, '&gt;');
-  const perPod = await renderSvg(perPodChart(balanced.report, 'Requests served per pod'));
-  const latency = await renderSvg(slow.chart ?? percentileChart(slow.report, 'Latency with one slow pod'));
+  const report = balanced.report;
+  const perPod = await renderSvg(balanced.chart!);
+  const latency = await renderSvg(slow.chart!);
+  const draws = (slow.report.draws as { k: number; probability: number }[]).map((d) => `${d.k} (${(d.probability * 100).toFixed(1)} %)`).join(', ');
   return `<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>podpool demo</title>
-<style>body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em}pre{background:#f6f6f6;padding:1em;overflow:auto}</style>
+<style>
+body{font-family:system-ui,sans-serif;max-width:1180px;margin:2em auto;padding:0 1em;line-height:1.45;color:#222}
+figure{margin:1em 0}figure svg{max-width:100%;height:auto}
+pre{background:#f6f6f6;padding:1em;font-size:12px;white-space:pre-wrap;overflow-wrap:anywhere}
+.kind{display:inline-block;width:.8em;height:.8em;margin-right:.3em;vertical-align:baseline}
+</style>
 </head><body>
 <h1>podpool demo</h1>
-<p>${balanced.report.clients} clients with long-lived connections, ${balanced.report.pods} pods behind a headless Service; stand-in: <b>${balanced.report.standIn}</b> (${escape(balanced.report.standInReason)}).
-kube-proxy balances connections, so each client's one connection stays on the pod iptables picked; podpool picks a pod per request.</p>
-<h2>Who served the requests</h2>
-${perPod}
-<h2>One pod turns 10× slower</h2>
-${latency}
+<p>${report.clients} client applications, ${report.pods} pods behind one Service; each pod serves ${report.podConcurrency} requests at a time, ${report.serviceMs} ms each; every client keeps ${report.inflightPerClient} requests in flight.
+Stand-in: <b>${report.standIn}</b> (${escape(report.standInReason)}).</p>
+<p>Colours say who balances:
+<span class="kind" style="background:#e45756"></span>kube-proxy (through the ClusterIP, which balances connections, not requests),
+<span class="kind" style="background:#4c78a8"></span>podpool (a connection to every pod, a pod picked per request),
+<span class="kind" style="background:#54a24b"></span>another client-side balancer a user might pick instead.</p>
+<h2>Who served the requests, and how fast</h2>
+<p>Each row of panels is one comparison, kube-proxy first: every client in it holds the same connections.
+<b>1 connection</b>: one long-lived connection per destination (gRPC's default): kube-proxy's goes to the ClusterIP and stays on the pod it was sent to; podpool and the others hold one to each pod. HTTP/1.1 answers a connection's requests in turn, so this row is slow for everyone.
+<b>${escape(String(report.results.find((r) => r.transport === 'http' && r.kind === 'kube-proxy' && r.connections !== '1')?.connections ?? 'S'))} sockets</b>: an HTTP agent with that many sockets per client in every row; through the ClusterIP each socket is sent to a pod on its own, so kube-proxy spreads some.</p>
+<figure>${perPod}</figure>
+<h2>One pod turns ${String(slow.report.slowFactor)}× slower</h2>
+<p>Where kube-proxy's connections land is luck: with ${slow.report.clients} clients and ${slow.report.pods} pods, none of them meets the slow pod in ${(((slow.report.draws as { probability: number }[])[0]?.probability ?? 0) * 100).toFixed(0)} % of runs.
+So the page does not show one lucky or unlucky run: every row ran one draw per number of clients pinned to the slow pod, ${draws}, and shows the expected value over those draws (bars) and each draw (circles).
+Every row got the same draws, connections (one per destination), load and weights; podpool connects to every pod, so its draws differ only by noise.</p>
+<figure>${latency}</figure>
 <h2>Numbers</h2>
 <pre>${escape(summary)}\n\n${escape(balanced.table)}\n\n${escape(slow.table)}</pre>
 </body></html>
 `;
 }
-

@@ -3,7 +3,7 @@
  * row of a report.
  */
 import type { Cluster } from './cluster.ts';
-import type { Mode } from './clients.ts';
+import type { Kind, Mode } from './clients.ts';
 import { coefficientOfVariation, percentileMs, round, runLoad, type Caller, type LoadResult } from './load.ts';
 import type { PodCounts } from './pods.ts';
 import { progress } from './progress.ts';
@@ -12,6 +12,14 @@ import { progress } from './progress.ts';
 export interface ModeResult {
   client: string;
   transport: string;
+  /** Who balances: kube-proxy, podpool or another client-side balancer (the chart's colour). */
+  kind?: Kind;
+  /** Connections one client keeps, as configured: `1`, `1 per pod (5)`, `20`, … */
+  connections?: string;
+  /** TCP connections the pods accepted during the row, per client (HTTP and WebSocket). */
+  socketsSeen?: number;
+  /** The comparison this row belongs to: rows of one group had the same connections per client. */
+  group?: string;
   /** Pods that served at least one request. */
   podsUsed: number;
   /** Pods that could have served. */
@@ -40,6 +48,14 @@ export interface MeasureOptions {
   /** Runs while the load runs (adds a pod, slows one down); the load waits for it. */
   during?: (load: { signal: AbortSignal; startedAt: number }) => Promise<Record<string, unknown> | void>;
   keepAnswers?: boolean;
+  /**
+   * Places client i's connection: after one request, a client whose pod fails `place(i, pod)` is
+   * closed and opened again (a connection draw conditioned on where it landed; one-connection
+   * modes only).
+   */
+  place?: (client: number, pod: string) => boolean;
+  /** The row's comparison group (see {@link ModeResult.group}). */
+  group?: string;
   /** Keep loading until `during` is done (bounded by 3 × `durationMs`), not only for `durationMs`. */
   holdForDuring?: boolean;
   label: string;
@@ -57,8 +73,9 @@ export async function measure(cluster: Cluster, mode: Mode, options: MeasureOpti
   const maxRequests = options.maxRequests ?? Math.ceil((durationMs / 1000) * 20_000);
   const callers: Caller[] = [];
   let measured: Measured | undefined;
+  const opened = await cluster.counts();
   try {
-    for (let i = 0; i < clients; i++) callers.push(await mode.open(cluster, { inflight }));
+    for (let i = 0; i < clients; i++) callers.push(await openPlaced(cluster, mode, inflight, i, options.place));
     const goneBefore = new Set(cluster.pods.filter((p) => p.gone).map((p) => p.name));
     const before = await cluster.counts();
     const stop = new AbortController();
@@ -75,11 +92,19 @@ export async function measure(cluster: Cluster, mode: Mode, options: MeasureOpti
     stop.abort();
     const extra = (await during) ?? {};
     const after = await cluster.counts();
-    const perPod = servedBetween(before, after, mode.wire, cluster.pods.filter((p) => !goneBefore.has(p.name)).map((p) => p.name));
+    const names = cluster.pods.filter((p) => !goneBefore.has(p.name)).map((p) => p.name);
+    const perPod = servedBetween(before, after, mode.wire, names);
     const values = Object.values(perPod);
+    const socketKey = mode.wire === 'http' ? 'httpSockets' : mode.wire === 'ws' ? 'wsSockets' : undefined;
+    // Sockets opened before the load (ready() connects, a placement probe) count too: they are the row's.
+    const sockets = socketKey && Object.values(servedBetween(opened, after, socketKey, names)).reduce((a, b) => a + b, 0);
     const row: ModeResult = {
       client: mode.client,
       transport: mode.wire,
+      kind: mode.kind,
+      connections: mode.connections(cluster.readyPods().length).text,
+      ...(sockets !== undefined && { socketsSeen: round(sockets / clients, 1) }),
+      ...(options.group !== undefined && { group: options.group }),
       podsUsed: values.filter((v) => v > 0).length,
       pods: values.length,
       perPod,
@@ -118,9 +143,30 @@ async function closeWithin(callers: readonly Caller[], ms: number): Promise<numb
   return late.size;
 }
 
-/** Requests each named pod served between two readings, for one wire protocol. */
-export function servedBetween(before: PodCounts, after: PodCounts, wire: 'http' | 'grpc' | 'ws', names: readonly string[]): Record<string, number> {
+/** What each named pod counted between two readings, for one counter (requests of a protocol, sockets). */
+export function servedBetween(before: PodCounts, after: PodCounts, counter: keyof PodCounts[string], names: readonly string[]): Record<string, number> {
   const perPod: Record<string, number> = {};
-  for (const name of names) perPod[name] = (after[name]?.[wire] ?? 0) - (before[name]?.[wire] ?? 0);
+  for (const name of names) perPod[name] = (after[name]?.[counter] ?? 0) - (before[name]?.[counter] ?? 0);
   return perPod;
+}
+
+/** Tries at placing one client before the draw is called impossible (p = 1/N each try). */
+const MAX_PLACE_TRIES = 200;
+
+/** Opens client `index`, again and again until `place` accepts the pod its connection reached. */
+async function openPlaced(cluster: Cluster, mode: Mode, inflight: number, index: number, place: MeasureOptions['place']): Promise<Caller> {
+  for (let tries = 0; tries < MAX_PLACE_TRIES; tries++) {
+    const caller = await mode.open(cluster, { inflight });
+    if (!place) return caller;
+    let pod: string;
+    try {
+      pod = await caller.call();
+    } catch (error) {
+      await caller.close();
+      throw error;
+    }
+    if (place(index, pod)) return caller;
+    await caller.close();
+  }
+  throw new Error(`${mode.client}: no connection of client ${index} landed where the draw needs it in ${MAX_PLACE_TRIES} tries`);
 }

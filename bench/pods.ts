@@ -49,10 +49,24 @@ export interface PodSpec {
   readonly serviceMs: number;
 }
 
-/** Requests each pod served since it started, per protocol (and datagrams received). */
+/**
+ * Requests each pod served since it started, per protocol (and datagrams received), and the TCP
+ * connections its HTTP and WebSocket servers accepted: what a row's "sockets" are, counted where
+ * they arrive.
+ */
 export type PodCounts = Record<
   string,
-  { http: number; grpc: number; ws: number; wsMessages: number; httpBroadcasts: number; wsBroadcasts: number; udp: number }
+  {
+    http: number;
+    grpc: number;
+    ws: number;
+    wsMessages: number;
+    httpBroadcasts: number;
+    wsBroadcasts: number;
+    udp: number;
+    httpSockets: number;
+    wsSockets: number;
+  }
 >;
 
 type Command =
@@ -149,7 +163,7 @@ export class PodFleet {
 
 class Pod {
   readonly spec: PodSpec;
-  readonly counts = { http: 0, grpc: 0, ws: 0, wsMessages: 0, httpBroadcasts: 0, wsBroadcasts: 0, udp: 0 };
+  readonly counts = { http: 0, grpc: 0, ws: 0, wsMessages: 0, httpBroadcasts: 0, wsBroadcasts: 0, udp: 0, httpSockets: 0, wsSockets: 0 };
   /** (sender, sequence) of datagrams seen, so repeats and retries count once. */
   readonly #seen = new Set<string>();
   factor = 1;
@@ -199,7 +213,7 @@ class Pod {
           res.end(reply);
         });
       });
-      this.#track(server);
+      this.#track(server, 'httpSockets');
       server.listen(POD_PORTS.http, address);
       await once(server, 'listening');
       this.#http = server;
@@ -221,7 +235,7 @@ class Pod {
     }
     if (protocols.includes('ws')) {
       const http = createServer((_req, res) => res.writeHead(426).end());
-      this.#track(http);
+      this.#track(http, 'wsSockets');
       const wss = new WebSocketServer({ server: http });
       wss.on('connection', (socket) => {
         socket.on('message', (data) => {
@@ -272,8 +286,9 @@ class Pod {
     }
   }
 
-  #track(server: HttpServer): void {
+  #track(server: HttpServer, counter: 'httpSockets' | 'wsSockets'): void {
     server.on('connection', (socket: Socket) => {
+      this.counts[counter]++;
       this.#sockets.add(socket);
       socket.once('close', () => this.#sockets.delete(socket));
     });

@@ -3,16 +3,23 @@
  * (SVG drawn by vega-lite) beside it, and with `--json` one JSON object as the last line of stdout.
  */
 import { mkdirSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import * as vega from 'vega';
 import * as vegaLite from 'vega-lite';
 import type { ModeResult } from './measure.ts';
 import type { StandIn } from './standin.ts';
 
-/** bench/results, or `PODPOOL_BENCH_RESULTS` (the smoke test writes elsewhere). */
+/**
+ * Where results go: `PODPOOL_BENCH_RESULTS` when set (the smoke tests write elsewhere); else
+ * bench/results when running from the repository's sources, and ./podpool-results in the current
+ * directory when running from the installed package (never inside node_modules).
+ */
 export const RESULTS_DIR = process.env.PODPOOL_BENCH_RESULTS
   ? `${process.env.PODPOOL_BENCH_RESULTS.replace(/\/$/, '')}/`
-  : fileURLToPath(new URL('./results/', import.meta.url));
+  : import.meta.url.endsWith('.ts')
+    ? fileURLToPath(new URL('./results/', import.meta.url))
+    : `${join(process.cwd(), 'podpool-results')}/`;
 
 export interface ScenarioReport {
   scenario: string;
@@ -67,24 +74,68 @@ export async function renderSvg(spec: ChartSpec): Promise<string> {
   }
 }
 
-/** Per-pod load bars: one panel per client, one bar per pod. */
-export function perPodChart(report: ScenarioReport, title: string): ChartSpec {
-  const values = report.results.flatMap((r) =>
-    Object.entries(r.perPod).map(([pod, served]) => ({ client: `${r.transport} · ${r.client}`, pod, served })),
-  );
+/** The colour of each kind of client, the same on every chart. */
+export const KIND_COLOURS = {
+  scale: { domain: ['kube-proxy', 'podpool', 'client-side'], range: ['#e45756', '#4c78a8', '#54a24b'] },
+  legend: { title: 'who balances', orient: 'top', labelExpr: "datum.label === 'client-side' ? 'other client-side balancer' : datum.label === 'kube-proxy' ? 'kube-proxy (ClusterIP)' : datum.label" },
+} as const;
+
+/**
+ * Per-pod load and throughput, one row of panels per comparison group (kube-proxy first), the
+ * group's throughput bars beside its panels. Every panel shares one y scale and every throughput
+ * chart one x scale: a client that served less must look smaller, not re-scaled.
+ */
+export function balanceChart(report: ScenarioReport, title: string): ChartSpec {
+  const groups = [...new Set(report.results.map((r) => r.group ?? r.transport))];
+  const maxServed = Math.max(1, ...report.results.flatMap((r) => Object.values(r.perPod)));
+  const maxThroughput = Math.max(1, ...report.results.map((r) => r.throughput));
+  const colour = { field: 'kind', type: 'nominal', ...KIND_COLOURS };
+  const rows = groups.map((group) => {
+    const results = report.results.filter((r) => (r.group ?? r.transport) === group);
+    const order = results.map((r) => `${r.client} · ${r.connections ?? ''}`);
+    const perPod = results.flatMap((r) =>
+      Object.entries(r.perPod).map(([pod, served]) => ({ client: `${r.client} · ${r.connections ?? ''}`, kind: r.kind, pod, served })),
+    );
+    const throughput = results.map((r) => ({ client: `${r.client} · ${r.connections ?? ''}`, kind: r.kind, throughput: r.throughput }));
+    return {
+      title: { text: group, anchor: 'start', fontSize: 13 },
+      hconcat: [
+        {
+          data: { values: perPod },
+          facet: { column: { field: 'client', sort: order, header: { title: null, labelLimit: 170, labelFontSize: 11 } } },
+          spec: {
+            width: 120,
+            height: 90,
+            mark: 'bar',
+            encoding: {
+              x: { field: 'pod', type: 'nominal', title: null, axis: { labelAngle: -45 } },
+              y: { field: 'served', type: 'quantitative', title: 'requests served', scale: { domain: [0, maxServed] } },
+              color: colour,
+            },
+          },
+        },
+        {
+          data: { values: throughput },
+          width: 190,
+          height: { step: 22 },
+          title: { text: 'throughput', fontSize: 11, fontWeight: 'normal' },
+          encoding: {
+            y: { field: 'client', type: 'nominal', sort: order, title: null, axis: { labelLimit: 190 } },
+            x: { field: 'throughput', type: 'quantitative', title: 'requests / s', scale: { domain: [0, maxThroughput * 1.15] } },
+          },
+          layer: [
+            { mark: 'bar', encoding: { color: colour } },
+            { mark: { type: 'text', align: 'left', dx: 3, fontSize: 10 }, encoding: { text: { field: 'throughput', type: 'quantitative', format: ',' } } },
+          ],
+        },
+      ],
+    };
+  });
   return {
-    title: { text: title, subtitle: `${report.clients} clients, ${report.pods} pods, ${report.standIn} stand-in` },
-    data: { values },
-    mark: 'bar',
-    width: 150,
-    height: 110,
-    encoding: {
-      facet: { field: 'client', type: 'nominal', columns: 4, title: null, sort: null },
-      x: { field: 'pod', type: 'nominal', title: null, axis: { labelAngle: -45 } },
-      y: { field: 'served', type: 'quantitative', title: 'requests served' },
-      color: { field: 'client', type: 'nominal', legend: null },
-    },
-    // One y scale for every panel: a client that served less must look smaller, not re-scaled.
+    title: { text: title, subtitle: `${report.clients} clients, ${report.pods} pods, ${report.standIn} stand-in; each row: the same connections per client` },
+    vconcat: rows,
+    spacing: 24,
+    resolve: { scale: { color: 'shared' }, legend: { color: 'shared' } },
   };
 }
 
@@ -111,6 +162,39 @@ export function percentileChart(report: ScenarioReport, title: string): ChartSpe
       x2: { datum: 1 },
       color: { field: 'percentile', type: 'nominal', sort: ['p50', 'p99', 'p99.9'] },
     },
+  };
+}
+
+/**
+ * slow-pod: each client's expected p99 (a bar, coloured by who balances) and each connection
+ * draw's p99 (a circle, as large as the draw is likely), on a log scale.
+ */
+export function slowPodChart(report: ScenarioReport, title: string): ChartSpec {
+  const order = report.results.map((r) => r.client);
+  const bars = report.results.map((r) => ({ client: r.client, kind: r.kind, ms: Math.max(1, r.p99Ms) }));
+  const draws = report.results.flatMap((r) =>
+    ((r.draws as { k: number; probability: number; p99Ms: number }[] | undefined) ?? []).map((d) => ({
+      client: r.client,
+      ms: Math.max(1, d.p99Ms),
+      probability: d.probability,
+      draw: `k=${d.k}`,
+    })),
+  );
+  const y = { field: 'client', type: 'nominal', sort: order, title: null, axis: { labelLimit: 220 } };
+  const x = { field: 'ms', type: 'quantitative', scale: { type: 'log', domainMin: 1 }, title: 'p99 latency (ms, log scale)' };
+  return {
+    title: { text: title, subtitle: `${report.clients} clients, ${report.pods} pods, ${report.standIn} stand-in; bar: expected p99 over connection draws, circles: each draw (size = its probability)` },
+    width: 520,
+    height: { step: 30 },
+    layer: [
+      // A log scale has no 0: the bars grow from 1 ms, or vega draws none of them.
+      { data: { values: bars }, mark: 'bar', encoding: { y, x, x2: { datum: 1 }, color: { field: 'kind', type: 'nominal', ...KIND_COLOURS } } },
+      {
+        data: { values: draws },
+        mark: { type: 'point', filled: false, color: '#222', strokeWidth: 1.5 },
+        encoding: { y, x, size: { field: 'probability', type: 'quantitative', scale: { domain: [0, 1], range: [20, 400] }, legend: { title: 'draw probability', orient: 'top' } } },
+      },
+    ],
   };
 }
 
@@ -145,6 +229,8 @@ export async function writeResults(report: ScenarioReport, chart: ChartSpec | un
 const COLUMNS: [string, (r: ModeResult) => string][] = [
   ['transport', (r) => r.transport],
   ['client', (r) => r.client],
+  ['conns/client', (r) => r.connections ?? ''],
+  ['sockets seen', (r) => (r.socketsSeen === undefined ? '-' : String(r.socketsSeen))],
   ['pods used', (r) => `${r.podsUsed}/${r.pods}`],
   ['cv', (r) => r.cv.toFixed(2)],
   ['req/s', (r) => String(r.throughput)],
@@ -159,7 +245,13 @@ export function formatTable(report: ScenarioReport, extra: [string, (r: ModeResu
   const header = columns.map(([h]) => h);
   const widths = header.map((h, i) => Math.max(h.length, ...rows.map((r) => r[i]!.length)));
   const line = (cells: string[]): string =>
-    cells.map((c, i) => (i < 2 ? c.padEnd(widths[i]!) : c.padStart(widths[i]!))).join('  ').trimEnd();
+    cells.map((c, i) => (i < 3 ? c.padEnd(widths[i]!) : c.padStart(widths[i]!))).join('  ').trimEnd();
+  // Rows of one comparison group (the same connections per client) under its name.
+  const body: string[] = [];
+  report.results.forEach((r, i) => {
+    if (r.group !== undefined && r.group !== report.results[i - 1]?.group) body.push(`-- ${r.group}`);
+    body.push(line(rows[i]!));
+  });
   const size =
     report.scenario === 'broadcast'
       ? `N = ${(report.sizes as number[] | undefined)?.join(', ') ?? report.pods} pods`
@@ -173,7 +265,7 @@ export function formatTable(report: ScenarioReport, extra: [string, (r: ModeResu
     title,
     line(header),
     line(widths.map((w) => '-'.repeat(w))),
-    ...rows.map(line),
+    ...body,
     ...(report.notes ?? []).map((n) => `  ${n}`),
     ...hung,
   ].join('\n');

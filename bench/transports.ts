@@ -4,7 +4,7 @@
  */
 import { grpcTransport } from '../src/transport/grpc.ts';
 import { webSocketTransport, type WebSocketClient } from '../src/transport/websocket.ts';
-import { dnsSource, openPodpool, type Mode, type SourceFactory } from './clients.ts';
+import { dnsSource, onePerPod, openPodpool, type Mode, type SourceFactory } from './clients.ts';
 import { EchoClient, POD_PORTS, type EchoClientInstance } from './pods.ts';
 import type { Cluster } from './cluster.ts';
 
@@ -13,6 +13,8 @@ export function wsPodpool(balancer: string, source?: SourceFactory): Mode {
   return {
     client: `podpool ${balancer}`,
     wire: 'ws',
+    kind: 'podpool',
+    connections: onePerPod,
     async open(cluster) {
       const pool = await openPodpool<WebSocketClient>(cluster, {
         port: POD_PORTS.ws,
@@ -33,6 +35,8 @@ export function grpcPodpool(balancer: string, source?: SourceFactory): Mode {
   return {
     client: `podpool ${balancer}`,
     wire: 'grpc',
+    kind: 'podpool',
+    connections: onePerPod,
     async open(cluster) {
       const pool = await openPodpool<EchoClientInstance>(cluster, {
         port: POD_PORTS.grpc,

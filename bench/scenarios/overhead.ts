@@ -6,7 +6,7 @@
 import * as grpc from '@grpc/grpc-js';
 import { Pool } from 'undici';
 import { Cluster } from '../cluster.ts';
-import { httpPodpool, staticSource, type Mode } from '../clients.ts';
+import { httpPodpool, onePerPod, staticSource, type Mode } from '../clients.ts';
 import { round } from '../load.ts';
 import { measure, type ModeResult } from '../measure.ts';
 import { EchoClient, POD_PORTS, type EchoClientInstance } from '../pods.ts';
@@ -17,11 +17,14 @@ import type { ScenarioOptions, ScenarioOutput } from './options.ts';
 const EMPTY = Buffer.alloc(0);
 
 /** Plain undici: per pod a `Pool` of as many connections as podpool's transport keeps, round-robin by hand. */
-const httpPlain: Mode = {
+function httpPlain(perPod: number): Mode {
+  return {
   client: 'plain undici',
   wire: 'http',
-  async open(cluster, { inflight }) {
-    const clients = cluster.readyPods().map((p) => new Pool(`http://${p.address}:${POD_PORTS.http}`, { connections: inflight }));
+  kind: 'client-side',
+  connections: (pods) => ({ perClient: perPod * pods, text: `${perPod} per pod (${perPod * pods})` }),
+  async open(cluster) {
+    const clients = cluster.readyPods().map((p) => new Pool(`http://${p.address}:${POD_PORTS.http}`, { connections: perPod }));
     let next = 0;
     return {
       async call() {
@@ -34,12 +37,15 @@ const httpPlain: Mode = {
       },
     };
   },
-};
+  };
+}
 
 /** Plain grpc-js: one client per pod, round-robin by hand. */
 const grpcPlain: Mode = {
   client: 'plain grpc-js',
   wire: 'grpc',
+  kind: 'client-side',
+  connections: onePerPod,
   async open(cluster) {
     const clients = cluster.readyPods().map(
       (p) =>
@@ -71,7 +77,12 @@ export async function overhead(options: ScenarioOptions, cluster?: Cluster): Pro
   try {
     const results: ModeResult[] = [];
     for (const wire of wires) {
-      const pair: Mode[] = wire === 'http' ? [httpPlain, httpPodpool('round-robin', staticSource)] : [grpcPlain, grpcPodpool('round-robin', staticSource)];
+      // HTTP: as many sockets to each pod as the client has requests in flight, for both.
+      const agent = options.inflight * cluster.readyPods().length;
+      const pair: Mode[] =
+        wire === 'http'
+          ? [httpPlain(options.inflight), httpPodpool('round-robin', { source: staticSource, agent })]
+          : [grpcPlain, grpcPodpool('round-robin', staticSource)];
       const rows: ModeResult[] = [];
       // Warm both up first (JIT, connections, the pods process): the first run would pay for it.
       for (const mode of pair) {

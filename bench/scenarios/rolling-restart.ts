@@ -10,6 +10,7 @@ import { round } from '../load.ts';
 import { measure, type ModeResult } from '../measure.ts';
 import { formatTable, reportHead, type ScenarioReport } from '../report.ts';
 import { discoverySources, grpcPodpool } from '../transports.ts';
+import { agentSockets } from './balance.ts';
 import type { ScenarioOptions, ScenarioOutput } from './options.ts';
 
 /** How long a terminating pod may finish in-flight work (terminationGracePeriodSeconds, scaled down). */
@@ -17,13 +18,19 @@ export const GRACE_MS = 300;
 /** The pods' `preStop` sleep: endpoints change first, the pod stops accepting this much later. */
 export const PRE_STOP_MS = 100;
 
-export function rollingRestartModes(cluster: Cluster): Mode[] {
+/**
+ * kube-proxy first. HTTP rows hold an agent of the same sockets per client (one request on a
+ * socket at a time: requests pipelined behind one on a closing socket would be lost to the
+ * pipelining, not to the restart); gRPC rows one connection per destination.
+ */
+export function rollingRestartModes(cluster: Cluster, options: { pods: number; inflight: number }): Mode[] {
   const sources = discoverySources(cluster);
   const named = (mode: Mode, source: string): Mode => ({ ...mode, client: `${mode.client} (${source})` });
+  const agent = agentSockets(options.pods, options.inflight);
   return [
-    httpKubeProxy,
-    ...Object.entries(sources).map(([name, source]) => named(httpPodpool('round-robin', source), name)),
-    httpBalancedPool,
+    httpKubeProxy(agent),
+    ...Object.entries(sources).map(([name, source]) => named(httpPodpool('round-robin', { source, agent }), name)),
+    httpBalancedPool(agent),
     grpcKubeProxy,
     ...Object.entries(sources).map(([name, source]) => named(grpcPodpool('round-robin', source), name)),
     grpcRoundRobin,
@@ -36,7 +43,7 @@ export async function rollingRestart(options: ScenarioOptions, cluster?: Cluster
   const durationMs = options.durationS * 1000;
   try {
     const results: ModeResult[] = [];
-    for (const mode of rollingRestartModes(cluster)) {
+    for (const mode of rollingRestartModes(cluster, options)) {
       const { row } = await measure(cluster, mode, {
         clients: options.clients,
         inflight: options.inflight,

@@ -21,10 +21,11 @@ const FAIR = 0.8;
 export function scaleUpModes(cluster: Cluster): Mode[] {
   const sources = discoverySources(cluster);
   const podpool = Object.entries(sources).map(([name, source]) => {
-    const mode = httpPodpool('round-robin', source as SourceFactory);
+    const mode = httpPodpool('round-robin', { source: source as SourceFactory });
     return { ...mode, client: `${mode.client} (${name})` };
   });
-  return [httpKubeProxy, grpcKubeProxy, ...podpool, grpcRoundRobin];
+  // One long-lived connection per destination for every row: what a long-lived client holds.
+  return [httpKubeProxy(), grpcKubeProxy, ...podpool, grpcRoundRobin];
 }
 
 export async function scaleUp(options: ScenarioOptions, cluster?: Cluster): Promise<ScenarioOutput> {
