@@ -9,12 +9,13 @@ import { dnsEndpoints } from '../discovery/dns.ts';
 import { kubernetesEndpoints } from '../discovery/kubernetes.ts';
 import { PodpoolError } from '../errors.ts';
 
-export const ENDPOINTS_USAGE = `endpoints flags:
+export const ENDPOINTS_USAGE = `podpool endpoints flags:
   --dns <host> --port <number|name> [--server <ip[:port]>]       a headless Service's DNS name (A/AAAA; SRV for a port name)
   --kubernetes <service> --namespace <ns> --port <name|number>   EndpointSlices through the API server
   --watch                   keep printing snapshots until Ctrl-C (default: the first one, then exit)
   --timeout <s>             give up waiting for the first snapshot after this long (default 10)
-  --json                    one JSON array per snapshot`;
+  --json                    one JSON array per snapshot
+  --help                    this text`;
 
 /** Formats a snapshot as a table: address, port, conditions, pod, node, zone. */
 export function formatEndpoints(endpoints: EndpointSet): string {
@@ -64,9 +65,14 @@ export async function runEndpoints(args: string[]): Promise<number> {
       watch: { type: 'boolean' },
       timeout: { type: 'string' },
       json: { type: 'boolean' },
+      help: { type: 'boolean', short: 'h' },
     },
     strict: true,
   });
+  if (values.help) {
+    process.stdout.write(`${ENDPOINTS_USAGE}\n`);
+    return 0;
+  }
   const timeoutS = values.timeout === undefined ? 10 : Number(values.timeout);
   if (!Number.isFinite(timeoutS) || timeoutS <= 0) throw usage(`--timeout must be a positive number, got ${values.timeout}`);
   const source = sourceOf(values);
