@@ -92,17 +92,34 @@ export function balanceChart(report: ScenarioReport, title: string): ChartSpec {
   const colour = { field: 'kind', type: 'nominal', ...KIND_COLOURS };
   const rows = groups.map((group) => {
     const results = report.results.filter((r) => (r.group ?? r.transport) === group);
-    const order = results.map((r) => `${r.client} · ${r.connections ?? ''}`);
-    const perPod = results.flatMap((r) =>
-      Object.entries(r.perPod).map(([pod, served]) => ({ client: `${r.client} · ${r.connections ?? ''}`, kind: r.kind, pod, served })),
-    );
-    const throughput = results.map((r) => ({ client: `${r.client} · ${r.connections ?? ''}`, kind: r.kind, throughput: r.throughput }));
+    const order = results.map((r) => r.client);
+    const perPod = results.flatMap((r) => Object.entries(r.perPod).map(([pod, served]) => ({ client: r.client, kind: r.kind, pod, served })));
+    const throughput = results.map((r) => ({ client: r.client, kind: r.kind, throughput: r.throughput }));
+    const kube = results.find((r) => r.kind === 'kube-proxy');
+    const other = results.find((r) => r.kind !== 'kube-proxy');
+    const connections = [kube && `kube-proxy ${kube.connections}`, other && `the others ${other.connections}`].filter(Boolean).join(', ');
+    // Throughput first, so that every group's bars line up whatever its number of panels.
+    const throughputChart = {
+      data: { values: throughput },
+      width: 170,
+      height: { step: 22 },
+      title: { text: 'throughput', fontSize: 11, fontWeight: 'normal' },
+      encoding: {
+        y: { field: 'client', type: 'nominal', sort: order, title: null, axis: { labelLimit: 200 } },
+        x: { field: 'throughput', type: 'quantitative', title: 'requests / s', scale: { domain: [0, maxThroughput * 1.2] } },
+      },
+      layer: [
+        { mark: 'bar', encoding: { color: colour } },
+        { mark: { type: 'text', align: 'left', dx: 3, fontSize: 10 }, encoding: { text: { field: 'throughput', type: 'quantitative', format: ',' } } },
+      ],
+    };
     return {
-      title: { text: group, anchor: 'start', fontSize: 13 },
+      title: { text: `${group}: connections per client, ${connections}`, anchor: 'start', fontSize: 13 },
       hconcat: [
+        throughputChart,
         {
           data: { values: perPod },
-          facet: { column: { field: 'client', sort: order, header: { title: null, labelLimit: 170, labelFontSize: 11 } } },
+          facet: { column: { field: 'client', sort: order, header: { title: null, labelLimit: 0, labelFontSize: 11 } } },
           spec: {
             width: 120,
             height: 90,
@@ -113,20 +130,6 @@ export function balanceChart(report: ScenarioReport, title: string): ChartSpec {
               color: colour,
             },
           },
-        },
-        {
-          data: { values: throughput },
-          width: 190,
-          height: { step: 22 },
-          title: { text: 'throughput', fontSize: 11, fontWeight: 'normal' },
-          encoding: {
-            y: { field: 'client', type: 'nominal', sort: order, title: null, axis: { labelLimit: 190 } },
-            x: { field: 'throughput', type: 'quantitative', title: 'requests / s', scale: { domain: [0, maxThroughput * 1.15] } },
-          },
-          layer: [
-            { mark: 'bar', encoding: { color: colour } },
-            { mark: { type: 'text', align: 'left', dx: 3, fontSize: 10 }, encoding: { text: { field: 'throughput', type: 'quantitative', format: ',' } } },
-          ],
         },
       ],
     };
@@ -181,7 +184,9 @@ export function slowPodChart(report: ScenarioReport, title: string): ChartSpec {
     })),
   );
   const y = { field: 'client', type: 'nominal', sort: order, title: null, axis: { labelLimit: 220 } };
-  const x = { field: 'ms', type: 'quantitative', scale: { type: 'log', domainMin: 1 }, title: 'p99 latency (ms, log scale)' };
+  // The axis ends on a power of ten above every bar and circle, so none is cut at the edge.
+  const top = Math.max(10, ...bars.map((b) => b.ms), ...draws.map((d) => d.ms));
+  const x = { field: 'ms', type: 'quantitative', scale: { type: 'log', domain: [1, 10 ** Math.ceil(Math.log10(top * 1.05))] }, title: 'p99 latency (ms, log scale)' };
   return {
     title: { text: title, subtitle: `${report.clients} clients, ${report.pods} pods, ${report.standIn} stand-in; bar: expected p99 over connection draws, circles: each draw (size = its probability)` },
     width: 520,

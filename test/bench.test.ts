@@ -1,13 +1,15 @@
 /**
- * Smoke test of the bench: every scenario at a tiny size, through the real `podpool bench`
- * command (so the namespace's life cycle is tested too). It asserts what is deterministic, never
- * timings: kube-proxy's C single-connection clients reach at most C pods, podpool reaches all N,
- * a pod added mid-run is reached by podpool, a broadcast reaches every pod, and no namespace is
- * left behind.
+ * Smoke test of the bench: every scenario at a tiny size, and the demo, through the real
+ * `podpool` command (so the namespace's life cycle is tested too). It asserts what is
+ * deterministic, never timings: kube-proxy's C single-connection clients reach at most C pods,
+ * podpool reaches all N, rows of a comparison hold the same connections, slow-pod's connection
+ * draws land as they say, a pod added mid-run is reached by podpool, a broadcast reaches every
+ * pod, and no namespace is left behind. test/bench-netns.test.ts runs this file again in a
+ * network namespace holding only loopback, on the userspace stand-in.
  */
 import assert from 'node:assert/strict';
 import { execFile } from 'node:child_process';
-import { mkdtempSync, rmSync } from 'node:fs';
+import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, test } from 'node:test';
@@ -24,6 +26,11 @@ after(() => rmSync(resultsDir, { recursive: true, force: true }));
 
 interface Row {
   client: string;
+  kind?: string;
+  group?: string;
+  connections?: string;
+  socketsSeen?: number;
+  errorSamples?: string[];
   transport: string;
   podsUsed: number;
   pods: number;
@@ -73,46 +80,108 @@ test('the ClusterIP rules are kube-proxy\'s: 1/(n-i) per endpoint, the last unco
   assert.equal(rules.match(/DNAT --to-destination 10\.244\.1\.\d:8080/g)?.length, 3);
 });
 
-test('balance: kube-proxy reaches at most C pods, podpool every pod', { timeout: 90_000 }, async () => {
+test('balance: kube-proxy reaches at most C pods on one connection; every row of a group holds the same connections', { timeout: 90_000 }, async () => {
   const clients = 2;
   const pods = 4;
   // A namespace left by a crashed run (its pid is gone) is removed by the next one.
   const stale = `${NETNS_PREFIX}${2 ** 22 + 1}`;
   if (expected.standIn === 'iptables') await run('ip', ['netns', 'add', stale]);
   const report = await bench('balance', ['--pods', String(pods), '--clients', String(clients), '--duration', '0.4']);
-  const wires = new Set(report.results.map((r) => r.transport));
-  assert.deepEqual([...wires].sort(), ['grpc', 'http', 'ws']);
-  for (const row of report.results) {
-    assert.equal(row.pods, pods, `${row.transport} ${row.client}`);
-    assert.equal(row.errors, 0, `${row.transport} ${row.client}: ${JSON.stringify(row.errorSamples)}`);
-    if (row.client === 'kube-proxy') assert.ok(row.podsUsed >= 1 && row.podsUsed <= clients, `${row.transport} kube-proxy used ${row.podsUsed}`);
-    if (row.client.startsWith('podpool')) assert.equal(row.podsUsed, pods, `${row.transport} ${row.client}`);
+  const groups = [...new Set(report.results.map((r) => r.group))];
+  // 16 in flight over 4 pods: an agent of 16 sockets per client, 4 to each pod client-side.
+  assert.deepEqual(groups, ['http · 1 connection', 'http · 16 sockets', 'grpc · 1 connection', 'ws · 1 connection']);
+  for (const group of groups) {
+    const rows = report.results.filter((r) => r.group === group);
+    assert.equal(rows[0]!.kind, 'kube-proxy', `${group}: kube-proxy comes first`);
+    const agent = group.endsWith('sockets');
+    for (const row of rows) {
+      const name = `${group} ${row.client}`;
+      assert.equal(row.pods, pods, name);
+      assert.equal(row.errors, 0, `${name}: ${JSON.stringify(row.errorSamples)}`);
+      if (row.kind === 'kube-proxy') {
+        assert.equal(row.connections, agent ? '16' : '1', name);
+        if (!agent) assert.ok(row.podsUsed >= 1 && row.podsUsed <= clients, `${name} used ${row.podsUsed}`);
+      } else {
+        assert.equal(row.connections, agent ? '4 per pod (16)' : `1 per pod (${pods})`, name);
+        if (row.kind === 'podpool') assert.equal(row.podsUsed, pods, name);
+      }
+      // What the pods accepted: never more sockets than the row says a client holds.
+      if (row.transport !== 'grpc') {
+        const limit = agent ? 16 : row.kind === 'kube-proxy' ? 1 : pods;
+        assert.ok(typeof row.socketsSeen === 'number' && row.socketsSeen >= 1 && row.socketsSeen <= limit, `${name}: ${row.socketsSeen} sockets per client`);
+      }
+    }
   }
-  assert.ok(report.results.some((r) => r.client.startsWith('podpool') && r.transport === 'http'));
+  // One pipelined connection each: kube-proxy's pods saw exactly one socket per client.
+  assert.equal(report.results.find((r) => r.group === 'http · 1 connection' && r.kind === 'kube-proxy')!.socketsSeen, 1);
   assertNoNamespaceLeft(report);
   assert.ok(!benchNamespaces().includes(stale), 'the stale namespace was removed');
 });
 
-test('slow-pod: every mode runs without errors', { timeout: 90_000 }, async () => {
-  const report = await bench('slow-pod', ['--pods', '3', '--clients', '2', '--duration', '0.4']);
-  const clients = report.results.map((r) => r.client);
-  for (const name of ['kube-proxy', 'podpool round-robin', 'podpool least-loaded', 'podpool peak-ewma', 'undici BalancedPool']) {
-    assert.ok(clients.includes(name), `missing ${name}`);
-  }
+test('slow-pod: every row runs one connection draw per k, and kube-proxy\'s draws land as they say', { timeout: 120_000 }, async () => {
+  const clients = 2;
+  const report = await bench('slow-pod', ['--pods', '3', '--clients', String(clients), '--duration', '0.3']);
+  assert.deepEqual(report.results.map((r) => r.client), ['kube-proxy', 'podpool round-robin', 'podpool least-loaded', 'podpool peak-ewma', 'grpc-js round_robin']);
+  const weights = (report.draws as { k: number; probability: number }[]).map((d) => d.probability);
+  // binomial(2, 1/3): 4/9, 4/9, 1/9.
+  assert.deepEqual(weights, [0.4444, 0.4444, 0.1111]);
   for (const row of report.results) {
-    assert.equal(row.errors, 0, `${row.client}`);
-    if (row.client === 'kube-proxy') assert.ok(row.podsUsed <= 2);
+    const draws = row.draws as { k: number; probability: number; slowPodShare: number; podsUsed: number; errors: number }[];
+    assert.deepEqual(draws.map((d) => d.k), [0, 1, 2], row.client);
+    assert.deepEqual(draws.map((d) => d.probability), weights, `${row.client} got the same draws`);
+    assert.equal(row.errors, 0, row.client);
+    if (row.kind === 'kube-proxy') {
+      assert.equal(row.connections, '1');
+      for (const d of draws) {
+        assert.ok(d.podsUsed <= clients, `draw k=${d.k} used ${d.podsUsed} pods`);
+        // Draw k pins exactly k clients' connections to the slow pod: none for k = 0.
+        if (d.k === 0) assert.equal(d.slowPodShare, 0, 'k=0: no request reached the slow pod');
+        else assert.ok(d.slowPodShare > 0, `k=${d.k}: the slow pod served`);
+      }
+    } else {
+      assert.equal(row.connections, '1 per pod (3)', row.client);
+      for (const d of draws) assert.equal(d.podsUsed, 3, `${row.client} k=${d.k}`);
+    }
   }
   assertNoNamespaceLeft(report);
 });
 
 test('balance on the userspace stand-in too', { timeout: 60_000 }, async () => {
-  const report = await bench('balance', ['--pods', '3', '--clients', '1', '--duration', '0.3', '--transport', 'http'], {
+  const report = await bench('balance', ['--pods', '3', '--clients', '1', '--duration', '0.3', '--transport', 'http,grpc'], {
     PODPOOL_BENCH_STANDIN: 'userspace',
   });
   for (const row of report.results) {
-    if (row.client === 'kube-proxy') assert.equal(row.podsUsed, 1);
-    if (row.client.startsWith('podpool')) assert.equal(row.podsUsed, 3);
+    if (row.kind === 'kube-proxy' && row.connections === '1') assert.equal(row.podsUsed, 1, `${row.group}`);
+    if (row.kind !== 'kube-proxy') assert.equal(row.podsUsed, 3, `${row.group} ${row.client}`);
+  }
+  assert.ok(report.results.some((r) => r.client === 'grpc-js round_robin' && r.errors === 0), 'grpc-js round_robin resolved the headless name');
+});
+
+test('demo --quick: one page, kube-proxy first in every comparison, the summary on stdout', { timeout: 120_000 }, async () => {
+  const dir = mkdtempSync(join(tmpdir(), 'podpool-demo-'));
+  try {
+    const { stdout } = await run(process.execPath, ['--conditions=podpool-source', CLI, 'demo', '--quick', '--json'], {
+      timeout: 100_000,
+      maxBuffer: 16 << 20,
+      env: { ...process.env, PODPOOL_BENCH_RESULTS: dir },
+    });
+    assert.match(stdout, /^summary$/m);
+    assert.match(stdout, /grpc · 1 connection: kube-proxy \(1\/client\) used [12]\/3 pods/);
+    assert.match(stdout, /expected p99 over connection draws: kube-proxy \d+ ms/);
+    const json = JSON.parse(stdout.trimEnd().split('\n').at(-1)!) as { results: Row[] };
+    assert.ok(json.results.every((r) => r.errors === 0), JSON.stringify(json.results.filter((r) => r.errors > 0).map((r) => r.errorSamples)));
+    const page = readFileSync(join(dir, 'demo.html'), 'utf8');
+    assert.equal(page.match(/<svg/g)?.length, 2, 'the balance chart and the slow-pod chart');
+    for (const text of ['who balances', 'throughput', 'http · 1 connection', 'expected value over those draws']) assert.ok(page.includes(text), text);
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+});
+
+test('bench --help and demo --help print the usage and succeed', async () => {
+  for (const command of ['bench', 'demo']) {
+    const { stdout } = await run(process.execPath, ['--conditions=podpool-source', CLI, command, '--help'], { timeout: 30_000 });
+    assert.match(stdout, /podpool demo \[--quick\]/, command);
   }
 });
 
@@ -122,9 +191,11 @@ test('scale-up: podpool reaches the added pod; kube-proxy clients never do', { t
   assert.ok(k8s, 'podpool with the Kubernetes source ran');
   assert.equal(typeof k8s.firstRequestMs, 'number', 'podpool (kubernetes) sent the added pod a request');
   assert.ok(k8s.perPod[k8s.addedPod as string]! > 0);
-  for (const row of report.results.filter((r) => r.client === 'kube-proxy')) {
-    // Connections opened before the pod existed can't reach it.
-    assert.equal(row.firstRequestMs, null, `${row.transport} kube-proxy`);
+  for (const row of report.results.filter((r) => r.client === 'kube-proxy' || r.client === 'grpc-js round_robin')) {
+    // Connections opened before the pod existed can't reach it, and grpc-js resolves again only
+    // when a connection fails (at most once in 30 s): none did.
+    assert.equal(row.firstRequestMs, null, `${row.transport} ${row.client}`);
+    assert.equal(row.connections, row.client === 'kube-proxy' ? '1' : '1 per pod (3)');
   }
   assertNoNamespaceLeft(report);
 });
