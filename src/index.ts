@@ -4,7 +4,7 @@
 import './node-version.ts';
 
 export { createPool, Pool } from './pool/pool.ts';
-export type { PoolOptions, UseOptions, ReadyOptions, StateChange, PoolEvents, PoolStats, PoolCall } from './pool/pool.ts';
+export type { PoolOptions, UseOptions, ReadyOptions, StateChange, PoolEvents, PoolStats, PoolCall, BeginOptions, PoolConnectivity } from './pool/pool.ts';
 export type { BroadcastOptions, BroadcastResult, Delivery, Delivered, DeliveryFailure } from './pool/broadcast.ts';
 export type { EjectionOptions } from './pool/ejection.ts';
 export type { MemberState, MemberStats } from './pool/member.ts';
@@ -29,7 +29,7 @@ export { ringHash } from './balance/ring-hash.ts';
 
 export type { Transport, Connection, ConnectContext } from './transport/transport.ts';
 export { httpTransport, httpDispatcher, PoolDispatcher } from './transport/http.ts';
-export type { HttpTransportOptions } from './transport/http.ts';
+export type { HttpTransportOptions, HttpDispatcherOptions } from './transport/http.ts';
 export { grpcTransport, grpcChannel, PoolChannel } from './transport/grpc.ts';
 export type { GrpcTransportOptions, GrpcChannelOptions, GrpcClientConstructor } from './transport/grpc.ts';
 export { webSocketTransport, WebSocketClient, answerRequests } from './transport/websocket.ts';

@@ -47,6 +47,8 @@ export class Member<C> implements Pickable {
   ejectionStreak = 0;
   connects = 0;
   lastError: Error | undefined = undefined;
+  /** The last connect attempt failed and none has succeeded since: the pool counts it failing. */
+  connectFailed = false;
   /** Aborted to stop the connect loop (endpoint gone, pool closing). */
   abort = new AbortController();
   /**

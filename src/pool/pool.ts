@@ -48,9 +48,45 @@ export interface UseOptions {
    * `drainTimeoutMs`, or the pool closed).
    */
   signal?: AbortSignal;
-  /** Fails the call with `PODPOOL_TIMEOUT` after this long and counts it against the pod. */
+  /**
+   * Fails the call with `PODPOOL_TIMEOUT` after this long and counts it against the pod. A wait
+   * for a ready pod (see `waitForReady`) counts toward it.
+   */
   timeoutMs?: number;
+  /**
+   * When no pod is ready (the pool is starting, or every pod is reconnecting or ejected): `true`
+   * (the default) waits for one, up to `timeoutMs`, or 10 s without it, or until `signal`
+   * aborts, then fails with `PODPOOL_NO_ENDPOINTS`; `false` fails at once. As grpc-js queues
+   * a call while its channel connects.
+   */
+  waitForReady?: boolean;
 }
+
+/** How long a call waits for a ready pod when it sets no `timeoutMs` of its own. */
+const DEFAULT_READY_WAIT_MS = 10_000;
+
+/** Options of `pool.beginWhenReady()`. */
+export interface BeginOptions {
+  /** Affinity key, for `ringHash()`. */
+  key?: string;
+  /** Ends the wait with `PODPOOL_ABORTED` (or the signal's `PodpoolError` reason). */
+  signal?: AbortSignal;
+  /** Ends the wait with `PODPOOL_NO_ENDPOINTS` after this long. Without it, only `signal` or `close()` end the wait. */
+  timeoutMs?: number;
+  /**
+   * Fails with `PODPOOL_NO_ENDPOINTS` as soon as the pool is `failing`, instead of waiting for a
+   * pod to come back: what grpc-js does to a call without `waitForReady`. Default false.
+   */
+  failFast?: boolean;
+}
+
+/**
+ * The pool as a grpc-js channel would report it: `ready` while a pod can be picked; else
+ * `connecting` while discovery has not answered yet or a pod is connecting for the first time
+ * since it was last ready; else `failing` (every pod's last connect failed, or is ejected, or there
+ * is none); `closed` once `close()` was called.
+ */
+export type PoolConnectivity = 'ready' | 'connecting' | 'failing' | 'closed';
 
 /** Options of `pool.ready()`. */
 export interface ReadyOptions {
@@ -185,6 +221,7 @@ export class Pool<C> extends EventEmitter<PoolEvents> {
         this.#lastSourceError = error;
         debug('source %s: %s', source.kind, error.message);
         this.#emit('sourceError', error);
+        this.#wake();
       },
     });
   }
@@ -237,9 +274,9 @@ export class Pool<C> extends EventEmitter<PoolEvents> {
   }
 
   /**
-   * Picks a pod, runs `fn` with its connection, and records the latency and outcome. Fails with
-   * `PODPOOL_NO_ENDPOINTS` when no member is ready (wait for `ready()` first), and with whatever
-   * `fn` threw otherwise.
+   * Picks a pod, runs `fn` with its connection, and records the latency and outcome. When no
+   * member is ready it waits for one (see `UseOptions.waitForReady`), then fails with
+   * `PODPOOL_NO_ENDPOINTS`; otherwise it fails with whatever `fn` threw.
    */
   use<T>(
     fn: (client: C, endpoint: Endpoint, signal: AbortSignal) => T | PromiseLike<T>,
@@ -253,14 +290,41 @@ export class Pool<C> extends EventEmitter<PoolEvents> {
       const timeoutMs = options?.timeoutMs;
       if (timeoutMs !== undefined) checkNumber('timeoutMs', timeoutMs, { min: 1 });
       member = this.#picker.pick(options?.key);
-      if (member === undefined) throw this.#noEndpoints();
     } catch (error) {
       return Promise.reject(error);
     }
+    // Only a call that finds nothing ready pays for waiting.
+    if (member === undefined) return this.#useWhenReady(fn, options);
     const signal = options?.signal;
     const timeoutMs = options?.timeoutMs;
     if (signal === undefined && timeoutMs === undefined) return this.#call(member, fn, undefined, undefined);
     return this.#callWithin(member, fn, signal, timeoutMs, `use() on ${member.endpoint.key}`);
+  }
+
+  #useWhenReady<T>(
+    fn: (client: C, endpoint: Endpoint, signal: AbortSignal) => T | PromiseLike<T>,
+    options: UseOptions | undefined,
+  ): Promise<T> {
+    if (options?.waitForReady === false) return Promise.reject(this.#noEndpoints());
+    const signal = options?.signal;
+    const timeoutMs = options?.timeoutMs;
+    const started = this.#clock();
+    return new Promise<T>((resolve, reject) => {
+      this.#waitToPick(
+        options?.key,
+        { signal, timeoutMs: timeoutMs ?? DEFAULT_READY_WAIT_MS, failFast: false, what: 'use()' },
+        (m) => {
+          // The wait spent part of the call's time.
+          const left = timeoutMs === undefined ? undefined : Math.max(1, timeoutMs - (this.#clock() - started));
+          resolve(
+            signal === undefined && left === undefined
+              ? this.#call(m, fn, undefined, undefined)
+              : this.#callWithin(m, fn, signal, left, `use() on ${m.endpoint.key}`),
+          );
+        },
+        reject,
+      );
+    });
   }
 
   /**
@@ -303,12 +367,47 @@ export class Pool<C> extends EventEmitter<PoolEvents> {
 
   /**
    * For adapters that must pick synchronously (an undici `Dispatcher`, a grpc-js `Channel`):
-   * picks a pod and counts a call in flight until `end()`. Throws `PODPOOL_NO_ENDPOINTS`.
+   * picks a pod and counts a call in flight until `end()`. Throws `PODPOOL_NO_ENDPOINTS` when
+   * no member is ready; {@link beginWhenReady} waits instead.
    */
   begin(key?: string): PoolCall<C> {
     if (this.#closing) throw this.#closedError('begin()');
     const member = this.#picker.pick(key);
     if (member === undefined) throw this.#noEndpoints();
+    return this.#begin(member);
+  }
+
+  /**
+   * `begin()` for adapters whose caller may wait: resolves with a begun call as soon as a member
+   * is ready. Rejects with `PODPOOL_NO_ENDPOINTS` when `timeoutMs` passes (or, with `failFast`,
+   * when the pool is `failing`), `PODPOOL_ABORTED` when `signal` aborts, `PODPOOL_CLOSED` when
+   * the pool closes. Woken by the state changes that make a member ready; it never polls.
+   */
+  beginWhenReady(options: BeginOptions = {}): Promise<PoolCall<C>> {
+    const { key, signal, timeoutMs, failFast = false } = options;
+    if (timeoutMs !== undefined) checkNumber('timeoutMs', timeoutMs, { min: 0 });
+    if (this.#closing) return Promise.reject(this.#closedError('beginWhenReady()'));
+    return new Promise((resolve, reject) => {
+      this.#waitToPick(key, { signal, timeoutMs, failFast, what: 'beginWhenReady()' }, (m) => {
+        try {
+          resolve(this.#begin(m));
+        } catch (error) {
+          reject(error);
+        }
+      }, reject);
+    });
+  }
+
+  /** Where the pool stands, as a grpc-js channel reports its connectivity state. */
+  get connectivity(): PoolConnectivity {
+    if (this.#closing) return 'closed';
+    if (this.#pickable.length > 0) return 'ready';
+    if (!this.#hasSnapshot) return this.#lastSourceError === undefined ? 'connecting' : 'failing';
+    for (const m of this.#members.values()) if (m.state === 'connecting' && !m.connectFailed) return 'connecting';
+    return 'failing';
+  }
+
+  #begin(member: Member<C>): PoolCall<C> {
     const connection = member.connection!;
     if (connection.acquire !== undefined) {
       throw new PodpoolError(
@@ -330,6 +429,79 @@ export class Pool<C> extends EventEmitter<PoolEvents> {
         this.#settle(member);
       },
     };
+  }
+
+  /**
+   * Waits until a member can be picked for `key`, then calls `picked` with it, from a microtask
+   * of its own: never from inside the state change that made it ready, and with the pick and
+   * what `picked` starts in one synchronous step, so the member can't change in between.
+   * `failed` gets the reason the wait ended instead.
+   */
+  #waitToPick(
+    key: string | undefined,
+    { signal, timeoutMs, failFast, what }: { signal: AbortSignal | undefined; timeoutMs: number | undefined; failFast: boolean; what: string },
+    picked: (m: Member<C>) => void,
+    failed: (error: unknown) => void,
+  ): void {
+    if (signal?.aborted) {
+      failed(reasonOf(signal, what));
+      return;
+    }
+    if (failFast && this.connectivity === 'failing') {
+      failed(this.#noEndpoints());
+      return;
+    }
+    let settled = false;
+    let scheduled = false;
+    const finish = (): void => {
+      settled = true;
+      this.#waiters.delete(waiter);
+      clearTimeout(timer);
+      signal?.removeEventListener('abort', onAbort);
+    };
+    const fail = (error: unknown): void => {
+      if (settled) return;
+      finish();
+      failed(error);
+    };
+    const attempt = (): void => {
+      scheduled = false;
+      if (settled) return;
+      if (this.#closing) {
+        fail(this.#closedError(what));
+        return;
+      }
+      let m: Member<C> | undefined;
+      try {
+        m = this.#picker.pick(key);
+      } catch (error) {
+        fail(error);
+        return;
+      }
+      if (m !== undefined) {
+        finish();
+        picked(m);
+      } else if (failFast && this.connectivity === 'failing') {
+        fail(this.#noEndpoints());
+      }
+    };
+    const waiter: Waiter = {
+      check: () => {
+        if (scheduled || settled) return;
+        scheduled = true;
+        queueMicrotask(attempt);
+      },
+      fail,
+    };
+    const onAbort = (): void => fail(reasonOf(signal!, what));
+    const timer =
+      timeoutMs === undefined
+        ? undefined
+        : setTimeout(() => {
+            fail(new PodpoolError(ErrorCode.NO_ENDPOINTS, `${what}: no endpoint became ready within ${timeoutMs} ms: ${this.#situation()}`));
+          }, timeoutMs);
+    signal?.addEventListener('abort', onAbort, { once: true });
+    this.#waiters.add(waiter);
   }
 
   /** Each member's numbers, in endpoint key order. */
@@ -513,7 +685,7 @@ export class Pool<C> extends EventEmitter<PoolEvents> {
     debug('snapshot: %d endpoints, +%d -%d ~%d', endpoints.size, diff.added.length, diff.removed.length, diff.changed.length);
     this.#emit('change', endpoints, diff);
     // A snapshot that changed nothing about readiness still settles waiters that count on it.
-    for (const w of [...this.#waiters]) w.check();
+    this.#wake();
   }
 
   #transition(m: Member<C>, to: MemberState, error?: PodpoolError): void {
@@ -546,6 +718,12 @@ export class Pool<C> extends EventEmitter<PoolEvents> {
     pickable.sort(byKey);
     this.#pickable = pickable;
     this.#picker = this.#balancer.picker(pickable, this.#context);
+    this.#wake();
+  }
+
+  /** Tells every waiter that something it waits on may have changed. */
+  #wake(): void {
+    if (this.#waiters.size === 0) return;
     for (const w of [...this.#waiters]) w.check();
   }
 
@@ -584,7 +762,10 @@ export class Pool<C> extends EventEmitter<PoolEvents> {
         onFailedAttempt: ({ error }) => {
           const failure = error as PodpoolError;
           m.lastError = failure;
+          m.connectFailed = true;
           this.#emit('connectError', m.endpoint, failure);
+          // The pool may be failing now: calls that fail fast then should hear it.
+          this.#wake();
         },
       });
       if (signal.aborted) {
@@ -596,6 +777,7 @@ export class Pool<C> extends EventEmitter<PoolEvents> {
       m.connects++;
       m.connectedAt = this.#clock();
       m.consecutiveFailures = 0;
+      m.connectFailed = false;
       this.#transition(m, 'ready');
       // A loss reported between connect resolving and now matched no member connection yet.
       const lost = lostEarly();

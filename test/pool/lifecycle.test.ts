@@ -105,7 +105,7 @@ describe('ready()', () => {
 describe('use() with nothing to pick', () => {
   it('before any snapshot: PODPOOL_NO_ENDPOINTS telling to await ready(), with the source error', async (t) => {
     const { source, pool } = harness(t);
-    await assert.rejects(pool.use(() => 1), (error: PodpoolError) => {
+    await assert.rejects(pool.use(() => 1, { waitForReady: false }), (error: PodpoolError) => {
       assert.equal(error.code, ErrorCode.NO_ENDPOINTS);
       assert.match(error.message, /manual discovery has not reported any endpoint yet; await pool\.ready\(\) first/);
       return true;
@@ -114,7 +114,7 @@ describe('use() with nothing to pick', () => {
     pool.on('sourceError', (error) => reported.push(error));
     const failure = source.fail('lookup of backend timed out');
     assert.deepEqual(reported, [failure]);
-    await assert.rejects(pool.use(() => 1), {
+    await assert.rejects(pool.use(() => 1, { waitForReady: false }), {
       code: ErrorCode.NO_ENDPOINTS,
       message: /\(last error: lookup of backend timed out\); await pool\.ready\(\) first/,
     });

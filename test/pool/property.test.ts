@@ -123,16 +123,20 @@ describe('the pool under any sequence of events', () => {
                 break;
               case 'use': {
                 const ready = pool.stats().ready;
-                const call = pool.use((client, endpoint) => {
-                  checkPick(pool, client, endpoint);
-                  if (op.outcome === 'fail') throw new Error('500');
-                  if (op.outcome === 'hang') {
-                    const gate = Promise.withResolvers<void>();
-                    hanging.push(gate);
-                    return gate.promise;
-                  }
-                  return undefined;
-                });
+                const call = pool.use(
+                  (client, endpoint) => {
+                    checkPick(pool, client, endpoint);
+                    if (op.outcome === 'fail') throw new Error('500');
+                    if (op.outcome === 'hang') {
+                      const gate = Promise.withResolvers<void>();
+                      hanging.push(gate);
+                      return gate.promise;
+                    }
+                    return undefined;
+                  },
+                  // The property is about picks made now; waiting is use.test.ts's.
+                  { waitForReady: false },
+                );
                 calls.push(
                   call.catch((error: unknown) => {
                     if (error instanceof PodpoolError && error.code === ErrorCode.NO_ENDPOINTS) {

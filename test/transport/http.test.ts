@@ -172,11 +172,19 @@ describe('httpTransport against real HTTP servers on loopback', () => {
     const cleanup = cleanupAfter(t);
     const pool = createPool({ source: staticEndpoints([]), transport: httpTransport() });
     cleanup.push(() => pool.close());
-    await assert.rejects(request('http://svc/', { dispatcher: httpDispatcher(pool) }), (error: unknown) => {
+    // At once with waitForReady false; after its wait otherwise (fetch-compat runs both with every client).
+    await assert.rejects(request('http://svc/', { dispatcher: httpDispatcher(pool, { waitForReady: false }) }), (error: unknown) => {
       assert.ok(error instanceof PodpoolError);
       assert.equal(error.code, ErrorCode.NO_ENDPOINTS);
       return true;
     });
+  });
+
+  it('httpDispatcher fails a request waiting for a pod with PODPOOL_CLOSED when the pool closes', async () => {
+    const pool = createPool({ source: staticEndpoints([]), transport: httpTransport() });
+    const waiting = request('http://svc/', { dispatcher: httpDispatcher(pool) });
+    await pool.close();
+    await assert.rejects(waiting, { code: ErrorCode.CLOSED });
   });
 
   it('stops picking a killed pod and takes it back after it restarts', async (t) => {
@@ -369,5 +377,8 @@ describe('httpTransport against real HTTP servers on loopback', () => {
     assert.throws(() => httpTransport({ pipelining: 0 }), /option pipelining must be an integer >= 1, got 0/);
     assert.throws(() => httpTransport({ connectTimeoutMs: -1 }), { code: ErrorCode.INVALID_OPTION });
     assert.throws(() => httpTransport({ connections: 1.5 }), /option connections must be an integer >= 1, got 1.5/);
+    assert.throws(() => httpTransport({ http2: true, pipelining: 4 }), /option pipelining must be left out with http2/);
+    assert.throws(() => httpTransport({ client: { allowH2: true } as never }), /option client\.allowH2 must be left out: use the http2 option/);
+    assert.throws(() => httpDispatcher({} as never), { code: ErrorCode.INVALID_OPTION, message: /option pool must be a pool/ });
   });
 });
