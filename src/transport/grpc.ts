@@ -397,8 +397,18 @@ export interface GrpcChannelOptions {
   key?: (method: string, metadata: Metadata) => string | undefined;
 }
 
-/** Picks a pod for one call. */
-type Begin<C> = (method: string, metadata: Metadata) => PoolCall<C>;
+/** What a call needs of the channel: a pod now, or a pod once one is ready. */
+interface Router<C> {
+  /** Picks a pod; throws `PODPOOL_NO_ENDPOINTS` when none is ready. */
+  begin(method: string, metadata: Metadata): PoolCall<C>;
+  /** Waits for a ready pod, as grpc-js queues a call while its channel connects. */
+  wait(method: string, metadata: Metadata, options: { signal: AbortSignal; failFast: boolean }): Promise<PoolCall<C>>;
+  /** The pool's connectivity, for messages. */
+  readonly connectivity: string;
+}
+
+/** The pool's events after which its connectivity may have changed. */
+const POOL_CHANGES = ['state', 'connectError', 'change', 'sourceError'] as const;
 
 /** A `watchConnectivityState` caller. */
 interface Watcher {
@@ -416,10 +426,11 @@ function statusError({ code, details, metadata }: StatusObject): Error {
  * One call through the pool. The pod is picked when the call starts (its metadata may carry the
  * affinity key), the call is created on that pod's channel, and the pool counts it in flight
  * until its status arrives, so a stream stays on its pod for its whole life and counts for as
- * long as it is open.
+ * long as it is open. A call that starts while no pod is ready waits for one as grpc-js queues
+ * it: up to its deadline, and without `waitForReady` only while the pool is connecting.
  */
 class PoolChannelCall<C extends Client> implements GrpcCall, InterceptingListener {
-  readonly #begin: Begin<C>;
+  readonly #router: Router<C>;
   readonly #args: CreateCallArgs;
   #inner: GrpcCall | undefined = undefined;
   #listener: InterceptingListener | undefined = undefined;
@@ -427,11 +438,14 @@ class PoolChannelCall<C extends Client> implements GrpcCall, InterceptingListene
   #credentials: CallCredentials | undefined = undefined;
   /** Set when the call failed (or was cancelled) before it reached a pod. */
   #failure: StatusObject | undefined = undefined;
-  /** Operations issued before `start`, replayed on the pod's call. */
+  /** Operations issued before the call reached a pod, replayed on the pod's call. */
   #pending: ((call: GrpcCall) => void)[] | undefined = undefined;
+  /** Ends the wait for a ready pod (deadline, cancel), while the call waits for one. */
+  #waiting: AbortController | undefined = undefined;
+  #deadlineTimer: NodeJS.Timeout | undefined = undefined;
 
-  constructor(begin: Begin<C>, args: CreateCallArgs) {
-    this.#begin = begin;
+  constructor(router: Router<C>, args: CreateCallArgs) {
+    this.#router = router;
     this.#args = args;
   }
 
@@ -443,11 +457,72 @@ class PoolChannelCall<C extends Client> implements GrpcCall, InterceptingListene
     }
     let call: PoolCall<C>;
     try {
-      call = this.#begin(this.#args[0], metadata);
+      call = this.#router.begin(this.#args[0], metadata);
     } catch (error) {
-      this.#fail(error);
+      if (error instanceof PodpoolError && error.code === ErrorCode.NO_ENDPOINTS) this.#wait(metadata);
+      else this.#fail(error);
       return;
     }
+    this.#startOn(call, metadata);
+  }
+
+  /**
+   * No pod is ready: wait for one, as grpc-js queues a call for a pick. The deadline ends the
+   * wait with DEADLINE_EXCEEDED; without `waitForReady` the wait also ends, UNAVAILABLE, as soon
+   * as the pool is failing (grpc-js's TRANSIENT_FAILURE), and a call made then fails at once.
+   */
+  #wait(metadata: Metadata): void {
+    const deadline = this.#args[1];
+    const ms = deadline instanceof Date ? deadline.getTime() - Date.now() : deadline === Infinity ? Infinity : deadline - Date.now();
+    if (ms <= 0) {
+      this.#deadlineExceeded();
+      return;
+    }
+    const waiting = new AbortController();
+    this.#waiting = waiting;
+    if (ms !== Infinity) this.#deadlineTimer = setTimeout(() => this.#deadlineExceeded(), ms);
+    const failFast = metadata.getOptions().waitForReady !== true;
+    this.#router.wait(this.#args[0], metadata, { signal: waiting.signal, failFast }).then(
+      (call) => {
+        this.#stopWaiting();
+        // Cancelled or past its deadline as the pod became ready: the status is out already.
+        if (this.#failure !== undefined) call.end(new PodpoolError(ErrorCode.ABORTED, 'the call ended before it reached the pod'));
+        else this.#startOn(call, metadata);
+      },
+      (error: unknown) => {
+        this.#stopWaiting();
+        if (this.#failure === undefined) this.#fail(error);
+      },
+    );
+  }
+
+  #stopWaiting(): void {
+    clearTimeout(this.#deadlineTimer);
+    this.#deadlineTimer = undefined;
+    this.#waiting = undefined;
+  }
+
+  #deadlineExceeded(): void {
+    const metadata = new Metadata();
+    metadata.set('podpool-error-code', ErrorCode.NO_ENDPOINTS);
+    this.#endWaiting({
+      code: status.DEADLINE_EXCEEDED,
+      details: `podpool: deadline exceeded while waiting for a ready pod (the pool is ${this.#router.connectivity})`,
+      metadata,
+    });
+  }
+
+  /** Ends a call that never reached a pod with `failure`, and stops its wait if it waits. */
+  #endWaiting(failure: StatusObject): void {
+    if (this.#failure !== undefined) return;
+    this.#failure = failure;
+    const waiting = this.#waiting;
+    this.#stopWaiting();
+    waiting?.abort(new PodpoolError(ErrorCode.ABORTED, failure.details));
+    this.#deliverFailure();
+  }
+
+  #startOn(call: PoolCall<C>, metadata: Metadata): void {
     let inner: GrpcCall;
     try {
       inner = call.client.getChannel().createCall(...this.#args);
@@ -498,6 +573,7 @@ class PoolChannelCall<C extends Client> implements GrpcCall, InterceptingListene
 
   cancelWithStatus(code: status, details: string): void {
     if (this.#inner !== undefined) this.#inner.cancelWithStatus(code, details);
+    else if (this.#waiting !== undefined) this.#endWaiting({ code, details, metadata: new Metadata() });
     else if (this.#failure === undefined) this.#failure = { code, details, metadata: new Metadata() };
   }
 
@@ -539,17 +615,24 @@ class PoolChannelCall<C extends Client> implements GrpcCall, InterceptingListene
  * `channelOverride`: `new EchoClient('podpool', credentials.createInsecure(), { channelOverride:
  * grpcChannel(pool) })`. Unary calls and streams of every kind work; a stream stays on its pod
  * for its whole life, and the pool counts it in flight until its status arrives. UNAVAILABLE,
- * DEADLINE_EXCEEDED and INTERNAL count against the pod. With no pod ready a call fails at once
- * with UNAVAILABLE, its details carrying the pool's message and its trailers the
- * `podpool-error-code`. Closing the channel (or the client) stops it taking calls; close the
- * pool to close connections.
+ * DEADLINE_EXCEEDED and INTERNAL count against the pod.
+ *
+ * A call made while no pod is ready behaves as on a grpc-js channel: it waits while the pool
+ * is connecting (starting, or a pod reconnecting), up to its deadline (DEADLINE_EXCEEDED);
+ * when the pool is failing (every pod's connect failed, or none is left) it fails at once with
+ * UNAVAILABLE, unless it was made with `waitForReady` (`metadata.setOptions({ waitForReady:
+ * true })`), which waits through failures too. A failed call's details carry the pool's message
+ * and its trailers the `podpool-error-code`. Closing the channel (or the client) fails the calls
+ * that wait and stops it taking calls; close the pool to close connections.
  */
 export class PoolChannel<C extends Client = Client> implements GrpcChannel {
   readonly #pool: Pool<C>;
   readonly #target: string;
-  readonly #begin: Begin<C>;
+  readonly #router: Router<C>;
   readonly #watchers = new Set<Watcher>();
-  readonly #onState = (): void => this.#notify();
+  readonly #onChange = (): void => this.#notify();
+  /** Aborted when the channel closes: ends the waits of calls that wait for a pod. */
+  readonly #closing = new AbortController();
   #closed = false;
 
   constructor(pool: Pool<C>, options: GrpcChannelOptions = {}) {
@@ -561,23 +644,44 @@ export class PoolChannel<C extends Client = Client> implements GrpcChannel {
     if (key !== undefined && typeof key !== 'function') invalidOption('key', 'a function (method, metadata) => string | undefined', key);
     this.#pool = pool;
     this.#target = `podpool:${pool.stats().source}`;
-    this.#begin = (method, metadata) => {
-      if (this.#closed) throw new PodpoolError(ErrorCode.CLOSED, 'the gRPC channel over the pool is closed');
-      return pool.begin(key?.(method, metadata));
+    const closing = this.#closing.signal;
+    const closedError = (): PodpoolError => new PodpoolError(ErrorCode.CLOSED, 'the gRPC channel over the pool is closed');
+    this.#router = {
+      begin: (method, metadata) => {
+        if (this.#closed) throw closedError();
+        return pool.begin(key?.(method, metadata));
+      },
+      wait: (method, metadata, { signal, failFast }) => {
+        if (this.#closed) return Promise.reject(closedError());
+        return pool.beginWhenReady({ key: key?.(method, metadata), signal: AbortSignal.any([signal, closing]), failFast });
+      },
+      get connectivity() {
+        return pool.connectivity;
+      },
     };
   }
 
   createCall(...args: CreateCallArgs): GrpcCall {
-    return new PoolChannelCall(this.#begin, args);
+    return new PoolChannelCall(this.#router, args);
   }
 
   /**
-   * READY while a pod can take a call, TRANSIENT_FAILURE while none can (calls then fail at
-   * once, as grpc-js fails them in that state), SHUTDOWN once closed.
+   * The pool's connectivity as grpc-js names it: READY while a pod can take a call, CONNECTING
+   * while the pool starts or a pod reconnects (calls wait), TRANSIENT_FAILURE while every pod is
+   * failing (calls without `waitForReady` fail at once), SHUTDOWN once closed.
    */
   getConnectivityState(_tryToConnect?: boolean): State {
     if (this.#closed) return connectivityState.SHUTDOWN;
-    return this.#pool.stats().ready > 0 ? connectivityState.READY : connectivityState.TRANSIENT_FAILURE;
+    switch (this.#pool.connectivity) {
+      case 'ready':
+        return connectivityState.READY;
+      case 'connecting':
+        return connectivityState.CONNECTING;
+      case 'failing':
+        return connectivityState.TRANSIENT_FAILURE;
+      default:
+        return connectivityState.SHUTDOWN;
+    }
   }
 
   watchConnectivityState(currentState: State, deadline: Date | number, callback: (error?: Error) => void): void {
@@ -594,7 +698,7 @@ export class PoolChannel<C extends Client = Client> implements GrpcChannel {
         callback(new Error('Deadline passed without connectivity state change'));
       }, Math.max(0, ms));
     }
-    if (this.#watchers.size === 0) this.#pool.on('state', this.#onState);
+    if (this.#watchers.size === 0) for (const event of POOL_CHANGES) this.#pool.on(event, this.#onChange);
     this.#watchers.add(watcher);
   }
 
@@ -610,6 +714,7 @@ export class PoolChannel<C extends Client = Client> implements GrpcChannel {
   close(): void {
     if (this.#closed) return;
     this.#closed = true;
+    this.#closing.abort(new PodpoolError(ErrorCode.CLOSED, 'the gRPC channel over the pool is closed'));
     this.#notify();
   }
 
@@ -625,7 +730,7 @@ export class PoolChannel<C extends Client = Client> implements GrpcChannel {
   #unwatch(watcher: Watcher): void {
     clearTimeout(watcher.timer);
     this.#watchers.delete(watcher);
-    if (this.#watchers.size === 0) this.#pool.off('state', this.#onState);
+    if (this.#watchers.size === 0) for (const event of POOL_CHANGES) this.#pool.off(event, this.#onChange);
   }
 }
 

@@ -410,3 +410,132 @@ describe('stats()', () => {
     assert.equal(statsOf(pool, k2).connects, 1);
   });
 });
+
+describe('use() when no pod is ready', () => {
+  it('waits for a pod, without polling, and runs fn once one is ready', async (t) => {
+    const { source, transport, pool } = harness(t);
+    transport.hold(k1);
+    const call = pool.use((client) => client.key);
+    source.set([pod(1)]);
+    assert.equal(await stateOf(call), 'pending', 'the member is still connecting');
+    assert.equal(pool.connectivity, 'connecting');
+    transport.release(k1);
+    assert.equal(await call, k1);
+    assert.deepEqual([statsOf(pool, k1).requests, statsOf(pool, k1).inFlight], [1, 0]);
+  });
+
+  it('with waitForReady false: fails at once with PODPOOL_NO_ENDPOINTS', async (t) => {
+    const { source, transport, pool } = harness(t);
+    transport.hold(k1);
+    source.set([pod(1)]);
+    let ran = false;
+    await assert.rejects(pool.use(() => (ran = true), { waitForReady: false }), { code: ErrorCode.NO_ENDPOINTS });
+    assert.equal(ran, false);
+  });
+
+  it('with timeoutMs: fails with PODPOOL_NO_ENDPOINTS when the wait uses it up, and the rest of it bounds fn', async (t) => {
+    const timers = mockTimers(t);
+    let now = 0;
+    const { source, transport, pool } = harness(t, { clock: () => now });
+    transport.hold(k1);
+    source.set([pod(1)]);
+    const starved = pool.use(() => 'never', { timeoutMs: 500 });
+    timers.tick(499);
+    assert.equal(await stateOf(starved), 'pending');
+    timers.tick(1);
+    await assert.rejects(starved, { code: ErrorCode.NO_ENDPOINTS, message: /use\(\): no endpoint became ready within 500 ms/ });
+
+    // The call that waited 300 ms of its 500 has 200 left for fn.
+    const call = hanging(true);
+    const late = pool.use(call.fn, { timeoutMs: 500 });
+    now = 300;
+    timers.tick(300);
+    transport.release(k1);
+    await pool.ready();
+    await flush();
+    assert.equal(call.signals.length, 1, 'fn runs once the member is ready');
+    timers.tick(199);
+    assert.equal(await stateOf(late), 'pending');
+    timers.tick(1);
+    await assert.rejects(late, { code: ErrorCode.TIMEOUT });
+  });
+
+  it('without timeoutMs: the wait ends after the default 10 s', async (t) => {
+    const timers = mockTimers(t);
+    const { pool } = harness(t);
+    const starved = pool.use(() => 'never');
+    timers.tick(9_999);
+    assert.equal(await stateOf(starved), 'pending');
+    timers.tick(1);
+    await assert.rejects(starved, { code: ErrorCode.NO_ENDPOINTS, message: /within 10000 ms/ });
+  });
+
+  it('with a signal: the wait ends PODPOOL_ABORTED when it aborts, and fn never runs', async (t) => {
+    const { pool } = harness(t);
+    const controller = new AbortController();
+    let ran = false;
+    const waiting = pool.use(() => (ran = true), { signal: controller.signal });
+    await flush();
+    controller.abort();
+    await assert.rejects(waiting, { code: ErrorCode.ABORTED });
+    assert.equal(ran, false);
+  });
+
+  it('fails the wait with PODPOOL_CLOSED when the pool closes', async (t) => {
+    const { pool } = harness(t);
+    const waiting = pool.use(() => 1);
+    await pool.close();
+    await assert.rejects(waiting, { code: ErrorCode.CLOSED });
+  });
+
+  it('waits while every pod reconnects after losing its connection', async (t) => {
+    const { source, transport, pool } = harness(t);
+    source.set([pod(1)]);
+    await pool.ready();
+    transport.hold(k1);
+    transport.lose(k1, new Error('pod restarted'));
+    const call = pool.use((client) => client.connection);
+    assert.equal(await stateOf(call), 'pending');
+    transport.release(k1);
+    assert.equal(await call, 2, 'ran on the new connection');
+  });
+});
+
+describe('beginWhenReady() and connectivity', () => {
+  it('connecting while discovery has not answered or a first connect runs; failing once every connect failed; ready; closed', async (t) => {
+    const { source, transport, pool } = harness(t, { reconnect: { minMs: 60_000, maxMs: 60_000 } });
+    assert.equal(pool.connectivity, 'connecting');
+    transport.refuse(k1);
+    const attempted = new Promise((resolve) => pool.once('connectError', resolve));
+    source.set([pod(1)]);
+    assert.equal(pool.connectivity, 'connecting');
+    await attempted;
+    assert.equal(pool.connectivity, 'failing');
+    source.set([]);
+    assert.equal(pool.connectivity, 'failing', 'no endpoint at all');
+    source.set([pod(2)]);
+    await pool.ready();
+    assert.equal(pool.connectivity, 'ready');
+    await pool.close();
+    assert.equal(pool.connectivity, 'closed');
+  });
+
+  it('with failFast: waits while connecting, fails PODPOOL_NO_ENDPOINTS once the pool is failing (and at once then)', async (t) => {
+    const { source, transport, pool } = harness(t, { reconnect: { minMs: 60_000, maxMs: 60_000 } });
+    transport.refuse(k1);
+    const waiting = pool.beginWhenReady({ failFast: true });
+    assert.equal(await stateOf(waiting), 'pending');
+    source.set([pod(1)]);
+    await assert.rejects(waiting, { code: ErrorCode.NO_ENDPOINTS });
+    await assert.rejects(pool.beginWhenReady({ failFast: true }), { code: ErrorCode.NO_ENDPOINTS });
+    // Without failFast it waits through the failure.
+    const patient = pool.beginWhenReady();
+    assert.equal(await stateOf(patient), 'pending');
+    source.set([pod(2)]);
+    const call = await patient;
+    assert.equal(call.endpoint.key, k2);
+    assert.equal(statsOf(pool, k2).inFlight, 1, 'the call is begun');
+    call.end();
+    assert.equal(statsOf(pool, k2).inFlight, 0);
+  });
+});

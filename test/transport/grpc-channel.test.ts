@@ -200,7 +200,7 @@ describe('grpcChannel: one stub over the pool', () => {
     assert.equal(pool.stats().members[0].requests, 4);
   });
 
-  it('fails a call at once with UNAVAILABLE and the pool’s reason when no pod is ready', events, async (t) => {
+  it('fails a call without waitForReady with UNAVAILABLE and the pool’s reason once every pod is failing', events, async (t) => {
     const cleanup = cleanupAfter(t);
     // A port that was free a moment ago: the member never gets ready.
     const probe = createServer().listen(0, '127.0.0.163');
@@ -208,10 +208,16 @@ describe('grpcChannel: one stub over the pool', () => {
     const port = (probe.address() as { port: number }).port;
     probe.close();
     await once(probe, 'close');
-    const pool = createPool({ source: staticEndpoints([{ address: '127.0.0.163', port }]), transport: grpcTransport(EchoClient) });
+    const pool = createPool({
+      source: staticEndpoints([{ address: '127.0.0.163', port }]),
+      transport: grpcTransport(EchoClient),
+      reconnect: { minMs: 60_000, maxMs: 60_000 },
+    });
     cleanup.push(() => pool.close());
     const channel = grpcChannel(pool);
     const stub = stubOver(channel);
+    assert.equal(channel.getConnectivityState(true), connectivityState.CONNECTING, 'the first connect runs');
+    await once(pool, 'connectError');
     assert.equal(channel.getConnectivityState(true), connectivityState.TRANSIENT_FAILURE);
 
     await assert.rejects(unary(stub, { message: 'x' }), (error: ServiceError) => {
@@ -241,7 +247,7 @@ describe('grpcChannel: one stub over the pool', () => {
     const stub = stubOver(channel);
 
     // Nothing is ready yet: waitForReady resolves when the pool's member is.
-    assert.equal(channel.getConnectivityState(false), connectivityState.TRANSIENT_FAILURE);
+    assert.equal(channel.getConnectivityState(false), connectivityState.CONNECTING);
     await new Promise<void>((resolve, reject) => stub.waitForReady(Date.now() + 60_000, (e) => (e ? reject(e) : resolve())));
     assert.equal(channel.getConnectivityState(false), connectivityState.READY);
     assert.equal((await unary(stub, { message: 'ready' })).message, 'ready');
@@ -252,11 +258,11 @@ describe('grpcChannel: one stub over the pool', () => {
     await pod.kill();
     await down;
     assert.equal(await changed, undefined);
-    assert.equal(channel.getConnectivityState(false), connectivityState.TRANSIENT_FAILURE);
+    assert.equal(channel.getConnectivityState(false), connectivityState.CONNECTING, 'the pod reconnects');
 
     // A watcher whose deadline passes is told so.
     const expired = await new Promise<Error | undefined>((resolve) =>
-      channel.watchConnectivityState(connectivityState.TRANSIENT_FAILURE, Date.now() - 1, resolve),
+      channel.watchConnectivityState(channel.getConnectivityState(false), Date.now() - 1, resolve),
     );
     assert.match(expired!.message, /Deadline passed/);
 
@@ -267,7 +273,9 @@ describe('grpcChannel: one stub over the pool', () => {
     stub.close();
     assert.equal(await closing, undefined, 'closing is a state change');
     assert.equal(channel.getConnectivityState(false), connectivityState.SHUTDOWN);
-    assert.equal(pool.listenerCount('state'), 0, 'no watcher left on the pool');
+    for (const event of ['state', 'connectError', 'change', 'sourceError'] as const) {
+      assert.equal(pool.listenerCount(event), 0, `no watcher left on the pool's ${event} event`);
+    }
     await assert.rejects(unary(stub, { message: 'after close' }), (error: ServiceError) => {
       assert.equal(error.code, status.UNAVAILABLE);
       assert.deepEqual(error.metadata.get('podpool-error-code'), [ErrorCode.CLOSED]);
