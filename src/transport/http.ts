@@ -140,7 +140,7 @@ export function httpTransport(options: HttpTransportOptions = {}): Transport<Dis
         queueMicrotask(() => lost(socketError ?? new Error(`${endpoint.key} closed the connection`)));
       });
       return {
-        client,
+        client: tls === undefined ? client : withServername(client, tls.servername ?? endpoint.address),
         async close() {
           await client.destroy().catch(() => {});
           socket.destroy();
@@ -155,6 +155,19 @@ export function httpTransport(options: HttpTransportOptions = {}): Transport<Dis
       return typeof code === 'string' && WIRE_FAILURES.has(code);
     },
   };
+}
+
+/**
+ * undici reconnects an `https:` client whenever a request's servername (taken from its `Host`)
+ * differs from the connection's, which here is a pod's: a request naming the Service would cost
+ * the pool its connection. The TLS session was agreed once, with the transport's `servername`;
+ * every request names that one.
+ */
+function withServername(client: Dispatcher, servername: string): Dispatcher {
+  return client.compose(
+    (dispatch) => (options, handler) =>
+      dispatch((options as { servername?: string }).servername === servername ? options : { ...options, servername } as Dispatcher.DispatchOptions, handler),
+  );
 }
 
 function originOf(endpoint: Endpoint, secure: boolean): string {
