@@ -44,6 +44,13 @@ export interface LoadResult {
   byPod: Map<string, number>;
 }
 
+/**
+ * A call that has not answered by then counts as failed, and the worker moves on: a client that
+ * queues a request forever (undici BalancedPool once every pod it listed is gone) must not hold
+ * the bench past its bounds.
+ */
+export const CALL_TIMEOUT_MS = 5_000;
+
 export async function runLoad(callers: readonly Caller[], options: LoadOptions): Promise<LoadResult> {
   const { inflight, durationMs, maxRequests, onTick, keepAnswers = false, signal, holdUntil } = options;
   const latency = createHistogram();
@@ -67,8 +74,14 @@ export async function runLoad(callers: readonly Caller[], options: LoadOptions):
     while (budget.left > 0 && performance.now() < end && !signal?.aborted) {
       budget.left--;
       const t0 = performance.now();
+      let timer: NodeJS.Timeout | undefined;
       try {
-        const pod = await caller.call();
+        const pod = await Promise.race([
+          caller.call(),
+          new Promise<never>((_, reject) => {
+            timer = setTimeout(() => reject(new Error(`no answer within ${CALL_TIMEOUT_MS} ms`)), CALL_TIMEOUT_MS);
+          }),
+        ]);
         const t1 = performance.now();
         latency.record(Math.max(1, Math.round((t1 - t0) * 1e6)));
         requests++;
@@ -80,6 +93,8 @@ export async function runLoad(callers: readonly Caller[], options: LoadOptions):
         if (errorSamples.length < 5 && !errorSamples.includes(message)) errorSamples.push(message);
         // A client whose connection is down fails fast; don't spin on it.
         await new Promise((r) => setTimeout(r, 5));
+      } finally {
+        clearTimeout(timer);
       }
     }
   };

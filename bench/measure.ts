@@ -76,6 +76,8 @@ export async function measure(cluster: Cluster, mode: Mode, options: MeasureOpti
   const opened = await cluster.counts();
   try {
     for (let i = 0; i < clients; i++) callers.push(await openPlaced(cluster, mode, inflight, i, options.place));
+    // As the clients opened: a scenario may add pods during the load.
+    const connections = mode.connections(cluster.readyPods().length).text;
     const goneBefore = new Set(cluster.pods.filter((p) => p.gone).map((p) => p.name));
     const before = await cluster.counts();
     const stop = new AbortController();
@@ -102,7 +104,7 @@ export async function measure(cluster: Cluster, mode: Mode, options: MeasureOpti
       client: mode.client,
       transport: mode.wire,
       kind: mode.kind,
-      connections: mode.connections(cluster.readyPods().length).text,
+      connections,
       ...(sockets !== undefined && { socketsSeen: round(sockets / clients, 1) }),
       ...(options.group !== undefined && { group: options.group }),
       podsUsed: values.filter((v) => v > 0).length,
