@@ -5,7 +5,7 @@
 
 /** The codes a `PodpoolError` can carry. */
 export const ErrorCode = {
-  /** An option passed to a factory was missing, of the wrong type or out of range. */
+  /** An option passed to a factory was missing, of the wrong type, out of range or unknown (misspelled). */
   INVALID_OPTION: 'PODPOOL_INVALID_OPTION',
   /** An endpoint (address, port) is not valid. */
   INVALID_ENDPOINT: 'PODPOOL_INVALID_ENDPOINT',
@@ -29,6 +29,12 @@ export const ErrorCode = {
   EJECTED: 'PODPOOL_EJECTED',
   /** Discovery failed (DNS error, API server refused the request, watch broke). */
   DISCOVERY_FAILED: 'PODPOOL_DISCOVERY_FAILED',
+  /**
+   * Discovery was told the name it asks for does not exist (DNS NXDOMAIN): a wrong Service name,
+   * namespace or port name, a name that is not fully qualified, or a headless Service with no
+   * ready pod (cluster DNS answers NXDOMAIN for that too).
+   */
+  NAME_NOT_FOUND: 'PODPOOL_NAME_NOT_FOUND',
   /** A message was refused by a receiver (bad signature, stale, replayed). */
   MESSAGE_REJECTED: 'PODPOOL_MESSAGE_REJECTED',
   /** A write would exceed a buffer's high-water mark. */
@@ -51,42 +57,9 @@ export class PodpoolError extends Error {
   }
 }
 
-/** Throws `PODPOOL_INVALID_OPTION` naming the option, what it must be and what it got. */
-export function invalidOption(name: string, expected: string, got: unknown): never {
-  throw new PodpoolError(
-    ErrorCode.INVALID_OPTION,
-    `option ${name} must be ${expected}, got ${describe(got)}`,
-  );
-}
-
-function describe(value: unknown): string {
-  if (typeof value === 'string') return JSON.stringify(value);
-  if (typeof value === 'function') return 'a function';
-  if (value === null || typeof value !== 'object') return String(value);
-  try {
-    return JSON.stringify(value);
-  } catch {
-    return Object.prototype.toString.call(value);
-  }
-}
-
-/** Checks a numeric option at the door: finite, at least `min` (and integral when asked). */
-export function checkNumber(
-  name: string,
-  value: unknown,
-  { min = 0, integer = false, allowInfinity = false }: { min?: number; integer?: boolean; allowInfinity?: boolean } = {},
-): number {
-  const ok =
-    typeof value === 'number' &&
-    !Number.isNaN(value) &&
-    value >= min &&
-    (Number.isFinite(value) ? !integer || Number.isInteger(value) : allowInfinity);
-  if (!ok) {
-    const kind = integer ? 'an integer' : 'a number';
-    invalidOption(name, `${kind} >= ${min}${allowInfinity ? ' (or Infinity)' : ''}`, value);
-  }
-  return value as number;
-}
+// The option checks moved to options.ts, beside the other checks every factory shares; these
+// re-exports keep the modules that still import them from here working.
+export { checkNumber, invalidOption } from './options.ts';
 
 /** The `PODPOOL_ABORTED` error for a signal, keeping the signal's reason as the cause. */
 export function abortError(signal: AbortSignal, what: string): PodpoolError {

@@ -1,4 +1,4 @@
-import { checkNumber, invalidOption } from '../errors.ts';
+import { checkNumber, checkOptions, optionNames } from '../options.ts';
 import type { Balancer, Pickable, Picker, PickerContext } from './balancer.ts';
 
 /** Options of {@link leastLoaded}. */
@@ -7,9 +7,11 @@ export interface LeastLoadedOptions {
   choices?: number;
 }
 
+const OPTIONS = optionNames<LeastLoadedOptions>({ choices: true });
+
 /** Sends each call to the least busy of `choices` random members (power of d choices, as tower's p2c). */
 export function leastLoaded(options: LeastLoadedOptions = {}): Balancer {
-  if (options === null || typeof options !== 'object') invalidOption('options', 'an object', options);
+  checkOptions(options, OPTIONS);
   const { choices = 2 } = options;
   checkNumber('choices', choices, { min: 1, integer: true, allowInfinity: true });
   return Object.freeze({

@@ -1,4 +1,4 @@
-import { checkNumber, invalidOption } from '../errors.ts';
+import { checkNumber, checkOptions, invalidOption, optionNames } from '../options.ts';
 import type { Balancer, Pickable, Picker, PickerContext } from './balancer.ts';
 
 /** Options of {@link peakEwma}. */
@@ -14,10 +14,11 @@ export interface PeakEwmaOptions {
 // flight; one below it lets a cold pod take a pile of calls before its first (slow) answer.
 const DEFAULT_DECAY_MS = 10_000;
 const DEFAULT_LATENCY_MS = 30;
+const OPTIONS = optionNames<PeakEwmaOptions>({ decayMs: true, defaultLatencyMs: true });
 
 /** Power of two choices over latency EWMA × (in flight + 1), as Linkerd and Finagle balance. */
 export function peakEwma(options: PeakEwmaOptions = {}): Balancer {
-  if (options === null || typeof options !== 'object') invalidOption('options', 'an object', options);
+  checkOptions(options, OPTIONS);
   const { decayMs = DEFAULT_DECAY_MS, defaultLatencyMs = DEFAULT_LATENCY_MS } = options;
   checkNumber('decayMs', decayMs, { min: 1 });
   checkNumber('defaultLatencyMs', defaultLatencyMs);

@@ -1,7 +1,12 @@
+import { checkOptions } from '../options.ts';
 import type { Balancer, Pickable, Picker, PickerContext } from './balancer.ts';
 
-/** Picks a member uniformly at random. */
-export function random(): Balancer {
+/**
+ * Picks a member uniformly at random, with the pool's `random` (inject it there to seed). It takes
+ * no options: `random({ seed })` throws `PODPOOL_INVALID_OPTION` instead of being ignored.
+ */
+export function random(options: Readonly<Record<string, never>> = {}): Balancer {
+  checkOptions(options, []);
   return Object.freeze({
     name: 'random',
     picker<M extends Pickable>(members: readonly M[], context: PickerContext): Picker<M> {

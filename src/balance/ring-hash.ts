@@ -1,4 +1,5 @@
-import { checkNumber, ErrorCode, invalidOption, PodpoolError } from '../errors.ts';
+import { ErrorCode, PodpoolError } from '../errors.ts';
+import { checkNumber, checkOptions, optionNames } from '../options.ts';
 import type { Balancer, Pickable, Picker, PickerContext } from './balancer.ts';
 
 /** Options of {@link ringHash}. */
@@ -12,6 +13,7 @@ export interface RingHashOptions {
 // builds in 5-10 ms (bench:pick). 320 points only bring 1,000 members to 1.21× for twice the build,
 // paid again on every membership change; 80 lets the busiest reach 1.43×.
 const DEFAULT_REPLICAS = 160;
+const OPTIONS = optionNames<RingHashOptions>({ replicas: true });
 
 const RADIX_BITS = 11;
 const RADIX = 1 << RADIX_BITS;
@@ -19,7 +21,7 @@ const RADIX_MASK = RADIX - 1;
 
 /** Consistent hashing for `use(fn, { key })`: a key sticks to a member; one leaving moves only its keys. */
 export function ringHash(options: RingHashOptions = {}): Balancer {
-  if (options === null || typeof options !== 'object') invalidOption('options', 'an object', options);
+  checkOptions(options, OPTIONS);
   const { replicas = DEFAULT_REPLICAS } = options;
   checkNumber('replicas', replicas, { min: 1, integer: true });
   return Object.freeze({

@@ -1,7 +1,13 @@
+import { checkOptions } from '../options.ts';
 import type { Balancer, Pickable, Picker, PickerContext } from './balancer.ts';
 
-/** Cycles through the members from a random start, so clients started together don't all hit one pod. */
-export function roundRobin(): Balancer {
+/**
+ * Cycles through the members from a random start, so clients started together don't all hit one
+ * pod. It takes no options: `roundRobin({ … })` throws `PODPOOL_INVALID_OPTION` rather than
+ * ignoring what was meant for another balancer.
+ */
+export function roundRobin(options: Readonly<Record<string, never>> = {}): Balancer {
+  checkOptions(options, []);
   return Object.freeze({
     name: 'round-robin',
     picker<M extends Pickable>(members: readonly M[], context: PickerContext): Picker<M> {

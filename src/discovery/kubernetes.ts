@@ -6,7 +6,8 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import { debuglog } from 'node:util';
 import type { DiscoveryV1Api, KubeConfig, RequestContext, Watch } from '@kubernetes/client-node';
 import { createEndpoint, EndpointSet, endpointKey, type EndpointInit } from '../endpoint.ts';
-import { checkNumber, ErrorCode, invalidOption, PodpoolError } from '../errors.ts';
+import { ErrorCode, PodpoolError } from '../errors.ts';
+import { checkNumber, checkOptions, invalidOption, optionNames } from '../options.ts';
 import type { EndpointSource, SourceSink, SourceWatch } from './source.ts';
 
 const debug = debuglog('podpool');
@@ -55,12 +56,15 @@ const MAX_LIST_PAGES = 1_000;
 const MIN_WATCH_TIMEOUT_S = 300;
 const MAX_TIMER_MS = 2 ** 31 - 1;
 
+const OPTIONS = optionNames<KubernetesEndpointsOptions>({ service: true, namespace: true, port: true, kubeConfig: true, stallTimeoutMs: true, backoff: true });
+const BACKOFF_OPTIONS = optionNames<NonNullable<KubernetesEndpointsOptions['backoff']>>({ initialMs: true, maxMs: true });
+
 const DNS_LABEL = /^[a-z0-9]([-a-z0-9]*[a-z0-9])?$/;
 const DNS_1035_LABEL = /^[a-z]([-a-z0-9]*[a-z0-9])?$/;
 
 /** Discovers a Service's pods by watching all its EndpointSlices through the API server; throws `PODPOOL_INVALID_OPTION` for a bad option. */
 export function kubernetesEndpoints(options: KubernetesEndpointsOptions): EndpointSource {
-  if (options === null || typeof options !== 'object') invalidOption('options', 'an object', options);
+  checkOptions(options, OPTIONS);
   const { service, namespace, port } = options;
   if (typeof service !== 'string' || service.length > 63 || !DNS_1035_LABEL.test(service)) {
     invalidOption('service', 'a Service name (a DNS-1035 label such as "backend")', service);
@@ -78,7 +82,7 @@ export function kubernetesEndpoints(options: KubernetesEndpointsOptions): Endpoi
   }
   const stallTimeoutMs = checkDelay('stallTimeoutMs', options.stallTimeoutMs ?? DEFAULT_STALL_TIMEOUT_MS, 1);
   const backoff = options.backoff ?? {};
-  if (backoff === null || typeof backoff !== 'object') invalidOption('backoff', 'an object', backoff);
+  checkOptions(backoff, BACKOFF_OPTIONS, 'backoff');
   const initialMs = checkDelay('backoff.initialMs', backoff.initialMs ?? DEFAULT_BACKOFF_INITIAL_MS, 1);
   const maxMs = checkDelay('backoff.maxMs', backoff.maxMs ?? Math.max(DEFAULT_BACKOFF_MAX_MS, initialMs), initialMs);
   const credentials = findCredentials(options.kubeConfig);

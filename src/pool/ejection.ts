@@ -1,4 +1,4 @@
-import { checkNumber, invalidOption } from '../errors.ts';
+import { checkNumber, checkOptions, invalidOption, optionNames } from '../options.ts';
 
 /**
  * Outlier ejection, as Envoy's `consecutive_5xx`: a member whose calls fail this many times in a
@@ -24,12 +24,15 @@ export interface EjectionPolicy {
   readonly maxPercent: number;
 }
 
+const OPTIONS = optionNames<EjectionOptions>({ consecutiveFailures: true, baseMs: true, maxMs: true, maxPercent: true });
+
 /** Checks `ejection` options at the door; `false` turns ejection off. */
 export function ejectionPolicy(options: EjectionOptions | false | undefined): EjectionPolicy | undefined {
   if (options === false) return undefined;
   if (options !== undefined && (options === null || typeof options !== 'object')) {
     invalidOption('ejection', 'an object or false', options);
   }
+  if (options !== undefined) checkOptions(options, OPTIONS, 'ejection');
   const { consecutiveFailures = 5, baseMs = 10_000, maxMs = 300_000, maxPercent = 50 } = options ?? {};
   checkNumber('ejection.consecutiveFailures', consecutiveFailures, { min: 1, integer: true });
   checkNumber('ejection.baseMs', baseMs, { min: 1 });

@@ -1,5 +1,5 @@
 import type { RemoteInfo, Socket } from 'node:dgram';
-import { checkNumber, invalidOption } from '../errors.ts';
+import { checkNumber, checkOptions, invalidOption, optionNames } from '../options.ts';
 import { decodeDatagram, type Datagram } from '../transport/udp.ts';
 
 /** Options of {@link datagramReceiver}. */
@@ -78,6 +78,8 @@ interface SenderWindow {
   readonly bits: Uint32Array;
 }
 
+const OPTIONS = optionNames<DatagramReceiverOptions>({ window: true, maxSenders: true, onMessage: true, onGap: true, onDrop: true });
+
 /**
  * Drops duplicates by (sender, sequence) in a bounded sliding window per sender and reports gaps,
  * as IPsec's and DTLS's anti-replay windows do. The first datagram heard from a sender sets its
@@ -85,7 +87,7 @@ interface SenderWindow {
  * the window is delivered (UDP may reorder); one older than the window is dropped as stale.
  */
 export function datagramReceiver(options: DatagramReceiverOptions): DatagramReceiver {
-  if (options === null || typeof options !== 'object') invalidOption('options', 'an object', options);
+  checkOptions(options, OPTIONS);
   const { window = 1024, maxSenders = 1024, onMessage, onGap, onDrop } = options;
   checkNumber('window', window, { min: 1, integer: true });
   checkNumber('maxSenders', maxSenders, { min: 1, integer: true });

@@ -1,4 +1,4 @@
-import { checkNumber, invalidOption } from '../errors.ts';
+import { checkNumber, checkOptions, invalidOption, optionNames } from '../options.ts';
 
 /** Options of {@link dedupFilter}. */
 export interface DedupOptions {
@@ -9,6 +9,8 @@ export interface DedupOptions {
   /** Milliseconds for `ttlMs`; default `Date.now`. */
   clock?: () => number;
 }
+
+const OPTIONS = optionNames<DedupOptions>({ max: true, ttlMs: true, clock: true });
 
 /**
  * Remembers the message ids a receiver has seen, in bounded memory: at most `max` ids, each for
@@ -34,7 +36,7 @@ export interface DedupFilter {
  * since every id lives for the same `ttlMs`, so forgetting is O(1) from the front.
  */
 export function dedupFilter(options: DedupOptions = {}): DedupFilter {
-  if (options === null || typeof options !== 'object') invalidOption('options', 'an object', options);
+  checkOptions(options, OPTIONS);
   const { max = 10_000, ttlMs = Infinity, clock = Date.now } = options;
   checkNumber('max', max, { min: 1, integer: true });
   checkNumber('ttlMs', ttlMs, { min: 1, allowInfinity: true });

@@ -1,5 +1,6 @@
 import { createHmac, timingSafeEqual } from 'node:crypto';
-import { ErrorCode, PodpoolError, checkNumber, invalidOption } from '../errors.ts';
+import { ErrorCode, PodpoolError } from '../errors.ts';
+import { checkNumber, checkOptions, invalidOption, optionNames } from '../options.ts';
 import type { DedupFilter } from './dedup.ts';
 
 /**
@@ -71,13 +72,15 @@ export class MessageRejectedError extends PodpoolError {
 }
 
 const SIGNATURE_BYTES = 32;
+const SIGN_OPTIONS = optionNames<SignOptions>({ secret: true, clock: true });
+const VERIFY_OPTIONS = optionNames<VerifyOptions>({ secret: true, seen: true, maxAgeMs: true, clock: true });
 const SIGNATURE_PATTERN = /^[A-Za-z0-9_-]{43}$/;
 const TIMESTAMP_PATTERN = /^\d{1,16}$/;
 
 /** Signs `body` under `id` now; send the result beside the body. */
 export function signMessage(message: { id: string; body: string | Uint8Array }, options: SignOptions): SignedMessage {
   if (message === null || typeof message !== 'object') invalidOption('message', 'an object with id and body', message);
-  if (options === null || typeof options !== 'object') invalidOption('options', 'an object', options);
+  checkOptions(options, SIGN_OPTIONS);
   const { id, body } = message;
   const { secret, clock = Date.now } = options;
   checkSecret(secret);
@@ -95,7 +98,7 @@ export function signMessage(message: { id: string; body: string | Uint8Array }, 
  * timestamp is remembered, so forged messages can't fill the filter.
  */
 export function verifyMessage(message: ReceivedMessage, options: VerifyOptions): void {
-  if (options === null || typeof options !== 'object') invalidOption('options', 'an object', options);
+  checkOptions(options, VERIFY_OPTIONS);
   const { secret, seen, maxAgeMs = 60_000, clock = Date.now } = options;
   checkSecret(secret);
   checkNumber('maxAgeMs', maxAgeMs, { min: 1 });
@@ -144,7 +147,8 @@ function parseTimestamp(value: unknown): number | undefined {
 
 function checkSecret(secret: unknown): asserts secret is Secret {
   const bytes = typeof secret === 'string' ? Buffer.byteLength(secret) : secret instanceof Uint8Array ? secret.byteLength : -1;
-  if (bytes < 16) invalidOption('secret', 'a string or bytes of at least 16 bytes', bytes < 0 ? secret : `${bytes} bytes`);
+  // invalidOption shows only the kind and size of a secret, never its bytes.
+  if (bytes < 16) invalidOption('secret', 'a string or bytes of at least 16 bytes', secret);
 }
 
 function checkBody(body: unknown): void {

@@ -1,7 +1,8 @@
 import genericPool, { type Pool as GenericPool } from 'generic-pool';
 import { debuglog } from 'node:util';
 import type { Endpoint } from '../endpoint.ts';
-import { ErrorCode, PodpoolError, abortError, checkNumber, invalidOption } from '../errors.ts';
+import { ErrorCode, PodpoolError, abortError } from '../errors.ts';
+import { checkNumber, checkOptions, invalidOption, optionNames } from '../options.ts';
 import type { ConnectContext, Connection, Transport } from './transport.ts';
 
 const debug = debuglog('podpool');
@@ -49,6 +50,8 @@ class CreateFailure {
 
 type Pooled<C> = C | CreateFailure;
 
+const OPTIONS = optionNames<ExclusiveTransportOptions>({ perEndpoint: true, acquireTimeoutMs: true });
+
 /**
  * Connections that serve one caller at a time (a database client, a raw TCP socket, an
  * HTTP/1.1 socket without pipelining), pooled per pod with `generic-pool`: up to `perEndpoint`
@@ -68,7 +71,8 @@ export function exclusiveTransport<C>(factory: ExclusiveFactory<C>, options: Exc
   if (factory.validate !== undefined && typeof factory.validate !== 'function') {
     invalidOption('factory.validate', 'a function (connection) => boolean | Promise<boolean>', factory.validate);
   }
-  if (options === null || typeof options !== 'object') invalidOption('options', 'an object', options);
+  // The factory is the caller's own object (a class instance, often): only its three methods are looked at.
+  checkOptions(options, OPTIONS);
   const { perEndpoint = 4, acquireTimeoutMs = 10_000 } = options;
   checkNumber('perEndpoint', perEndpoint, { min: 1, integer: true });
   // Finite on purpose: without acquireTimeoutMillis a generic-pool caller can wait forever.

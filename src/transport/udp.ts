@@ -3,7 +3,8 @@ import { createSocket, type Socket, type SocketType } from 'node:dgram';
 import { isIP } from 'node:net';
 import { hostname } from 'node:os';
 import { setImmediate } from 'node:timers/promises';
-import { ErrorCode, PodpoolError, abortError, checkNumber, invalidOption } from '../errors.ts';
+import { ErrorCode, PodpoolError, abortError } from '../errors.ts';
+import { checkNumber, checkOptions, invalidOption, optionNames } from '../options.ts';
 import type { Connection, Transport } from './transport.ts';
 
 /**
@@ -108,6 +109,8 @@ export interface UdpClient {
   send(body: string | Uint8Array, message?: { readonly id: string; readonly signal?: AbortSignal }): Promise<UdpSendResult>;
 }
 
+const OPTIONS = optionNames<UdpTransportOptions>({ port: true, repeat: true, senderId: true });
+
 /** One bound socket, shared by every member of one address family. */
 interface SharedSocket {
   readonly socket: Socket;
@@ -126,7 +129,7 @@ interface SharedSocket {
  * address family, shared by every member), and only a local send error counts against a pod.
  */
 export function udpTransport(options: UdpTransportOptions = {}): Transport<UdpClient> {
-  if (options === null || typeof options !== 'object') invalidOption('options', 'an object', options);
+  checkOptions(options, OPTIONS);
   const { port, repeat = 1, senderId = `${hostname()}/${process.pid}/${randomUUID().slice(0, 8)}` } = options;
   if (port !== undefined && (!Number.isInteger(port) || port < 1 || port > 65535)) {
     invalidOption('port', 'an integer from 1 to 65535', port);

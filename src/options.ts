@@ -1,0 +1,124 @@
+/**
+ * Option checks every factory shares, so a bad option fails the same way wherever it is passed:
+ * at the door, with `PODPOOL_INVALID_OPTION`, naming the option, what it must be and (unless it
+ * may be a secret) what it got.
+ */
+import { ErrorCode, PodpoolError } from './errors.ts';
+
+/** The option names a factory takes; build it with {@link optionNames} so none can be forgotten. */
+export type OptionNames = readonly string[];
+
+/**
+ * The names of every option of `T`. Written as a record so the compiler fails when an option is
+ * added to the interface and not here (or here and not there): the list can't drift.
+ */
+export function optionNames<T extends object>(names: { readonly [K in keyof Required<T>]: true }): OptionNames {
+  return Object.freeze(Object.keys(names));
+}
+
+/**
+ * Checks that `options` is an object whose every key is one of `known`, so a misspelled option
+ * (`ballancer`) fails instead of being ignored. `name` is the option's own name for nested
+ * objects (`reconnect`), which prefixes the keys in the message; `options` at the top level.
+ */
+export function checkOptions(options: unknown, known: OptionNames, name = 'options'): asserts options is object {
+  if (options === null || typeof options !== 'object' || Array.isArray(options)) invalidOption(name, 'an object', options);
+  const prefix = name === 'options' ? '' : `${name}.`;
+  // for…in, not Object.keys: no array per call, and verifyMessage checks its options per message.
+  for (const key in options) {
+    if (known.includes(key) || !Object.hasOwn(options, key)) continue;
+    const meant = closest(key, known);
+    const hint = meant === undefined ? '' : ` (did you mean ${prefix}${meant}?)`;
+    const list = known.length === 0 ? `${name === 'options' ? 'it takes' : `${name} takes`} no options` : `the options are ${known.map((k) => prefix + k).join(', ')}`;
+    throw new PodpoolError(ErrorCode.INVALID_OPTION, `unknown option ${prefix}${key}${hint}; ${list}`);
+  }
+}
+
+/** Throws `PODPOOL_INVALID_OPTION` naming the option, what it must be and what it got. */
+export function invalidOption(name: string, expected: string, got: unknown): never {
+  throw new PodpoolError(ErrorCode.INVALID_OPTION, `option ${name} must be ${expected}, got ${describe(name, got)}`);
+}
+
+/** Checks a numeric option at the door: finite, at least `min` (and integral when asked). */
+export function checkNumber(
+  name: string,
+  value: unknown,
+  { min = 0, integer = false, allowInfinity = false }: { min?: number; integer?: boolean; allowInfinity?: boolean } = {},
+): number {
+  const ok =
+    typeof value === 'number' &&
+    !Number.isNaN(value) &&
+    value >= min &&
+    (Number.isFinite(value) ? !integer || Number.isInteger(value) : allowInfinity);
+  if (!ok) {
+    const kind = integer ? 'an integer' : 'a number';
+    invalidOption(name, `${kind} >= ${min}${allowInfinity ? ' (or Infinity)' : ''}`, value);
+  }
+  return value as number;
+}
+
+// Names whose values may be credentials: an error message (and so every log it reaches) shows
+// only what kind of value it was. `key` alone, not every name holding it: `keyFn` is no secret.
+const SECRET = /(^|\.)(key|cert|pfx|ca|passphrase|password|secret|token|credentials?|tls|headers?|authorization|cookie)$/i;
+const SECRET_FIELD = /^(key|cert|pfx|passphrase|password|secret|token|authorization|cookie|proxy-authorization)$/i;
+
+function describe(name: string, value: unknown): string {
+  if (SECRET.test(name)) return kindOf(value);
+  if (typeof value === 'string') return JSON.stringify(value);
+  if (typeof value === 'function') return 'a function';
+  if (value === null || typeof value !== 'object') return String(value);
+  try {
+    // A secret can hide one level down too (`{ authorization: … }` passed where it should not be).
+    return JSON.stringify(value, (field, v: unknown) => (field !== '' && SECRET_FIELD.test(field) ? `(${kindOf(v)})` : v));
+  } catch {
+    return Object.prototype.toString.call(value);
+  }
+}
+
+function kindOf(value: unknown): string {
+  if (value === null) return 'null';
+  if (Array.isArray(value)) return `an array of ${value.length}`;
+  if (value instanceof Uint8Array) return `${value.length} bytes`;
+  if (typeof value === 'string') return `a string of ${Buffer.byteLength(value)} bytes`;
+  if (typeof value === 'object') return 'an object';
+  if (typeof value === 'function') return 'a function';
+  return typeof value === 'number' || typeof value === 'boolean' || value === undefined ? String(value) : typeof value;
+}
+
+/**
+ * The known name closest to `key` when it is close enough to be a slip: the case ignored,
+ * within one edit for short names and a third of the length for longer ones (`timeout` finds
+ * `timeoutMs`, `ballancer` finds `balancer`, `port` does not find `path`).
+ */
+function closest(key: string, known: OptionNames): string | undefined {
+  const lower = key.toLowerCase();
+  let best: string | undefined;
+  let bestDistance = Math.max(1, Math.floor(key.length / 3)) + 1;
+  for (const name of known) {
+    const d = distance(lower, name.toLowerCase());
+    if (d < bestDistance) {
+      best = name;
+      bestDistance = d;
+    }
+  }
+  return best;
+}
+
+/** Edit distance counting a swap of two neighbours as one edit (optimal string alignment). */
+function distance(a: string, b: string): number {
+  const rows = Array.from({ length: a.length + 1 }, (_, i) => {
+    const row = new Array<number>(b.length + 1).fill(0);
+    row[0] = i;
+    return row;
+  });
+  for (let j = 0; j <= b.length; j++) rows[0][j] = j;
+  for (let i = 1; i <= a.length; i++) {
+    for (let j = 1; j <= b.length; j++) {
+      const cost = a[i - 1] === b[j - 1] ? 0 : 1;
+      let d = Math.min(rows[i - 1][j] + 1, rows[i][j - 1] + 1, rows[i - 1][j - 1] + cost);
+      if (i > 1 && j > 1 && a[i - 1] === b[j - 2] && a[i - 2] === b[j - 1]) d = Math.min(d, rows[i - 2][j - 2] + 1);
+      rows[i][j] = d;
+    }
+  }
+  return rows[a.length][b.length];
+}
