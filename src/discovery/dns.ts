@@ -3,7 +3,8 @@ import { Resolver } from 'node:dns/promises';
 import { isIP } from 'node:net';
 import { debuglog } from 'node:util';
 import { createEndpoint, EndpointSet, type Endpoint } from '../endpoint.ts';
-import { checkNumber, ErrorCode, invalidOption, PodpoolError } from '../errors.ts';
+import { ErrorCode, PodpoolError } from '../errors.ts';
+import { checkNumber, checkOptions, invalidOption, optionNames } from '../options.ts';
 import type { EndpointSource, SourceSink, SourceWatch } from './source.ts';
 
 const debug = debuglog('podpool');
@@ -11,8 +12,12 @@ const debug = debuglog('podpool');
 /** Options of {@link dnsEndpoints}. */
 export interface DnsEndpointsOptions {
   /**
-   * The headless Service's fully qualified name, `backend.default.svc.cluster.local`. It is asked
-   * as written: unlike `getaddrinfo`, the resolver applies no search domains from resolv.conf.
+   * The headless Service's fully qualified name, `backend.default.svc.cluster.local`: a DNS name
+   * alone, no scheme, port or path. It is asked as written: unlike `getaddrinfo`, the resolver
+   * applies no search domains from resolv.conf, so a single label (`backend`) or a name ending in
+   * `.svc` is refused at once; write a single-label name a DNS server really serves (Docker's
+   * service names) with a final dot, `backend.`. A shorter name that DNS does not know
+   * (`backend.default`) is reported by the first poll as `PODPOOL_NAME_NOT_FOUND`.
    */
   host: string;
   /** A port number (ask A and AAAA of `host`), or a port name (ask SRV `_<name>._tcp.<host>`). */
@@ -40,6 +45,10 @@ const MAX_REFRESH_MS = 86_400_000;
 // Kubernetes port names are RFC 6335 service names: ≤ 15 letters, digits and single hyphens,
 // at least one letter. Anything else (`'8080'`, `'_grpc'`) can never match an SRV record.
 const SERVICE_NAME = /^(?=.{1,15}$)(?=.*[a-z])[a-z0-9]+(?:-[a-z0-9]+)*$/i;
+// A DNS label as resolvers take it: letters, digits, hyphens (not at either end) and the
+// underscores of SRV names, 1 to 63 of them.
+const LABEL = /^[a-z0-9_](?:[a-z0-9_-]{0,61}[a-z0-9_])?$/i;
+const OPTIONS = optionNames<DnsEndpointsOptions>({ host: true, port: true, refreshMs: true, servers: true, timeoutMs: true, tries: true, random: true });
 
 /**
  * Discovers the pods behind a headless Service by polling DNS: A and AAAA of `host` for a port
@@ -47,10 +56,9 @@ const SERVICE_NAME = /^(?=.{1,15}$)(?=.*[a-z])[a-z0-9]+(?:-[a-z0-9]+)*$/i;
  * empty answer; throws `PODPOOL_INVALID_OPTION` for a bad option.
  */
 export function dnsEndpoints(options: DnsEndpointsOptions): EndpointSource {
-  if (options === null || typeof options !== 'object') invalidOption('options', 'an object', options);
+  checkOptions(options, OPTIONS);
   const { host, port } = options;
-  if (typeof host !== 'string' || host.length === 0) invalidOption('host', 'a non-empty DNS name', host);
-  if (isIP(host) !== 0) invalidOption('host', 'a DNS name, not an address (use staticEndpoints for addresses)', host);
+  checkHost(host);
   if (typeof port === 'number') {
     if (!Number.isInteger(port) || port < 1 || port > 65535) invalidOption('port', 'an integer from 1 to 65535 or a port name', port);
   } else if (typeof port !== 'string' || !SERVICE_NAME.test(port)) {
@@ -69,14 +77,33 @@ export function dnsEndpoints(options: DnsEndpointsOptions): EndpointSource {
 
   const lookup = async (resolver: Resolver): Promise<Answer> => {
     try {
-      const found =
-        typeof port === 'number'
-          ? (await addressesOf(resolver, host)).map((address) => ({ address, port, from: host }))
-          : await srvTargets(resolver, asked);
-      return { ok: true, ...validate(found, asked) };
+      let found: Found[];
+      let missing: boolean;
+      if (typeof port === 'number') {
+        const answer = await addressesOf(resolver, host);
+        found = answer.addresses.map((address) => ({ address, port, from: host }));
+        missing = answer.missing;
+      } else {
+        ({ found, missing } = await srvTargets(resolver, asked));
+      }
+      return { ok: true, missing, ...validate(found, asked) };
     } catch (error) {
       return { ok: false, error: error as Error };
     }
+  };
+  /** `had`: the endpoints known before this answer emptied them; undefined when none ever were. */
+  const notFound = (had: EndpointSet | undefined): PodpoolError => {
+    const state =
+      had === undefined
+        ? 'no endpoints known yet'
+        : had.size > 0
+          ? `it answered so twice in a row, which empties the set of ${had.size} endpoints (the Service was deleted, or none of its pods is ready)`
+          : 'no endpoints';
+    return new PodpoolError(
+      ErrorCode.NAME_NOT_FOUND,
+      `DNS name ${asked} does not exist (NXDOMAIN from ${serverList}); ${state}, asking again in about ${refreshMs} ms. ` +
+        notFoundAdvice(host, port),
+    );
   };
 
   return {
@@ -120,7 +147,18 @@ export function dnsEndpoints(options: DnsEndpointsOptions): EndpointSource {
         if (answer.endpoints.length === 0) {
           // Kubernetes answers NXDOMAIN/NODATA when no pod is ready, but so does a DNS server that
           // restarts or a record caught mid-update: only a second empty answer in a row is believed.
-          if (++emptyPolls < 2) {
+          // NXDOMAIN is such an empty answer (cluster DNS gives it for a headless Service with no
+          // ready pod), so it counts towards the two and does not reset them as a failure does.
+          // It is also what a wrong name gets, so it is reported whenever it is believed: at once
+          // while no endpoint is known (a mistake shows on the first poll), otherwise once
+          // confirmed; never for the lone NXDOMAIN of a blip.
+          const confirmed = ++emptyPolls >= 2;
+          if (answer.missing && (confirmed || reported === undefined || reported.size === 0)) {
+            debug('dns %s: NXDOMAIN', asked);
+            sink.error(notFound(reported));
+            if (closed) return;
+          }
+          if (!confirmed) {
             debug('dns %s: empty answer, waiting for the next poll to confirm it', asked);
             return;
           }
@@ -171,7 +209,7 @@ export function dnsEndpoints(options: DnsEndpointsOptions): EndpointSource {
 }
 
 type Answer =
-  | { readonly ok: true; readonly endpoints: Endpoint[]; readonly skipped: PodpoolError[] }
+  | { readonly ok: true; readonly missing: boolean; readonly endpoints: Endpoint[]; readonly skipped: PodpoolError[] }
   | { readonly ok: false; readonly error: Error };
 
 interface Found {
@@ -187,20 +225,27 @@ function isEmptyAnswer(error: unknown): boolean {
   return code === NOTFOUND || code === NODATA;
 }
 
+/** NXDOMAIN (c-ares's ENOTFOUND): no such name at all, not just no record of this type. */
+function isNoSuchName(error: unknown): boolean {
+  return (error as NodeJS.ErrnoException | null)?.code === NOTFOUND;
+}
+
 /**
  * A and AAAA of one name. An IPv4-only cluster answers AAAA with NODATA (and an IPv6-only one A),
  * so an empty family is normal; any other failure of either family fails the whole lookup, since a
  * dual-stack set that lost one family for one poll would churn every connection of that family.
  */
-async function addressesOf(resolver: Resolver, name: string): Promise<string[]> {
+async function addressesOf(resolver: Resolver, name: string): Promise<{ addresses: string[]; missing: boolean }> {
   // allSettled, not all: a poll returns only when both queries are over, so none outlives it.
   const results = await Promise.allSettled([resolver.resolve4(name), resolver.resolve6(name)]);
   const addresses: string[] = [];
+  let missing = false;
   for (const result of results) {
     if (result.status === 'fulfilled') addresses.push(...result.value);
     else if (!isEmptyAnswer(result.reason)) throw result.reason;
+    else missing ||= isNoSuchName(result.reason);
   }
-  return addresses;
+  return { addresses, missing: missing && addresses.length === 0 };
 }
 
 /**
@@ -209,12 +254,12 @@ async function addressesOf(resolver: Resolver, name: string): Promise<string[]> 
  * went between the two queries) is left out; a target whose lookup failed fails the poll, so a
  * transient error never drops a pod.
  */
-async function srvTargets(resolver: Resolver, srvName: string): Promise<Found[]> {
+async function srvTargets(resolver: Resolver, srvName: string): Promise<{ found: Found[]; missing: boolean }> {
   let records: { name: string; port: number }[];
   try {
     records = await resolver.resolveSrv(srvName);
   } catch (error) {
-    if (isEmptyAnswer(error)) return [];
+    if (isEmptyAnswer(error)) return { found: [], missing: isNoSuchName(error) };
     throw error;
   }
   const targets = [...new Set(records.map((r) => r.name.toLowerCase()))];
@@ -227,7 +272,7 @@ async function srvTargets(resolver: Resolver, srvName: string): Promise<Found[]>
     while (failure === undefined && next < targets.length) {
       const target = targets[next++];
       try {
-        addresses.set(target, await addressesOf(resolver, target));
+        addresses.set(target, (await addressesOf(resolver, target)).addresses);
       } catch (error) {
         failure ??= error;
       }
@@ -242,7 +287,7 @@ async function srvTargets(resolver: Resolver, srvName: string): Promise<Found[]>
     if (list.length === 0) debug('dns %s: target %s has no address, skipped', srvName, target);
     for (const address of list) found.push({ address, port: record.port, from: target });
   }
-  return found;
+  return { found, missing: false };
 }
 
 /** Builds endpoints; a bad record (an SRV port of 0, say) is set aside to be reported, never thrown. */
@@ -278,4 +323,60 @@ function checkServers(servers: unknown): string[] {
     invalidOption('servers', expected, servers);
   }
   return copy;
+}
+
+/**
+ * Refuses, saying what to pass instead, whatever is not a DNS name this source can ask: a URL, a
+ * host with a port or a path (pasted from a connection string), an address, a malformed name, and
+ * names that only a resolver applying search domains would complete: a single label, or a
+ * Kubernetes name cut before the cluster domain (`backend.default.svc`).
+ */
+function checkHost(host: unknown): asserts host is string {
+  const example = 'a fully qualified DNS name such as "backend.default.svc.cluster.local"';
+  if (typeof host !== 'string' || host.length === 0) invalidOption('host', example, host);
+  if (isIP(host) !== 0) invalidOption('host', 'a DNS name, not an address (use staticEndpoints for addresses)', host);
+  if (/^[a-z][a-z0-9+.-]*:\/\//i.test(host)) {
+    let hostname = '';
+    try {
+      hostname = ` (${new URL(host).hostname})`;
+    } catch {
+      // not even a URL: the advice alone
+    }
+    invalidOption('host', `a DNS name, not a URL: pass the host part alone${hostname} and the port as the port option`, host);
+  }
+  if (host.includes('/')) invalidOption('host', `${example}, without a path`, host);
+  if (host.includes(':')) invalidOption('host', `${example}, without a port: pass the port as the port option`, host);
+  const name = host.endsWith('.') ? host.slice(0, -1) : host;
+  const labels = name.split('.');
+  if (name.length > 253 || !labels.every((label) => LABEL.test(label))) {
+    invalidOption('host', `${example}: labels of letters, digits and hyphens, at most 63 each, joined by dots`, host);
+  }
+  if (labels.length === 1 && !host.endsWith('.')) {
+    invalidOption(
+      'host',
+      `a fully qualified name such as "${host}.<namespace>.svc.cluster.local": no search domains are applied, so "${host}" ` +
+        `would be asked as is and not found (a single-label name your DNS does serve, a Docker service name say, is written with a final dot: "${host}.")`,
+      host,
+    );
+  }
+  if (labels.at(-1)!.toLowerCase() === 'svc') {
+    invalidOption('host', `the name with its cluster domain, such as "${name}.cluster.local": no search domains are applied`, host);
+  }
+}
+
+/** What to check when a name does not exist, after "DNS name … does not exist". */
+function notFoundAdvice(host: string, port: number | string): string {
+  const name = host.endsWith('.') ? host.slice(0, -1) : host;
+  const labels = name.split('.');
+  const portName = typeof port === 'string' ? `, that "${port}" is the name of one of its TCP ports` : '';
+  // Two labels: perhaps <service>.<namespace>, which a pod's getaddrinfo completes from its
+  // search domains and this resolver does not.
+  const short =
+    labels.length !== 2
+      ? ''
+      : ` If "${name}" is <service>.<namespace>, pass the full name, "${name}.svc.cluster.local" (or your cluster's domain): no search domains are applied.`;
+  return (
+    `Check the Service and namespace names in it${portName}, that the Service is headless (clusterIP: None) ` +
+    `and that it has a ready pod: cluster DNS answers NXDOMAIN for a headless Service without one.${short}`
+  );
 }

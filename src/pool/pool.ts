@@ -8,6 +8,7 @@ import { roundRobin } from '../balance/round-robin.ts';
 import type { EndpointSource, SourceWatch } from '../discovery/source.ts';
 import { EndpointSet, type Endpoint, type EndpointDiff } from '../endpoint.ts';
 import { ErrorCode, PodpoolError, abortError, checkNumber, invalidOption } from '../errors.ts';
+import { checkOptions, optionNames } from '../options.ts';
 import type { Connection, Transport } from '../transport/transport.ts';
 import { fanOut, planBroadcast, type BroadcastOptions, type BroadcastResult, type Delivery } from './broadcast.ts';
 import { ejectionMs, ejectionPolicy, mayEject, type EjectionOptions, type EjectionPolicy } from './ejection.ts';
@@ -17,6 +18,18 @@ const debug = debuglog('podpool');
 
 /** A connection that dies younger than this counts as a flap and delays the next connect. */
 const STABLE_CONNECTION_MS = 1_000;
+
+const POOL_OPTIONS = optionNames<PoolOptions<unknown>>({
+  source: true,
+  transport: true,
+  balancer: true,
+  drainTimeoutMs: true,
+  reconnect: true,
+  ejection: true,
+  clock: true,
+  random: true,
+});
+const RECONNECT_OPTIONS = optionNames<NonNullable<PoolOptions<unknown>['reconnect']>>({ minMs: true, maxMs: true, factor: true });
 
 /** Options of {@link createPool}. */
 export interface PoolOptions<C> {
@@ -183,7 +196,7 @@ export class Pool<C> extends EventEmitter<PoolEvents> {
   /** @internal Use {@link createPool}. */
   constructor(options: PoolOptions<C>) {
     super();
-    if (options === null || typeof options !== 'object') invalidOption('options', 'an object', options);
+    checkOptions(options, POOL_OPTIONS);
     const { source, transport, balancer = roundRobin(), drainTimeoutMs = 30_000, reconnect = {} } = options;
     if (source === null || typeof source !== 'object' || typeof source.watch !== 'function') {
       invalidOption('source', 'an endpoint source (staticEndpoints, dnsEndpoints, kubernetesEndpoints)', source);
@@ -195,7 +208,7 @@ export class Pool<C> extends EventEmitter<PoolEvents> {
       invalidOption('balancer', 'a balancer (roundRobin(), leastLoaded(), …)', balancer);
     }
     checkNumber('drainTimeoutMs', drainTimeoutMs, { min: 0 });
-    if (reconnect === null || typeof reconnect !== 'object') invalidOption('reconnect', 'an object', reconnect);
+    checkOptions(reconnect, RECONNECT_OPTIONS, 'reconnect');
     const { minMs = 100, maxMs = 10_000, factor = 2 } = reconnect;
     checkNumber('reconnect.minMs', minMs, { min: 1 });
     checkNumber('reconnect.maxMs', maxMs, { min: minMs });
@@ -925,18 +938,30 @@ export class Pool<C> extends EventEmitter<PoolEvents> {
   // ---- messages ----------------------------------------------------------------------------
 
   #noEndpoints(): PodpoolError {
-    return new PodpoolError(ErrorCode.NO_ENDPOINTS, `no endpoint is ready to take the call: ${this.#situation()}`);
+    return new PodpoolError(ErrorCode.NO_ENDPOINTS, `no endpoint is ready to take the call: ${this.#situation(false)}`);
   }
 
   #closedError(what: string): PodpoolError {
     return new PodpoolError(ErrorCode.CLOSED, `${what}: the pool is closed`);
   }
 
-  /** What the pool knows, for errors a person will read. */
-  #situation(): string {
+  /**
+   * What the pool knows and what to do about it, for errors a person will read. `waited`: the
+   * error ends a wait (ready(), a call waiting for a pod), so the advice is not "wait".
+   */
+  #situation(waited = true): string {
+    const kind = this.#source.kind;
+    // A discovery error says best what is wrong (a name that does not exist, a refused request)
+    // and what to check; it is the news whenever discovery has nothing to offer.
+    const discovery = this.#lastSourceError ? `; discovery's last error: ${this.#lastSourceError.message}` : '';
     if (!this.#hasSnapshot) {
-      const last = this.#lastSourceError ? ` (last error: ${this.#lastSourceError.message})` : '';
-      return `${this.#source.kind} discovery has not reported any endpoint yet${last}; await pool.ready() first`;
+      if (discovery !== '') return `${kind} discovery has not reported any endpoint yet${discovery}`;
+      return waited
+        ? `${kind} discovery has not answered yet: its server may be slow or out of reach (NODE_DEBUG=podpool shows what it does), or it needs longer than that`
+        : `${kind} discovery has not answered yet (the pool is starting): wait with await pool.ready(), or let the call wait for a pod`;
+    }
+    if (this.#endpoints.size === 0 && this.#members.size === 0) {
+      return `${kind} discovery found no endpoint${discovery || ': check that the Service has ready pods, and that the source names the right Service and port'}`;
     }
     const counts = new Map<MemberState, number>();
     for (const m of this.#members.values()) counts.set(m.state, (counts.get(m.state) ?? 0) + 1);

@@ -4,12 +4,15 @@
  * server receiving the first query of poll n + 1, since polls never overlap.
  */
 import assert from 'node:assert/strict';
+import { once } from 'node:events';
 import { readdirSync, readlinkSync } from 'node:fs';
 import { afterEach, beforeEach, describe, it } from 'node:test';
 import { setImmediate } from 'node:timers/promises';
 import { dnsEndpoints, type DnsEndpointsOptions } from '../../src/discovery/dns.ts';
 import type { SourceWatch } from '../../src/discovery/source.ts';
 import { ErrorCode, PodpoolError } from '../../src/errors.ts';
+import { createPool } from '../../src/pool/pool.ts';
+import { webSocketTransport } from '../../src/transport/websocket.ts';
 import { DnsServer } from '../support/dns-server.ts';
 import { RecordingSink } from '../support/recording-sink.ts';
 import { resourceNames } from '../support/resources.ts';
@@ -192,7 +195,12 @@ describe('dnsEndpoints', () => {
       await sink.until((s) => s.snapshots.length === 2);
       assert.equal(sink.snapshots[1].size, 0);
       assert.equal(polls(SRV, 'SRV') - before, 2);
-      assert.deepEqual(sink.errors, [], 'an empty SRV answer is not a failure');
+      // NXDOMAIN, believed at the second answer in a row: reported with the snapshot, once.
+      assert.deepEqual(
+        sink.errors.map((e) => e.code),
+        [ErrorCode.NAME_NOT_FOUND],
+      );
+      assert.match(sink.errors[0].message, new RegExp(`^DNS name ${SRV} does not exist .*twice in a row, which empties the set of 1 endpoints.*that "grpc" is the name of one of its TCP ports`));
     });
 
     it('skips and reports a bad record, and keeps the others', T, async () => {
@@ -314,7 +322,11 @@ describe('dnsEndpoints', () => {
       assert.equal(polls() - before, 2, 'emptied by the second empty poll, not the first or a later one');
       await pollsFinish(2);
       assert.equal(sink.snapshots.length, 2, 'and only once');
-      assert.deepEqual(sink.errors, []);
+      // The first NXDOMAIN is not reported (one empty answer is a blip), the second is, and so is
+      // each after it, as long as the name is missing.
+      assert.ok(sink.errors.length >= 3, `${sink.errors.length} errors`);
+      assert.ok(sink.errors.every((e) => e.code === ErrorCode.NAME_NOT_FOUND));
+      assert.match(sink.errors[0].message, /twice in a row, which empties the set of 1 endpoints \(the Service was deleted, or none of its pods is ready\)/);
     });
 
     it('does not count empty answers across a failure', T, async () => {
@@ -332,8 +344,9 @@ describe('dnsEndpoints', () => {
       assert.equal(sink.snapshots.length, 1, 'empty, failure, empty is not two empty polls in a row');
     });
 
-    it('reports nothing before the first answer, then an empty set once two polls agree', T, async () => {
-      const sink = watch(); // the server knows no such name yet
+    it('reports no snapshot before the first answer, then an empty set once two polls agree', T, async () => {
+      server.set(HOST, {}); // the name exists, with no address: NODATA
+      const sink = watch();
       await server.waitForQueries(2, HOST, 'A'); // poll 1 (empty) is over
       assert.equal(sink.snapshots.length, 0, 'one empty answer is not a first picture');
       await sink.until((s) => s.snapshots.length === 1);
@@ -343,7 +356,52 @@ describe('dnsEndpoints', () => {
       server.set(HOST, { A: [POD_A] });
       await sink.until((s) => s.snapshots.length === 2);
       assert.deepEqual(sink.keys, [`${POD_A}:8080`]);
-      assert.deepEqual(sink.errors, []);
+      assert.deepEqual(sink.errors, [], 'NODATA is an empty answer, not an error');
+    });
+
+    it('reports NXDOMAIN from the first poll on as PODPOOL_NAME_NOT_FOUND, saying what to check', T, async () => {
+      const sink = watch(); // the server knows no such name
+      const first = await sink.errorWhere();
+      assert.equal(polls(), 1, 'reported by the first poll, not left for a timeout to find');
+      assert.ok(first instanceof PodpoolError);
+      assert.equal(first.code, ErrorCode.NAME_NOT_FOUND);
+      assert.match(first.message, new RegExp(`^DNS name ${HOST} does not exist \\(NXDOMAIN from ${server.address}\\); no endpoints known yet`));
+      assert.match(first.message, /Check the Service and namespace names in it, that the Service is headless \(clusterIP: None\) and that it has a ready pod/);
+      assert.doesNotMatch(first.message, /If ".*" is <service>\.<namespace>/, 'a name with .svc. needs no hint about search domains');
+      // Still an empty answer for the set: emptied by the second, as DESIGN.md says.
+      await sink.until((s) => s.snapshots.length === 1);
+      assert.equal(polls(), 2);
+      assert.equal(sink.snapshots[0].size, 0);
+      assert.equal(sink.errors.length, 2, 'one report per poll while the name is missing');
+
+      server.set(HOST, { A: [POD_A] });
+      await sink.until((s) => s.snapshots.length === 2);
+      const errors = sink.errors.length;
+      await pollsFinish(2);
+      assert.equal(sink.errors.length, errors, 'no report once the name resolves');
+    });
+
+    it('points a name without .svc. at the full Kubernetes name', T, async () => {
+      const sink = watch({ host: 'backend.default' });
+      const error = await sink.errorWhere();
+      assert.equal(error.code, ErrorCode.NAME_NOT_FOUND);
+      assert.match(
+        error.message,
+        /If "backend\.default" is <service>\.<namespace>, pass the full name, "backend\.default\.svc\.cluster\.local" \(or your cluster's domain\): no search domains are applied/,
+      );
+      assert.equal(server.count('backend.default', 'A'), 1, 'asked as written');
+      assert.equal(server.count('backend.default.svc.cluster.local', 'A'), 0, 'and nothing else');
+    });
+
+    it('does not report a lone NXDOMAIN while endpoints are known', T, async () => {
+      server.set(HOST, { A: [POD_A] });
+      const sink = watch();
+      await sink.until((s) => s.snapshots.length === 1);
+      server.fail('nxdomain', { name: HOST, times: 2 }); // one poll's A and AAAA
+      const emptyPoll = polls() + 1;
+      await server.waitForQueries(emptyPoll + 2, HOST, 'A'); // the NXDOMAIN poll and one good one are over
+      assert.deepEqual(sink.errors, [], 'a blip is not news');
+      assert.equal(sink.snapshots.length, 1);
     });
 
     it('reports the first non-empty answer at once', T, async () => {
@@ -455,6 +513,17 @@ describe('dnsEndpoints', () => {
       ['host', { host: '' }],
       ['host', { host: 42 }],
       ['host', { host: '10.0.0.1' }],
+      ['host', { host: 'backend' }],
+      ['host', { host: 'http://backend' }],
+      ['host', { host: 'dns://backend.default.svc.cluster.local' }],
+      ['host', { host: `${HOST}:8080` }],
+      ['host', { host: `${HOST}/v1` }],
+      ['host', { host: 'backend.default.svc' }],
+      ['host', { host: 'backend.default.SVC.' }],
+      ['host', { host: 'backend..svc.cluster.local' }],
+      ['host', { host: '-backend.default.svc.cluster.local' }],
+      ['host', { host: `${'x'.repeat(64)}.default.svc.cluster.local` }],
+      ['host', { host: 'back end.default.svc.cluster.local' }],
       ['port', { port: 0 }],
       ['port', { port: 65536 }],
       ['port', { port: 80.5 }],
@@ -495,6 +564,24 @@ describe('dnsEndpoints', () => {
       );
     });
 
+    it('says what to pass instead of a URL, a port, a path, a single label or a name cut at .svc', T, () => {
+      const says = (host: string, message: RegExp) =>
+        assert.throws(() => dnsEndpoints({ host, port: 80 }), { code: ErrorCode.INVALID_OPTION, message });
+      says('http://backend:8080/x', /^option host must be a DNS name, not a URL: pass the host part alone \(backend\) and the port as the port option, got "http:\/\/backend:8080\/x"$/);
+      says(`${HOST}:8080`, /without a port: pass the port as the port option/);
+      says(`${HOST}/v1`, /without a path/);
+      says('backend', /a fully qualified name such as "backend\.<namespace>\.svc\.cluster\.local": no search domains are applied, so "backend" would be asked as is.*written with a final dot: "backend\."/);
+      says('backend.default.svc', /the name with its cluster domain, such as "backend\.default\.svc\.cluster\.local"/);
+    });
+
+    it('rejects an unknown option, naming the one meant', T, () => {
+      assert.throws(() => dnsEndpoints({ host: HOST, port: 80, refresh: 1000 } as unknown as DnsEndpointsOptions), {
+        code: ErrorCode.INVALID_OPTION,
+        message: 'unknown option refresh (did you mean refreshMs?); the options are host, port, refreshMs, servers, timeoutMs, tries, random',
+      });
+      assert.throws(() => dnsEndpoints({ host: HOST, port: 80, server: ['127.0.0.1'] } as unknown as DnsEndpointsOptions), /did you mean servers\?/);
+    });
+
     it('names the value it got', T, () => {
       assert.throws(() => dnsEndpoints({ host: HOST, port: 70000 }), /got 70000/);
       assert.throws(() => dnsEndpoints({ host: HOST, port: 80, servers: ['dns.example'] }), /"dns\.example"/);
@@ -505,11 +592,43 @@ describe('dnsEndpoints', () => {
         { host: HOST, port: 'grpc' },
         { host: HOST, port: 'http-metrics' },
         { host: `${HOST}.`, port: 1 },
+        { host: 'backend.', port: 1 }, // a single label, asked as is on purpose
+        { host: 'backend.default', port: 1 }, // could be a real name; the first poll says if not
+        { host: 'Backend.Default.svc.cluster.local', port: 1 },
+        { host: 'my_service.example.com', port: 1 },
         { host: HOST, port: 65535, servers: ['127.0.0.1:5353', '[::1]:53', '10.96.0.10'] },
         { host: HOST, port: 80, refreshMs: 0.5 + 0.5, timeoutMs: 1, tries: 1, random: () => 0 },
       ]) {
         assert.equal(dnsEndpoints(options).kind, 'dns');
       }
+    });
+  });
+});
+
+describe('a pool over dnsEndpoints of a name that does not exist', () => {
+  it('emits sourceError PODPOOL_NAME_NOT_FOUND, and ready() and calls pass on what to check', T, async (t) => {
+    const server = await DnsServer.start();
+    t.after(() => server.close());
+    const pool = createPool({
+      source: dnsEndpoints({ host: 'backend.default', port: 8080, refreshMs: 60_000, servers: [server.address], tries: 1 }),
+      // Never used: nothing resolves, so nothing is dialled.
+      transport: webSocketTransport(),
+    });
+    t.after(() => pool.close());
+    const [error] = (await once(pool, 'sourceError')) as [PodpoolError];
+    assert.equal(error.code, ErrorCode.NAME_NOT_FOUND);
+    assert.match(error.message, /^DNS name backend\.default does not exist \(NXDOMAIN/);
+
+    await assert.rejects(pool.ready({ timeoutMs: 1 }), (thrown: PodpoolError) => {
+      assert.equal(thrown.code, ErrorCode.TIMEOUT);
+      assert.match(thrown.message, /^ready\(\): 0 of 1 endpoint\(s\) ready after 1 ms; dns discovery has not reported any endpoint yet; discovery's last error: DNS name backend\.default does not exist/);
+      assert.match(thrown.message, /pass the full name, "backend\.default\.svc\.cluster\.local"/);
+      assert.doesNotMatch(thrown.message, /await pool\.ready\(\)/, 'no advice to wait for ready() inside ready()');
+      return true;
+    });
+    await assert.rejects(pool.use(() => 1, { waitForReady: false }), {
+      code: ErrorCode.NO_ENDPOINTS,
+      message: /no endpoint is ready to take the call: dns discovery has not reported any endpoint yet; discovery's last error: DNS name backend\.default does not exist/,
     });
   });
 });

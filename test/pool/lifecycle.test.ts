@@ -103,11 +103,11 @@ describe('ready()', () => {
 });
 
 describe('use() with nothing to pick', () => {
-  it('before any snapshot: PODPOOL_NO_ENDPOINTS telling to await ready(), with the source error', async (t) => {
+  it('before any snapshot: PODPOOL_NO_ENDPOINTS telling to wait, or the source error', async (t) => {
     const { source, pool } = harness(t);
     await assert.rejects(pool.use(() => 1, { waitForReady: false }), (error: PodpoolError) => {
       assert.equal(error.code, ErrorCode.NO_ENDPOINTS);
-      assert.match(error.message, /manual discovery has not reported any endpoint yet; await pool\.ready\(\) first/);
+      assert.match(error.message, /manual discovery has not answered yet \(the pool is starting\): wait with await pool\.ready\(\)/);
       return true;
     });
     const reported: PodpoolError[] = [];
@@ -116,7 +116,7 @@ describe('use() with nothing to pick', () => {
     assert.deepEqual(reported, [failure]);
     await assert.rejects(pool.use(() => 1, { waitForReady: false }), {
       code: ErrorCode.NO_ENDPOINTS,
-      message: /\(last error: lookup of backend timed out\); await pool\.ready\(\) first/,
+      message: /manual discovery has not reported any endpoint yet; discovery's last error: lookup of backend timed out$/,
     });
   });
 
