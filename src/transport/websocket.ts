@@ -1,7 +1,9 @@
+import { createSecureContext, type ConnectionOptions } from 'node:tls';
 import { debuglog } from 'node:util';
-import { WebSocket, type PerMessageDeflateOptions, type RawData, type WebSocketServer } from 'ws';
+import { WebSocket, type ClientOptions, type PerMessageDeflateOptions, type RawData, type WebSocketServer } from 'ws';
 import type { Endpoint } from '../endpoint.ts';
-import { ErrorCode, PodpoolError, abortError, checkNumber, invalidOption } from '../errors.ts';
+import { ErrorCode, PodpoolError, abortError } from '../errors.ts';
+import { checkNumber, checkOptions, invalidOption, optionNames } from '../options.ts';
 import type { Connection, Transport } from './transport.ts';
 
 /*
@@ -52,7 +54,28 @@ export interface WebSocketTransportOptions {
   connectTimeoutMs?: number;
   /** Negotiates permessage-deflate, with these options when an object. Default `false`: it costs CPU and memory per socket. */
   perMessageDeflate?: boolean | PerMessageDeflateOptions;
+  /**
+   * Connect with TLS (`wss://`), with these options, as `httpTransport`'s `tls`: `ca` to trust
+   * the pods' CA, `servername` naming the Service (`backend.default.svc.cluster.local`: pods are
+   * dialled by IP, and their certificate names the Service), `cert` and `key` to present a
+   * client certificate when the pods ask for one. `servername` is also sent as `Host` unless
+   * `headers` set one, as a client of the Service would send it. Checked at the door: a CA, a
+   * certificate or a key Node can't load throws `PODPOOL_INVALID_OPTION` here, not at connect.
+   */
+  tls?: ConnectionOptions;
 }
+
+const OPTIONS = optionNames<WebSocketTransportOptions>({
+  path: true,
+  protocols: true,
+  headers: true,
+  heartbeatMs: true,
+  highWaterMark: true,
+  requestTimeoutMs: true,
+  connectTimeoutMs: true,
+  perMessageDeflate: true,
+  tls: true,
+});
 
 /** Options of {@link WebSocketClient.request}. */
 export interface WebSocketRequestOptions {
@@ -252,7 +275,7 @@ export class WebSocketClient {
  * every pod's acknowledgement.
  */
 export function webSocketTransport(options: WebSocketTransportOptions = {}): Transport<WebSocketClient> {
-  if (options === null || typeof options !== 'object') invalidOption('options', 'an object', options);
+  checkOptions(options, OPTIONS);
   const {
     path = '/',
     protocols = [],
@@ -262,6 +285,7 @@ export function webSocketTransport(options: WebSocketTransportOptions = {}): Tra
     requestTimeoutMs = 30_000,
     connectTimeoutMs = 10_000,
     perMessageDeflate = false,
+    tls,
   } = options;
   if (typeof path !== 'string' || !path.startsWith('/')) invalidOption('path', 'a string starting with "/"', path);
   const protocolList = typeof protocols === 'string' ? [protocols] : protocols;
@@ -278,19 +302,29 @@ export function webSocketTransport(options: WebSocketTransportOptions = {}): Tra
   if (typeof perMessageDeflate !== 'boolean' && (perMessageDeflate === null || typeof perMessageDeflate !== 'object')) {
     invalidOption('perMessageDeflate', 'a boolean or permessage-deflate options', perMessageDeflate);
   }
-  const socketOptions = {
+  const secure = tls === undefined ? undefined : checkTls(tls);
+  const socketOptions: ClientOptions = {
+    ...(secure as ClientOptions | undefined),
     headers: { ...headers },
     perMessageDeflate,
     handshakeTimeout: connectTimeoutMs,
     followRedirects: false,
   };
+  const scheme = tls === undefined ? 'ws' : 'wss';
+  // Host names the Service, as SNI does, unless the caller set it: a TLS-terminating sidecar or a
+  // virtual host routes on it. The pod's port goes with it unless it is 443, as a URL would send it.
+  const hostHeader = secure?.servername && !Object.keys(headers).some((name) => name.toLowerCase() === 'host') ? secure.servername : undefined;
 
   return {
     name: 'websocket',
     connect(endpoint, { signal, lost }): Promise<Connection<WebSocketClient>> {
       return new Promise((resolve, reject) => {
         signal.throwIfAborted();
-        const socket = new WebSocket(urlOf(endpoint, path), [...protocolList], socketOptions);
+        const socket = new WebSocket(
+          urlOf(scheme, endpoint, path),
+          [...protocolList],
+          hostHeader === undefined ? socketOptions : { ...socketOptions, headers: { ...socketOptions.headers, host: endpoint.port === 443 ? hostHeader : `${hostHeader}:${endpoint.port}` } },
+        );
         let lastError: Error | undefined;
         let connection: WebSocketConnection | undefined;
         // Always listened to: ws emits 'error' before 'close', and an unheard 'error' would crash.
@@ -317,7 +351,7 @@ export function webSocketTransport(options: WebSocketTransportOptions = {}): Tra
           }
           // Settled only once the socket is gone, so a failed connect leaves nothing behind.
           if (signal.aborted) reject(signal.reason);
-          else reject(lastError ?? new Error(`${describeClose(code, reason)} during the upgrade`));
+          else reject(lastError === undefined ? new Error(`${describeClose(code, reason)} during the upgrade`) : explainTls(lastError, secure));
         });
       });
     },
@@ -461,9 +495,70 @@ function checkDelay(name: string, value: unknown): void {
   if ((value as number) > MAX_DELAY_MS) invalidOption(name, `a number of ms from 1 to ${MAX_DELAY_MS}`, value);
 }
 
-function urlOf(endpoint: Endpoint, path: string): string {
+function urlOf(scheme: 'ws' | 'wss', endpoint: Endpoint, path: string): string {
   const host = endpoint.address.includes(':') ? `[${endpoint.address}]` : endpoint.address;
-  return `ws://${host}:${endpoint.port}${path}`;
+  return `${scheme}://${host}:${endpoint.port}${path}`;
+}
+
+/**
+ * Loads the CA, certificate and key once, here: a PEM Node can't read fails at the door (its
+ * message names the problem, never the bytes), and reconnects don't parse them again.
+ */
+function checkTls(tls: unknown): ConnectionOptions {
+  if (tls === null || typeof tls !== 'object' || Array.isArray(tls)) invalidOption('tls', 'TLS connection options ({ ca, servername, cert, key, … })', tls);
+  const options = tls as ConnectionOptions;
+  const { servername } = options;
+  if (servername !== undefined && (typeof servername !== 'string' || servername === '')) {
+    invalidOption('tls.servername', 'the DNS name the pods\' certificate holds, such as "backend.default.svc.cluster.local"', servername);
+  }
+  if ((options.cert === undefined) !== (options.key === undefined)) {
+    // Not invalidOption: the one given may be a key, which no message prints.
+    throw new PodpoolError(
+      ErrorCode.INVALID_OPTION,
+      `option tls must have cert and key together (a client certificate and its private key), got only ${options.cert === undefined ? 'key' : 'cert'}`,
+    );
+  }
+  if (options.secureContext !== undefined) return { ...options };
+  try {
+    return { ...options, secureContext: createSecureContext(options) };
+  } catch (error) {
+    throw new PodpoolError(
+      ErrorCode.INVALID_OPTION,
+      `option tls must hold a CA, certificate and key Node can load (PEM or DER): ${(error as Error).message}`,
+      { cause: error },
+    );
+  }
+}
+
+/** Codes of a pod certificate that no CA in `tls.ca` (or the system's) signed. */
+const UNTRUSTED = new Set([
+  'UNABLE_TO_VERIFY_LEAF_SIGNATURE',
+  'UNABLE_TO_GET_ISSUER_CERT',
+  'UNABLE_TO_GET_ISSUER_CERT_LOCALLY',
+  'SELF_SIGNED_CERT_IN_CHAIN',
+  'DEPTH_ZERO_SELF_SIGNED_CERT',
+  'CERT_SIGNATURE_FAILURE',
+]);
+
+/** A TLS failure at connect with what to change in `tls`; any other error as it is. */
+function explainTls(error: Error, tls: ConnectionOptions | undefined): Error {
+  if (tls === undefined) return error;
+  const { code } = error as NodeJS.ErrnoException;
+  let advice: string | undefined;
+  if (code === 'ERR_TLS_CERT_ALTNAME_INVALID') {
+    advice =
+      tls.servername === undefined
+        ? 'set tls.servername to the name the certificate holds (the Service\'s DNS name): pods are dialled by IP'
+        : `the certificate does not name ${tls.servername}: set tls.servername to a name it holds`;
+  } else if (code !== undefined && UNTRUSTED.has(code)) {
+    advice = 'no CA in tls.ca signed the pod\'s certificate: pass the CA that issued it';
+  } else if (/certificate required|alert handshake failure|alert bad certificate/i.test(error.message)) {
+    advice = 'the pod asks for a client certificate: pass tls.cert and tls.key, issued by a CA the pod trusts';
+  }
+  if (advice === undefined) return error;
+  const explained = new Error(`TLS: ${error.message.trim()}; ${advice}`, { cause: error }) as NodeJS.ErrnoException;
+  if (code !== undefined) explained.code = code;
+  return explained;
 }
 
 /** Why a socket closed, for the pool's "lost the connection to …: <this>". */

@@ -7,7 +7,9 @@
  */
 import { EventEmitter, once } from 'node:events';
 import { createServer, type IncomingHttpHeaders, type Server } from 'node:http';
+import { createServer as createTlsServer, type ServerOptions as TlsServerOptions } from 'node:https';
 import type { Socket } from 'node:net';
+import type { TLSSocket } from 'node:tls';
 import { WebSocketServer, type WebSocket } from 'ws';
 import { answerRequests, type WebSocketMessage, type WebSocketHandler } from '../../src/transport/websocket.ts';
 
@@ -23,6 +25,8 @@ export interface WsPodOptions {
   autoPong?: boolean;
   /** Keep every received message's data in `received`. Default true; the bench turns it off. */
   record?: boolean;
+  /** Serve `wss://` over an HTTPS server with these options (`key`, `cert`, `requestCert`, `ca`, …). */
+  tls?: TlsServerOptions;
 }
 
 /** What a client sent on the upgrade request. */
@@ -30,6 +34,9 @@ export interface Handshake {
   readonly url: string;
   readonly protocol: string;
   readonly headers: IncomingHttpHeaders;
+  /** Over TLS: the server name the client sent (SNI), and the CN of the certificate it presented. */
+  readonly servername?: string;
+  readonly clientCertificate?: string;
 }
 
 /** Events a pod emits, for tests to wait on. */
@@ -65,9 +72,11 @@ export class WsPod extends EventEmitter<WsPodEvents> {
     this.#port = options.port ?? 0;
     const record = options.record ?? true;
     const handler = options.handler ?? ((data: unknown) => ({ pod: this.key, data }));
-    this.server = createServer((_req, res) => {
+    const upgradeRequired = (_req: unknown, res: { writeHead(status: number): { end(body: string): void } }): void => {
       res.writeHead(426).end('upgrade required');
-    });
+    };
+    // An HTTPS server is an http.Server as far as ws and these tests go; the type says otherwise.
+    this.server = options.tls === undefined ? createServer(upgradeRequired) : (createTlsServer(options.tls, upgradeRequired) as unknown as Server);
     this.server.on('connection', (socket) => {
       this.#tcp.add(socket);
       socket.once('close', () => this.#tcp.delete(socket));
@@ -76,7 +85,15 @@ export class WsPod extends EventEmitter<WsPodEvents> {
     this.wss.on('connection', (socket, request) => {
       this.connections++;
       this.accepted++;
-      this.handshakes.push({ url: request.url ?? '', protocol: socket.protocol, headers: request.headers });
+      const tls = options.tls === undefined ? undefined : (request.socket as TLSSocket);
+      const subject = tls?.getPeerCertificate().subject;
+      this.handshakes.push({
+        url: request.url ?? '',
+        protocol: socket.protocol,
+        headers: request.headers,
+        ...(tls !== undefined && { servername: (tls as TLSSocket & { servername?: string | false }).servername || undefined }),
+        ...(subject?.CN !== undefined && { clientCertificate: String(subject.CN) }),
+      });
       socket.on('ping', () => {
         this.pings++;
         this.emit('ping');
