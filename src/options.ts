@@ -87,15 +87,17 @@ function kindOf(value: unknown): string {
 
 /**
  * The known name closest to `key` when it is close enough to be a slip: the case ignored,
- * within one edit for short names and a third of the length for longer ones (`timeout` finds
- * `timeoutMs`, `ballancer` finds `balancer`, `port` does not find `path`).
+ * within one edit for short names and a third of the length for longer ones, or the start of a
+ * name left without its unit (`ballancer` finds `balancer`, `decay` finds `decayMs`, `port`
+ * does not find `path`).
  */
 function closest(key: string, known: OptionNames): string | undefined {
   const lower = key.toLowerCase();
   let best: string | undefined;
   let bestDistance = Math.max(1, Math.floor(key.length / 3)) + 1;
   for (const name of known) {
-    const d = distance(lower, name.toLowerCase());
+    const other = name.toLowerCase();
+    const d = lower.length >= 3 && other.startsWith(lower) ? 1 : distance(lower, other);
     if (d < bestDistance) {
       best = name;
       bestDistance = d;

@@ -53,7 +53,8 @@ const OPTIONS = optionNames<DnsEndpointsOptions>({ host: true, port: true, refre
 /**
  * Discovers the pods behind a headless Service by polling DNS: A and AAAA of `host` for a port
  * number, SRV for a port name. Keeps the last good answer through failures and through a single
- * empty answer; throws `PODPOOL_INVALID_OPTION` for a bad option.
+ * empty answer; reports a name that does not exist (NXDOMAIN) as `PODPOOL_NAME_NOT_FOUND`;
+ * throws `PODPOOL_INVALID_OPTION` for a bad option or a `host` that can't be asked as written.
  */
 export function dnsEndpoints(options: DnsEndpointsOptions): EndpointSource {
   checkOptions(options, OPTIONS);

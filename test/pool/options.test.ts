@@ -2,6 +2,21 @@ import assert from 'node:assert/strict';
 import { describe, it, type TestContext } from 'node:test';
 import { ErrorCode, PodpoolError } from '../../src/errors.ts';
 import { createPool, type Pool, type PoolOptions } from '../../src/pool/pool.ts';
+import {
+  datagramReceiver,
+  dedupFilter,
+  dnsEndpoints,
+  exclusiveTransport,
+  kubernetesEndpoints,
+  leastLoaded,
+  peakEwma,
+  random,
+  ringHash,
+  roundRobin,
+  signMessage,
+  udpTransport,
+  webSocketTransport,
+} from '../../src/index.ts';
 import { ManualSource, pod } from '../support/manual-source.ts';
 import { MemoryTransport, type MemoryClient } from '../support/memory-transport.ts';
 
@@ -115,5 +130,77 @@ describe('per-call options', () => {
     const pool = createPool({ source: new ManualSource(), transport: new MemoryTransport() });
     t.after(() => pool.close());
     await assert.rejects(pool.broadcast(() => 1, { concurrency: 0 }), invalid('concurrency', '0'));
+  });
+});
+
+describe('unknown options', () => {
+  /** Asserts `PODPOOL_INVALID_OPTION` for an unknown key, with the exact message. */
+  const refuses = (make: () => unknown, message: string) =>
+    assert.throws(make, (error: unknown) => {
+      assert.ok(error instanceof PodpoolError, `expected a PodpoolError, got ${String(error)}`);
+      assert.equal(error.code, ErrorCode.INVALID_OPTION);
+      assert.equal(error.message, message);
+      return true;
+    });
+  const base = (): PoolOptions<MemoryClient> => ({ source: new ManualSource(), transport: new MemoryTransport() });
+
+  it('createPool refuses a misspelled option, naming the one meant, without starting discovery', () => {
+    const options = base();
+    refuses(
+      () => createPool({ ...options, ballancer: roundRobin() } as never),
+      'unknown option ballancer (did you mean balancer?); the options are source, transport, balancer, drainTimeoutMs, reconnect, ejection, clock, random',
+    );
+    assert.equal((options.source as ManualSource).watches, 0);
+    refuses(() => createPool({ ...base(), reconnect: { maxMS: 10 } } as never), 'unknown option reconnect.maxMS (did you mean reconnect.maxMs?); the options are reconnect.minMs, reconnect.maxMs, reconnect.factor');
+    refuses(
+      () => createPool({ ...base(), ejection: { failures: 3 } } as never),
+      'unknown option ejection.failures; the options are ejection.consecutiveFailures, ejection.baseMs, ejection.maxMs, ejection.maxPercent',
+    );
+    refuses(
+      () => createPool({ ...base(), drainTimeout: 5 } as never),
+      'unknown option drainTimeout (did you mean drainTimeoutMs?); the options are source, transport, balancer, drainTimeoutMs, reconnect, ejection, clock, random',
+    );
+  });
+
+  it('every factory refuses a key it does not know', () => {
+    const receive = { onMessage() {} };
+    const cases: [string, () => unknown, RegExp][] = [
+      ['dnsEndpoints', () => dnsEndpoints({ host: 'backend.default.svc.cluster.local', port: 80, refreshMS: 5 } as never), /^unknown option refreshMS \(did you mean refreshMs\?\)/],
+      ['kubernetesEndpoints', () => kubernetesEndpoints({ service: 'backend', namespace: 'default', port: 80, namepsace: 'x' } as never), /^unknown option namepsace \(did you mean namespace\?\)/],
+      ['kubernetesEndpoints backoff', () => kubernetesEndpoints({ service: 'backend', namespace: 'default', port: 80, backoff: { initial: 5 } } as never), /^unknown option backoff\.initial \(did you mean backoff\.initialMs\?\)/],
+      ['webSocketTransport', () => webSocketTransport({ header: { authorization: 'Bearer s3cret' } } as never), /^unknown option header \(did you mean headers\?\)/],
+      ['exclusiveTransport', () => exclusiveTransport({ create: async () => ({}), destroy() {} }, { perPod: 2 } as never), /^unknown option perPod; the options are perEndpoint, acquireTimeoutMs$/],
+      ['udpTransport', () => udpTransport({ repeats: 2 } as never), /^unknown option repeats \(did you mean repeat\?\)/],
+      ['leastLoaded', () => leastLoaded({ choice: 3 } as never), /^unknown option choice \(did you mean choices\?\)/],
+      ['peakEwma', () => peakEwma({ decay: 5 } as never), /^unknown option decay \(did you mean decayMs\?\)/],
+      ['ringHash', () => ringHash({ replica: 5 } as never), /^unknown option replica \(did you mean replicas\?\)/],
+      ['roundRobin', () => roundRobin({ choices: 2 } as never), /^unknown option choices; it takes no options$/],
+      ['random', () => random({ seed: 2 } as never), /^unknown option seed; it takes no options$/],
+      ['dedupFilter', () => dedupFilter({ ttl: 5 } as never), /^unknown option ttl \(did you mean ttlMs\?\)/],
+      ['datagramReceiver', () => datagramReceiver({ ...receive, onGaps() {} } as never), /^unknown option onGaps \(did you mean onGap\?\)/],
+      ['signMessage', () => signMessage({ id: 'a', body: 'b' }, { secret: 's'.repeat(16), Clock: Date.now } as never), /^unknown option Clock \(did you mean clock\?\)/],
+    ];
+    for (const [name, make, message] of cases) {
+      assert.throws(make, (error: unknown) => {
+        assert.ok(error instanceof PodpoolError, `${name}: expected a PodpoolError, got ${String(error)}`);
+        assert.equal(error.code, ErrorCode.INVALID_OPTION, name);
+        assert.match(error.message, message, name);
+        assert.ok(!error.message.includes('s3cret'), `${name} printed a value`);
+        return true;
+      });
+    }
+  });
+
+  it('suggests only what is a slip away', () => {
+    refuses(() => leastLoaded({ strategy: 'p2c' } as never), 'unknown option strategy; the options are choices');
+    refuses(() => udpTransport({ Port: 9 } as never), 'unknown option Port (did you mean port?); the options are port, repeat, senderId');
+  });
+
+  it('never prints the value of an option that may be a secret', () => {
+    refuses(() => webSocketTransport({ headers: 'Bearer s3cret' } as never), 'option headers must be an object of string header values, got a string of 13 bytes');
+    refuses(
+      () => webSocketTransport({ headers: { authorization: ['Bearer s3cret'] } } as never),
+      'option headers must be an object of string header values, got an object',
+    );
   });
 });
