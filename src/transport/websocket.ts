@@ -552,8 +552,11 @@ function explainTls(error: Error, tls: ConnectionOptions | undefined): Error {
         : `the certificate does not name ${tls.servername}: set tls.servername to a name it holds`;
   } else if (code !== undefined && UNTRUSTED.has(code)) {
     advice = 'no CA in tls.ca signed the pod\'s certificate: pass the CA that issued it';
-  } else if (/certificate required|alert handshake failure|alert bad certificate/i.test(error.message)) {
+  } else if (/certificate required/i.test(error.message)) {
     advice = 'the pod asks for a client certificate: pass tls.cert and tls.key, issued by a CA the pod trusts';
+  } else if (/alert (handshake failure|bad certificate|unknown ca)/i.test(error.message)) {
+    // TLS 1.2 says only "handshake failure" for a missing client certificate, and for other refusals too.
+    advice = 'the pod refused the handshake: if it asks for a client certificate, pass tls.cert and tls.key issued by a CA it trusts';
   }
   if (advice === undefined) return error;
   const explained = new Error(`TLS: ${error.message.trim()}; ${advice}`, { cause: error }) as NodeJS.ErrnoException;
