@@ -57,10 +57,6 @@ export class PodpoolError extends Error {
   }
 }
 
-// The option checks moved to options.ts, beside the other checks every factory shares; these
-// re-exports keep the modules that still import them from here working.
-export { checkNumber, invalidOption } from './options.ts';
-
 /** The `PODPOOL_ABORTED` error for a signal, keeping the signal's reason as the cause. */
 export function abortError(signal: AbortSignal, what: string): PodpoolError {
   return new PodpoolError(ErrorCode.ABORTED, `${what} was aborted`, { cause: signal.reason });

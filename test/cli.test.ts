@@ -147,6 +147,8 @@ describe('podpool', () => {
       [['--nonsense'], /unknown option "--nonsense"/, /usage: podpool <command>/],
       [['endpoints', '--dns', 'backend.default.svc.cluster.local'], /--port is required/, /podpool endpoints flags/],
       [['endpoints', '--nonsense'], /Unknown option '--nonsense'/, /podpool endpoints flags/],
+      [['endpoints', '--dns', 'backend', '--port', '80'], /option host must be a fully qualified name/, /podpool endpoints flags/],
+      [['endpoints', '--dns', 'http://backend', '--port', '80'], /option host must be a DNS name, not a URL/, /podpool endpoints flags/],
       [['bench', 'balance', '--nonsense'], /Unknown option '--nonsense'/, /podpool bench <scenario>/],
       [['bench', 'nonsense'], /unknown scenario "nonsense"/, /podpool bench <scenario>/],
       [['demo', '--nonsense'], /Unknown option '--nonsense'/, /podpool demo/],

@@ -13,6 +13,7 @@
 import { findPackageJSON } from 'node:module';
 import { readFileSync } from 'node:fs';
 import { runEndpoints, ENDPOINTS_USAGE } from './endpoints.ts';
+import { ErrorCode, PodpoolError } from '../errors.ts';
 
 const USAGE = `usage: podpool <command> [flags]
   demo [flags]              the balance and slow-pod scenarios at a small size, with an HTML page of charts
@@ -90,8 +91,9 @@ function resolvable(name: string): boolean {
 }
 
 /**
- * Runs a command, turning a usage mistake (an unknown flag, a bad value) into exit code 2 with the
- * command's usage, and any other failure into exit code 1 with its stack.
+ * Runs a command, turning a usage mistake (an unknown flag, a bad value, an option the library
+ * refuses) into exit code 2 with the command's usage, a podpool error into exit code 1 with its
+ * message and code, and anything else into exit code 1 with its stack.
  */
 async function guard(command: () => Promise<number>, usage: string): Promise<number> {
   try {
@@ -101,6 +103,10 @@ async function guard(command: () => Promise<number>, usage: string): Promise<num
       process.stderr.write(`podpool: ${error.message}\n${error.message.includes(usage) ? '' : `${usage}\n`}`);
       return 2;
     }
+    if (error instanceof PodpoolError) {
+      process.stderr.write(`podpool: ${error.message} (${error.code})\n`);
+      return 1;
+    }
     process.stderr.write(`podpool: ${error instanceof Error ? (error.stack ?? error.message) : String(error)}\n`);
     return 1;
   }
@@ -109,7 +115,11 @@ async function guard(command: () => Promise<number>, usage: string): Promise<num
 function isUsageError(error: unknown): error is Error {
   if (!(error instanceof Error)) return false;
   const code = (error as { code?: unknown }).code;
-  return error.name === 'UsageError' || (typeof code === 'string' && code.startsWith('ERR_PARSE_ARGS'));
+  return (
+    error.name === 'UsageError' ||
+    code === ErrorCode.INVALID_OPTION ||
+    (typeof code === 'string' && code.startsWith('ERR_PARSE_ARGS'))
+  );
 }
 
 /** The version in podpool's package.json, found from this file in the sources and in dist alike. */

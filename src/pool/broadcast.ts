@@ -1,6 +1,7 @@
 import pRetry from 'p-retry';
 import type { Endpoint } from '../endpoint.ts';
-import { ErrorCode, PodpoolError, abortError, checkNumber } from '../errors.ts';
+import { ErrorCode, PodpoolError, abortError } from '../errors.ts';
+import { checkNumber } from '../options.ts';
 
 /** Options of `pool.broadcast()`. */
 export interface BroadcastOptions {

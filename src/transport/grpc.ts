@@ -15,7 +15,8 @@ import {
   type StatusObject,
 } from '@grpc/grpc-js';
 import { endpointKey, type Endpoint } from '../endpoint.ts';
-import { ErrorCode, PodpoolError, checkNumber, invalidOption } from '../errors.ts';
+import { ErrorCode, PodpoolError } from '../errors.ts';
+import { checkNumber, checkOptions, invalidOption, optionNames } from '../options.ts';
 import type { Pool, PoolCall } from '../pool/pool.ts';
 import type { Connection, Transport } from './transport.ts';
 
@@ -49,6 +50,13 @@ export interface GrpcTransportOptions {
    */
   connectTimeoutMs?: number;
 }
+
+const TRANSPORT_OPTIONS = optionNames<GrpcTransportOptions>({
+  credentials: true,
+  serverName: true,
+  channelOptions: true,
+  connectTimeoutMs: true,
+});
 
 /**
  * What every pod's channel gets unless `channelOptions` says otherwise.
@@ -110,7 +118,7 @@ export function grpcTransport<C extends Client>(
   if (typeof ServiceClient !== 'function' || !(ServiceClient.prototype instanceof Client)) {
     invalidOption('ServiceClient', 'a grpc-js client constructor (from loadPackageDefinition or generated code)', ServiceClient);
   }
-  if (options === null || typeof options !== 'object') invalidOption('options', 'an object', options);
+  checkOptions(options, TRANSPORT_OPTIONS);
   const { credentials = grpcCredentials.createInsecure(), serverName, channelOptions = {}, connectTimeoutMs = 10_000 } = options;
   if (!(credentials instanceof ChannelCredentials)) {
     invalidOption('credentials', 'grpc-js ChannelCredentials (credentials.createInsecure(), credentials.createSsl(…))', credentials);
@@ -397,6 +405,8 @@ export interface GrpcChannelOptions {
   key?: (method: string, metadata: Metadata) => string | undefined;
 }
 
+const CHANNEL_OPTIONS = optionNames<GrpcChannelOptions>({ key: true });
+
 /** What a call needs of the channel: a pod now, or a pod once one is ready. */
 interface Router<C> {
   /** Picks a pod; throws `PODPOOL_NO_ENDPOINTS` when none is ready. */
@@ -639,7 +649,7 @@ export class PoolChannel<C extends Client = Client> implements GrpcChannel {
     if (pool === null || typeof pool !== 'object' || typeof pool.begin !== 'function') {
       invalidOption('pool', 'a pool made with createPool({ transport: grpcTransport(…) })', pool);
     }
-    if (options === null || typeof options !== 'object') invalidOption('options', 'an object', options);
+    checkOptions(options, CHANNEL_OPTIONS);
     const { key } = options;
     if (key !== undefined && typeof key !== 'function') invalidOption('key', 'a function (method, metadata) => string | undefined', key);
     this.#pool = pool;

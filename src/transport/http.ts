@@ -4,7 +4,8 @@ import type { Duplex } from 'node:stream';
 import { connect as tlsConnect, type ConnectionOptions } from 'node:tls';
 import { Client, Dispatcher, Pool as UndiciPool, errors as undiciErrors, type buildConnector } from 'undici';
 import type { Endpoint } from '../endpoint.ts';
-import { ErrorCode, PodpoolError, checkNumber, invalidOption } from '../errors.ts';
+import { ErrorCode, PodpoolError } from '../errors.ts';
+import { checkNumber, checkOptions, invalidOption, optionNames } from '../options.ts';
 import type { Pool, PoolCall } from '../pool/pool.ts';
 import type { Connection, Transport } from './transport.ts';
 
@@ -41,6 +42,15 @@ export interface HttpTransportOptions {
   /** More undici `Client` options (`headersTimeout`, `bodyTimeout`, `maxResponseSize`, `maxConcurrentStreams`, …). */
   client?: Omit<Client.Options, 'connect' | 'pipelining' | 'connections' | 'allowH2' | 'useH2c'>;
 }
+
+const TRANSPORT_OPTIONS = optionNames<HttpTransportOptions>({
+  connections: true,
+  pipelining: true,
+  http2: true,
+  tls: true,
+  connectTimeoutMs: true,
+  client: true,
+});
 
 /** undici's and the socket's codes that say the pod or the path to it failed, not the request. */
 const WIRE_FAILURES = new Set([
@@ -80,7 +90,7 @@ interface Dial {
  * cleartext (h2c). Callbacks get the pod's undici `Dispatcher`: `client.request(…)`.
  */
 export function httpTransport(options: HttpTransportOptions = {}): Transport<Dispatcher> {
-  if (options === null || typeof options !== 'object') invalidOption('options', 'an object', options);
+  checkOptions(options, TRANSPORT_OPTIONS);
   const { connections = 1, http2 = false, tls, connectTimeoutMs = 10_000, client: clientOptions = {} } = options;
   checkNumber('connections', connections, { min: 1, integer: true });
   if (typeof http2 !== 'boolean') invalidOption('http2', 'a boolean', http2);
@@ -455,6 +465,8 @@ export interface HttpDispatcherOptions {
   readyTimeoutMs?: number;
 }
 
+const DISPATCHER_OPTIONS = optionNames<HttpDispatcherOptions>({ waitForReady: true, readyTimeoutMs: true });
+
 /**
  * An undici `Dispatcher` that sends each request to a pod the pool picks, so
  * `request(url, { dispatcher })` and `fetch(url, { dispatcher })` balance per request, whether
@@ -475,7 +487,7 @@ export class PoolDispatcher extends Dispatcher {
     if (pool === null || typeof pool !== 'object' || typeof pool.begin !== 'function') {
       invalidOption('pool', 'a pool made with createPool({ transport: httpTransport(…) })', pool);
     }
-    if (options === null || typeof options !== 'object') invalidOption('options', 'an object', options);
+    checkOptions(options, DISPATCHER_OPTIONS);
     const { waitForReady = true, readyTimeoutMs = 10_000 } = options;
     if (typeof waitForReady !== 'boolean') invalidOption('waitForReady', 'a boolean', waitForReady);
     checkNumber('readyTimeoutMs', readyTimeoutMs, { min: 1 });

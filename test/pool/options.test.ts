@@ -1,5 +1,6 @@
 import assert from 'node:assert/strict';
 import { describe, it, type TestContext } from 'node:test';
+import { Client } from '@grpc/grpc-js';
 import { ErrorCode, PodpoolError } from '../../src/errors.ts';
 import { createPool, type Pool, type PoolOptions } from '../../src/pool/pool.ts';
 import {
@@ -7,6 +8,10 @@ import {
   dedupFilter,
   dnsEndpoints,
   exclusiveTransport,
+  grpcChannel,
+  grpcTransport,
+  httpDispatcher,
+  httpTransport,
   kubernetesEndpoints,
   leastLoaded,
   peakEwma,
@@ -19,6 +24,9 @@ import {
 } from '../../src/index.ts';
 import { ManualSource, pod } from '../support/manual-source.ts';
 import { MemoryTransport, type MemoryClient } from '../support/memory-transport.ts';
+
+/** Any grpc-js client class will do: the factories only check that it is one. */
+class EchoClient extends Client {}
 
 /** Asserts a `PODPOOL_INVALID_OPTION` that names `name` and describes the value it got. */
 function invalid(name: string, got: string): (error: unknown) => true {
@@ -162,8 +170,11 @@ describe('unknown options', () => {
     );
   });
 
-  it('every factory refuses a key it does not know', () => {
+  it('every factory refuses a key it does not know', async (t) => {
     const receive = { onMessage() {} };
+    const httpPool = createPool({ source: new ManualSource(), transport: httpTransport() });
+    const grpcPool = createPool({ source: new ManualSource(), transport: grpcTransport(EchoClient) });
+    t.after(() => Promise.all([httpPool.close(), grpcPool.close()]));
     const cases: [string, () => unknown, RegExp][] = [
       ['dnsEndpoints', () => dnsEndpoints({ host: 'backend.default.svc.cluster.local', port: 80, refreshMS: 5 } as never), /^unknown option refreshMS \(did you mean refreshMs\?\)/],
       ['kubernetesEndpoints', () => kubernetesEndpoints({ service: 'backend', namespace: 'default', port: 80, namepsace: 'x' } as never), /^unknown option namepsace \(did you mean namespace\?\)/],
@@ -171,6 +182,10 @@ describe('unknown options', () => {
       ['webSocketTransport', () => webSocketTransport({ header: { authorization: 'Bearer s3cret' } } as never), /^unknown option header \(did you mean headers\?\)/],
       ['exclusiveTransport', () => exclusiveTransport({ create: async () => ({}), destroy() {} }, { perPod: 2 } as never), /^unknown option perPod; the options are perEndpoint, acquireTimeoutMs$/],
       ['udpTransport', () => udpTransport({ repeats: 2 } as never), /^unknown option repeats \(did you mean repeat\?\)/],
+      ['httpTransport', () => httpTransport({ connection: 4 } as never), /^unknown option connection \(did you mean connections\?\)/],
+      ['httpDispatcher', () => httpDispatcher(httpPool, { waitForready: false } as never), /^unknown option waitForready \(did you mean waitForReady\?\)/],
+      ['grpcTransport', () => grpcTransport(EchoClient, { servername: 'echo' } as never), /^unknown option servername \(did you mean serverName\?\)/],
+      ['grpcChannel', () => grpcChannel(grpcPool, { keys: () => 'a' } as never), /^unknown option keys \(did you mean key\?\)/],
       ['leastLoaded', () => leastLoaded({ choice: 3 } as never), /^unknown option choice \(did you mean choices\?\)/],
       ['peakEwma', () => peakEwma({ decay: 5 } as never), /^unknown option decay \(did you mean decayMs\?\)/],
       ['ringHash', () => ringHash({ replica: 5 } as never), /^unknown option replica \(did you mean replicas\?\)/],
