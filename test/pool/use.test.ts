@@ -496,7 +496,10 @@ describe('use() when no pod is ready', () => {
     transport.lose(k1, new Error('pod restarted'));
     const call = pool.use((client) => client.connection);
     assert.equal(await stateOf(call), 'pending');
-    transport.release(k1);
+    // The reconnect comes after a backoff: release the attempt once it is made, not before.
+    await transport.untilAttempts(k1, 2);
+    assert.equal(await stateOf(call), 'pending', 'still waiting while the reconnect is held');
+    assert.equal(transport.release(k1), 1);
     assert.equal(await call, 2, 'ran on the new connection');
   });
 });
