@@ -37,7 +37,15 @@ export interface EndpointInit {
 
 /** The key of an address and port: `10.0.0.1:80`, `[fd00::1]:80`. */
 export function endpointKey(address: string, port: number): string {
-  return isIP(address) === 6 ? `[${address}]:${port}` : `${address}:${port}`;
+  return `${urlHost(address)}:${port}`;
+}
+
+/**
+ * An address as it goes in a URL or an authority: an IPv6 address in brackets (`[fd00::1]`), so
+ * its colons are not read as the port's.
+ */
+export function urlHost(address: string): string {
+  return isIP(address) === 6 ? `[${address}]` : address;
 }
 
 /** Validates and freezes an endpoint; throws `PODPOOL_INVALID_ENDPOINT` naming what is wrong. */

@@ -8,6 +8,7 @@ import type { DiscoveryV1Api, KubeConfig, RequestContext, Watch } from '@kuberne
 import { createEndpoint, EndpointSet, endpointKey, type EndpointInit } from '../endpoint.ts';
 import { ErrorCode, PodpoolError } from '../errors.ts';
 import { checkNumber, checkOptions, invalidOption, optionNames } from '../options.ts';
+import { messageOf } from '../abort.ts';
 import type { EndpointSource, SourceSink, SourceWatch } from './source.ts';
 
 const debug = debuglog('podpool');
@@ -591,8 +592,4 @@ function statusMessage(body: unknown): string | undefined {
   }
   const message = parsed !== null && typeof parsed === 'object' ? (parsed as { message?: unknown }).message : undefined;
   return typeof message === 'string' ? message : undefined;
-}
-
-function messageOf(error: unknown): string {
-  return error instanceof Error ? error.message : String(error);
 }

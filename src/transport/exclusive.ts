@@ -3,6 +3,7 @@ import { debuglog } from 'node:util';
 import type { Endpoint } from '../endpoint.ts';
 import { ErrorCode, PodpoolError, abortError } from '../errors.ts';
 import { checkNumber, checkOptions, invalidOption, optionNames } from '../options.ts';
+import { messageOf, reasonOf, untilAborted } from '../abort.ts';
 import type { ConnectContext, Connection, Transport } from './transport.ts';
 
 const debug = debuglog('podpool');
@@ -238,7 +239,7 @@ class ExclusiveConnection<C> implements Connection<C> {
     }, this.#acquireTimeoutMs);
     try {
       const created = this.#factory.create(this.#endpoint, controller.signal);
-      const client = await untilAborted(Promise.resolve(created), controller.signal, (late) => this.#destroy(late));
+      const client = await untilAborted(Promise.resolve(created), controller.signal, `opening a connection to ${this.#endpoint.key}`, (late) => this.#destroy(late));
       if (client === null || (typeof client !== 'object' && typeof client !== 'function')) {
         void this.#destroy(client);
         throw new TypeError(`factory.create must resolve with a connection object, got ${String(client)}`);
@@ -309,37 +310,6 @@ class ExclusiveConnection<C> implements Connection<C> {
   }
 }
 
-/**
- * `promise`, unless `signal` aborts first; a value that arrives after the abort is handed to
- * `late` so it doesn't leak.
- */
-function untilAborted<T>(promise: Promise<T>, signal: AbortSignal, late: (value: T) => unknown): Promise<T> {
-  return new Promise<T>((resolve, reject) => {
-    const onAbort = (): void => reject(signal.reason);
-    if (signal.aborted) onAbort();
-    else signal.addEventListener('abort', onAbort, { once: true });
-    promise.then(
-      (value) => {
-        signal.removeEventListener('abort', onAbort);
-        if (signal.aborted) void late(value);
-        else resolve(value);
-      },
-      (error: unknown) => {
-        signal.removeEventListener('abort', onAbort);
-        reject(error);
-      },
-    );
-  });
-}
-
 function isTimeout(error: unknown): boolean {
   return error instanceof Error && error.name === 'TimeoutError';
-}
-
-function reasonOf(signal: AbortSignal, what: string): unknown {
-  return signal.reason instanceof PodpoolError ? signal.reason : abortError(signal, what);
-}
-
-function messageOf(error: unknown): string {
-  return error instanceof Error ? error.message : String(error);
 }

@@ -4,6 +4,7 @@ import { isIP } from 'node:net';
 import { hostname } from 'node:os';
 import { setImmediate } from 'node:timers/promises';
 import { ErrorCode, PodpoolError, abortError } from '../errors.ts';
+import { untilAborted } from '../abort.ts';
 import { checkNumber, checkOptions, invalidOption, optionNames } from '../options.ts';
 import type { Connection, Transport } from './transport.ts';
 
@@ -225,7 +226,7 @@ export function udpTransport(options: UdpTransportOptions = {}): Transport<UdpCl
         return entry.users.size === 0 ? retire(type, entry) : Promise.resolve();
       };
       try {
-        await abortable(entry.bound, signal, `connecting to ${endpoint.key}`);
+        await untilAborted(entry.bound, signal, `connecting to ${endpoint.key}`);
       } catch (error) {
         await release();
         throw error;
@@ -283,23 +284,5 @@ function sendOnce(socket: Socket, datagram: Buffer, target: { address: string; p
       // The socket closed under us (ERR_SOCKET_DGRAM_NOT_RUNNING): ours to report, not the pod's.
       reject(error);
     }
-  });
-}
-
-function abortable(promise: Promise<void>, signal: AbortSignal, what: string): Promise<void> {
-  if (signal.aborted) return Promise.reject(abortError(signal, what));
-  return new Promise((resolve, reject) => {
-    const onAbort = (): void => reject(abortError(signal, what));
-    signal.addEventListener('abort', onAbort, { once: true });
-    promise.then(
-      () => {
-        signal.removeEventListener('abort', onAbort);
-        resolve();
-      },
-      (error: unknown) => {
-        signal.removeEventListener('abort', onAbort);
-        reject(error);
-      },
-    );
   });
 }

@@ -1,10 +1,11 @@
 import { createSecureContext, type ConnectionOptions } from 'node:tls';
 import { debuglog } from 'node:util';
 import { WebSocket, type ClientOptions, type PerMessageDeflateOptions, type RawData, type WebSocketServer } from 'ws';
-import type { Endpoint } from '../endpoint.ts';
-import { ErrorCode, PodpoolError, abortError } from '../errors.ts';
+import { urlHost, type Endpoint } from '../endpoint.ts';
+import { ErrorCode, PodpoolError } from '../errors.ts';
 import { checkNumber, checkOptions, invalidOption, optionNames } from '../options.ts';
 import type { Connection, Transport } from './transport.ts';
+import { reasonOf } from '../abort.ts';
 
 /*
  * The wire framing, one JSON text frame per message:
@@ -496,8 +497,7 @@ function checkDelay(name: string, value: unknown): void {
 }
 
 function urlOf(scheme: 'ws' | 'wss', endpoint: Endpoint, path: string): string {
-  const host = endpoint.address.includes(':') ? `[${endpoint.address}]` : endpoint.address;
-  return `${scheme}://${host}:${endpoint.port}${path}`;
+  return `${scheme}://${urlHost(endpoint.address)}:${endpoint.port}${path}`;
 }
 
 /**
@@ -570,8 +570,4 @@ function describeClose(code: number, reason: Buffer): string {
   if (code === 1006) return 'the WebSocket dropped without a close frame (1006)';
   const text = reason.toString();
   return `the pod closed the WebSocket (${text === '' ? code : `${code}: ${text}`})`;
-}
-
-function reasonOf(signal: AbortSignal, what: string): unknown {
-  return signal.reason instanceof PodpoolError ? signal.reason : abortError(signal, what);
 }
