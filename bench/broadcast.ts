@@ -22,7 +22,7 @@ import { staticEndpoints } from '../src/discovery/static.ts';
 import { createPool, type Pool } from '../src/pool/pool.ts';
 import { httpTransport } from '../src/transport/http.ts';
 import { webSocketTransport, type WebSocketClient } from '../src/transport/websocket.ts';
-import { closePods, startPods, type WsPod } from '../test/support/ws-pods.ts';
+import { closePods, startPods, type WsPod } from '../testkit/ws-pods.ts';
 import { startHttpPods, type HttpPod } from './http-pods.ts';
 
 const POD_COUNTS = [5, 50] as const;

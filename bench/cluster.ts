@@ -5,8 +5,8 @@
  * replace pods through it; it keeps DNS and the ClusterIP in step, as the control plane would.
  */
 import { setTimeout as sleep } from 'node:timers/promises';
-import { DnsServer } from '../test/support/dns-server.ts';
-import { FakeApiServer, endpointSlice } from '../test/support/fake-apiserver.ts';
+import { DnsServer } from '../testkit/dns-server.ts';
+import { FakeApiServer, endpointSlice } from '../testkit/fake-apiserver.ts';
 import { kubernetesEndpoints } from '../src/discovery/kubernetes.ts';
 import type { EndpointSource } from '../src/index.ts';
 import { PodFleet, POD_PORTS, type PodCounts, type Protocol } from './pods.ts';

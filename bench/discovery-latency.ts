@@ -13,8 +13,8 @@ import { performance } from 'node:perf_hooks';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { parseArgs } from 'node:util';
 import { createPool, dnsEndpoints, httpTransport, kubernetesEndpoints, type EndpointSource, type StateChange } from '../src/index.ts';
-import { DnsServer } from '../test/support/dns-server.ts';
-import { FakeApiServer, endpointSlice } from '../test/support/fake-apiserver.ts';
+import { DnsServer } from '../testkit/dns-server.ts';
+import { FakeApiServer, endpointSlice } from '../testkit/fake-apiserver.ts';
 
 const { values } = parseArgs({
   options: { 'k8s-events': { type: 'string', default: '40' }, 'dns-events': { type: 'string', default: '8' } },

@@ -16,8 +16,9 @@ import { parseArgs } from 'node:util';
 import { credentials, type ClientOptions } from '@grpc/grpc-js';
 import { createPool } from '../src/pool/pool.ts';
 import { staticEndpoints } from '../src/discovery/static.ts';
-import { grpcChannel, grpcTransport } from '../src/transport/grpc.ts';
-import { EchoClient, GrpcPod, type EchoReply } from '../test/support/grpc-pods.ts';
+import { grpcChannel } from '../src/adapter/grpc-channel.ts';
+import { grpcTransport } from '../src/transport/grpc.ts';
+import { EchoClient, GrpcPod, type EchoReply } from '../testkit/grpc-pods.ts';
 
 const { values } = parseArgs({
   options: {

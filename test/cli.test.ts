@@ -7,8 +7,8 @@ import { join } from 'node:path';
 import { describe, it, type TestContext } from 'node:test';
 import { PodpoolError } from '../src/errors.ts';
 import { MINIMUM_NODE, unsupportedNode } from '../src/node-version.ts';
-import { DnsServer } from './support/dns-server.ts';
-import { FakeApiServer, endpointSlice } from './support/fake-apiserver.ts';
+import { DnsServer } from '../testkit/dns-server.ts';
+import { FakeApiServer, endpointSlice } from '../testkit/fake-apiserver.ts';
 
 const main = new URL('../src/cli/main.ts', import.meta.url).pathname;
 

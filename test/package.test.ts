@@ -17,7 +17,7 @@ import { delimiter, dirname, join } from 'node:path';
 import { after, before, describe, it, type TestContext } from 'node:test';
 import { fileURLToPath } from 'node:url';
 import { unsupportedNode } from '../src/node-version.ts';
-import { startHttpPods } from './support/http-pods.ts';
+import { startHttpPods } from '../testkit/http-pods.ts';
 
 const REPO = fileURLToPath(new URL('..', import.meta.url));
 const { version: VERSION } = JSON.parse(await readFile(join(REPO, 'package.json'), 'utf8')) as { version: string };
@@ -207,7 +207,7 @@ describe('the installed package', { timeout: 600_000 }, () => {
     assert.ok(exports > 0);
     assert.ok(loaded.some((url) => url.endsWith('/node_modules/podpool/dist/src/index.js')), 'the library came from dist/src');
     assert.deepEqual(
-      loaded.filter((url) => /\/podpool\/dist\/(bench|test)\/|\/node_modules\/(vega|vega-lite|dns-packet)\//.test(url)),
+      loaded.filter((url) => /\/podpool\/dist\/(bench|testkit|test)\/|\/node_modules\/(vega|vega-lite|dns-packet)\//.test(url)),
       [],
     );
   });

@@ -13,7 +13,7 @@ import type { SourceWatch } from '../../src/discovery/source.ts';
 import { ErrorCode, PodpoolError } from '../../src/errors.ts';
 import { createPool } from '../../src/pool/pool.ts';
 import { webSocketTransport } from '../../src/transport/websocket.ts';
-import { DnsServer } from '../support/dns-server.ts';
+import { DnsServer } from '../../testkit/dns-server.ts';
 import { RecordingSink } from '../support/recording-sink.ts';
 import { resourceNames } from '../support/resources.ts';
 

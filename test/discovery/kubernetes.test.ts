@@ -18,7 +18,7 @@ import {
   type EndpointSliceObject,
   type RequestRecord,
   type SliceEndpointInit,
-} from '../support/fake-apiserver.ts';
+} from '../../testkit/fake-apiserver.ts';
 import { RecordingSink } from '../support/recording-sink.ts';
 
 // A broken feature shows up as a wait that never ends; this turns it into a failure.

@@ -7,10 +7,11 @@ import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
 import { credentials } from '@grpc/grpc-js';
 import { ErrorCode, PodpoolError, createPool, staticEndpoints, type Endpoint } from '../../src/index.ts';
-import { grpcChannel, grpcTransport } from '../../src/transport/grpc.ts';
+import { grpcChannel } from '../../src/adapter/grpc-channel.ts';
+import { grpcTransport } from '../../src/transport/grpc.ts';
 import { makeCertificates } from '../support/certificates.ts';
 import { cleanupAfter } from '../support/cleanup.ts';
-import { EchoClient, startGrpcPods, stopGrpcPods, type EchoReply } from '../support/grpc-pods.ts';
+import { EchoClient, startGrpcPods, stopGrpcPods, type EchoReply } from '../../testkit/grpc-pods.ts';
 
 const SERVICE = 'echo.podpool-test.svc.cluster.local';
 const events = { timeout: 20_000 };

@@ -15,7 +15,7 @@ import {
   type SourceSink,
 } from '../../src/index.ts';
 import { cleanupAfter } from '../support/cleanup.ts';
-import { startHttpPods, stopPods, type HttpPod } from '../support/http-pods.ts';
+import { startHttpPods, stopPods, type HttpPod } from '../../testkit/http-pods.ts';
 import { stateReached } from '../support/pool-events.ts';
 import { activeResources, assertNothingLeft } from '../support/resources.ts';
 

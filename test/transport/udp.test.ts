@@ -7,7 +7,8 @@ import { staticEndpoints } from '../../src/discovery/static.ts';
 import { ErrorCode } from '../../src/errors.ts';
 import { createPool } from '../../src/pool/pool.ts';
 import { datagramReceiver, type DatagramGap } from '../../src/receive/datagram.ts';
-import { decodeDatagram, udpTransport } from '../../src/transport/udp.ts';
+import { udpTransport } from '../../src/transport/udp.ts';
+import { decodeDatagram } from '../../src/wire/datagram.ts';
 import { resourceNames } from '../support/resources.ts';
 
 /** A pod's UDP socket on its own loopback address, with the dedup receiver in front of it. */

@@ -12,7 +12,7 @@ import { createPool } from '../../src/pool/pool.ts';
 import { webSocketTransport, type WebSocketClient, type WebSocketTransportOptions } from '../../src/transport/websocket.ts';
 import { makeCertificates } from '../support/certificates.ts';
 import { cleanupAfter } from '../support/cleanup.ts';
-import { closePods, startPods, type WsPod } from '../support/ws-pods.ts';
+import { closePods, startPods, type WsPod } from '../../testkit/ws-pods.ts';
 
 const SERVICE = 'echo.podpool-test.svc.cluster.local';
 const T = { timeout: 20_000 };

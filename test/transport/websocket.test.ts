@@ -10,7 +10,7 @@ import { ErrorCode, PodpoolError } from '../../src/errors.ts';
 import { createPool, type Pool, type PoolOptions, type StateChange } from '../../src/pool/pool.ts';
 import { webSocketTransport, type WebSocketClient, type WebSocketTransportOptions } from '../../src/transport/websocket.ts';
 import { resourceNames } from '../support/resources.ts';
-import { closePods, startPods, WsPod } from '../support/ws-pods.ts';
+import { closePods, startPods, WsPod } from '../../testkit/ws-pods.ts';
 
 type WsPool = Pool<WebSocketClient>;
 

@@ -11,7 +11,7 @@ import { createServer as createTlsServer, type ServerOptions as TlsServerOptions
 import type { Socket } from 'node:net';
 import type { TLSSocket } from 'node:tls';
 import { WebSocketServer, type WebSocket } from 'ws';
-import { answerRequests, type WebSocketMessage, type WebSocketHandler } from '../../src/transport/websocket.ts';
+import { answerRequests, type WebSocketMessage, type WebSocketHandler } from '../src/index.ts';
 
 /** Options of {@link WsPod.start}. */
 export interface WsPodOptions {

@@ -37,12 +37,12 @@ import {
   type sendUnaryData,
 } from '@grpc/grpc-js';
 import { loadSync } from '@grpc/proto-loader';
-import { endpointKey, type EndpointInit } from '../../src/endpoint.ts';
+import { endpointKey, type EndpointInit } from '../src/index.ts';
 
 /** The directory of podpool's `.proto` files. */
-export const PROTOS_DIR = fileURLToPath(new URL('../../protos/', import.meta.url));
+export const PROTOS_DIR = fileURLToPath(new URL('../protos/', import.meta.url));
 /** `protos/echo.proto`. */
-export const ECHO_PROTO = fileURLToPath(new URL('../../protos/echo.proto', import.meta.url));
+export const ECHO_PROTO = fileURLToPath(new URL('../protos/echo.proto', import.meta.url));
 
 /** `podpool.echo.v1.Pod`. */
 export interface PodIdentity {
