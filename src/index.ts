@@ -36,8 +36,10 @@ export { webSocketTransport, WebSocketClient, answerRequests } from './transport
 export type { WebSocketTransportOptions, WebSocketRequestOptions, WebSocketMessage, WebSocketHandler, RemoteError } from './transport/websocket.ts';
 export { exclusiveTransport } from './transport/exclusive.ts';
 export type { ExclusiveFactory, ExclusiveTransportOptions } from './transport/exclusive.ts';
-export { udpTransport, encodeDatagram, decodeDatagram } from './transport/udp.ts';
-export type { UdpTransportOptions, UdpClient, UdpSendResult, Datagram } from './transport/udp.ts';
+export { udpTransport } from './transport/udp.ts';
+export type { UdpTransportOptions, UdpClient, UdpSendResult } from './transport/udp.ts';
+export { encodeDatagram, decodeDatagram } from './wire/datagram.ts';
+export type { Datagram } from './wire/datagram.ts';
 
 export { dedupFilter } from './receive/dedup.ts';
 export type { DedupFilter, DedupOptions } from './receive/dedup.ts';

@@ -1,6 +1,6 @@
 import type { RemoteInfo, Socket } from 'node:dgram';
 import { checkNumber, checkOptions, invalidOption, optionNames } from '../options.ts';
-import { decodeDatagram, type Datagram } from '../transport/udp.ts';
+import { decodeDatagram, type Datagram } from '../wire/datagram.ts';
 
 /** Options of {@link datagramReceiver}. */
 export interface DatagramReceiverOptions {

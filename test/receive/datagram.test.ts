@@ -2,7 +2,7 @@ import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
 import { ErrorCode } from '../../src/errors.ts';
 import { datagramReceiver, type DatagramDrop, type DatagramGap } from '../../src/receive/datagram.ts';
-import { decodeDatagram, encodeDatagram } from '../../src/transport/udp.ts';
+import { decodeDatagram, encodeDatagram } from '../../src/wire/datagram.ts';
 
 function recorder(options: { window?: number; maxSenders?: number } = {}) {
   const messages: string[] = [];
