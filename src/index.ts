@@ -4,7 +4,7 @@
 import './node-version.ts';
 
 export { createPool, Pool } from './pool/pool.ts';
-export type { PoolOptions, UseOptions, ReadyOptions, StateChange, PoolEvents, PoolStats, PoolCall, BeginOptions, PoolConnectivity } from './pool/pool.ts';
+export type { PoolOptions, UseOptions, ReadyOptions, StateChange, PoolEvents, PoolStats, PoolCall, BeginOptions, PoolConnectivity, AdapterPool } from './pool/pool.ts';
 export type { BroadcastOptions, BroadcastResult, Delivery, Delivered, DeliveryFailure } from './pool/broadcast.ts';
 export type { EjectionOptions } from './pool/ejection.ts';
 export type { MemberState, MemberStats } from './pool/member.ts';
@@ -28,10 +28,10 @@ export { peakEwma } from './balance/peak-ewma.ts';
 export { ringHash } from './balance/ring-hash.ts';
 
 export type { Transport, Connection, ConnectContext } from './transport/transport.ts';
-export { httpTransport, httpDispatcher, PoolDispatcher } from './transport/http.ts';
-export type { HttpTransportOptions, HttpDispatcherOptions } from './transport/http.ts';
-export { grpcTransport, grpcChannel, PoolChannel } from './transport/grpc.ts';
-export type { GrpcTransportOptions, GrpcChannelOptions, GrpcClientConstructor } from './transport/grpc.ts';
+export { httpTransport } from './transport/http.ts';
+export type { HttpTransportOptions } from './transport/http.ts';
+export { grpcTransport } from './transport/grpc.ts';
+export type { GrpcTransportOptions, GrpcClientConstructor } from './transport/grpc.ts';
 export { webSocketTransport, WebSocketClient, answerRequests } from './transport/websocket.ts';
 export type { WebSocketTransportOptions, WebSocketRequestOptions, WebSocketMessage, WebSocketHandler, RemoteError } from './transport/websocket.ts';
 export { exclusiveTransport } from './transport/exclusive.ts';
@@ -40,6 +40,12 @@ export { udpTransport } from './transport/udp.ts';
 export type { UdpTransportOptions, UdpClient, UdpSendResult } from './transport/udp.ts';
 export { encodeDatagram, decodeDatagram } from './wire/datagram.ts';
 export type { Datagram } from './wire/datagram.ts';
+
+// Adapters: a grpc-js Channel and an undici Dispatcher over a pool.
+export { httpDispatcher, PoolDispatcher } from './adapter/http-dispatcher.ts';
+export type { HttpDispatcherOptions } from './adapter/http-dispatcher.ts';
+export { grpcChannel, PoolChannel } from './adapter/grpc-channel.ts';
+export type { GrpcChannelOptions } from './adapter/grpc-channel.ts';
 
 export { dedupFilter } from './receive/dedup.ts';
 export type { DedupFilter, DedupOptions } from './receive/dedup.ts';

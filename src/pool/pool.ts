@@ -129,6 +129,8 @@ export interface PoolEvents {
   connectError: [endpoint: Endpoint, error: PodpoolError];
   /** Discovery failed; the pool keeps the last good snapshot. */
   sourceError: [error: PodpoolError];
+  /** `pool.connectivity` changed: what an adapter watches instead of every state change. */
+  connectivity: [connectivity: PoolConnectivity];
 }
 
 /** `pool.stats()`. */
@@ -155,6 +157,21 @@ export interface PoolCall<C> {
   end(error?: unknown): void;
 }
 
+/**
+ * What an adapter over the pool (`grpcChannel`, `httpDispatcher`) needs of it: begin a call now
+ * or once a pod is ready, the connectivity in O(1) while a pod is ready, and word when it
+ * changes. Adapters depend on this, never on `Pool` itself.
+ */
+export interface AdapterPool<C> {
+  /** The source's kind (`static`, `dns`, `kubernetes`), for names such as a channel's target. */
+  readonly sourceKind: string;
+  readonly connectivity: PoolConnectivity;
+  begin(key?: string): PoolCall<C>;
+  beginWhenReady(options?: BeginOptions): Promise<PoolCall<C>>;
+  on(event: 'connectivity', listener: (connectivity: PoolConnectivity) => void): unknown;
+  off(event: 'connectivity', listener: (connectivity: PoolConnectivity) => void): unknown;
+}
+
 /** A connection `#open` made, and a loss the transport reported before the member took it. */
 interface Opened<C> {
   readonly connection: Connection<C>;
@@ -170,7 +187,7 @@ interface Waiter {
  * Client-side balancing over one long-lived connection per pod. Create it with
  * {@link createPool}; see the README for the programs people write with it.
  */
-export class Pool<C> extends EventEmitter<PoolEvents> {
+export class Pool<C> extends EventEmitter<PoolEvents> implements AdapterPool<C> {
   readonly #source: EndpointSource;
   readonly #transport: Transport<C>;
   readonly #balancer: Balancer;
@@ -192,6 +209,8 @@ export class Pool<C> extends EventEmitter<PoolEvents> {
   readonly #connectLoops = new Set<Promise<void>>();
   readonly #watch: SourceWatch;
   #closing: Promise<void> | undefined = undefined;
+  /** The connectivity last announced with a `connectivity` event. */
+  #announced: PoolConnectivity = 'connecting';
 
   /** @internal Use {@link createPool}. */
   constructor(options: PoolOptions<C>) {
@@ -237,6 +256,11 @@ export class Pool<C> extends EventEmitter<PoolEvents> {
         this.#wake();
       },
     });
+  }
+
+  /** The source's kind (`static`, `dns`, `kubernetes`), as `stats().source` reports it. */
+  get sourceKind(): string {
+    return this.#source.kind;
   }
 
   /** The last snapshot discovery reported (empty before the first). */
@@ -535,7 +559,10 @@ export class Pool<C> extends EventEmitter<PoolEvents> {
    * closes every connection. Resolves when no socket, timer or watch is left.
    */
   close(): Promise<void> {
-    this.#closing ??= this.#shutdown();
+    if (this.#closing === undefined) {
+      this.#closing = this.#shutdown();
+      this.#announceConnectivity();
+    }
     return this.#closing;
   }
 
@@ -653,7 +680,7 @@ export class Pool<C> extends EventEmitter<PoolEvents> {
       m.consecutiveFailures = 0;
       return;
     }
-    if (error !== undefined && this.#transport.isPodFailure !== undefined && !this.#transport.isPodFailure(error)) {
+    if (error !== undefined && !this.#isPodFailure(error)) {
       // The pod answered; the request was wrong. Its latency is as real as a success's.
       m.latency.observe(latency, now);
       m.consecutiveFailures = 0;
@@ -667,6 +694,16 @@ export class Pool<C> extends EventEmitter<PoolEvents> {
     if (policy !== undefined && m.state === 'ready' && m.consecutiveFailures >= policy.consecutiveFailures) {
       this.#eject(m, policy, now);
     }
+  }
+
+  /**
+   * The pool's own TIMEOUT (a call past its `timeoutMs`) and CONNECTION_LOST (the connection
+   * closed under a call) always count against the pod; for everything else the transport, which
+   * knows its protocol's errors, decides.
+   */
+  #isPodFailure(error: unknown): boolean {
+    if (error instanceof PodpoolError && (error.code === ErrorCode.TIMEOUT || error.code === ErrorCode.CONNECTION_LOST)) return true;
+    return this.#transport.isPodFailure === undefined || this.#transport.isPodFailure(error);
   }
 
   #settle(m: Member<C>): void {
@@ -723,6 +760,15 @@ export class Pool<C> extends EventEmitter<PoolEvents> {
         throw error;
       });
     }
+    // Every other event may be one that moves the connectivity.
+    if (event !== 'connectivity') this.#announceConnectivity();
+  }
+
+  #announceConnectivity(): void {
+    const connectivity = this.connectivity;
+    if (connectivity === this.#announced) return;
+    this.#announced = connectivity;
+    this.#emit('connectivity', connectivity);
   }
 
   #rebuild(): void {

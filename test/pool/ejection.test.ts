@@ -169,6 +169,20 @@ describe('outlier ejection', () => {
     assert.equal(statsOf(pool, k1).failures, 5);
   });
 
+  it("counts the pool's own TIMEOUT and CONNECTION_LOST against the pod, whatever the transport's isPodFailure says", async (t) => {
+    // A transport that calls nothing a pod failure: only the pool's rule can count these.
+    const transport = new MemoryTransport({ isPodFailure: () => false });
+    const { pool, changes } = await harness(t, 2, { transport });
+    await fail(pool, 1, () => new PodpoolError(ErrorCode.TIMEOUT, 'slow'));
+    await fail(pool, 1, () => new PodpoolError(ErrorCode.CONNECTION_LOST, 'gone'));
+    assert.deepEqual([statsOf(pool, k1).failures, statsOf(pool, k1).consecutiveFailures], [2, 2]);
+    await fail(pool, 1, () => new PodpoolError(ErrorCode.TIMEOUT, 'slow'));
+    assert.deepEqual(ejections(changes), [k1]);
+    // Anything else is the transport's call.
+    await fail(pool, 3, () => new Error('500 from the pod'));
+    assert.equal(statsOf(pool, k2).failures, 0);
+  });
+
   it('resets the run of failures on a success', async (t) => {
     const { pool, changes } = await harness(t, 2);
     await fail(pool, 2);
