@@ -32,8 +32,9 @@ export { httpTransport } from './transport/http.ts';
 export type { HttpTransportOptions } from './transport/http.ts';
 export { grpcTransport } from './transport/grpc.ts';
 export type { GrpcTransportOptions, GrpcClientConstructor } from './transport/grpc.ts';
-export { webSocketTransport, WebSocketClient, answerRequests } from './transport/websocket.ts';
-export type { WebSocketTransportOptions, WebSocketRequestOptions, WebSocketMessage, WebSocketHandler, RemoteError } from './transport/websocket.ts';
+export { webSocketTransport, WebSocketClient } from './transport/websocket.ts';
+export type { WebSocketTransportOptions, WebSocketRequestOptions } from './transport/websocket.ts';
+export type { RemoteError } from './wire/request-frame.ts';
 export { exclusiveTransport } from './transport/exclusive.ts';
 export type { ExclusiveFactory, ExclusiveTransportOptions } from './transport/exclusive.ts';
 export { udpTransport } from './transport/udp.ts';
@@ -59,5 +60,7 @@ export type {
   DropReason,
   DatagramReceiverStats,
 } from './receive/datagram.ts';
+export { answerRequests } from './receive/websocket-requests.ts';
+export type { WebSocketMessage, WebSocketHandler } from './receive/websocket-requests.ts';
 export { signMessage, verifyMessage, MessageRejectedError } from './receive/signing.ts';
 export type { Secret, SignedMessage, ReceivedMessage, SignOptions, VerifyOptions, RejectReason } from './receive/signing.ts';

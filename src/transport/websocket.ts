@@ -1,24 +1,12 @@
 import { createSecureContext, type ConnectionOptions } from 'node:tls';
 import { debuglog } from 'node:util';
-import { WebSocket, type ClientOptions, type PerMessageDeflateOptions, type RawData, type WebSocketServer } from 'ws';
+import { WebSocket, type ClientOptions, type PerMessageDeflateOptions, type RawData } from 'ws';
+import { reasonOf } from '../abort.ts';
 import { urlHost, type Endpoint } from '../endpoint.ts';
 import { ErrorCode, PodpoolError } from '../errors.ts';
 import { checkNumber, checkOptions, invalidOption, optionNames } from '../options.ts';
+import { decodeRemoteError, encodeRequest, parseFrame } from '../wire/request-frame.ts';
 import type { Connection, Transport } from './transport.ts';
-import { reasonOf } from '../abort.ts';
-
-/*
- * The wire framing, one JSON text frame per message:
- *
- *   client → pod   {"id":7,"data":…}      a request: the pod must answer with the same id
- *   client → pod   {"data":…}             a message sent with `send()`: no answer expected
- *   pod → client   {"id":7,"reply":…}     the answer to request 7 (`reply` may be left out)
- *   pod → client   {"id":7,"error":{"message":"…","code":"…"}}   request 7 failed in the handler
- *
- * Ids are unique per connection, not per pod, so a pod needs no state to answer. Frames the
- * client does not recognise (binary, not JSON, unknown or late ids) are ignored, which leaves the
- * socket free for a protocol of the user's own next to this one. `answerRequests` is the pod side.
- */
 
 const debug = debuglog('podpool');
 
@@ -86,23 +74,6 @@ export interface WebSocketRequestOptions {
   signal?: AbortSignal;
 }
 
-/** The error the pod's handler threw, as the reply frame carried it: it is the `cause` of a `PODPOOL_MESSAGE_REJECTED`. */
-export interface RemoteError extends Error {
-  /** The `code` the handler's error had, if any. */
-  readonly code?: string;
-}
-
-/** Pod-side: what the handler of {@link answerRequests} is told about a message. */
-export interface WebSocketMessage {
-  /** The socket it came on. */
-  readonly socket: WebSocket;
-  /** True for `request()`: the handler's return value (or error) goes back to the client. */
-  readonly expectsReply: boolean;
-}
-
-/** Pod-side: answers one message; what it returns (or resolves to) is the reply. */
-export type WebSocketHandler = (data: unknown, message: WebSocketMessage) => unknown;
-
 /** Rejects every request still waiting on a client: its socket is gone, or going. */
 let failPending: (client: WebSocketClient, error: PodpoolError) => void;
 
@@ -128,23 +99,10 @@ const POD_FAILURES = new Set<string>([
 ]);
 
 /**
- * One text frame of podpool's framing as an object; `undefined` for anything else, which both
- * sides ignore so the socket stays free for a protocol of the user's own.
- */
-function parseFrame(raw: RawData): object | undefined {
-  let frame: unknown;
-  try {
-    frame = JSON.parse(raw.toString());
-  } catch {
-    return undefined;
-  }
-  return frame !== null && typeof frame === 'object' ? frame : undefined;
-}
-
-/**
  * One pod's WebSocket as `use()` and `broadcast()` callbacks see it: fire-and-forget `send`,
  * `request` with a correlation id, and the `ws` socket itself for anything else. The framing is
- * JSON: `{ id, data }` out, `{ id, reply }` or `{ id, error }` back; see {@link answerRequests}.
+ * JSON: `{ id, data }` out, `{ id, reply }` or `{ id, error }` back (wire/request-frame.ts);
+ * `answerRequests` is the pod side.
  */
 export class WebSocketClient {
   /** The underlying `ws` socket, for advanced use (its own messages, `ping`, stats). Don't close it: the pool does. */
@@ -177,7 +135,7 @@ export class WebSocketClient {
    * not sent: drop it, or retry later) and `PODPOOL_CONNECTION_LOST` when the socket is closed.
    */
   send(data: unknown): void {
-    this.#write(JSON.stringify({ data }));
+    this.#write(encodeRequest(undefined, data));
   }
 
   /**
@@ -193,7 +151,7 @@ export class WebSocketClient {
     try {
       if (options?.timeoutMs !== undefined) checkDelay('timeoutMs', timeoutMs);
       if (signal?.aborted) throw reasonOf(signal, `request ${id} to ${this.endpoint.key}`);
-      this.#write(JSON.stringify({ id, data }));
+      this.#write(encodeRequest(id, data));
     } catch (error) {
       return Promise.reject(error);
     }
@@ -240,7 +198,7 @@ export class WebSocketClient {
   #answer(raw: RawData): void {
     const frame = parseFrame(raw);
     if (frame === undefined) return;
-    const { id, reply, error } = frame as { id?: unknown; reply?: unknown; error?: unknown };
+    const { id, reply, error } = frame;
     if (typeof id !== 'number' || !this.#pending.has(id)) {
       if (typeof id === 'number') debug('%s: answer to request %d came after it ended', this.endpoint.key, id);
       return;
@@ -249,7 +207,7 @@ export class WebSocketClient {
       this.#settle(id, undefined, reply);
       return;
     }
-    const remote = remoteError(error);
+    const remote = decodeRemoteError(error);
     this.#settle(
       id,
       new PodpoolError(ErrorCode.MESSAGE_REJECTED, `${this.endpoint.key} refused request ${id}: ${remote.message}`, { cause: remote }),
@@ -429,66 +387,6 @@ class WebSocketConnection implements Connection<WebSocketClient> {
     await promise;
     clearTimeout(timer);
   }
-}
-
-/**
- * Pod-side: answers the framing of {@link WebSocketClient} on every socket of `server`, present
- * and future. `handler(data, { socket, expectsReply })` runs for each message; for a request,
- * what it returns (or resolves to) goes back as `{ id, reply }`, and what it throws as
- * `{ id, error: { message, code } }`, which the client rejects with `PODPOOL_MESSAGE_REJECTED`.
- */
-export function answerRequests(server: WebSocketServer, handler: WebSocketHandler): void {
-  if (server === null || typeof server !== 'object' || typeof server.on !== 'function') {
-    invalidOption('server', 'a ws WebSocketServer', server);
-  }
-  if (typeof handler !== 'function') invalidOption('handler', 'a function', handler);
-  const serve = (socket: WebSocket): void => {
-    socket.on('message', (raw, isBinary) => {
-      if (isBinary) return;
-      const frame = parseFrame(raw);
-      if (frame === undefined) return;
-      const { id, data } = frame as { id?: unknown; data?: unknown };
-      const expectsReply = typeof id === 'number';
-      const answer = (body: object): void => {
-        if (!expectsReply || socket.readyState !== WebSocket.OPEN) return;
-        let text: string;
-        try {
-          text = JSON.stringify({ id, ...body });
-        } catch (error) {
-          // A reply JSON can't carry (a BigInt, a cycle) is the handler's failure, not the pod's crash.
-          text = JSON.stringify({ id, error: errorFrame(error) });
-        }
-        socket.send(text);
-      };
-      let result: unknown;
-      try {
-        result = handler(data, { socket, expectsReply });
-      } catch (error) {
-        answer({ error: errorFrame(error) });
-        return;
-      }
-      Promise.resolve(result).then(
-        (reply) => answer({ reply }),
-        (error: unknown) => answer({ error: errorFrame(error) }),
-      );
-    });
-  };
-  for (const socket of server.clients) serve(socket);
-  server.on('connection', serve);
-}
-
-function errorFrame(error: unknown): { message: string; code?: string } {
-  const message = error instanceof Error ? error.message : String(error);
-  const code = (error as { code?: unknown } | null)?.code;
-  return typeof code === 'string' ? { message, code } : { message };
-}
-
-function remoteError(error: unknown): RemoteError {
-  const { message, code } = (error ?? {}) as { message?: unknown; code?: unknown };
-  const remote = new Error(typeof message === 'string' ? message : 'the pod reported an error') as Error & { code?: string };
-  remote.name = 'RemoteError';
-  if (typeof code === 'string') remote.code = code;
-  return remote;
 }
 
 function checkDelay(name: string, value: unknown): void {
