@@ -1,5 +1,6 @@
 import { checkNumber, checkOptions, optionNames } from '../options.ts';
 import type { Balancer, Pickable, Picker, PickerContext } from './balancer.ts';
+import { otherIndex, randomIndex } from './draw.ts';
 
 /** Options of {@link leastLoaded}. */
 export interface LeastLoadedOptions {
@@ -54,13 +55,9 @@ class LeastLoadedPicker<M extends Pickable> implements Picker<M> {
   /** The default, without the permutation: the second draw skips over the first. */
   #two(n: number): M {
     const members = this.#members;
-    let i = Math.floor(this.#random() * n);
-    if (i >= n) i = n - 1;
-    let j = Math.floor(this.#random() * (n - 1));
-    if (j >= n - 1) j = n - 2;
-    if (j >= i) j++;
+    const i = randomIndex(this.#random, n);
     const a = members[i];
-    const b = members[j];
+    const b = members[otherIndex(this.#random, n, i)];
     return b.inFlight < a.inFlight ? b : a;
   }
 
@@ -71,8 +68,7 @@ class LeastLoadedPicker<M extends Pickable> implements Picker<M> {
     let bestLoad = Infinity;
     for (let t = 0; t < this.#choices; t++) {
       // Swap a uniformly drawn one of the not-yet-drawn indices into place t.
-      let j = t + Math.floor(this.#random() * (n - t));
-      if (j >= n) j = n - 1;
+      const j = t + randomIndex(this.#random, n - t);
       const index = order[j];
       order[j] = order[t];
       order[t] = index;
@@ -90,8 +86,7 @@ class LeastLoadedPicker<M extends Pickable> implements Picker<M> {
   #scan(n: number): M {
     const members = this.#members;
     // Start at a random member so ties don't always go to the first one.
-    let i = Math.floor(this.#random() * n);
-    if (i >= n) i = n - 1;
+    let i = randomIndex(this.#random, n);
     let best = members[i];
     let bestLoad = best.inFlight;
     for (let step = 1; step < n; step++) {

@@ -1,5 +1,6 @@
 import { checkNumber, checkOptions, invalidOption, optionNames } from '../options.ts';
 import type { Balancer, Pickable, Picker, PickerContext } from './balancer.ts';
+import { otherIndex, randomIndex } from './draw.ts';
 
 /** Options of {@link peakEwma}. */
 export interface PeakEwmaOptions {
@@ -50,15 +51,10 @@ class PeakEwmaPicker<M extends Pickable> implements Picker<M> {
     const members = this.#members;
     const n = members.length;
     if (n <= 1) return members[0];
-    let i = Math.floor(this.#random() * n);
-    if (i >= n) i = n - 1;
-    // Draw the second from the other n - 1 so the two are always distinct.
-    let j = Math.floor(this.#random() * (n - 1));
-    if (j >= n - 1) j = n - 2;
-    if (j >= i) j++;
-    const now = this.#clock();
+    const i = randomIndex(this.#random, n);
     const a = members[i];
-    const b = members[j];
+    const b = members[otherIndex(this.#random, n, i)];
+    const now = this.#clock();
     return this.#cost(b, now) < this.#cost(a, now) ? b : a;
   }
 

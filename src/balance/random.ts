@@ -1,5 +1,6 @@
 import { checkOptions } from '../options.ts';
 import type { Balancer, Pickable, Picker, PickerContext } from './balancer.ts';
+import { randomIndex } from './draw.ts';
 
 /**
  * Picks a member uniformly at random, with the pool's `random` (inject it there to seed). It takes
@@ -27,8 +28,6 @@ class RandomPicker<M extends Pickable> implements Picker<M> {
   pick(): M | undefined {
     const n = this.#members.length;
     if (n === 0) return undefined;
-    const i = Math.floor(this.#random() * n);
-    // random() < 1 times n can still round up to n in floating point.
-    return this.#members[i < n ? i : n - 1];
+    return this.#members[randomIndex(this.#random, n)];
   }
 }
