@@ -15,7 +15,7 @@ import { join } from 'node:path';
 import { after, test } from 'node:test';
 import { fileURLToPath } from 'node:url';
 import { promisify } from 'node:util';
-import { NETNS_PREFIX, benchNamespaces, detectStandIn, kubeProxyRules } from '../bench/standin.ts';
+import { NETNS_PREFIX, benchNamespaces, detectStandIn, kubeProxyRules } from '../bench/harness/standin.ts';
 
 const run = promisify(execFile);
 const CLI = fileURLToPath(new URL('../src/cli/main.ts', import.meta.url));

@@ -36,13 +36,23 @@ const whoAmI: PodHandler = (pod, req, res) => {
  * Starts `count` pods on 127.0.0.<first>, 127.0.0.<first+1>, … each on a free port. Loopback only:
  * the whole 127/8 range reaches `lo` on Linux.
  */
-export async function startHttpPods(count: number, { first = 11, handler = whoAmI }: { first?: number; handler?: PodHandler } = {}): Promise<HttpPod[]> {
+export async function startHttpPods(count: number, { first = 11, handler = whoAmI, keepAliveTimeoutMs }: HttpPodsOptions = {}): Promise<HttpPod[]> {
   const pods: HttpPod[] = [];
-  for (let i = 0; i < count; i++) pods.push(await startHttpPod(`127.0.0.${first + i}`, handler));
+  for (let i = 0; i < count; i++) pods.push(await startHttpPod(`127.0.0.${first + i}`, handler, keepAliveTimeoutMs));
   return pods;
 }
 
-async function startHttpPod(address: string, handler: PodHandler): Promise<HttpPod> {
+/** Options of {@link startHttpPods}. */
+export interface HttpPodsOptions {
+  /** The last octet of the first pod's address (127.0.0.<first>). Default 11. */
+  first?: number;
+  /** What a pod answers; default its key. */
+  handler?: PodHandler;
+  /** How long an idle keep-alive connection stays open; node:http's default (5 s) unless given. */
+  keepAliveTimeoutMs?: number;
+}
+
+async function startHttpPod(address: string, handler: PodHandler, keepAliveTimeoutMs: number | undefined): Promise<HttpPod> {
   let server: Server | undefined;
   let port = 0;
   let open = 0;
@@ -86,6 +96,7 @@ async function startHttpPod(address: string, handler: PodHandler): Promise<HttpP
       pod.onRequest?.();
       handler(pod, req, res);
     });
+    if (keepAliveTimeoutMs !== undefined) s.keepAliveTimeout = keepAliveTimeoutMs;
     s.on('connection', (socket) => {
       pod.connections++;
       open++;

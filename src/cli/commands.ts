@@ -6,9 +6,9 @@
  *   podpool bench <scenario> [flags]
  *   podpool --version | --help | <command> --help
  *
- * `demo` and `bench` run the stand-in cluster of bench/ (compiled into the package as
- * dist/bench), loaded only when asked for: the library never imports it, and `endpoints` works
- * without the packages only the bench needs.
+ * `demo` and `bench` run the stand-in cluster of bench/harness/ (compiled into the package as
+ * dist/bench/harness, with the testkit/ servers it runs), loaded only when asked for: the
+ * library never imports it, and `endpoints` works without the packages only the bench needs.
  */
 import { findPackageJSON } from 'node:module';
 import { readFileSync } from 'node:fs';
@@ -24,7 +24,7 @@ const USAGE = `usage: podpool <command> [flags]
 
 ${ENDPOINTS_USAGE}`;
 
-/** What `demo` and `bench` load from bench/main.ts. */
+/** What `demo` and `bench` load from bench/harness/main.ts. */
 interface BenchModule {
   main(command: 'bench' | 'demo', args: string[]): Promise<number>;
   USAGE: string;
@@ -74,8 +74,8 @@ async function bench(command: 'bench' | 'demo', args: string[]): Promise<number>
     );
     return 1;
   }
-  // A literal specifier, so the build rewrites it to the compiled bench/main.js.
-  const module = (await import('../../bench/main.ts')) as BenchModule;
+  // A literal specifier, so the build rewrites it to the compiled bench/harness/main.js.
+  const module = (await import('../../bench/harness/main.ts')) as BenchModule;
   const code = await guard(() => module.main(command, args), module.USAGE);
   // A client that failed to close (the report says which) must not keep the bench alive.
   process.exit(code);

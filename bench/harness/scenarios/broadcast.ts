@@ -6,11 +6,11 @@
 import { Resolver } from 'node:dns/promises';
 import { request } from 'node:http';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { createPool, httpTransport, type Pool } from '../../src/index.ts';
-import { udpTransport, type UdpClient } from '../../src/transport/udp.ts';
-import { webSocketTransport, type WebSocketClient } from '../../src/transport/websocket.ts';
+import { createPool, httpTransport, type Pool } from '../../../src/index.ts';
+import { udpTransport, type UdpClient } from '../../../src/transport/udp.ts';
+import { webSocketTransport, type WebSocketClient } from '../../../src/transport/websocket.ts';
 import { Cluster, HEADLESS_NAME } from '../cluster.ts';
-import { dnsSource } from '../clients.ts';
+import { dnsSource } from '../client-modes.ts';
 import { coefficientOfVariation, round } from '../load.ts';
 import type { ModeResult } from '../measure.ts';
 import { POD_PORTS, type PodCounts } from '../pods.ts';

@@ -6,11 +6,10 @@
  */
 import { setTimeout as sleep } from 'node:timers/promises';
 import { Cluster } from '../cluster.ts';
-import { grpcRoundRobin, httpKubeProxy, httpPodpool, grpcKubeProxy, type Mode, type SourceFactory } from '../clients.ts';
+import { DISCOVERY_SOURCES, grpcKubeProxy, grpcRoundRobin, httpKubeProxy, podpoolMode, type Mode } from '../client-modes.ts';
 import { round } from '../load.ts';
 import { measure, type ModeResult } from '../measure.ts';
 import { formatTable, type ChartSpec, reportHead, type ScenarioReport } from '../report.ts';
-import { discoverySources } from '../transports.ts';
 import type { ScenarioOptions, ScenarioOutput } from './options.ts';
 
 /** Time line resolution, and the window in which "fair share" is judged. */
@@ -18,10 +17,9 @@ const BUCKET_MS = 250;
 /** A share at least this fraction of 1/N counts as fair. */
 const FAIR = 0.8;
 
-export function scaleUpModes(cluster: Cluster): Mode[] {
-  const sources = discoverySources(cluster);
-  const podpool = Object.entries(sources).map(([name, source]) => {
-    const mode = httpPodpool('round-robin', { source: source as SourceFactory });
+export function scaleUpModes(): Mode[] {
+  const podpool = Object.entries(DISCOVERY_SOURCES).map(([name, source]) => {
+    const mode = podpoolMode('http', 'round-robin', { source });
     return { ...mode, client: `${mode.client} (${name})` };
   });
   // One long-lived connection per destination for every row: what a long-lived client holds.
@@ -36,7 +34,7 @@ export async function scaleUp(options: ScenarioOptions, cluster?: Cluster): Prom
   try {
     const results: ModeResult[] = [];
     const timeline: { client: string; t: number; share: number }[] = [];
-    for (const mode of scaleUpModes(cluster)) {
+    for (const mode of scaleUpModes()) {
       let added = '';
       let addedAt = 0;
       const { row, load } = await measure(cluster, mode, {

@@ -11,19 +11,19 @@
  * spreads evenly; the report gives the median (and min, max) over the runs. Every run checks
  * that every pod acknowledged. Pods run in this process, so their work is in the figures.
  *
- *   node --conditions=podpool-source bench/broadcast.ts [--runs 25]
+ *   npm run bench:broadcast [-- --runs 25]
  */
 import { request as httpRequest } from 'node:http';
 import { cpus } from 'node:os';
 import { performance } from 'node:perf_hooks';
 import { parseArgs } from 'node:util';
 import type { Dispatcher } from 'undici';
-import { staticEndpoints } from '../src/discovery/static.ts';
-import { createPool, type Pool } from '../src/pool/pool.ts';
-import { httpTransport } from '../src/transport/http.ts';
-import { webSocketTransport, type WebSocketClient } from '../src/transport/websocket.ts';
-import { closePods, startPods, type WsPod } from '../testkit/ws-pods.ts';
-import { startHttpPods, type HttpPod } from './http-pods.ts';
+import { staticEndpoints } from '../../src/discovery/static.ts';
+import { createPool, type Pool } from '../../src/pool/pool.ts';
+import { httpTransport } from '../../src/transport/http.ts';
+import { webSocketTransport, type WebSocketClient } from '../../src/transport/websocket.ts';
+import { closePods, startPods, type WsPod } from '../../testkit/ws-pods.ts';
+import { startHttpPods, stopPods, type HttpPod, type PodHandler } from '../../testkit/http-pods.ts';
 
 const POD_COUNTS = [5, 50] as const;
 const WARMUP_RUNS = 3;
@@ -66,9 +66,9 @@ async function main(): Promise<void> {
 
 async function benchPods(n: number, runs: number, deadline: number): Promise<Row[]> {
   const wsPods = await startPods(n, { record: false });
-  const httpPods = await startHttpPods(n);
+  const httpPods = await startHttpPods(n, { handler: acknowledge, keepAliveTimeoutMs: 60_000 });
   const wsPool = createPool({ source: staticEndpoints(wsPods.map((p) => p.endpoint)), transport: webSocketTransport() });
-  const httpPool = createPool({ source: staticEndpoints(httpPods.map((p) => p.endpoint)), transport: httpTransport() });
+  const httpPool = createPool({ source: staticEndpoints(httpPods.map((p) => ({ address: p.address, port: p.port }))), transport: httpTransport() });
   try {
     await wsPool.ready({ minEndpoints: n, timeoutMs: RUN_TIMEOUT_MS });
     await httpPool.ready({ minEndpoints: n, timeoutMs: RUN_TIMEOUT_MS });
@@ -87,9 +87,15 @@ async function benchPods(n: number, runs: number, deadline: number): Promise<Row
     return methods.map((m) => summarise(n, m.name, times.get(m.name)!));
   } finally {
     await Promise.all([wsPool.close(), httpPool.close()]);
-    await Promise.all([closePods(wsPods), ...httpPods.map((p) => p.close())]);
+    await Promise.all([closePods(wsPods), stopPods(httpPods)]);
   }
 }
+
+/** An HTTP pod's answer to a message: read the body, as a pod acting on it would, then acknowledge. */
+const acknowledge: PodHandler = (_pod, req, res) => {
+  req.resume();
+  req.once('end', () => res.writeHead(200, { 'content-type': 'application/json' }).end('{"ok":true}'));
+};
 
 function webSocketBroadcast(pool: Pool<WebSocketClient>, n: number): Method {
   return {

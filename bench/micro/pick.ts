@@ -7,14 +7,14 @@
  * class, and sharing one process would make it megamorphic and slow the later strategies.
  */
 import { execFileSync } from 'node:child_process';
-import type { Balancer, Pickable, PickerContext } from '../src/balance/balancer.ts';
-import { leastLoaded } from '../src/balance/least-loaded.ts';
-import { peakEwma } from '../src/balance/peak-ewma.ts';
-import { random } from '../src/balance/random.ts';
-import { ringHash } from '../src/balance/ring-hash.ts';
-import { roundRobin } from '../src/balance/round-robin.ts';
-import { createEndpoint, type Endpoint } from '../src/endpoint.ts';
-import { PeakEwma } from '../src/pool/latency.ts';
+import type { Balancer, Pickable, PickerContext } from '../../src/balance/balancer.ts';
+import { leastLoaded } from '../../src/balance/least-loaded.ts';
+import { peakEwma } from '../../src/balance/peak-ewma.ts';
+import { random } from '../../src/balance/random.ts';
+import { ringHash } from '../../src/balance/ring-hash.ts';
+import { roundRobin } from '../../src/balance/round-robin.ts';
+import { createEndpoint, type Endpoint } from '../../src/endpoint.ts';
+import { PeakEwma } from '../../src/pool/latency.ts';
 
 const strategies: Record<string, () => Balancer> = {
   'round-robin': roundRobin,

@@ -12,8 +12,7 @@
  * differ only by noise.
  */
 import { Cluster } from '../cluster.ts';
-import { grpcKubeProxy, grpcRoundRobin, type Mode } from '../clients.ts';
-import { grpcPodpool } from '../transports.ts';
+import { grpcKubeProxy, grpcRoundRobin, podpoolMode, type Mode } from '../client-modes.ts';
 import { round } from '../load.ts';
 import { measure, type ModeResult } from '../measure.ts';
 import { formatTable, reportHead, slowPodChart, type ScenarioReport } from '../report.ts';
@@ -27,7 +26,7 @@ export const SLOW_FACTOR = 10;
  * socket, and the row would measure pipelining rather than balancing.
  */
 export function slowPodModes(): Mode[] {
-  return [grpcKubeProxy, grpcPodpool('round-robin'), grpcPodpool('least-loaded'), grpcPodpool('peak-ewma'), grpcRoundRobin];
+  return [grpcKubeProxy, podpoolMode('grpc', 'round-robin'), podpoolMode('grpc', 'least-loaded'), podpoolMode('grpc', 'peak-ewma'), grpcRoundRobin];
 }
 
 /** One draw of a row: k clients' connections on the slow pod, and what the clients saw. */

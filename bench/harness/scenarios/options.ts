@@ -1,4 +1,4 @@
-import type { Wire } from '../clients.ts';
+import type { Wire } from '../client-modes.ts';
 import type { ChartSpec, ScenarioReport } from '../report.ts';
 
 /** What every scenario takes (the CLI's flags, with defaults filled in). */

@@ -10,15 +10,15 @@
  * numbers are latencies; the clients take turns every `--block` calls, so drift (CPU frequency,
  * GC, other load on the machine) falls on all of them alike. Bounded in calls and in time:
  *
- *   node bench/grpc-overhead.ts [--calls 20000] [--max-seconds 30] [--block 50]
+ *   node bench/micro/grpc-overhead.ts [--calls 20000] [--max-seconds 30] [--block 50]
  */
 import { parseArgs } from 'node:util';
 import { credentials, type ClientOptions } from '@grpc/grpc-js';
-import { createPool } from '../src/pool/pool.ts';
-import { staticEndpoints } from '../src/discovery/static.ts';
-import { grpcChannel } from '../src/adapter/grpc-channel.ts';
-import { grpcTransport } from '../src/transport/grpc.ts';
-import { EchoClient, GrpcPod, type EchoReply } from '../testkit/grpc-pods.ts';
+import { createPool } from '../../src/pool/pool.ts';
+import { staticEndpoints } from '../../src/discovery/static.ts';
+import { grpcChannel } from '../../src/adapter/grpc-channel.ts';
+import { grpcTransport } from '../../src/transport/grpc.ts';
+import { EchoClient, GrpcPod, type EchoReply } from '../../testkit/grpc-pods.ts';
 
 const { values } = parseArgs({
   options: {

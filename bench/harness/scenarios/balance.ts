@@ -9,9 +9,8 @@
  * some, since the ClusterIP DNATs each socket on its own.
  */
 import { Cluster } from '../cluster.ts';
-import { BALANCERS, grpcKubeProxy, grpcRoundRobin, httpBalancedPool, httpKubeProxy, httpPodpool, wsKubeProxy, type HttpAgent, type Mode, type Wire } from '../clients.ts';
+import { BALANCERS, grpcKubeProxy, grpcRoundRobin, httpBalancedPool, httpKubeProxy, podpoolMode, wsKubeProxy, type HttpAgent, type Mode, type Wire } from '../client-modes.ts';
 import { measure, type ModeResult } from '../measure.ts';
-import { grpcPodpool, wsPodpool } from '../transports.ts';
 import { balanceChart, formatTable, reportHead, type ScenarioReport } from '../report.ts';
 import type { ScenarioOptions, ScenarioOutput } from './options.ts';
 
@@ -32,7 +31,7 @@ export function agentSockets(pods: number, inflight: number): number {
 
 /** The groups `balance` compares on one wire protocol; kube-proxy first in each. */
 export function balanceGroups(wire: Wire, options: { pods: number; inflight: number }, balancers: readonly string[] = ['round-robin', 'least-loaded']): BalanceGroup[] {
-  const http = (agent: HttpAgent): Mode[] => [httpKubeProxy(agent), ...balancers.map((b) => httpPodpool(b, { agent })), httpBalancedPool(agent)];
+  const http = (agent: HttpAgent): Mode[] => [httpKubeProxy(agent), ...balancers.map((b) => podpoolMode('http', b, { agent })), httpBalancedPool(agent)];
   switch (wire) {
     case 'http': {
       const sockets = agentSockets(options.pods, options.inflight);
@@ -42,9 +41,9 @@ export function balanceGroups(wire: Wire, options: { pods: number; inflight: num
       ];
     }
     case 'grpc':
-      return [{ name: 'grpc · 1 connection', wire, modes: [grpcKubeProxy, ...balancers.map((b) => grpcPodpool(b)), grpcRoundRobin] }];
+      return [{ name: 'grpc · 1 connection', wire, modes: [grpcKubeProxy, ...balancers.map((b) => podpoolMode('grpc', b)), grpcRoundRobin] }];
     case 'ws':
-      return [{ name: 'ws · 1 connection', wire, modes: [wsKubeProxy, ...balancers.map((b) => wsPodpool(b))] }];
+      return [{ name: 'ws · 1 connection', wire, modes: [wsKubeProxy, ...balancers.map((b) => podpoolMode('ws', b))] }];
   }
 }
 

@@ -4,7 +4,7 @@
 // the moment the change is written (watch stream / DNS server) to the pool's `state` event that
 // makes the new member `ready` (the picker is rebuilt before that event is emitted).
 //
-//   node --conditions=podpool-source bench/discovery-latency.ts [--k8s-events 40] [--dns-events 8]
+//   node --conditions=podpool-source bench/micro/discovery-latency.ts [--k8s-events 40] [--dns-events 8]
 //
 // Loopback only; bounded by the event counts (the DNS part takes about 1.5 × refresh × events).
 import { once } from 'node:events';
@@ -12,9 +12,9 @@ import { createServer, type Server } from 'node:http';
 import { performance } from 'node:perf_hooks';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { parseArgs } from 'node:util';
-import { createPool, dnsEndpoints, httpTransport, kubernetesEndpoints, type EndpointSource, type StateChange } from '../src/index.ts';
-import { DnsServer } from '../testkit/dns-server.ts';
-import { FakeApiServer, endpointSlice } from '../testkit/fake-apiserver.ts';
+import { createPool, dnsEndpoints, httpTransport, kubernetesEndpoints, type EndpointSource, type StateChange } from '../../src/index.ts';
+import { DnsServer } from '../../testkit/dns-server.ts';
+import { FakeApiServer, endpointSlice } from '../../testkit/fake-apiserver.ts';
 
 const { values } = parseArgs({
   options: { 'k8s-events': { type: 'string', default: '40' }, 'dns-events': { type: 'string', default: '8' } },

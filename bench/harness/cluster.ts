@@ -5,10 +5,10 @@
  * replace pods through it; it keeps DNS and the ClusterIP in step, as the control plane would.
  */
 import { setTimeout as sleep } from 'node:timers/promises';
-import { DnsServer } from '../testkit/dns-server.ts';
-import { FakeApiServer, endpointSlice } from '../testkit/fake-apiserver.ts';
-import { kubernetesEndpoints } from '../src/discovery/kubernetes.ts';
-import type { EndpointSource } from '../src/index.ts';
+import { DnsServer } from '../../testkit/dns-server.ts';
+import { FakeApiServer, endpointSlice } from '../../testkit/fake-apiserver.ts';
+import { kubernetesEndpoints } from '../../src/discovery/kubernetes.ts';
+import type { EndpointSource } from '../../src/index.ts';
 import { PodFleet, POD_PORTS, type PodCounts, type Protocol } from './pods.ts';
 import { clusterDnsTarget } from './grpc-resolver.ts';
 import {

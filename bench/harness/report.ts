@@ -18,7 +18,7 @@ import type { StandIn } from './standin.ts';
 export const RESULTS_DIR = process.env.PODPOOL_BENCH_RESULTS
   ? `${process.env.PODPOOL_BENCH_RESULTS.replace(/\/$/, '')}/`
   : import.meta.url.endsWith('.ts')
-    ? fileURLToPath(new URL('./results/', import.meta.url))
+    ? fileURLToPath(new URL('../results/', import.meta.url))
     : `${join(process.cwd(), 'podpool-results')}/`;
 
 export interface ScenarioReport {

@@ -3,7 +3,7 @@
  * row of a report.
  */
 import type { Cluster } from './cluster.ts';
-import type { Kind, Mode } from './clients.ts';
+import type { Kind, Mode } from './client-modes.ts';
 import { coefficientOfVariation, percentileMs, round, runLoad, type Caller, type LoadResult } from './load.ts';
 import type { PodCounts } from './pods.ts';
 import { progress } from './progress.ts';

@@ -6,12 +6,11 @@
 import * as grpc from '@grpc/grpc-js';
 import { Pool } from 'undici';
 import { Cluster } from '../cluster.ts';
-import { httpPodpool, onePerPod, staticSource, type Mode } from '../clients.ts';
+import { onePerPod, podpoolMode, staticSource, type Mode } from '../client-modes.ts';
 import { round } from '../load.ts';
 import { measure, type ModeResult } from '../measure.ts';
 import { EchoClient, POD_PORTS, type EchoClientInstance } from '../pods.ts';
 import { formatTable, throughputChart, reportHead, type ScenarioReport } from '../report.ts';
-import { grpcPodpool } from '../transports.ts';
 import type { ScenarioOptions, ScenarioOutput } from './options.ts';
 
 const EMPTY = Buffer.alloc(0);
@@ -81,8 +80,8 @@ export async function overhead(options: ScenarioOptions, cluster?: Cluster): Pro
       const agent = options.inflight * cluster.readyPods().length;
       const pair: Mode[] =
         wire === 'http'
-          ? [httpPlain(options.inflight), httpPodpool('round-robin', { source: staticSource, agent })]
-          : [grpcPlain, grpcPodpool('round-robin', staticSource)];
+          ? [httpPlain(options.inflight), podpoolMode('http', 'round-robin', { source: staticSource, agent })]
+          : [grpcPlain, podpoolMode('grpc', 'round-robin', { source: staticSource })];
       const rows: ModeResult[] = [];
       // Warm both up first (JIT, connections, the pods process): the first run would pay for it.
       for (const mode of pair) {

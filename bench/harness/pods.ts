@@ -14,7 +14,7 @@ import { createServer, type Server as HttpServer } from 'node:http';
 import type { Socket } from 'node:net';
 import * as grpc from '@grpc/grpc-js';
 import { WebSocketServer } from 'ws';
-import { decodeDatagram } from '../src/wire/datagram.ts';
+import { decodeDatagram } from '../../src/wire/datagram.ts';
 
 /** The ports every pod listens on, as a Deployment's container ports would say. */
 export const POD_PORTS = { http: 8080, grpc: 50051, ws: 8081, udp: 9090 } as const;

@@ -5,11 +5,10 @@
  */
 import { setTimeout as sleep } from 'node:timers/promises';
 import { Cluster } from '../cluster.ts';
-import { DNS_REFRESH_MS, grpcKubeProxy, grpcRoundRobin, httpBalancedPool, httpKubeProxy, httpPodpool, type Mode } from '../clients.ts';
+import { DISCOVERY_SOURCES, DNS_REFRESH_MS, grpcKubeProxy, grpcRoundRobin, httpBalancedPool, httpKubeProxy, podpoolMode, type Mode } from '../client-modes.ts';
 import { round } from '../load.ts';
 import { measure, type ModeResult } from '../measure.ts';
 import { formatTable, reportHead, type ScenarioReport } from '../report.ts';
-import { discoverySources, grpcPodpool } from '../transports.ts';
 import { agentSockets } from './balance.ts';
 import type { ScenarioOptions, ScenarioOutput } from './options.ts';
 
@@ -23,16 +22,15 @@ export const PRE_STOP_MS = 100;
  * socket at a time: requests pipelined behind one on a closing socket would be lost to the
  * pipelining, not to the restart); gRPC rows one connection per destination.
  */
-export function rollingRestartModes(cluster: Cluster, options: { pods: number; inflight: number }): Mode[] {
-  const sources = discoverySources(cluster);
+export function rollingRestartModes(options: { pods: number; inflight: number }): Mode[] {
   const named = (mode: Mode, source: string): Mode => ({ ...mode, client: `${mode.client} (${source})` });
   const agent = agentSockets(options.pods, options.inflight);
   return [
     httpKubeProxy(agent),
-    ...Object.entries(sources).map(([name, source]) => named(httpPodpool('round-robin', { source, agent }), name)),
+    ...Object.entries(DISCOVERY_SOURCES).map(([name, source]) => named(podpoolMode('http', 'round-robin', { source, agent }), name)),
     httpBalancedPool(agent),
     grpcKubeProxy,
-    ...Object.entries(sources).map(([name, source]) => named(grpcPodpool('round-robin', source), name)),
+    ...Object.entries(DISCOVERY_SOURCES).map(([name, source]) => named(podpoolMode('grpc', 'round-robin', { source }), name)),
     grpcRoundRobin,
   ];
 }
@@ -43,7 +41,7 @@ export async function rollingRestart(options: ScenarioOptions, cluster?: Cluster
   const durationMs = options.durationS * 1000;
   try {
     const results: ModeResult[] = [];
-    for (const mode of rollingRestartModes(cluster, options)) {
+    for (const mode of rollingRestartModes(options)) {
       const { row } = await measure(cluster, mode, {
         clients: options.clients,
         inflight: options.inflight,

@@ -12,7 +12,7 @@ import { balance } from './scenarios/balance.ts';
 import type { ScenarioOptions, ScenarioOutput } from './scenarios/options.ts';
 import { SCENARIOS } from './scenarios/index.ts';
 import { currentNamespace, detectStandIn, runInNamespace } from './standin.ts';
-import type { Wire } from './clients.ts';
+import type { Wire } from './client-modes.ts';
 
 export const USAGE = `usage:
   podpool demo [--quick]            balance (gRPC, WebSocket, HTTP) and slow-pod at a small size; writes an HTML page

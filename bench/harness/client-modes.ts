@@ -1,15 +1,30 @@
 /**
  * The clients a scenario compares, each as a {@link Mode}: how one application instance connects
- * and sends one request. kube-proxy modes dial the ClusterIP over one long-lived connection;
- * podpool modes keep one connection per pod and pick per request; peers are what a user would
- * otherwise write (grpc-js `round_robin` over the headless name, undici `BalancedPool` over the
- * pods' addresses).
+ * and sends one request, over HTTP, gRPC or WebSocket. kube-proxy modes dial the ClusterIP over
+ * one long-lived connection; podpool modes ({@link podpoolMode}, one builder for every wire) keep
+ * one connection per pod and pick per request; peers are what a user would otherwise write
+ * (grpc-js `round_robin` over the headless name, undici `BalancedPool` over the pods' addresses).
+ * Also the discovery sources podpool can find the pods with ({@link DISCOVERY_SOURCES}).
  */
 import * as grpc from '@grpc/grpc-js';
 import { BalancedPool, Client, Pool as UndiciPool, type Dispatcher } from 'undici';
 import WebSocket from 'ws';
-import { createPool, httpTransport, leastLoaded, peakEwma, roundRobin, staticEndpoints, type Balancer, type EndpointSource, type Pool, type Transport } from '../src/index.ts';
-import { dnsEndpoints } from '../src/discovery/dns.ts';
+import {
+  createPool,
+  dnsEndpoints,
+  grpcTransport,
+  httpTransport,
+  leastLoaded,
+  peakEwma,
+  roundRobin,
+  staticEndpoints,
+  webSocketTransport,
+  type Balancer,
+  type EndpointSource,
+  type Pool,
+  type Transport,
+  type WebSocketClient,
+} from '../../src/index.ts';
 import { HEADLESS_NAME, type Cluster } from './cluster.ts';
 import type { Caller } from './load.ts';
 import { EchoClient, POD_PORTS, type EchoClientInstance } from './pods.ts';
@@ -77,6 +92,12 @@ function pipeliningFor(agent: HttpAgent, inflight: number): number {
 
 const EMPTY = Buffer.alloc(0);
 
+/** One Echo call on a grpc-js client: the pod's name back. */
+const grpcRequest = (client: EchoClientInstance): Promise<string> =>
+  new Promise<string>((resolve, reject) => {
+    client.call(EMPTY, (error, reply) => (error ? reject(error) : resolve(String(reply))));
+  });
+
 /** The balancers a scenario may compare, by their report names. */
 export const BALANCERS: Record<string, () => Balancer> = {
   'round-robin': roundRobin,
@@ -101,32 +122,14 @@ export const DNS_REFRESH_MS = 1_000;
 export const dnsSource: SourceFactory = (cluster, port) =>
   dnsEndpoints({ host: HEADLESS_NAME, port, refreshMs: DNS_REFRESH_MS, servers: [cluster.dnsServer] });
 
-/** How podpool finds the pods unless a scenario says otherwise: the headless name, in DNS. */
-export const defaultSource: SourceFactory = dnsSource;
-
 /**
- * A podpool pool over the stand-in's pods, configured the same for every transport: the
- * scenario's source (DNS by default) and balancer, quick reconnects, and ready once every pod is.
+ * The discovery sources podpool can use in the stand-in cluster, by report name: cluster DNS and
+ * the Kubernetes API (a fake API server speaking list/watch).
  */
-export async function openPodpool<C>(
-  cluster: Cluster,
-  { port, transport, balancer, source }: { port: number; transport: Transport<C>; balancer: string; source?: SourceFactory },
-): Promise<Pool<C>> {
-  const pool = createPool<C>({
-    source: await (source ?? defaultSource)(cluster, port),
-    transport,
-    balancer: BALANCERS[balancer]!(),
-    reconnect: { minMs: 20, maxMs: 500 },
-    drainTimeoutMs: 2_000,
-  });
-  try {
-    await pool.ready({ minEndpoints: cluster.readyPods().length, timeoutMs: 10_000 });
-  } catch (error) {
-    await pool.close();
-    throw error;
-  }
-  return pool;
-}
+export const DISCOVERY_SOURCES: Readonly<Record<string, SourceFactory>> = {
+  dns: dnsSource,
+  kubernetes: (cluster, port) => cluster.kubernetesSource(port),
+};
 
 // ---- HTTP ---------------------------------------------------------------------------------
 
@@ -148,26 +151,6 @@ export function httpKubeProxy(agent?: HttpAgent): Mode {
       const options = { pipelining: pipeliningFor(agent, inflight), keepAliveTimeout: 120_000 };
       const client = agent === undefined ? new Client(origin, options) : new UndiciPool(origin, { ...options, connections: agent });
       return { call: () => httpText(client), close: () => client.close() };
-    },
-  };
-}
-
-/** podpool's HTTP transport with one balancer, over the headless Service, sockets as `agent` says. */
-export function httpPodpool(balancer: string, { source, agent }: { source?: SourceFactory; agent?: HttpAgent } = {}): Mode {
-  return {
-    client: `podpool ${balancer}`,
-    wire: 'http',
-    kind: 'podpool',
-    connections: httpConnections(agent, false),
-    async open(cluster, { inflight }) {
-      const connections = agent === undefined ? 1 : perPod(agent, cluster.readyPods().length);
-      const pool = await openPodpool(cluster, {
-        port: POD_PORTS.http,
-        transport: httpTransport({ connections, pipelining: pipeliningFor(agent, inflight), client: { keepAliveTimeout: 120_000 } }),
-        balancer,
-        source,
-      });
-      return { call: () => pool.use(httpText), close: () => pool.close() };
     },
   };
 }
@@ -194,10 +177,7 @@ export function httpBalancedPool(agent?: HttpAgent): Mode {
 
 function grpcCaller(client: EchoClientInstance): Caller {
   return {
-    call: () =>
-      new Promise<string>((resolve, reject) => {
-        client.call(EMPTY, (error, reply) => (error ? reject(error) : resolve(String(reply))));
-      }),
+    call: () => grpcRequest(client),
     close: async () => client.close(),
   };
 }
@@ -292,3 +272,83 @@ export const wsKubeProxy: Mode = {
     return wsCaller(socket);
   },
 };
+
+// ---- podpool, over any wire ---------------------------------------------------------------
+
+/** What a podpool mode varies by wire: the pods' port, the transport, and one request in `use()`. */
+interface PodpoolWire<C> {
+  readonly port: number;
+  /** What one client holds with `pods` pods ready, sockets as `agent` says (HTTP only). */
+  connections(agent: HttpAgent): (pods: number) => Connections;
+  transport(agent: HttpAgent, inflight: number, pods: number): Transport<C>;
+  /** Passed to `pool.use()` as it is: made once, not per request. */
+  readonly request: (client: C) => Promise<string>;
+}
+
+const wsRequest = (ws: WebSocketClient): Promise<string> => ws.request<string>(null);
+
+const PODPOOL_WIRES: { readonly http: PodpoolWire<Dispatcher>; readonly grpc: PodpoolWire<EchoClientInstance>; readonly ws: PodpoolWire<WebSocketClient> } = {
+  http: {
+    port: POD_PORTS.http,
+    connections: (agent) => httpConnections(agent, false),
+    transport: (agent, inflight, pods) =>
+      httpTransport({
+        connections: agent === undefined ? 1 : perPod(agent, pods),
+        pipelining: pipeliningFor(agent, inflight),
+        client: { keepAliveTimeout: 120_000 },
+      }),
+    request: httpText,
+  },
+  // One grpc-js client per pod, a pick per call.
+  grpc: {
+    port: POD_PORTS.grpc,
+    connections: () => onePerPod,
+    transport: () => grpcTransport(EchoClient as never),
+    request: grpcRequest,
+  },
+  // One socket per pod, requests correlated by id.
+  ws: {
+    port: POD_PORTS.ws,
+    connections: () => onePerPod,
+    transport: () => webSocketTransport({ requestTimeoutMs: 10_000 }),
+    request: wsRequest,
+  },
+};
+
+export interface PodpoolModeOptions {
+  /** How the pool finds the pods; the headless name in cluster DNS unless given. */
+  source?: SourceFactory;
+  /** HTTP only: the sockets an agent holds (see {@link HttpAgent}). */
+  agent?: HttpAgent;
+}
+
+/**
+ * podpool over `wire` with one balancer, configured the same for every wire: the scenario's
+ * source and balancer, quick reconnects, and ready once every pod is.
+ */
+export function podpoolMode(wire: Wire, balancer: string, { source = dnsSource, agent }: PodpoolModeOptions = {}): Mode {
+  const how = PODPOOL_WIRES[wire] as PodpoolWire<unknown>;
+  return {
+    client: `podpool ${balancer}`,
+    wire,
+    kind: 'podpool',
+    connections: how.connections(agent),
+    async open(cluster, { inflight }) {
+      const pool: Pool<unknown> = createPool({
+        source: await source(cluster, how.port),
+        transport: how.transport(agent, inflight, cluster.readyPods().length),
+        balancer: BALANCERS[balancer]!(),
+        reconnect: { minMs: 20, maxMs: 500 },
+        drainTimeoutMs: 2_000,
+      });
+      try {
+        await pool.ready({ minEndpoints: cluster.readyPods().length, timeoutMs: 10_000 });
+      } catch (error) {
+        await pool.close();
+        throw error;
+      }
+      const { request } = how;
+      return { call: () => pool.use(request), close: () => pool.close() };
+    },
+  };
+}
