@@ -39,6 +39,8 @@ export const ErrorCode = {
   MESSAGE_REJECTED: 'PODPOOL_MESSAGE_REJECTED',
   /** A write would exceed a buffer's high-water mark. */
   BACKPRESSURE: 'PODPOOL_BACKPRESSURE',
+  /** The pool's transport can't do what was asked (`begin()` on a transport that lends a connection per call). */
+  NOT_SUPPORTED: 'PODPOOL_NOT_SUPPORTED',
   /** podpool was loaded on a Node.js older than its `engines` field allows. */
   UNSUPPORTED_NODE: 'PODPOOL_UNSUPPORTED_NODE',
 } as const;

@@ -1,6 +1,6 @@
 /**
  * ns per pick + record for each balancer at 10, 100 and 1,000 endpoints, as the pool will run
- * it: pick, inFlight++, observe a latency into the member's PeakEwma, inFlight--. Also the time
+ * it: pick, inFlight++, observe a latency into the member's LatencyEwma, inFlight--. Also the time
  * to build a picker, paid on every membership or readiness change.
  *
  * Each strategy runs in its own process: the pool's `pick()` call site only ever sees one picker
@@ -14,7 +14,7 @@ import { random } from '../../src/balance/random.ts';
 import { ringHash } from '../../src/balance/ring-hash.ts';
 import { roundRobin } from '../../src/balance/round-robin.ts';
 import { createEndpoint, type Endpoint } from '../../src/endpoint.ts';
-import { PeakEwma } from '../../src/pool/latency.ts';
+import { LatencyEwma } from '../../src/pool/latency.ts';
 
 const strategies: Record<string, () => Balancer> = {
   'round-robin': roundRobin,
@@ -32,7 +32,7 @@ const BASELINE = 'record only';
 
 class BenchMember implements Pickable {
   readonly endpoint: Endpoint;
-  readonly ewma = new PeakEwma(10_000);
+  readonly ewma = new LatencyEwma(10_000);
   inFlight = 0;
 
   constructor(i: number) {
@@ -134,7 +134,7 @@ if (only !== undefined) {
   const line = (row: string[]) =>
     row.map((cell, c) => (c === 0 ? cell.padEnd(widths[c]) : cell.padStart(widths[c]))).join('  ');
   console.log(`podpool bench:pick (node ${process.version})`);
-  console.log('ns per pick + inFlight++ + PeakEwma.observe(latency, clock()) + inFlight--');
+  console.log('ns per pick + inFlight++ + LatencyEwma.observe(latency, clock()) + inFlight--');
   console.log(`median of ${ROUNDS} rounds of ~${ROUND_MS} ms after ${WARMUP_MS} ms warm-up`);
   console.log('build: median time to construct a warm picker over the same members');
   console.log(`"${BASELINE}" records on one member without picking: what each row pays besides the pick`);

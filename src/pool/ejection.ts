@@ -1,3 +1,4 @@
+import { ErrorCode, PodpoolError } from '../errors.ts';
 import { checkNumber, checkOptions, invalidOption, optionNames } from '../options.ts';
 
 /**
@@ -50,4 +51,85 @@ export function ejectionMs(policy: EjectionPolicy, ejections: number): number {
 /** Whether one more member may be ejected when `ejected` of `connected` already are. */
 export function mayEject(policy: EjectionPolicy, ejected: number, connected: number): boolean {
   return ejected + 1 <= Math.floor((connected * policy.maxPercent) / 100);
+}
+
+/** The members ejection counts over: everything but their states is the policy's own. */
+interface Ejectable {
+  readonly state: string;
+  readonly consecutiveFailures: number;
+  readonly lastError: Error | undefined;
+  eject(error: PodpoolError): void;
+  unejected(): void;
+}
+
+/** One member's ejection history: the streak that lengthens each ejection, and its timer. */
+interface Record {
+  streak: number;
+  /** When the member last left `ejected`; a long healthy stretch resets the streak. */
+  unejectedAt: number;
+  timer: NodeJS.Timeout | undefined;
+}
+
+/**
+ * The whole ejection policy at work: hears each failure counted against a member, ejects it
+ * when its run of failures calls for it and the share of ejected members allows, and lets it
+ * back after a time that grows with its streak. The member owns the state; this owns the when.
+ */
+export class Ejection<M extends Ejectable> {
+  readonly #policy: EjectionPolicy;
+  readonly #members: () => Iterable<M>;
+  readonly #clock: () => number;
+  readonly #records = new Map<M, Record>();
+
+  constructor(policy: EjectionPolicy, members: () => Iterable<M>, clock: () => number) {
+    this.#policy = policy;
+    this.#members = members;
+    this.#clock = clock;
+  }
+
+  /** A call failed against `member` (counted at `now`). */
+  failed(member: M, now: number): void {
+    if (member.state === 'ready' && member.consecutiveFailures >= this.#policy.consecutiveFailures) this.#eject(member, now);
+  }
+
+  /** `member` left `ejected` another way (lost, drained) or closed: its timer goes. */
+  moved(member: M, from: string, to: string): void {
+    const record = this.#records.get(member);
+    if (record === undefined) return;
+    if (from === 'ejected') {
+      clearTimeout(record.timer);
+      record.timer = undefined;
+    }
+    if (to === 'closed') this.#records.delete(member);
+  }
+
+  #eject(member: M, now: number): void {
+    let ejected = 0;
+    let connected = 0;
+    for (const other of this.#members()) {
+      if (other.state === 'ejected') ejected++;
+      if (other.state === 'ready' || other.state === 'ejected') connected++;
+    }
+    if (!mayEject(this.#policy, ejected, connected)) return;
+    let record = this.#records.get(member);
+    if (record === undefined) {
+      record = { streak: 0, unejectedAt: 0, timer: undefined };
+      this.#records.set(member, record);
+    }
+    // A member that stayed healthy for a whole maxMs starts again from the base duration.
+    record.streak = record.streak > 0 && now - record.unejectedAt < this.#policy.maxMs ? record.streak + 1 : 1;
+    const duration = ejectionMs(this.#policy, record.streak);
+    member.eject(
+      new PodpoolError(ErrorCode.EJECTED, `${member.consecutiveFailures} failures in a row; ejected for ${duration} ms`, {
+        cause: member.lastError,
+      }),
+    );
+    const current = record;
+    current.timer = setTimeout(() => {
+      current.timer = undefined;
+      if (member.state !== 'ejected') return;
+      current.unejectedAt = this.#clock();
+      member.unejected();
+    }, duration);
+  }
 }

@@ -1,9 +1,10 @@
 /**
- * Peak-sensitive EWMA of latency (as Finagle's and tower's PeakEwma): a sample above the
+ * A member's latency measurement: a peak-sensitive EWMA (as Finagle's and tower's PeakEwma;
+ * named apart from the `peakEwma()` balancer, which reads it and never measures). A sample above the
  * estimate replaces it at once; a lower one is blended in with a weight that grows with the time
  * since the last sample; reading decays the estimate toward 0 so an idle member looks cheap again.
  */
-export class PeakEwma {
+export class LatencyEwma {
   #value = 0;
   #at = 0;
   #samples = 0;

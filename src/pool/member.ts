@@ -1,7 +1,8 @@
 import type { Pickable } from '../balance/balancer.ts';
 import type { Endpoint } from '../endpoint.ts';
+import type { PodpoolError } from '../errors.ts';
 import type { Connection } from '../transport/transport.ts';
-import { PeakEwma } from './latency.ts';
+import { Load } from './load.ts';
 
 /**
  * A member's life: `connecting → ready ⇄ ejected → draining → closed`. `connecting` is also
@@ -31,72 +32,252 @@ export interface MemberStats {
 }
 
 /**
- * One pod: its connection and the numbers the balancers read. The pool owns every transition;
- * a member only holds state, so there is one place where states change.
+ * How a call ended, as far as the pod is concerned: it `answered` (a success, or a request the
+ * pod refused), it `failed` in a way that counts against the pod, or it says nothing about the
+ * pod (`unrecorded`: the caller gave up, or its failure was counted when its deadline passed).
+ */
+export type CallOutcome = 'answered' | 'failed' | 'unrecorded';
+
+/** What the pool hears from its members: one object for all of them, so no closure per member. */
+export interface MemberEvents {
+  /** The member moved from one state to another. */
+  transition(member: Member<unknown>, from: MemberState, to: MemberState, error: PodpoolError | undefined): void;
+  /** A call failed against the pod (for ejection); `now` is when it was counted. */
+  failed(member: Member<unknown>, now: number): void;
+  /** The last call of a draining member ended: it can close. */
+  drained(member: Member<unknown>): void;
+}
+
+/**
+ * One pod: its connection, its state and its load. It owns its state transitions and call
+ * accounting; the pool says what happened (`connected`, `startCall`, `endCall`, `lost`, …)
+ * and hears transitions through {@link MemberEvents}.
  */
 export class Member<C> implements Pickable {
-  endpoint: Endpoint;
-  state: MemberState = 'connecting';
-  connection: Connection<C> | undefined = undefined;
-  inFlight = 0;
-  requests = 0;
-  failures = 0;
-  consecutiveFailures = 0;
-  ejections = 0;
-  /** Ejections in a row, each longer than the last; back to 0 after a healthy `maxMs`. */
-  ejectionStreak = 0;
-  connects = 0;
-  lastError: Error | undefined = undefined;
-  /** The last connect attempt failed and none has succeeded since: the pool counts it failing. */
-  connectFailed = false;
+  #endpoint: Endpoint;
+  #state: MemberState = 'connecting';
+  #connection: Connection<C> | undefined = undefined;
+  readonly #load: Load;
+  readonly #events: MemberEvents;
+  #ejections = 0;
+  #connects = 0;
+  #lastError: Error | undefined = undefined;
+  #connectFailed = false;
   /** Aborted to stop the connect loop (endpoint gone, pool closing). */
-  abort = new AbortController();
+  #connectLoop = new AbortController();
   /**
    * Aborted when the pool closes the connection the current calls run on (lost, drained, pool
    * closed); its signal is what `use()` callbacks get when the caller passed none, so a call
    * learns that its connection is gone without an allocation per call. A new one per connection.
    */
-  calls = new AbortController();
-  /** Pending drain or ejection timer. */
-  timer: NodeJS.Timeout | undefined = undefined;
+  #connectionClosed = new AbortController();
+  /** Pending drain timer. */
+  #drainTimer: NodeJS.Timeout | undefined = undefined;
   /** When the current connection was opened, to tell a flapping pod from a long-lived one. */
-  connectedAt = 0;
+  #connectedAt = 0;
   /** Connections in a row that died young; drives the delay before the next connect. */
-  flaps = 0;
-  /** When the member last left `ejected`; a long healthy stretch resets the ejection multiplier. */
-  unejectedAt = 0;
+  #flaps = 0;
   /**
    * Resolved once the member is closed and its connection is gone. Not typed
    * `PromiseWithResolvers`: published declarations must compile without the es2024 lib.
    */
   readonly closed: { readonly promise: Promise<void>; resolve(): void } = Promise.withResolvers();
-  readonly latency: PeakEwma;
 
-  constructor(endpoint: Endpoint, latencyDecayMs: number) {
-    this.endpoint = endpoint;
-    this.latency = new PeakEwma(latencyDecayMs);
+  constructor(endpoint: Endpoint, latencyDecayMs: number, events: MemberEvents) {
+    this.#endpoint = endpoint;
+    this.#load = new Load(latencyDecayMs);
+    this.#events = events;
+  }
+
+  // ---- what balancers read (Pickable) ----
+
+  get endpoint(): Endpoint {
+    return this.#endpoint;
+  }
+
+  get inFlight(): number {
+    return this.#load.inFlight;
   }
 
   get samples(): number {
-    return this.latency.samples;
+    return this.#load.latency.samples;
   }
 
   latencyMs(now: number): number {
-    return this.latency.at(now);
+    return this.#load.latency.at(now);
+  }
+
+  // ---- what the pool reads ----
+
+  get state(): MemberState {
+    return this.#state;
+  }
+
+  get connection(): Connection<C> | undefined {
+    return this.#connection;
+  }
+
+  get lastError(): Error | undefined {
+    return this.#lastError;
+  }
+
+  /** The last connect attempt failed and none has succeeded since: the pool counts it failing. */
+  get connectFailed(): boolean {
+    return this.#connectFailed;
+  }
+
+  get consecutiveFailures(): number {
+    return this.#load.consecutiveFailures;
+  }
+
+  get flaps(): number {
+    return this.#flaps;
+  }
+
+  /** Aborts the connect loop. */
+  get connectLoopSignal(): AbortSignal {
+    return this.#connectLoop.signal;
+  }
+
+  /** Aborts when the connection under the current calls closes. */
+  get connectionClosedSignal(): AbortSignal {
+    return this.#connectionClosed.signal;
+  }
+
+  /** Discovery's newer view of the same endpoint (readiness, zone, …). */
+  updateEndpoint(endpoint: Endpoint): void {
+    this.#endpoint = endpoint;
+  }
+
+  // ---- call accounting: one piece, for use(), broadcast and the adapters' begin() ----
+
+  startCall(): void {
+    this.#load.started();
+  }
+
+  /** Ends a call begun with `startCall()`, counting `outcome` against the pod or not. */
+  endCall(outcome: CallOutcome, latencyMs: number, now: number, error?: unknown): void {
+    if (outcome === 'answered') this.#load.answered(latencyMs, now);
+    else if (outcome === 'failed') this.countFailure(latencyMs, now, error);
+    if (this.#load.settled() === 0 && this.#state === 'draining') this.#events.drained(this as Member<unknown>);
+  }
+
+  /** A call failed against the pod; also for a call still running past its deadline. */
+  countFailure(latencyMs: number, now: number, error: unknown): void {
+    this.#load.failed(latencyMs, now);
+    if (error instanceof Error) this.#lastError = error;
+    this.#events.failed(this as Member<unknown>, now);
+  }
+
+  // ---- state transitions ----
+
+  /** A connect attempt failed; the loop tries again after its backoff. */
+  connectAttemptFailed(error: Error): void {
+    this.#lastError = error;
+    this.#connectFailed = true;
+  }
+
+  connected(connection: Connection<C>, now: number): void {
+    this.#connection = connection;
+    this.#connectionClosed = new AbortController();
+    this.#connects++;
+    this.#connectedAt = now;
+    this.#load.consecutiveFailures = 0;
+    this.#connectFailed = false;
+    this.#moveTo('ready');
+  }
+
+  /**
+   * The connection is gone: calls on it hear `error`, and a connection that died younger than
+   * `stableMs` counts as a flap. Returns false when `connection` is no longer this member's.
+   */
+  lost(connection: Connection<C>, error: PodpoolError, now: number, stableMs: number): boolean {
+    if (this.#connection !== connection) return false;
+    this.#connection = undefined;
+    this.#connectionClosed.abort(error);
+    this.#lastError = error;
+    this.#flaps = now - this.#connectedAt < stableMs ? this.#flaps + 1 : 0;
+    return true;
+  }
+
+  /** Waiting to reconnect after a lost connection. */
+  reconnecting(error: PodpoolError): void {
+    this.#moveTo('connecting', error);
+  }
+
+  eject(error: PodpoolError): void {
+    this.#ejections++;
+    this.#moveTo('ejected', error);
+  }
+
+  /** Back from an ejection, with a clean run of failures. */
+  unejected(): void {
+    this.#load.consecutiveFailures = 0;
+    this.#moveTo('ready');
+  }
+
+  /**
+   * No new picks; in-flight calls may run up to `timeoutMs`, then `expired` runs. Stops the
+   * connect loop of a member with no connection. Returns whether it has calls left to wait for.
+   */
+  drain(timeoutMs: number, expired: () => void): boolean {
+    clearTimeout(this.#drainTimer);
+    this.#drainTimer = undefined;
+    if (this.#connection === undefined) this.#connectLoop.abort();
+    this.#moveTo('draining');
+    if (this.#connection === undefined || this.#load.inFlight === 0) return false;
+    this.#drainTimer = setTimeout(expired, timeoutMs);
+    return true;
+  }
+
+  /** Its endpoint came back while it drained. Returns whether it must connect again. */
+  revive(): boolean {
+    clearTimeout(this.#drainTimer);
+    this.#drainTimer = undefined;
+    if (this.#connection !== undefined) {
+      this.#moveTo('ready');
+      return false;
+    }
+    this.#connectLoop = new AbortController();
+    this.#moveTo('connecting');
+    return true;
+  }
+
+  /**
+   * Closed: the connect loop stops, calls still running hear `error` (when given) and the
+   * connection is handed back for the pool to close.
+   */
+  close(error: (() => PodpoolError) | undefined): Connection<C> | undefined {
+    clearTimeout(this.#drainTimer);
+    this.#drainTimer = undefined;
+    this.#connectLoop.abort();
+    const connection = this.#connection;
+    this.#connection = undefined;
+    if (connection !== undefined && this.#load.inFlight > 0 && error !== undefined) this.#connectionClosed.abort(error());
+    this.#moveTo('closed');
+    return connection;
+  }
+
+  #moveTo(to: MemberState, error?: PodpoolError): void {
+    const from = this.#state;
+    if (from === to) return;
+    this.#state = to;
+    this.#events.transition(this as Member<unknown>, from, to, error);
   }
 
   stats(now: number): MemberStats {
+    const load = this.#load;
     return {
-      endpoint: this.endpoint,
-      state: this.state,
-      inFlight: this.inFlight,
-      requests: this.requests,
-      failures: this.failures,
-      consecutiveFailures: this.consecutiveFailures,
-      latencyMs: this.latency.at(now),
-      ejections: this.ejections,
-      connects: this.connects,
-      ...(this.lastError !== undefined && { lastError: this.lastError }),
+      endpoint: this.#endpoint,
+      state: this.#state,
+      inFlight: load.inFlight,
+      requests: load.requests,
+      failures: load.failures,
+      consecutiveFailures: load.consecutiveFailures,
+      latencyMs: load.latency.at(now),
+      ejections: this.#ejections,
+      connects: this.#connects,
+      ...(this.#lastError !== undefined && { lastError: this.#lastError }),
     };
   }
 }

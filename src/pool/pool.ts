@@ -1,23 +1,21 @@
 import { EventEmitter } from 'node:events';
 import { performance } from 'node:perf_hooks';
-import { setTimeout as sleep } from 'node:timers/promises';
 import { debuglog } from 'node:util';
-import pRetry from 'p-retry';
 import type { Balancer, Picker, PickerContext } from '../balance/balancer.ts';
 import { roundRobin } from '../balance/round-robin.ts';
 import type { EndpointSource, SourceWatch } from '../discovery/source.ts';
 import { EndpointSet, type Endpoint, type EndpointDiff } from '../endpoint.ts';
+import { reasonOf } from '../abort.ts';
 import { ErrorCode, PodpoolError, abortError } from '../errors.ts';
 import { checkNumber, checkOptions, invalidOption, optionNames } from '../options.ts';
-import type { Connection, Transport } from '../transport/transport.ts';
+import type { Transport } from '../transport/transport.ts';
 import { fanOut, planBroadcast, type BroadcastOptions, type BroadcastResult, type Delivery } from './broadcast.ts';
-import { ejectionMs, ejectionPolicy, mayEject, type EjectionOptions, type EjectionPolicy } from './ejection.ts';
-import { Member, type MemberState, type MemberStats } from './member.ts';
+import { Connector, reconnectPolicy, type ReconnectOptions } from './connector.ts';
+import { Ejection, ejectionPolicy, type EjectionOptions } from './ejection.ts';
+import { Membership } from './membership.ts';
+import type { CallOutcome, Member, MemberEvents, MemberState, MemberStats } from './member.ts';
 
 const debug = debuglog('podpool');
-
-/** A connection that dies younger than this counts as a flap and delays the next connect. */
-const STABLE_CONNECTION_MS = 1_000;
 
 const POOL_OPTIONS = optionNames<PoolOptions<unknown>>({
   source: true,
@@ -29,7 +27,6 @@ const POOL_OPTIONS = optionNames<PoolOptions<unknown>>({
   clock: true,
   random: true,
 });
-const RECONNECT_OPTIONS = optionNames<NonNullable<PoolOptions<unknown>['reconnect']>>({ minMs: true, maxMs: true, factor: true });
 
 /** Options of {@link createPool}. */
 export interface PoolOptions<C> {
@@ -42,7 +39,7 @@ export interface PoolOptions<C> {
   /** How long a removed or terminating pod's in-flight calls may run before its connection closes. Default 30 s. */
   drainTimeoutMs?: number;
   /** Reconnect backoff: exponential from `minMs` by `factor` up to `maxMs`, jittered. */
-  reconnect?: { minMs?: number; maxMs?: number; factor?: number };
+  reconnect?: ReconnectOptions;
   /** Outlier ejection after consecutive failures; `false` turns it off. */
   ejection?: EjectionOptions | false;
   /** Time in ms for latency and timers' bookkeeping; default `performance.now`. */
@@ -172,12 +169,6 @@ export interface AdapterPool<C> {
   off(event: 'connectivity', listener: (connectivity: PoolConnectivity) => void): unknown;
 }
 
-/** A connection `#open` made, and a loss the transport reported before the member took it. */
-interface Opened<C> {
-  readonly connection: Connection<C>;
-  lostEarly(): Error | undefined;
-}
-
 interface Waiter {
   check(): void;
   fail(error: PodpoolError): void;
@@ -193,20 +184,17 @@ export class Pool<C> extends EventEmitter<PoolEvents> implements AdapterPool<C> 
   readonly #balancer: Balancer;
   readonly #context: PickerContext;
   readonly #clock: () => number;
-  readonly #drainTimeoutMs: number;
-  readonly #reconnect: { readonly minMs: number; readonly maxMs: number; readonly factor: number };
-  readonly #ejection: EjectionPolicy | undefined;
-  readonly #latencyDecayMs: number;
+  readonly #ejection: Ejection<Member<C>> | undefined;
+  readonly #memberEvents: MemberEvents;
 
-  readonly #members = new Map<string, Member<C>>();
+  readonly #membership: Membership<C>;
+  readonly #connector: Connector<C>;
   #endpoints = EndpointSet.empty;
   #hasSnapshot = false;
   #picker: Picker<Member<C>>;
   #pickable: readonly Member<C>[] = [];
   #lastSourceError: PodpoolError | undefined = undefined;
   readonly #waiters = new Set<Waiter>();
-  readonly #closingConnections = new Set<Promise<void>>();
-  readonly #connectLoops = new Set<Promise<void>>();
   readonly #watch: SourceWatch;
   #closing: Promise<void> | undefined = undefined;
   /** The connectivity last announced with a `connectivity` event. */
@@ -227,11 +215,7 @@ export class Pool<C> extends EventEmitter<PoolEvents> implements AdapterPool<C> 
       invalidOption('balancer', 'a balancer (roundRobin(), leastLoaded(), …)', balancer);
     }
     checkNumber('drainTimeoutMs', drainTimeoutMs, { min: 0 });
-    checkOptions(reconnect, RECONNECT_OPTIONS, 'reconnect');
-    const { minMs = 100, maxMs = 10_000, factor = 2 } = reconnect;
-    checkNumber('reconnect.minMs', minMs, { min: 1 });
-    checkNumber('reconnect.maxMs', maxMs, { min: minMs });
-    checkNumber('reconnect.factor', factor, { min: 1 });
+    const reconnectBackoff = reconnectPolicy(reconnect);
     const clock = options.clock ?? performance.now.bind(performance);
     const random = options.random ?? Math.random;
     if (typeof clock !== 'function') invalidOption('clock', 'a function returning milliseconds', clock);
@@ -242,10 +226,22 @@ export class Pool<C> extends EventEmitter<PoolEvents> implements AdapterPool<C> 
     this.#balancer = balancer;
     this.#clock = clock;
     this.#context = Object.freeze({ clock, random });
-    this.#drainTimeoutMs = drainTimeoutMs;
-    this.#reconnect = { minMs, maxMs, factor };
-    this.#ejection = ejectionPolicy(options.ejection);
-    this.#latencyDecayMs = balancer.latencyDecayMs ?? 10_000;
+    const policy = ejectionPolicy(options.ejection);
+    this.#ejection = policy === undefined ? undefined : new Ejection(policy, () => this.#membership.values(), clock);
+    this.#memberEvents = {
+      transition: (m, from, to, error) => this.#transitioned(m as Member<C>, from, to, error),
+      failed: (m, now) => this.#ejection?.failed(m as Member<C>, now),
+      drained: (m) => this.#membership.finishDrain(m as Member<C>),
+    };
+    this.#connector = new Connector(transport, reconnectBackoff, clock, random, {
+      connectError: (m, error) => {
+        this.#emit('connectError', m.endpoint, error);
+        // The pool may be failing now: calls that fail fast then should hear it.
+        this.#wake();
+      },
+      drainedByLoss: (m) => this.#membership.finishDrain(m),
+    });
+    this.#membership = new Membership(this.#connector, balancer.latencyDecayMs ?? 10_000, drainTimeoutMs, this.#memberEvents);
     this.#picker = balancer.picker(this.#pickable, this.#context);
     this.#watch = source.watch({
       snapshot: (endpoints) => this.#reconcile(endpoints),
@@ -377,7 +373,7 @@ export class Pool<C> extends EventEmitter<PoolEvents> implements AdapterPool<C> 
     const plan = planBroadcast(options);
     if (this.#closing) throw this.#closedError('broadcast()');
     const targets: Member<C>[] = [];
-    for (const m of this.#members.values()) {
+    for (const m of this.#membership.values()) {
       if (m.state === 'ready' || m.state === 'ejected' || m.state === 'connecting') targets.push(m);
     }
     if (targets.length === 0) throw this.#noEndpoints();
@@ -440,7 +436,7 @@ export class Pool<C> extends EventEmitter<PoolEvents> implements AdapterPool<C> 
     if (this.#closing) return 'closed';
     if (this.#pickable.length > 0) return 'ready';
     if (!this.#hasSnapshot) return this.#lastSourceError === undefined ? 'connecting' : 'failing';
-    for (const m of this.#members.values()) if (m.state === 'connecting' && !m.connectFailed) return 'connecting';
+    for (const m of this.#membership.values()) if (m.state === 'connecting' && !m.connectFailed) return 'connecting';
     return 'failing';
   }
 
@@ -448,12 +444,11 @@ export class Pool<C> extends EventEmitter<PoolEvents> implements AdapterPool<C> 
     const connection = member.connection!;
     if (connection.acquire !== undefined) {
       throw new PodpoolError(
-        ErrorCode.INVALID_OPTION,
+        ErrorCode.NOT_SUPPORTED,
         `the ${this.#transport.name} transport lends a connection per call; use pool.use() instead of begin()`,
       );
     }
-    member.inFlight++;
-    member.requests++;
+    member.startCall();
     const started = this.#clock();
     let ended = false;
     return {
@@ -462,8 +457,7 @@ export class Pool<C> extends EventEmitter<PoolEvents> implements AdapterPool<C> 
       end: (error?: unknown) => {
         if (ended) return;
         ended = true;
-        this.#record(member, started, error !== undefined, error);
-        this.#settle(member);
+        this.#endCall(member, started, error !== undefined, error);
       },
     };
   }
@@ -550,7 +544,7 @@ export class Pool<C> extends EventEmitter<PoolEvents> implements AdapterPool<C> 
       transport: this.#transport.name,
       endpoints: this.#endpoints.size,
       ready: this.#pickable.length,
-      members: [...this.#members.values()].sort(byKey).map((m) => m.stats(now)),
+      members: [...this.#membership.values()].sort(byKey).map((m) => m.stats(now)),
     };
   }
 
@@ -570,12 +564,10 @@ export class Pool<C> extends EventEmitter<PoolEvents> implements AdapterPool<C> 
     const watchClosed = this.#watch.close();
     const closed = this.#closedError('the wait');
     for (const w of [...this.#waiters]) w.fail(closed);
-    const members = [...this.#members.values()];
-    for (const m of members) this.#drain(m);
+    const members = [...this.#membership.values()];
+    for (const m of members) this.#membership.drain(m);
     await Promise.all([watchClosed, ...members.map((m) => m.closed.promise)]);
-    // Every loop was aborted above; one that opened a connection as the abort came closes it.
-    await Promise.all(this.#connectLoops);
-    await Promise.all(this.#closingConnections);
+    await this.#connector.settled();
     debug('pool closed');
   }
 
@@ -590,27 +582,27 @@ export class Pool<C> extends EventEmitter<PoolEvents> implements AdapterPool<C> 
   ): Promise<T> {
     const connection = m.connection!;
     // The caller's signal, or else the connection's: either way fn learns when to give up.
-    const callSignal = signal ?? m.calls.signal;
-    m.inFlight++;
-    m.requests++;
+    const callSignal = signal ?? m.connectionClosedSignal;
+    m.startCall();
     let client: C | undefined;
-    let failed = false;
+    // A call that ended past its deadline was counted as a failure when the deadline passed.
+    let outcome: CallOutcome = 'unrecorded';
+    let failure: unknown;
     try {
       client = connection.acquire === undefined ? (connection.client as C) : await connection.acquire(callSignal);
       const value = await fn(client, m.endpoint, callSignal);
-      // A call that ended past its deadline was counted as a failure when the deadline passed.
-      if (deadline?.expired) failed = true;
-      else this.#record(m, started, false, undefined);
+      if (!deadline?.expired) outcome = 'answered';
       return value;
     } catch (error) {
-      failed = true;
       // A caller that gave up says nothing about the pod; a deadline that passed does, and was
       // counted then (the signal is aborted in both cases).
-      if (!signal?.aborted) this.#record(m, started, true, error);
+      if (!signal?.aborted) outcome = this.#outcomeOf(true, error);
+      failure = error ?? null;
       throw error;
     } finally {
-      if (client !== undefined && connection.release !== undefined) connection.release(client, failed);
-      this.#settle(m);
+      if (client !== undefined && connection.release !== undefined) connection.release(client, failure !== undefined || deadline?.expired === true);
+      const now = this.#clock();
+      m.endCall(outcome, now - started, now, failure);
     }
   }
 
@@ -634,7 +626,7 @@ export class Pool<C> extends EventEmitter<PoolEvents> implements AdapterPool<C> 
       const started = this.#clock();
       let timer: NodeJS.Timeout | undefined;
       // fn's signal also aborts when the pool closes the connection under the call.
-      const connection = m.calls.signal;
+      const connection = m.connectionClosedSignal;
       const onConnectionClosed = (): void => controller.abort(connection.reason);
       const finish = (): void => {
         clearTimeout(timer);
@@ -651,7 +643,8 @@ export class Pool<C> extends EventEmitter<PoolEvents> implements AdapterPool<C> 
         timer = setTimeout(() => {
           deadline.expired = true;
           const error = new PodpoolError(ErrorCode.TIMEOUT, `${what} did not finish within ${timeoutMs} ms`);
-          this.#record(m, started, true, error);
+          const now = this.#clock();
+          m.countFailure(now - started, now, error);
           controller.abort(error);
           finish();
           reject(error);
@@ -672,28 +665,15 @@ export class Pool<C> extends EventEmitter<PoolEvents> implements AdapterPool<C> 
     });
   }
 
-  #record(m: Member<C>, started: number, failed: boolean, error: unknown): void {
+  /** How a call that ended counts against its pod. */
+  #outcomeOf(failed: boolean, error: unknown): CallOutcome {
+    // A request the pod refused (`isPodFailure` says so) is an answer: its latency is as real as a success's.
+    return !failed || (error !== undefined && !this.#isPodFailure(error)) ? 'answered' : 'failed';
+  }
+
+  #endCall(m: Member<C>, started: number, failed: boolean, error: unknown): void {
     const now = this.#clock();
-    const latency = now - started;
-    if (!failed) {
-      m.latency.observe(latency, now);
-      m.consecutiveFailures = 0;
-      return;
-    }
-    if (error !== undefined && !this.#isPodFailure(error)) {
-      // The pod answered; the request was wrong. Its latency is as real as a success's.
-      m.latency.observe(latency, now);
-      m.consecutiveFailures = 0;
-      return;
-    }
-    m.latency.observeFailure(latency, now);
-    m.failures++;
-    m.consecutiveFailures++;
-    if (error instanceof Error) m.lastError = error;
-    const policy = this.#ejection;
-    if (policy !== undefined && m.state === 'ready' && m.consecutiveFailures >= policy.consecutiveFailures) {
-      this.#eject(m, policy, now);
-    }
+    m.endCall(this.#outcomeOf(failed, error), now - started, now, error);
   }
 
   /**
@@ -706,11 +686,6 @@ export class Pool<C> extends EventEmitter<PoolEvents> implements AdapterPool<C> 
     return this.#transport.isPodFailure === undefined || this.#transport.isPodFailure(error);
   }
 
-  #settle(m: Member<C>): void {
-    m.inFlight--;
-    if (m.inFlight === 0 && m.state === 'draining') this.#finishDrain(m);
-  }
-
   // ---- state changes -----------------------------------------------------------------------
 
   #reconcile(endpoints: EndpointSet): void {
@@ -718,30 +693,15 @@ export class Pool<C> extends EventEmitter<PoolEvents> implements AdapterPool<C> 
     const diff = endpoints.diff(this.#endpoints);
     this.#endpoints = endpoints;
     this.#hasSnapshot = true;
-    for (const e of endpoints) {
-      const m = this.#members.get(e.key);
-      const wanted = e.ready && !e.terminating;
-      if (m !== undefined) m.endpoint = e;
-      if (wanted) {
-        if (m === undefined) this.#add(e);
-        else if (m.state === 'draining') this.#revive(m);
-      } else if (m !== undefined) {
-        this.#drain(m);
-      }
-    }
-    for (const m of [...this.#members.values()]) {
-      if (!endpoints.has(m.endpoint.key)) this.#drain(m);
-    }
+    this.#membership.reconcile(endpoints);
     debug('snapshot: %d endpoints, +%d -%d ~%d', endpoints.size, diff.added.length, diff.removed.length, diff.changed.length);
     this.#emit('change', endpoints, diff);
     // A snapshot that changed nothing about readiness still settles waiters that count on it.
     this.#wake();
   }
 
-  #transition(m: Member<C>, to: MemberState, error?: PodpoolError): void {
-    const from = m.state;
-    if (from === to) return;
-    m.state = to;
+  #transitioned(m: Member<C>, from: MemberState, to: MemberState, error: PodpoolError | undefined): void {
+    this.#ejection?.moved(m, from, to);
     debug('%s: %s → %s%s', m.endpoint.key, from, to, error ? ` (${error.message})` : '');
     if (from === 'ready' || to === 'ready') this.#rebuild();
     this.#emit('state', { endpoint: m.endpoint, from, to, ...(error !== undefined && { error }) });
@@ -773,7 +733,7 @@ export class Pool<C> extends EventEmitter<PoolEvents> implements AdapterPool<C> 
 
   #rebuild(): void {
     const pickable: Member<C>[] = [];
-    for (const m of this.#members.values()) if (m.state === 'ready') pickable.push(m);
+    for (const m of this.#membership.values()) if (m.state === 'ready') pickable.push(m);
     pickable.sort(byKey);
     this.#pickable = pickable;
     this.#picker = this.#balancer.picker(pickable, this.#context);
@@ -784,201 +744,6 @@ export class Pool<C> extends EventEmitter<PoolEvents> implements AdapterPool<C> 
   #wake(): void {
     if (this.#waiters.size === 0) return;
     for (const w of [...this.#waiters]) w.check();
-  }
-
-  #add(endpoint: Endpoint): void {
-    const m = new Member<C>(endpoint, this.#latencyDecayMs);
-    this.#members.set(endpoint.key, m);
-    debug('%s: new member', endpoint.key);
-    this.#connect(m);
-  }
-
-  /** Starts the member's connect loop; `close()` waits for every loop to end. */
-  #connect(m: Member<C>): void {
-    const loop = this.#connectLoop(m);
-    this.#connectLoops.add(loop);
-    void loop.finally(() => this.#connectLoops.delete(loop));
-  }
-
-  async #connectLoop(m: Member<C>): Promise<void> {
-    const { signal } = m.abort;
-    const { minMs, maxMs, factor } = this.#reconnect;
-    let opened: Opened<C> | undefined;
-    try {
-      if (m.flaps > 0) {
-        // The last connection died young: wait as a failed attempt would, so a pod that
-        // accepts and drops at once can't pull us into a tight loop.
-        const backoff = Math.min(maxMs, minMs * factor ** (m.flaps - 1));
-        await sleep(backoff * (1 + this.#context.random()), undefined, { signal });
-      }
-      const { connection, lostEarly } = await pRetry(async () => (opened = await this.#open(m, signal)), {
-        retries: Infinity,
-        minTimeout: minMs,
-        maxTimeout: maxMs,
-        factor,
-        randomize: true,
-        signal,
-        onFailedAttempt: ({ error }) => {
-          const failure = error as PodpoolError;
-          m.lastError = failure;
-          m.connectFailed = true;
-          this.#emit('connectError', m.endpoint, failure);
-          // The pool may be failing now: calls that fail fast then should hear it.
-          this.#wake();
-        },
-      });
-      if (signal.aborted) {
-        this.#closeConnection(connection);
-        return;
-      }
-      m.connection = connection;
-      m.calls = new AbortController();
-      m.connects++;
-      m.connectedAt = this.#clock();
-      m.consecutiveFailures = 0;
-      m.connectFailed = false;
-      this.#transition(m, 'ready');
-      // A loss reported between connect resolving and now matched no member connection yet.
-      const lost = lostEarly();
-      if (lost !== undefined) this.#lost(m, connection, lost);
-    } catch {
-      // Aborted: the member is draining or the pool is closing; nothing to report. p-retry looks
-      // at the signal again after an attempt succeeded, so a connection that opened just as the
-      // abort came ends up here, and nothing else would ever close it.
-      if (opened !== undefined && m.connection !== opened.connection) void this.#closeConnection(opened.connection);
-    }
-  }
-
-  async #open(m: Member<C>, signal: AbortSignal): Promise<Opened<C>> {
-    let connection: Connection<C> | undefined;
-    let lostEarly: Error | undefined;
-    const context = {
-      signal,
-      lost: (error: Error) => {
-        // Until the member has adopted this connection, keep the loss for #connectLoop.
-        if (connection !== undefined && m.connection === connection) this.#lost(m, connection, error);
-        else lostEarly ??= error;
-      },
-    };
-    try {
-      connection = await this.#transport.connect(m.endpoint, context);
-    } catch (error) {
-      if (signal.aborted) throw error;
-      throw new PodpoolError(
-        ErrorCode.CONNECT_FAILED,
-        `could not connect to ${m.endpoint.key} (${this.#transport.name}): ${messageOf(error)}`,
-        { cause: error },
-      );
-    }
-    if (lostEarly !== undefined) {
-      this.#closeConnection(connection);
-      throw new PodpoolError(ErrorCode.CONNECT_FAILED, `connection to ${m.endpoint.key} was lost as it opened: ${lostEarly.message}`, {
-        cause: lostEarly,
-      });
-    }
-    return { connection, lostEarly: () => lostEarly };
-  }
-
-  #lost(m: Member<C>, connection: Connection<C>, error: Error): void {
-    if (m.connection !== connection) return;
-    m.connection = undefined;
-    const lost = new PodpoolError(ErrorCode.CONNECTION_LOST, `lost the connection to ${m.endpoint.key}: ${error.message}`, {
-      cause: error,
-    });
-    m.calls.abort(lost);
-    this.#closeConnection(connection);
-    m.lastError = lost;
-    m.flaps = this.#clock() - m.connectedAt < STABLE_CONNECTION_MS ? m.flaps + 1 : 0;
-    if (m.state === 'draining') {
-      this.#finishDrain(m);
-      return;
-    }
-    if (m.state === 'closed') return;
-    clearTimeout(m.timer);
-    m.timer = undefined;
-    this.#transition(m, 'connecting', lost);
-    this.#connect(m);
-  }
-
-  #eject(m: Member<C>, policy: EjectionPolicy, now: number): void {
-    let ejected = 0;
-    let connected = 0;
-    for (const other of this.#members.values()) {
-      if (other.state === 'ejected') ejected++;
-      if (other.state === 'ready' || other.state === 'ejected') connected++;
-    }
-    if (!mayEject(policy, ejected, connected)) return;
-    // A member that stayed healthy for a whole maxMs starts again from the base duration.
-    m.ejectionStreak = m.ejectionStreak > 0 && now - m.unejectedAt < policy.maxMs ? m.ejectionStreak + 1 : 1;
-    m.ejections++;
-    const duration = ejectionMs(policy, m.ejectionStreak);
-    this.#transition(
-      m,
-      'ejected',
-      new PodpoolError(ErrorCode.EJECTED, `${m.consecutiveFailures} failures in a row; ejected for ${duration} ms`, {
-        cause: m.lastError,
-      }),
-    );
-    m.timer = setTimeout(() => {
-      m.timer = undefined;
-      if (m.state !== 'ejected') return;
-      m.consecutiveFailures = 0;
-      m.unejectedAt = this.#clock();
-      this.#transition(m, 'ready');
-    }, duration);
-  }
-
-  #drain(m: Member<C>): void {
-    if (m.state === 'draining' || m.state === 'closed') return;
-    clearTimeout(m.timer);
-    m.timer = undefined;
-    if (m.connection === undefined) m.abort.abort();
-    this.#transition(m, 'draining');
-    if (m.connection === undefined || m.inFlight === 0) {
-      this.#finishDrain(m);
-      return;
-    }
-    m.timer = setTimeout(() => this.#finishDrain(m), this.#drainTimeoutMs);
-  }
-
-  /** An endpoint came back before its member finished draining: take it up again. */
-  #revive(m: Member<C>): void {
-    clearTimeout(m.timer);
-    m.timer = undefined;
-    if (m.connection !== undefined) {
-      this.#transition(m, 'ready');
-      return;
-    }
-    m.abort = new AbortController();
-    this.#transition(m, 'connecting');
-    this.#connect(m);
-  }
-
-  #finishDrain(m: Member<C>): void {
-    if (m.state === 'closed') return;
-    clearTimeout(m.timer);
-    m.timer = undefined;
-    m.abort.abort();
-    const connection = m.connection;
-    m.connection = undefined;
-    if (connection !== undefined && m.inFlight > 0) {
-      m.calls.abort(
-        new PodpoolError(ErrorCode.CLOSED, `the pool closed its connection to ${m.endpoint.key} after ${this.#drainTimeoutMs} ms of draining`),
-      );
-    }
-    this.#members.delete(m.endpoint.key);
-    this.#transition(m, 'closed');
-    if (connection === undefined) m.closed.resolve();
-    else void this.#closeConnection(connection).then(() => m.closed.resolve());
-  }
-
-  #closeConnection(connection: Connection<C>): Promise<void> {
-    const closing = connection.close().catch((error: unknown) => {
-      debug('closing a connection failed: %s', messageOf(error));
-    });
-    this.#closingConnections.add(closing);
-    void closing.finally(() => this.#closingConnections.delete(closing));
-    return closing;
   }
 
   // ---- messages ----------------------------------------------------------------------------
@@ -1006,14 +771,14 @@ export class Pool<C> extends EventEmitter<PoolEvents> implements AdapterPool<C> 
         ? `${kind} discovery has not answered yet: its server may be slow or out of reach (NODE_DEBUG=podpool shows what it does), or it needs longer than that`
         : `${kind} discovery has not answered yet (the pool is starting): wait with await pool.ready(), or let the call wait for a pod`;
     }
-    if (this.#endpoints.size === 0 && this.#members.size === 0) {
+    if (this.#endpoints.size === 0 && this.#membership.size === 0) {
       return `${kind} discovery found no endpoint${discovery || ': check that the Service has ready pods, and that the source names the right Service and port'}`;
     }
     const counts = new Map<MemberState, number>();
-    for (const m of this.#members.values()) counts.set(m.state, (counts.get(m.state) ?? 0) + 1);
+    for (const m of this.#membership.values()) counts.set(m.state, (counts.get(m.state) ?? 0) + 1);
     const states = [...counts].map(([state, n]) => `${n} ${state}`).join(', ') || 'no members';
     let lastError: Error | undefined;
-    for (const m of this.#members.values()) lastError = m.lastError ?? lastError;
+    for (const m of this.#membership.values()) lastError = m.lastError ?? lastError;
     return `${this.#endpoints.size} endpoint(s) discovered, ${states}${lastError ? `; last error: ${lastError.message}` : ''}`;
   }
 }
@@ -1028,12 +793,4 @@ export function createPool<C>(options: PoolOptions<C>): Pool<C> {
 
 function byKey(a: { endpoint: Endpoint }, b: { endpoint: Endpoint }): number {
   return a.endpoint.key < b.endpoint.key ? -1 : a.endpoint.key > b.endpoint.key ? 1 : 0;
-}
-
-function reasonOf(signal: AbortSignal, what: string): unknown {
-  return signal.reason instanceof PodpoolError ? signal.reason : abortError(signal, what);
-}
-
-function messageOf(error: unknown): string {
-  return error instanceof Error ? error.message : String(error);
 }

@@ -10,7 +10,7 @@ import { ringHash } from '../../src/balance/ring-hash.ts';
 import { roundRobin } from '../../src/balance/round-robin.ts';
 import { createEndpoint } from '../../src/endpoint.ts';
 import { ErrorCode } from '../../src/errors.ts';
-import { PeakEwma } from '../../src/pool/latency.ts';
+import { LatencyEwma } from '../../src/pool/latency.ts';
 
 const balancers: [string, () => Balancer][] = [
   ['round-robin', () => roundRobin()],
@@ -30,7 +30,7 @@ const memberArb = fc.record({
 
 function membersOf(specs: { id: number; inFlight: number; latencies: number[] }[]): Pickable[] {
   return specs.map(({ id, inFlight, latencies }) => {
-    const ewma = new PeakEwma(10_000);
+    const ewma = new LatencyEwma(10_000);
     for (const latency of latencies) ewma.observe(latency, 0);
     return {
       endpoint: createEndpoint({ address: `10.1.${id >> 8}.${id & 255}`, port: 443 }),

@@ -309,7 +309,7 @@ describe('use() with a lending transport', () => {
     const { source, pool } = harness(t, { transport: new MemoryTransport({ lend: true }) });
     source.set([pod(1)]);
     await pool.ready();
-    assert.throws(() => pool.begin(), { code: ErrorCode.INVALID_OPTION, message: /use pool\.use\(\) instead of begin\(\)/ });
+    assert.throws(() => pool.begin(), { code: ErrorCode.NOT_SUPPORTED, message: /use pool\.use\(\) instead of begin\(\)/ });
     assert.equal(statsOf(pool, k1).inFlight, 0);
   });
 });

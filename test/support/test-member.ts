@@ -1,6 +1,6 @@
 import type { Pickable } from '../../src/balance/balancer.ts';
 import { createEndpoint, type Endpoint } from '../../src/endpoint.ts';
-import { PeakEwma } from '../../src/pool/latency.ts';
+import { LatencyEwma } from '../../src/pool/latency.ts';
 
 /**
  * A member for balancer tests: its load is set by the test, and its `inFlight` reads are
@@ -8,13 +8,13 @@ import { PeakEwma } from '../../src/pool/latency.ts';
  */
 export class TestMember implements Pickable {
   readonly endpoint: Endpoint;
-  readonly ewma: PeakEwma;
+  readonly ewma: LatencyEwma;
   load: number;
   reads = 0;
 
   constructor(id: number, { load = 0, decayMs = 10_000 }: { load?: number; decayMs?: number } = {}) {
     this.endpoint = createEndpoint({ address: `10.0.${id >> 8}.${id & 255}`, port: 80 });
-    this.ewma = new PeakEwma(decayMs);
+    this.ewma = new LatencyEwma(decayMs);
     this.load = load;
   }
 

@@ -1,0 +1,185 @@
+import { setTimeout as sleep } from 'node:timers/promises';
+import { debuglog } from 'node:util';
+import pRetry from 'p-retry';
+import { messageOf } from '../abort.ts';
+import { ErrorCode, PodpoolError } from '../errors.ts';
+import { checkNumber, checkOptions, optionNames } from '../options.ts';
+import type { Connection, Transport } from '../transport/transport.ts';
+import type { Member } from './member.ts';
+
+const debug = debuglog('podpool');
+
+/** A connection that dies younger than this counts as a flap and delays the next connect. */
+const STABLE_CONNECTION_MS = 1_000;
+
+/** Reconnect backoff: exponential from `minMs` by `factor` up to `maxMs`, jittered. */
+export interface ReconnectOptions {
+  minMs?: number;
+  maxMs?: number;
+  factor?: number;
+}
+
+/** The checked reconnect backoff. */
+export interface ReconnectPolicy {
+  readonly minMs: number;
+  readonly maxMs: number;
+  readonly factor: number;
+}
+
+const RECONNECT_OPTIONS = optionNames<ReconnectOptions>({ minMs: true, maxMs: true, factor: true });
+
+/** Checks `reconnect` options at the door. */
+export function reconnectPolicy(options: ReconnectOptions): ReconnectPolicy {
+  checkOptions(options, RECONNECT_OPTIONS, 'reconnect');
+  const { minMs = 100, maxMs = 10_000, factor = 2 } = options;
+  checkNumber('reconnect.minMs', minMs, { min: 1 });
+  checkNumber('reconnect.maxMs', maxMs, { min: minMs });
+  checkNumber('reconnect.factor', factor, { min: 1 });
+  return { minMs, maxMs, factor };
+}
+
+/** A connection `#open` made, and a loss the transport reported before the member took it. */
+interface Opened<C> {
+  readonly connection: Connection<C>;
+  lostEarly(): Error | undefined;
+}
+
+/** What the connector tells the pool. */
+export interface ConnectorEvents<C> {
+  /** An attempt failed; the loop tries again after its backoff. */
+  connectError(member: Member<C>, error: PodpoolError): void;
+  /** A draining member lost its connection: it can close now. */
+  drainedByLoss(member: Member<C>): void;
+}
+
+/**
+ * The connect loop: opens a member's connection through the transport, retries with backoff
+ * (p-retry), hands the connection to the member, and when the transport reports it lost, closes
+ * it and starts over. `settled()` waits for every loop and every closing connection.
+ */
+export class Connector<C> {
+  readonly #transport: Transport<C>;
+  readonly #policy: ReconnectPolicy;
+  readonly #clock: () => number;
+  readonly #random: () => number;
+  readonly #events: ConnectorEvents<C>;
+  readonly #loops = new Set<Promise<void>>();
+  readonly #closing = new Set<Promise<void>>();
+
+  constructor(transport: Transport<C>, policy: ReconnectPolicy, clock: () => number, random: () => number, events: ConnectorEvents<C>) {
+    this.#transport = transport;
+    this.#policy = policy;
+    this.#clock = clock;
+    this.#random = random;
+    this.#events = events;
+  }
+
+  /** Starts the member's connect loop. */
+  connect(m: Member<C>): void {
+    const loop = this.#loop(m);
+    this.#loops.add(loop);
+    void loop.finally(() => this.#loops.delete(loop));
+  }
+
+  /** Closes a connection; `settled()` waits for it. */
+  closeConnection(connection: Connection<C>): Promise<void> {
+    const closing = connection.close().catch((error: unknown) => {
+      debug('closing a connection failed: %s', messageOf(error));
+    });
+    this.#closing.add(closing);
+    void closing.finally(() => this.#closing.delete(closing));
+    return closing;
+  }
+
+  /** Resolves once every (aborted) loop ended and every connection closed. */
+  async settled(): Promise<void> {
+    // Every loop was aborted; one that opened a connection as the abort came closes it.
+    await Promise.all(this.#loops);
+    await Promise.all(this.#closing);
+  }
+
+  async #loop(m: Member<C>): Promise<void> {
+    const signal = m.connectLoopSignal;
+    const { minMs, maxMs, factor } = this.#policy;
+    let opened: Opened<C> | undefined;
+    try {
+      if (m.flaps > 0) {
+        // The last connection died young: wait as a failed attempt would, so a pod that
+        // accepts and drops at once can't pull us into a tight loop.
+        const backoff = Math.min(maxMs, minMs * factor ** (m.flaps - 1));
+        await sleep(backoff * (1 + this.#random()), undefined, { signal });
+      }
+      const { connection, lostEarly } = await pRetry(async () => (opened = await this.#open(m, signal)), {
+        retries: Infinity,
+        minTimeout: minMs,
+        maxTimeout: maxMs,
+        factor,
+        randomize: true,
+        signal,
+        onFailedAttempt: ({ error }) => {
+          const failure = error as PodpoolError;
+          m.connectAttemptFailed(failure);
+          this.#events.connectError(m, failure);
+        },
+      });
+      if (signal.aborted) {
+        this.closeConnection(connection);
+        return;
+      }
+      m.connected(connection, this.#clock());
+      // A loss reported between connect resolving and now matched no member connection yet.
+      const lost = lostEarly();
+      if (lost !== undefined) this.#lost(m, connection, lost);
+    } catch {
+      // Aborted: the member is draining or the pool is closing; nothing to report. p-retry looks
+      // at the signal again after an attempt succeeded, so a connection that opened just as the
+      // abort came ends up here, and nothing else would ever close it.
+      if (opened !== undefined && m.connection !== opened.connection) void this.closeConnection(opened.connection);
+    }
+  }
+
+  async #open(m: Member<C>, signal: AbortSignal): Promise<Opened<C>> {
+    let connection: Connection<C> | undefined;
+    let lostEarly: Error | undefined;
+    const context = {
+      signal,
+      lost: (error: Error) => {
+        // Until the member has adopted this connection, keep the loss for #loop.
+        if (connection !== undefined && m.connection === connection) this.#lost(m, connection, error);
+        else lostEarly ??= error;
+      },
+    };
+    try {
+      connection = await this.#transport.connect(m.endpoint, context);
+    } catch (error) {
+      if (signal.aborted) throw error;
+      throw new PodpoolError(
+        ErrorCode.CONNECT_FAILED,
+        `could not connect to ${m.endpoint.key} (${this.#transport.name}): ${messageOf(error)}`,
+        { cause: error },
+      );
+    }
+    if (lostEarly !== undefined) {
+      this.closeConnection(connection);
+      throw new PodpoolError(ErrorCode.CONNECT_FAILED, `connection to ${m.endpoint.key} was lost as it opened: ${lostEarly.message}`, {
+        cause: lostEarly,
+      });
+    }
+    return { connection, lostEarly: () => lostEarly };
+  }
+
+  #lost(m: Member<C>, connection: Connection<C>, error: Error): void {
+    const lost = new PodpoolError(ErrorCode.CONNECTION_LOST, `lost the connection to ${m.endpoint.key}: ${error.message}`, {
+      cause: error,
+    });
+    if (!m.lost(connection, lost, this.#clock(), STABLE_CONNECTION_MS)) return;
+    this.closeConnection(connection);
+    if (m.state === 'draining') {
+      this.#events.drainedByLoss(m);
+      return;
+    }
+    if (m.state === 'closed') return;
+    m.reconnecting(lost);
+    this.connect(m);
+  }
+}
