@@ -1,5 +1,5 @@
 import { isIP } from 'node:net';
-import { ErrorCode, PodpoolError } from './errors.ts';
+import { InvalidEndpointError } from './errors.ts';
 
 /**
  * One pod's address as discovery sees it. Conditions follow Kubernetes EndpointSlices:
@@ -51,18 +51,16 @@ export function urlHost(address: string): string {
 /** Validates and freezes an endpoint; throws `PODPOOL_INVALID_ENDPOINT` naming what is wrong. */
 export function createEndpoint(init: EndpointInit): Endpoint {
   if (init === null || typeof init !== 'object') {
-    throw new PodpoolError(ErrorCode.INVALID_ENDPOINT, `an endpoint must be an object, got ${String(init)}`);
+    throw new InvalidEndpointError(`an endpoint must be an object, got ${String(init)}`);
   }
   const { address, port } = init;
   if (typeof address !== 'string' || isIP(address) === 0) {
-    throw new PodpoolError(
-      ErrorCode.INVALID_ENDPOINT,
+    throw new InvalidEndpointError(
       `endpoint address must be an IPv4 or IPv6 address, got ${JSON.stringify(address)}`,
     );
   }
   if (!Number.isInteger(port) || port < 1 || port > 65535) {
-    throw new PodpoolError(
-      ErrorCode.INVALID_ENDPOINT,
+    throw new InvalidEndpointError(
       `endpoint port must be an integer from 1 to 65535, got ${JSON.stringify(port)} (for ${address})`,
     );
   }

@@ -7,6 +7,11 @@
 export const ErrorCode = {
   /** An option passed to a factory was missing, of the wrong type, out of range or unknown (misspelled). */
   INVALID_OPTION: 'PODPOOL_INVALID_OPTION',
+  /**
+   * An argument that is not an option was missing or of the wrong kind: a message's id or body,
+   * a datagram's sender or sequence, the server or handler given to `answerRequests`.
+   */
+  INVALID_ARGUMENT: 'PODPOOL_INVALID_ARGUMENT',
   /** An endpoint (address, port) is not valid. */
   INVALID_ENDPOINT: 'PODPOOL_INVALID_ENDPOINT',
   /** No member is ready to take the call. */
@@ -48,7 +53,10 @@ export const ErrorCode = {
 /** One of the values of {@link ErrorCode}. */
 export type ErrorCode = (typeof ErrorCode)[keyof typeof ErrorCode];
 
-/** The one error class podpool throws; branch on `code`, never on the message. */
+/**
+ * The base of every error podpool throws; branch on `code` (or on the subclass, one per code),
+ * never on the message. `new PodpoolError(code, …)` still makes one with any code.
+ */
 export class PodpoolError extends Error {
   readonly code: ErrorCode;
 
@@ -59,7 +67,184 @@ export class PodpoolError extends Error {
   }
 }
 
+/** The options every subclass takes: the original failure, if any. */
+type Options = { cause?: unknown };
+
+// One subclass per code, undici's pattern: `instanceof` and `code` say the same thing, and the
+// `name` in a stack trace says which failure it was.
+
+/** `PODPOOL_INVALID_OPTION`: an option was missing, of the wrong type, out of range or unknown. */
+export class InvalidOptionError extends PodpoolError {
+  declare readonly code: typeof ErrorCode.INVALID_OPTION;
+  constructor(message: string, options?: Options) {
+    super(ErrorCode.INVALID_OPTION, message, options);
+    this.name = 'InvalidOptionError';
+  }
+}
+
+/** `PODPOOL_INVALID_ARGUMENT`: an argument that is not an option was missing or of the wrong kind. */
+export class InvalidArgumentError extends PodpoolError {
+  declare readonly code: typeof ErrorCode.INVALID_ARGUMENT;
+  constructor(message: string, options?: Options) {
+    super(ErrorCode.INVALID_ARGUMENT, message, options);
+    this.name = 'InvalidArgumentError';
+  }
+}
+
+/** `PODPOOL_INVALID_ENDPOINT`: an endpoint's address or port is not valid. */
+export class InvalidEndpointError extends PodpoolError {
+  declare readonly code: typeof ErrorCode.INVALID_ENDPOINT;
+  constructor(message: string, options?: Options) {
+    super(ErrorCode.INVALID_ENDPOINT, message, options);
+    this.name = 'InvalidEndpointError';
+  }
+}
+
+/** `PODPOOL_NO_ENDPOINTS`: no member is ready to take the call. */
+export class NoEndpointsError extends PodpoolError {
+  declare readonly code: typeof ErrorCode.NO_ENDPOINTS;
+  constructor(message: string, options?: Options) {
+    super(ErrorCode.NO_ENDPOINTS, message, options);
+    this.name = 'NoEndpointsError';
+  }
+}
+
+/** `PODPOOL_KEY_REQUIRED`: the balancer routes by key and none was given. */
+export class KeyRequiredError extends PodpoolError {
+  declare readonly code: typeof ErrorCode.KEY_REQUIRED;
+  constructor(message: string, options?: Options) {
+    super(ErrorCode.KEY_REQUIRED, message, options);
+    this.name = 'KeyRequiredError';
+  }
+}
+
+/** `PODPOOL_TIMEOUT`: a call, a delivery or a wait took longer than its limit. */
+export class TimeoutError extends PodpoolError {
+  declare readonly code: typeof ErrorCode.TIMEOUT;
+  constructor(message: string, options?: Options) {
+    super(ErrorCode.TIMEOUT, message, options);
+    this.name = 'TimeoutError';
+  }
+}
+
+/** `PODPOOL_ABORTED`: the caller's `AbortSignal` fired; its reason is the `cause`. */
+export class AbortedError extends PodpoolError {
+  declare readonly code: typeof ErrorCode.ABORTED;
+  constructor(message: string, options?: Options) {
+    super(ErrorCode.ABORTED, message, options);
+    this.name = 'AbortedError';
+  }
+}
+
+/** `PODPOOL_CLOSED`: the pool, source or transport was closed. */
+export class ClosedError extends PodpoolError {
+  declare readonly code: typeof ErrorCode.CLOSED;
+  constructor(message: string, options?: Options) {
+    super(ErrorCode.CLOSED, message, options);
+    this.name = 'ClosedError';
+  }
+}
+
+/** `PODPOOL_NOT_CONNECTED`: a broadcast could not reach a pod whose connection is down. */
+export class NotConnectedError extends PodpoolError {
+  declare readonly code: typeof ErrorCode.NOT_CONNECTED;
+  constructor(message: string, options?: Options) {
+    super(ErrorCode.NOT_CONNECTED, message, options);
+    this.name = 'NotConnectedError';
+  }
+}
+
+/** `PODPOOL_CONNECT_FAILED`: opening a connection to a pod failed. */
+export class ConnectFailedError extends PodpoolError {
+  declare readonly code: typeof ErrorCode.CONNECT_FAILED;
+  constructor(message: string, options?: Options) {
+    super(ErrorCode.CONNECT_FAILED, message, options);
+    this.name = 'ConnectFailedError';
+  }
+}
+
+/** `PODPOOL_CONNECTION_LOST`: a connection to a pod was lost. */
+export class ConnectionLostError extends PodpoolError {
+  declare readonly code: typeof ErrorCode.CONNECTION_LOST;
+  constructor(message: string, options?: Options) {
+    super(ErrorCode.CONNECTION_LOST, message, options);
+    this.name = 'ConnectionLostError';
+  }
+}
+
+/** `PODPOOL_EJECTED`: a member was ejected as an outlier. */
+export class EjectedError extends PodpoolError {
+  declare readonly code: typeof ErrorCode.EJECTED;
+  constructor(message: string, options?: Options) {
+    super(ErrorCode.EJECTED, message, options);
+    this.name = 'EjectedError';
+  }
+}
+
+/** `PODPOOL_DISCOVERY_FAILED`: a DNS error, a refused API request, a broken watch. */
+export class DiscoveryFailedError extends PodpoolError {
+  declare readonly code: typeof ErrorCode.DISCOVERY_FAILED;
+  constructor(message: string, options?: Options) {
+    super(ErrorCode.DISCOVERY_FAILED, message, options);
+    this.name = 'DiscoveryFailedError';
+  }
+}
+
+/** `PODPOOL_NAME_NOT_FOUND`: discovery was told the name it asks for does not exist. */
+export class NameNotFoundError extends PodpoolError {
+  declare readonly code: typeof ErrorCode.NAME_NOT_FOUND;
+  constructor(message: string, options?: Options) {
+    super(ErrorCode.NAME_NOT_FOUND, message, options);
+    this.name = 'NameNotFoundError';
+  }
+}
+
+/**
+ * Why a message was refused: by `verifyMessage` (`malformed`, `signature`, `stale`, `future`,
+ * `replay`), or by the pod's handler of a WebSocket request (`handler`).
+ */
+export type RejectReason = 'malformed' | 'signature' | 'stale' | 'future' | 'replay' | 'handler';
+
+/** `PODPOOL_MESSAGE_REJECTED`, with the `reason` to branch on (`replay` is often harmless: a retry). */
+export class MessageRejectedError extends PodpoolError {
+  declare readonly code: typeof ErrorCode.MESSAGE_REJECTED;
+  readonly reason: RejectReason;
+
+  constructor(reason: RejectReason, message: string, options?: Options) {
+    super(ErrorCode.MESSAGE_REJECTED, message, options);
+    this.name = 'MessageRejectedError';
+    this.reason = reason;
+  }
+}
+
+/** `PODPOOL_BACKPRESSURE`: a write would exceed a buffer's high-water mark. */
+export class BackpressureError extends PodpoolError {
+  declare readonly code: typeof ErrorCode.BACKPRESSURE;
+  constructor(message: string, options?: Options) {
+    super(ErrorCode.BACKPRESSURE, message, options);
+    this.name = 'BackpressureError';
+  }
+}
+
+/** `PODPOOL_NOT_SUPPORTED`: the pool's transport can't do what was asked. */
+export class NotSupportedError extends PodpoolError {
+  declare readonly code: typeof ErrorCode.NOT_SUPPORTED;
+  constructor(message: string, options?: Options) {
+    super(ErrorCode.NOT_SUPPORTED, message, options);
+    this.name = 'NotSupportedError';
+  }
+}
+
+/** `PODPOOL_UNSUPPORTED_NODE`: podpool was loaded on a Node.js older than it supports. */
+export class UnsupportedNodeError extends PodpoolError {
+  declare readonly code: typeof ErrorCode.UNSUPPORTED_NODE;
+  constructor(message: string, options?: Options) {
+    super(ErrorCode.UNSUPPORTED_NODE, message, options);
+    this.name = 'UnsupportedNodeError';
+  }
+}
+
 /** The `PODPOOL_ABORTED` error for a signal, keeping the signal's reason as the cause. */
-export function abortError(signal: AbortSignal, what: string): PodpoolError {
-  return new PodpoolError(ErrorCode.ABORTED, `${what} was aborted`, { cause: signal.reason });
+export function abortError(signal: AbortSignal, what: string): AbortedError {
+  return new AbortedError(`${what} was aborted`, { cause: signal.reason });
 }

@@ -1,9 +1,10 @@
 /**
  * Option checks every factory shares, so a bad option fails the same way wherever it is passed:
  * at the door, with `PODPOOL_INVALID_OPTION`, naming the option, what it must be and (unless it
- * may be a secret) what it got.
+ * may be a secret) what it got. Arguments that are not options fail the same way, with
+ * `PODPOOL_INVALID_ARGUMENT`.
  */
-import { ErrorCode, PodpoolError } from './errors.ts';
+import { InvalidArgumentError, InvalidOptionError } from './errors.ts';
 
 /** The option names a factory takes; build it with {@link optionNames} so none can be forgotten. */
 export type OptionNames = readonly string[];
@@ -30,13 +31,21 @@ export function checkOptions(options: unknown, known: OptionNames, name = 'optio
     const meant = closest(key, known);
     const hint = meant === undefined ? '' : ` (did you mean ${prefix}${meant}?)`;
     const list = known.length === 0 ? `${name === 'options' ? 'it takes' : `${name} takes`} no options` : `the options are ${known.map((k) => prefix + k).join(', ')}`;
-    throw new PodpoolError(ErrorCode.INVALID_OPTION, `unknown option ${prefix}${key}${hint}; ${list}`);
+    throw new InvalidOptionError(`unknown option ${prefix}${key}${hint}; ${list}`);
   }
 }
 
 /** Throws `PODPOOL_INVALID_OPTION` naming the option, what it must be and what it got. */
 export function invalidOption(name: string, expected: string, got: unknown): never {
-  throw new PodpoolError(ErrorCode.INVALID_OPTION, `option ${name} must be ${expected}, got ${describe(name, got)}`);
+  throw new InvalidOptionError(`option ${name} must be ${expected}, got ${describe(name, got)}`);
+}
+
+/**
+ * Throws `PODPOOL_INVALID_ARGUMENT` naming an argument that is not an option (a message's id, a
+ * datagram's sender), what it must be and (unless it may be a secret) what it got.
+ */
+export function invalidArgument(name: string, expected: string, got: unknown): never {
+  throw new InvalidArgumentError(`argument ${name} must be ${expected}, got ${describe(name, got)}`);
 }
 
 /** Checks a numeric option at the door: finite, at least `min` (and integral when asked). */

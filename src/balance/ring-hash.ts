@@ -1,4 +1,4 @@
-import { ErrorCode, PodpoolError } from '../errors.ts';
+import { KeyRequiredError } from '../errors.ts';
 import { checkNumber, checkOptions, optionNames } from '../options.ts';
 import type { Balancer, Pickable, Picker, PickerContext } from './balancer.ts';
 
@@ -83,8 +83,7 @@ class RingHashPicker<M extends Pickable> implements Picker<M> {
 
   pick(key?: string): M | undefined {
     if (key === undefined) {
-      throw new PodpoolError(
-        ErrorCode.KEY_REQUIRED,
+      throw new KeyRequiredError(
         'the ring-hash balancer routes by key: pass one with pool.use(fn, { key })',
       );
     }

@@ -3,7 +3,7 @@ import { Resolver } from 'node:dns/promises';
 import { isIP } from 'node:net';
 import { debuglog } from 'node:util';
 import { createEndpoint, EndpointSet, type Endpoint } from '../endpoint.ts';
-import { ErrorCode, PodpoolError } from '../errors.ts';
+import { DiscoveryFailedError, InvalidEndpointError, NameNotFoundError, PodpoolError } from '../errors.ts';
 import { checkNumber, checkOptions, invalidOption, optionNames } from '../options.ts';
 import type { EndpointSource, SourceSink, SourceWatch } from './source.ts';
 
@@ -100,8 +100,7 @@ export function dnsEndpoints(options: DnsEndpointsOptions): EndpointSource {
         : had.size > 0
           ? `it answered so twice in a row, which empties the set of ${had.size} endpoints (the Service was deleted, or none of its pods is ready)`
           : 'no endpoints';
-    return new PodpoolError(
-      ErrorCode.NAME_NOT_FOUND,
+    return new NameNotFoundError(
       `DNS name ${asked} does not exist (NXDOMAIN from ${serverList}); ${state}, asking again in about ${refreshMs} ms. ` +
         notFoundAdvice(host, port),
     );
@@ -132,8 +131,7 @@ export function dnsEndpoints(options: DnsEndpointsOptions): EndpointSource {
           const kept = reported ? `keeping the last ${reported.size} endpoints` : 'no endpoints known yet';
           debug('dns %s: poll failed (%s), %s', asked, error.code, kept);
           sink.error(
-            new PodpoolError(
-              ErrorCode.DISCOVERY_FAILED,
+            new DiscoveryFailedError(
               `DNS lookup of ${asked} failed (${error.message}); ${kept}, asking again in about ${refreshMs} ms. ` +
                 `If it persists, check that the DNS servers (${serverList}) answer for this name`,
               { cause: answer.error },
@@ -300,8 +298,7 @@ function validate(found: readonly Found[], asked: string): { endpoints: Endpoint
       endpoints.push(createEndpoint({ address, port }));
     } catch (error) {
       skipped.push(
-        new PodpoolError(
-          ErrorCode.INVALID_ENDPOINT,
+        new InvalidEndpointError(
           `DNS lookup of ${asked}: skipped the record of ${from} (${(error as Error).message}); fix the record, the other endpoints are used`,
           { cause: error },
         ),

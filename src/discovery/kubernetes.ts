@@ -6,7 +6,7 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import { debuglog } from 'node:util';
 import type { DiscoveryV1Api, KubeConfig, RequestContext, Watch } from '@kubernetes/client-node';
 import { createEndpoint, EndpointSet, endpointKey, type EndpointInit } from '../endpoint.ts';
-import { ErrorCode, PodpoolError } from '../errors.ts';
+import { DiscoveryFailedError, InvalidOptionError } from '../errors.ts';
 import { checkNumber, checkOptions, invalidOption, optionNames } from '../options.ts';
 import { messageOf } from '../abort.ts';
 import type { EndpointSource, SourceSink, SourceWatch } from './source.ts';
@@ -179,7 +179,7 @@ function findCredentials(given: unknown): Credentials {
     }
     if (kc.getCurrentCluster() === null) {
       // Not invalidOption: it would print the object, credentials and all.
-      throw new PodpoolError(ErrorCode.INVALID_OPTION, 'option kubeConfig must have a current context that names a cluster, got a KubeConfig without one');
+      throw new InvalidOptionError('option kubeConfig must have a current context that names a cluster, got a KubeConfig without one');
     }
     return { kind: 'given', kubeConfig: kc };
   }
@@ -188,8 +188,7 @@ function findCredentials(given: unknown): Credentials {
   if (files.length > 0) return { kind: 'files', files };
   const home = join(homedir(), '.kube', 'config');
   if (existsSync(home)) return { kind: 'files', files: [home] };
-  throw new PodpoolError(
-    ErrorCode.INVALID_OPTION,
+  throw new InvalidOptionError(
     `option kubeConfig is needed here: this is not a pod (no KUBERNETES_SERVICE_HOST and ${SERVICE_ACCOUNT_TOKEN}), KUBECONFIG is unset and ${home} does not exist`,
   );
 }
@@ -285,7 +284,7 @@ class EndpointSliceWatch implements SourceWatch {
         const keeping = this.#listed ? 'keeping the last endpoints' : 'no endpoints known yet';
         const message = `kubernetes discovery of Service ${this.#name} through the API server${server}: ${end.failure.message}; ${keeping}, retrying in ${delay} ms`;
         debug('%s', message);
-        this.#sink.error(new PodpoolError(ErrorCode.DISCOVERY_FAILED, message, { cause: end.failure.cause }));
+        this.#sink.error(new DiscoveryFailedError(message, { cause: end.failure.cause }));
       }
       try {
         await sleep(delay, undefined, { signal });

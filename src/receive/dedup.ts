@@ -1,4 +1,4 @@
-import { checkNumber, checkOptions, invalidOption, optionNames } from '../options.ts';
+import { checkNumber, checkOptions, invalidArgument, invalidOption, optionNames } from '../options.ts';
 
 /** Options of {@link dedupFilter}. */
 export interface DedupOptions {
@@ -56,7 +56,7 @@ export function dedupFilter(options: DedupOptions = {}): DedupFilter {
 
   return {
     add(id) {
-      if (typeof id !== 'string') invalidOption('id', 'a string', id);
+      if (typeof id !== 'string') invalidArgument('id', 'a string', id);
       const now = clock();
       expire(now);
       if (seen.has(id)) return false;

@@ -1,6 +1,6 @@
 import { createHmac, timingSafeEqual } from 'node:crypto';
-import { ErrorCode, PodpoolError } from '../errors.ts';
-import { checkNumber, checkOptions, invalidOption, optionNames } from '../options.ts';
+import { MessageRejectedError, type RejectReason } from '../errors.ts';
+import { checkNumber, checkOptions, invalidArgument, invalidOption, optionNames } from '../options.ts';
 import type { DedupFilter } from './dedup.ts';
 
 /**
@@ -57,20 +57,6 @@ export interface VerifyOptions {
   clock?: () => number;
 }
 
-/** Why a message was refused. */
-export type RejectReason = 'malformed' | 'signature' | 'stale' | 'future' | 'replay';
-
-/** `PODPOOL_MESSAGE_REJECTED`, with the `reason` to branch on (`replay` is often harmless: a retry). */
-export class MessageRejectedError extends PodpoolError {
-  readonly reason: RejectReason;
-
-  constructor(reason: RejectReason, message: string) {
-    super(ErrorCode.MESSAGE_REJECTED, message);
-    this.name = 'MessageRejectedError';
-    this.reason = reason;
-  }
-}
-
 const SIGNATURE_BYTES = 32;
 const SIGN_OPTIONS = optionNames<SignOptions>({ secret: true, clock: true });
 const VERIFY_OPTIONS = optionNames<VerifyOptions>({ secret: true, seen: true, maxAgeMs: true, clock: true });
@@ -79,12 +65,12 @@ const TIMESTAMP_PATTERN = /^\d{1,16}$/;
 
 /** Signs `body` under `id` now; send the result beside the body. */
 export function signMessage(message: { id: string; body: string | Uint8Array }, options: SignOptions): SignedMessage {
-  if (message === null || typeof message !== 'object') invalidOption('message', 'an object with id and body', message);
+  if (message === null || typeof message !== 'object') invalidArgument('message', 'an object with id and body', message);
   checkOptions(options, SIGN_OPTIONS);
   const { id, body } = message;
   const { secret, clock = Date.now } = options;
   checkSecret(secret);
-  if (typeof id !== 'string' || id === '') invalidOption('id', 'a non-empty string', id);
+  if (typeof id !== 'string' || id === '') invalidArgument('id', 'a non-empty string', id);
   checkBody(body);
   if (typeof clock !== 'function') invalidOption('clock', 'a function returning ms since the epoch', clock);
   const timestamp = Math.floor(clock());
@@ -152,7 +138,7 @@ function checkSecret(secret: unknown): asserts secret is Secret {
 }
 
 function checkBody(body: unknown): void {
-  if (typeof body !== 'string' && !(body instanceof Uint8Array)) invalidOption('body', 'a string or bytes', body);
+  if (typeof body !== 'string' && !(body instanceof Uint8Array)) invalidArgument('body', 'a string or bytes', body);
 }
 
 function reject(reason: RejectReason, message: string): never {

@@ -3,7 +3,7 @@
  * request frame, so a pod written in Node needs no framing code of its own.
  */
 import { WebSocket, type WebSocketServer } from 'ws';
-import { invalidOption } from '../options.ts';
+import { invalidArgument } from '../options.ts';
 import { encodeReply, parseFrame } from '../wire/request-frame.ts';
 
 /** Pod-side: what the handler of {@link answerRequests} is told about a message. */
@@ -25,9 +25,9 @@ export type WebSocketHandler = (data: unknown, message: WebSocketMessage) => unk
  */
 export function answerRequests(server: WebSocketServer, handler: WebSocketHandler): void {
   if (server === null || typeof server !== 'object' || typeof server.on !== 'function') {
-    invalidOption('server', 'a ws WebSocketServer', server);
+    invalidArgument('server', 'a ws WebSocketServer', server);
   }
-  if (typeof handler !== 'function') invalidOption('handler', 'a function', handler);
+  if (typeof handler !== 'function') invalidArgument('handler', 'a function', handler);
   const serve = (socket: WebSocket): void => {
     socket.on('message', (raw, isBinary) => {
       if (isBinary) return;

@@ -1,7 +1,7 @@
 import genericPool, { type Pool as GenericPool } from 'generic-pool';
 import { debuglog } from 'node:util';
 import type { Endpoint } from '../endpoint.ts';
-import { ErrorCode, PodpoolError, abortError } from '../errors.ts';
+import { ClosedError, ConnectFailedError, ErrorCode, PodpoolError, TimeoutError, abortError } from '../errors.ts';
 import { checkNumber, checkOptions, invalidOption, optionNames } from '../options.ts';
 import { messageOf, reasonOf, untilAborted } from '../abort.ts';
 import type { ConnectContext, Connection, Transport } from './transport.ts';
@@ -189,8 +189,7 @@ class ExclusiveConnection<C> implements Connection<C> {
         (error: unknown) => {
           fail(
             isTimeout(error)
-              ? new PodpoolError(
-                  ErrorCode.TIMEOUT,
+              ? new TimeoutError(
                   `no connection to ${this.#endpoint.key} came free within ${this.#acquireTimeoutMs} ms ` +
                     `(${this.#pool.borrowed} of ${this.#pool.max} lent out); raise perEndpoint or acquireTimeoutMs`,
                   { cause: error },
@@ -215,7 +214,7 @@ class ExclusiveConnection<C> implements Connection<C> {
 
   async #shutdown(): Promise<void> {
     this.#state = 'closed';
-    const closed = new PodpoolError(ErrorCode.CLOSED, `the connection pool for ${this.#endpoint.key} is closed`);
+    const closed = new ClosedError(`the connection pool for ${this.#endpoint.key} is closed`);
     for (const fail of [...this.#waiters]) fail(closed);
     for (const controller of this.#creating) controller.abort(closed);
     // The pool closes a connection once its calls ended or their drain time ran out; a call
@@ -234,7 +233,7 @@ class ExclusiveConnection<C> implements Connection<C> {
     this.#creating.add(controller);
     const timer = setTimeout(() => {
       controller.abort(
-        new PodpoolError(ErrorCode.TIMEOUT, `opening a connection to ${this.#endpoint.key} took longer than ${this.#acquireTimeoutMs} ms`),
+        new TimeoutError(`opening a connection to ${this.#endpoint.key} took longer than ${this.#acquireTimeoutMs} ms`),
       );
     }, this.#acquireTimeoutMs);
     try {
@@ -295,7 +294,7 @@ class ExclusiveConnection<C> implements Connection<C> {
 
   #createError(error: unknown): PodpoolError {
     if (error instanceof PodpoolError && error.code === ErrorCode.TIMEOUT) return error;
-    return new PodpoolError(ErrorCode.CONNECT_FAILED, `could not open a connection to ${this.#endpoint.key}: ${messageOf(error)}`, {
+    return new ConnectFailedError(`could not open a connection to ${this.#endpoint.key}: ${messageOf(error)}`, {
       cause: error,
     });
   }
@@ -306,7 +305,7 @@ class ExclusiveConnection<C> implements Connection<C> {
 
   #unavailable(): PodpoolError {
     if (this.#state === 'failed' && this.#failure !== undefined) return this.#failure;
-    return new PodpoolError(ErrorCode.CLOSED, `the connection pool for ${this.#endpoint.key} is closed`);
+    return new ClosedError(`the connection pool for ${this.#endpoint.key} is closed`);
   }
 }
 

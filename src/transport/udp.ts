@@ -4,8 +4,8 @@ import { isIP } from 'node:net';
 import { hostname } from 'node:os';
 import { setImmediate } from 'node:timers/promises';
 import { untilAborted } from '../abort.ts';
-import { ErrorCode, PodpoolError, abortError } from '../errors.ts';
-import { checkNumber, checkOptions, invalidOption, optionNames } from '../options.ts';
+import { ConnectionLostError, abortError } from '../errors.ts';
+import { checkNumber, checkOptions, invalidArgument, invalidOption, optionNames } from '../options.ts';
 import { encodeDatagram } from '../wire/datagram.ts';
 import type { Connection, Transport } from './transport.ts';
 
@@ -176,12 +176,12 @@ export function udpTransport(options: UdpTransportOptions = {}): Transport<UdpCl
       const client: UdpClient = {
         senderId,
         async send(body, message) {
-          if (typeof body !== 'string' && !(body instanceof Uint8Array)) invalidOption('body', 'a string or bytes', body);
+          if (typeof body !== 'string' && !(body instanceof Uint8Array)) invalidArgument('body', 'a string or bytes', body);
           if (message !== undefined && (message === null || typeof message.id !== 'string')) {
-            invalidOption('message', 'an object with a string id (the delivery)', message);
+            invalidArgument('message', 'an object with a string id (the delivery)', message);
           }
           if (message?.signal?.aborted) throw abortError(message.signal, `a send to ${endpoint.key}`);
-          if (!open) throw new PodpoolError(ErrorCode.CONNECTION_LOST, `the UDP sender for ${endpoint.key} is closed`);
+          if (!open) throw new ConnectionLostError(`the UDP sender for ${endpoint.key} is closed`);
           const sequence = sequenceFor(message?.id);
           const datagram = encodeDatagram({ sender: senderId, sequence, body });
           for (let copy = 0; copy < repeat; copy++) {

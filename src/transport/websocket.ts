@@ -3,7 +3,7 @@ import { debuglog } from 'node:util';
 import { WebSocket, type ClientOptions, type PerMessageDeflateOptions, type RawData } from 'ws';
 import { reasonOf } from '../abort.ts';
 import { urlHost, type Endpoint } from '../endpoint.ts';
-import { ErrorCode, PodpoolError } from '../errors.ts';
+import { BackpressureError, ClosedError, ConnectionLostError, ErrorCode, InvalidOptionError, MessageRejectedError, PodpoolError, TimeoutError } from '../errors.ts';
 import { checkNumber, checkOptions, invalidOption, optionNames } from '../options.ts';
 import { decodeRemoteError, encodeRequest, parseFrame } from '../wire/request-frame.ts';
 import type { Connection, Transport } from './transport.ts';
@@ -162,7 +162,7 @@ export class WebSocketClient {
         signal,
         onAbort: undefined,
         timer: setTimeout(() => {
-          this.#settle(id, new PodpoolError(ErrorCode.TIMEOUT, `${this.endpoint.key} did not answer request ${id} within ${timeoutMs} ms`));
+          this.#settle(id, new TimeoutError(`${this.endpoint.key} did not answer request ${id} within ${timeoutMs} ms`));
         }, timeoutMs),
       };
       if (signal !== undefined) {
@@ -183,12 +183,11 @@ export class WebSocketClient {
   #write(frame: string): void {
     const { socket } = this;
     if (socket.readyState !== WebSocket.OPEN) {
-      throw new PodpoolError(ErrorCode.CONNECTION_LOST, `the WebSocket to ${this.endpoint.key} is closed; the pool is reconnecting`);
+      throw new ConnectionLostError(`the WebSocket to ${this.endpoint.key} is closed; the pool is reconnecting`);
     }
     // Checked before the write, so the buffer never grows past the mark by more than one frame.
     if (socket.bufferedAmount >= this.#highWaterMark) {
-      throw new PodpoolError(
-        ErrorCode.BACKPRESSURE,
+      throw new BackpressureError(
         `${this.endpoint.key} is not reading fast enough: ${socket.bufferedAmount} bytes buffered (highWaterMark ${this.#highWaterMark}); the message was not sent`,
       );
     }
@@ -210,7 +209,7 @@ export class WebSocketClient {
     const remote = decodeRemoteError(error);
     this.#settle(
       id,
-      new PodpoolError(ErrorCode.MESSAGE_REJECTED, `${this.endpoint.key} refused request ${id}: ${remote.message}`, { cause: remote }),
+      new MessageRejectedError('handler', `${this.endpoint.key} refused request ${id}: ${remote.message}`, { cause: remote }),
     );
   }
 
@@ -350,7 +349,7 @@ class WebSocketConnection implements Connection<WebSocketClient> {
     const { heartbeatMs } = options;
     this.#heartbeat = setInterval(() => {
       if (!alive) {
-        this.#missedPong = new PodpoolError(ErrorCode.TIMEOUT, `no pong from ${endpoint.key} within ${heartbeatMs} ms`);
+        this.#missedPong = new TimeoutError(`no pong from ${endpoint.key} within ${heartbeatMs} ms`);
         socket.terminate();
         return;
       }
@@ -365,7 +364,7 @@ class WebSocketConnection implements Connection<WebSocketClient> {
     const reason = this.#missedPong ?? error;
     failPending(
       this.client,
-      new PodpoolError(ErrorCode.CONNECTION_LOST, `lost the WebSocket to ${this.#endpoint.key}: ${reason.message}`, { cause: reason }),
+      new ConnectionLostError(`lost the WebSocket to ${this.#endpoint.key}: ${reason.message}`, { cause: reason }),
     );
     if (this.#closing === undefined) this.#lost(reason);
   }
@@ -378,7 +377,7 @@ class WebSocketConnection implements Connection<WebSocketClient> {
   async #close(): Promise<void> {
     clearInterval(this.#heartbeat);
     const socket = this.#socket;
-    failPending(this.client, new PodpoolError(ErrorCode.CLOSED, `the WebSocket to ${this.#endpoint.key} was closed by the pool`));
+    failPending(this.client, new ClosedError(`the WebSocket to ${this.#endpoint.key} was closed by the pool`));
     if (socket.readyState === WebSocket.CLOSED) return;
     const { promise, resolve } = Promise.withResolvers<void>();
     socket.once('close', () => resolve());
@@ -411,8 +410,7 @@ function checkTls(tls: unknown): ConnectionOptions {
   }
   if ((options.cert === undefined) !== (options.key === undefined)) {
     // Not invalidOption: the one given may be a key, which no message prints.
-    throw new PodpoolError(
-      ErrorCode.INVALID_OPTION,
+    throw new InvalidOptionError(
       `option tls must have cert and key together (a client certificate and its private key), got only ${options.cert === undefined ? 'key' : 'cert'}`,
     );
   }
@@ -420,8 +418,7 @@ function checkTls(tls: unknown): ConnectionOptions {
   try {
     return { ...options, secureContext: createSecureContext(options) };
   } catch (error) {
-    throw new PodpoolError(
-      ErrorCode.INVALID_OPTION,
+    throw new InvalidOptionError(
       `option tls must hold a CA, certificate and key Node can load (PEM or DER): ${(error as Error).message}`,
       { cause: error },
     );

@@ -2,7 +2,7 @@
  * podpool's datagram: what `udpTransport` sends and `datagramReceiver` reads. The one place that
  * knows the layout, so the two sides can't drift apart.
  */
-import { checkNumber, invalidOption } from '../options.ts';
+import { invalidArgument } from '../options.ts';
 
 /**
  * The datagram format, version 1. Every datagram is one message:
@@ -34,16 +34,16 @@ const HEADER_BYTES = 12;
 /** Frames one message as a datagram (see {@link Datagram} for the layout). */
 export function encodeDatagram(message: { sender: string; sequence: number; body: string | Uint8Array }): Buffer {
   const sender = Buffer.from(message.sender, 'utf8');
-  if (sender.length < 1 || sender.length > 255) invalidOption('sender', 'a string of 1 to 255 UTF-8 bytes', message.sender);
-  checkNumber('sequence', message.sequence, { min: 1, integer: true });
-  if (message.sequence > Number.MAX_SAFE_INTEGER) invalidOption('sequence', 'at most 2^53 - 1', message.sequence);
+  if (sender.length < 1 || sender.length > 255) invalidArgument('sender', 'a string of 1 to 255 UTF-8 bytes', message.sender);
+  const { sequence } = message;
+  if (!Number.isSafeInteger(sequence) || sequence < 1) invalidArgument('sequence', 'an integer from 1 to 2^53 - 1', sequence);
   const body = typeof message.body === 'string' ? Buffer.from(message.body, 'utf8') : message.body;
   const datagram = Buffer.allocUnsafe(HEADER_BYTES + sender.length + body.byteLength);
   datagram[0] = MAGIC_0;
   datagram[1] = MAGIC_1;
   datagram[2] = VERSION;
   datagram[3] = sender.length;
-  datagram.writeBigUInt64BE(BigInt(message.sequence), 4);
+  datagram.writeBigUInt64BE(BigInt(sequence), 4);
   sender.copy(datagram, HEADER_BYTES);
   datagram.set(body, HEADER_BYTES + sender.length);
   return datagram;

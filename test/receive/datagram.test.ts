@@ -42,10 +42,10 @@ describe('encodeDatagram / decodeDatagram', () => {
   });
 
   it('refuses what cannot be framed', () => {
-    assert.throws(() => encodeDatagram({ sender: '', sequence: 1, body: '' }), { code: ErrorCode.INVALID_OPTION });
-    assert.throws(() => encodeDatagram({ sender: 'x'.repeat(256), sequence: 1, body: '' }), /option sender/);
-    assert.throws(() => encodeDatagram({ sender: 's', sequence: 0, body: '' }), /option sequence/);
-    assert.throws(() => encodeDatagram({ sender: 's', sequence: 2 ** 53, body: '' }), /option sequence/);
+    assert.throws(() => encodeDatagram({ sender: '', sequence: 1, body: '' }), { code: ErrorCode.INVALID_ARGUMENT });
+    assert.throws(() => encodeDatagram({ sender: 'x'.repeat(256), sequence: 1, body: '' }), /argument sender/);
+    assert.throws(() => encodeDatagram({ sender: 's', sequence: 0, body: '' }), /argument sequence/);
+    assert.throws(() => encodeDatagram({ sender: 's', sequence: 2 ** 53, body: '' }), /argument sequence/);
   });
 });
 

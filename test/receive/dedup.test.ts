@@ -47,6 +47,6 @@ describe('dedupFilter', () => {
     assert.throws(() => dedupFilter({ max: 0 }), /option max must be an integer >= 1, got 0/);
     assert.throws(() => dedupFilter({ ttlMs: -1 }), { code: ErrorCode.INVALID_OPTION });
     assert.throws(() => dedupFilter({ clock: 5 as never }), /option clock/);
-    assert.throws(() => dedupFilter().add(5 as never), /option id must be a string/);
+    assert.throws(() => dedupFilter().add(5 as never), { code: ErrorCode.INVALID_ARGUMENT, message: /argument id must be a string/ });
   });
 });

@@ -2,7 +2,8 @@ import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
 import { ErrorCode } from '../../src/errors.ts';
 import { dedupFilter } from '../../src/receive/dedup.ts';
-import { MessageRejectedError, signMessage, verifyMessage, type ReceivedMessage } from '../../src/receive/signing.ts';
+import { MessageRejectedError } from '../../src/errors.ts';
+import { signMessage, verifyMessage, type ReceivedMessage } from '../../src/receive/signing.ts';
 
 const secret = 'a shared secret of enough length';
 const T0 = 1_700_000_000_000;
@@ -94,8 +95,8 @@ describe('signMessage / verifyMessage', () => {
       code: ErrorCode.INVALID_OPTION,
       message: 'unknown option maxAgeMS (did you mean maxAgeMs?); the options are secret, seen, maxAgeMs, clock',
     });
-    assert.throws(() => signMessage({ id: '', body: 'y' }, { secret }), /option id/);
-    assert.throws(() => signMessage({ id: 'x', body: 5 as never }, { secret }), /option body/);
+    assert.throws(() => signMessage({ id: '', body: 'y' }, { secret }), { code: ErrorCode.INVALID_ARGUMENT, message: /argument id/ });
+    assert.throws(() => signMessage({ id: 'x', body: 5 as never }, { secret }), { code: ErrorCode.INVALID_ARGUMENT, message: /argument body/ });
     const message = signedAt(T0);
     assert.throws(() => verifyMessage(message, { secret, seen: undefined as never }), /option seen must be a dedup filter/);
     assert.throws(

@@ -6,7 +6,7 @@ import { describe, it } from 'node:test';
 import type { WebSocket } from 'ws';
 import { staticEndpoints } from '../../src/discovery/static.ts';
 import { createEndpoint } from '../../src/endpoint.ts';
-import { ErrorCode, PodpoolError } from '../../src/errors.ts';
+import { ErrorCode, MessageRejectedError, PodpoolError } from '../../src/errors.ts';
 import { createPool, type Pool, type PoolOptions, type StateChange } from '../../src/pool/pool.ts';
 import { webSocketTransport, type WebSocketClient, type WebSocketTransportOptions } from '../../src/transport/websocket.ts';
 import { resourceNames } from '../support/resources.ts';
@@ -274,6 +274,8 @@ describe('webSocketTransport in a pool', () => {
         pool.use((ws) => ws.request('bad')),
         (error: unknown) => {
           hasCode(ErrorCode.MESSAGE_REJECTED)(error);
+          assert.ok(error instanceof MessageRejectedError);
+          assert.equal(error.reason, 'handler');
           const cause = (error as PodpoolError).cause as Error & { code?: string };
           assert.equal(cause.message, 'unknown key');
           assert.equal(cause.code, 'E_KEY');
