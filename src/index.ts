@@ -11,7 +11,29 @@ export type { MemberState, MemberStats } from './pool/member.ts';
 
 export { createEndpoint, endpointKey, EndpointSet } from './endpoint.ts';
 export type { Endpoint, EndpointInit, EndpointDiff } from './endpoint.ts';
-export { PodpoolError, ErrorCode } from './errors.ts';
+export {
+  PodpoolError,
+  ErrorCode,
+  InvalidOptionError,
+  InvalidArgumentError,
+  InvalidEndpointError,
+  NoEndpointsError,
+  KeyRequiredError,
+  TimeoutError,
+  AbortedError,
+  ClosedError,
+  NotConnectedError,
+  ConnectFailedError,
+  ConnectionLostError,
+  EjectedError,
+  DiscoveryFailedError,
+  NameNotFoundError,
+  MessageRejectedError,
+  BackpressureError,
+  NotSupportedError,
+  UnsupportedNodeError,
+} from './errors.ts';
+export type { RejectReason } from './errors.ts';
 
 export type { EndpointSource, SourceSink, SourceWatch } from './discovery/source.ts';
 export { staticEndpoints } from './discovery/static.ts';
@@ -24,8 +46,11 @@ export type { Balancer, Picker, Pickable, PickerContext } from './balance/balanc
 export { roundRobin } from './balance/round-robin.ts';
 export { random } from './balance/random.ts';
 export { leastLoaded } from './balance/least-loaded.ts';
+export type { LeastLoadedOptions } from './balance/least-loaded.ts';
 export { peakEwma } from './balance/peak-ewma.ts';
+export type { PeakEwmaOptions } from './balance/peak-ewma.ts';
 export { ringHash } from './balance/ring-hash.ts';
+export type { RingHashOptions } from './balance/ring-hash.ts';
 
 export type { Transport, Connection, ConnectContext } from './transport/transport.ts';
 export { httpTransport } from './transport/http.ts';
@@ -62,5 +87,5 @@ export type {
 } from './receive/datagram.ts';
 export { answerRequests } from './receive/websocket-requests.ts';
 export type { WebSocketMessage, WebSocketHandler } from './receive/websocket-requests.ts';
-export { signMessage, verifyMessage, MessageRejectedError } from './receive/signing.ts';
-export type { Secret, SignedMessage, ReceivedMessage, SignOptions, VerifyOptions, RejectReason } from './receive/signing.ts';
+export { signMessage, verifyMessage } from './receive/signing.ts';
+export type { Secret, SignedMessage, ReceivedMessage, SignOptions, VerifyOptions } from './receive/signing.ts';
