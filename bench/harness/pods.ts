@@ -14,7 +14,8 @@ import { createServer, type Server as HttpServer } from 'node:http';
 import type { Socket } from 'node:net';
 import * as grpc from '@grpc/grpc-js';
 import { WebSocketServer } from 'ws';
-import { decodeDatagram } from '../../src/wire/datagram.ts';
+// The pod side of podpool's WebSocket requests and datagrams, as a user's pod would take it.
+import { answerRequests, datagramReceiver } from '../../src/index.ts';
 
 /** The ports every pod listens on, as a Deployment's container ports would say. */
 export const POD_PORTS = { http: 8080, grpc: 50051, ws: 8081, udp: 9090 } as const;
@@ -164,8 +165,6 @@ export class PodFleet {
 class Pod {
   readonly spec: PodSpec;
   readonly counts = { http: 0, grpc: 0, ws: 0, wsMessages: 0, httpBroadcasts: 0, wsBroadcasts: 0, udp: 0, httpSockets: 0, wsSockets: 0 };
-  /** (sender, sequence) of datagrams seen, so repeats and retries count once. */
-  readonly #seen = new Set<string>();
   factor = 1;
   #busy = 0;
   readonly #queue: (() => void)[] = [];
@@ -237,33 +236,23 @@ class Pod {
       const http = createServer((_req, res) => res.writeHead(426).end());
       this.#track(http, 'wsSockets');
       const wss = new WebSocketServer({ server: http });
-      wss.on('connection', (socket) => {
-        socket.on('message', (data) => {
-          // podpool's WebSocket framing: {id, data} is a request answered with {id, reply};
-          // {data} alone is a message sent with send() (a broadcast), answered with nothing.
-          let id: unknown;
-          let kind: unknown;
-          try {
-            const frame = JSON.parse(String(data)) as { id?: unknown; data?: { kind?: unknown } | null };
-            id = frame.id;
-            kind = frame.data?.kind;
-          } catch {
-            return;
-          }
-          if (id === undefined) {
-            this.counts.wsMessages++;
-            return;
-          }
-          if (kind === 'broadcast') {
-            this.counts.wsBroadcasts++;
-            socket.send(JSON.stringify({ id, reply: name }));
-            return;
-          }
+      // A request() is answered with the pod's name: a broadcast at once, other work once served;
+      // a message sent with send() (a broadcast over send) is counted and answered with nothing.
+      answerRequests(wss, (data, { expectsReply }) => {
+        if (!expectsReply) {
+          this.counts.wsMessages++;
+          return undefined;
+        }
+        if ((data as { kind?: unknown } | null)?.kind === 'broadcast') {
+          this.counts.wsBroadcasts++;
+          return name;
+        }
+        return new Promise<string>((resolve) =>
           this.serve(() => {
             this.counts.ws++;
-            if (socket.readyState === socket.OPEN) socket.send(JSON.stringify({ id, reply: name }));
-          });
-        });
+            resolve(name);
+          }),
+        );
       });
       http.listen(POD_PORTS.ws, address);
       await once(http, 'listening');
@@ -271,15 +260,8 @@ class Pod {
     }
     if (protocols.includes('udp')) {
       const socket = createSocket('udp4');
-      socket.on('message', (message) => {
-        const datagram = decodeDatagram(message);
-        if (datagram === undefined) return;
-        const key = `${datagram.sender}/${datagram.sequence}`;
-        if (this.#seen.has(key)) return;
-        if (this.#seen.size > 10_000) this.#seen.clear();
-        this.#seen.add(key);
-        this.counts.udp++;
-      });
+      // Repeats and retries of a (sender, sequence) count once, as an application's would.
+      datagramReceiver({ onMessage: () => this.counts.udp++ }).listen(socket);
       socket.bind(POD_PORTS.udp, address);
       await once(socket, 'listening');
       this.#udp = socket;
