@@ -66,6 +66,21 @@ export function checkNumber(
   return value as number;
 }
 
+/** Node's timers take at most 2^31 - 1 ms; a longer delay fires after 1 ms instead, which would spin a loop. */
+export const MAX_DELAY_MS = 2 ** 31 - 1;
+
+/** Checks a delay option at the door: a number of ms from `min` to what a timer can hold. */
+export function checkDelay(name: string, value: unknown, min = 1): number {
+  const ms = checkNumber(name, value, { min });
+  if (ms > MAX_DELAY_MS) invalidOption(name, `a number of ms from ${min} to ${MAX_DELAY_MS}`, value);
+  return ms;
+}
+
+/** Checks that an option is a function; `expected` says what it must do (`a function returning milliseconds`). */
+export function checkFunction(name: string, value: unknown, expected = 'a function'): void {
+  if (typeof value !== 'function') invalidOption(name, expected, value);
+}
+
 // Names whose values may be credentials: an error message (and so every log it reaches) shows
 // only what kind of value it was. `key` alone, not every name holding it: `keyFn` is no secret.
 const SECRET = /(^|\.)(key|cert|pfx|ca|passphrase|password|secret|token|credentials?|tls|headers?|authorization|cookie)$/i;

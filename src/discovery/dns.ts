@@ -4,7 +4,7 @@ import { isIP } from 'node:net';
 import { debuglog } from 'node:util';
 import { createEndpoint, EndpointSet, type Endpoint } from '../endpoint.ts';
 import { DiscoveryFailedError, InvalidEndpointError, NameNotFoundError, PodpoolError } from '../errors.ts';
-import { checkNumber, checkOptions, invalidOption, optionNames } from '../options.ts';
+import { checkFunction, checkNumber, checkOptions, invalidOption, optionNames } from '../options.ts';
 import type { EndpointSource, SourceSink, SourceWatch } from './source.ts';
 
 const debug = debuglog('podpool');
@@ -70,7 +70,7 @@ export function dnsEndpoints(options: DnsEndpointsOptions): EndpointSource {
   const timeoutMs = checkNumber('timeoutMs', options.timeoutMs ?? 2000, { min: 1, integer: true });
   const tries = checkNumber('tries', options.tries ?? 2, { min: 1, integer: true });
   const random = options.random ?? Math.random;
-  if (typeof random !== 'function') invalidOption('random', 'a function returning numbers in [0, 1)', random);
+  checkFunction('random', random, 'a function returning numbers in [0, 1)');
   const servers = options.servers === undefined ? undefined : checkServers(options.servers);
 
   const asked = typeof port === 'number' ? host : `_${port}._tcp.${host}`;

@@ -7,7 +7,7 @@ import { debuglog } from 'node:util';
 import type { DiscoveryV1Api, KubeConfig, RequestContext, Watch } from '@kubernetes/client-node';
 import { createEndpoint, EndpointSet, endpointKey, type EndpointInit } from '../endpoint.ts';
 import { DiscoveryFailedError, InvalidOptionError } from '../errors.ts';
-import { checkNumber, checkOptions, invalidOption, optionNames } from '../options.ts';
+import { checkDelay, checkFunction, checkNumber, checkOptions, invalidOption, optionNames } from '../options.ts';
 import { messageOf } from '../abort.ts';
 import type { EndpointSource, SourceSink, SourceWatch } from './source.ts';
 
@@ -27,6 +27,10 @@ export interface KubernetesEndpointsOptions {
   stallTimeoutMs?: number;
   /** The wait after a failure: jittered, doubling from `initialMs` (1000) up to `maxMs` (30 000). */
   backoff?: { initialMs?: number; maxMs?: number };
+  /** Time in ms, to tell a watch that ran a while from one that ended at once; default `performance.now`. */
+  clock?: () => number;
+  /** Numbers in [0, 1) for the backoff's jitter and the watch's timeout; tests pin it. Default `Math.random`. */
+  random?: () => number;
 }
 
 /** The EndpointSlice fields discovery reads: the client's `V1EndpointSlice` and a watch event's raw JSON both fit. */
@@ -55,9 +59,17 @@ const MAX_LIST_PAGES = 1_000;
 // As client-go's reflector does: the server ends each watch after 5 to 10 minutes, which moves
 // long-lived watches across API server replicas and bounds the life of a watch gone wrong.
 const MIN_WATCH_TIMEOUT_S = 300;
-const MAX_TIMER_MS = 2 ** 31 - 1;
 
-const OPTIONS = optionNames<KubernetesEndpointsOptions>({ service: true, namespace: true, port: true, kubeConfig: true, stallTimeoutMs: true, backoff: true });
+const OPTIONS = optionNames<KubernetesEndpointsOptions>({
+  service: true,
+  namespace: true,
+  port: true,
+  kubeConfig: true,
+  stallTimeoutMs: true,
+  backoff: true,
+  clock: true,
+  random: true,
+});
 const BACKOFF_OPTIONS = optionNames<NonNullable<KubernetesEndpointsOptions['backoff']>>({ initialMs: true, maxMs: true });
 
 const DNS_LABEL = /^[a-z0-9]([-a-z0-9]*[a-z0-9])?$/;
@@ -86,9 +98,12 @@ export function kubernetesEndpoints(options: KubernetesEndpointsOptions): Endpoi
   checkOptions(backoff, BACKOFF_OPTIONS, 'backoff');
   const initialMs = checkDelay('backoff.initialMs', backoff.initialMs ?? DEFAULT_BACKOFF_INITIAL_MS, 1);
   const maxMs = checkDelay('backoff.maxMs', backoff.maxMs ?? Math.max(DEFAULT_BACKOFF_MAX_MS, initialMs), initialMs);
+  const { clock = performance.now.bind(performance), random = Math.random } = options;
+  checkFunction('clock', clock, 'a function returning milliseconds');
+  checkFunction('random', random, 'a function returning numbers in [0, 1)');
   const credentials = findCredentials(options.kubeConfig);
 
-  const config: WatchConfig = { service, namespace, port, stallTimeoutMs, initialMs, maxMs, credentials };
+  const config: WatchConfig = { service, namespace, port, stallTimeoutMs, initialMs, maxMs, credentials, clock, random };
   return {
     kind: 'kubernetes',
     watch(sink) {
@@ -154,13 +169,6 @@ export function mergeEndpointSlices(slices: Iterable<EndpointSliceLike>, port: s
   return new EndpointSet(endpoints);
 }
 
-/** A delay in ms that a timer can hold: Node fires longer ones at once, which would spin the loop. */
-function checkDelay(name: string, value: unknown, min: number): number {
-  const ms = checkNumber(name, value, { min });
-  if (ms > MAX_TIMER_MS) invalidOption(name, `a number of ms from ${min} to ${MAX_TIMER_MS}`, value);
-  return ms;
-}
-
 function compare(a: string, b: string): number {
   return a < b ? -1 : a > b ? 1 : 0;
 }
@@ -201,6 +209,8 @@ interface WatchConfig {
   readonly initialMs: number;
   readonly maxMs: number;
   readonly credentials: Credentials;
+  readonly clock: () => number;
+  readonly random: () => number;
 }
 
 /** The API client, built once per watch on first use (the client module alone takes most of a second to load). */
@@ -261,22 +271,22 @@ class EndpointSliceWatch implements SourceWatch {
 
   async #run(): Promise<void> {
     const { signal } = this.#closing;
-    const { initialMs, maxMs } = this.#config;
+    const { initialMs, maxMs, clock, random } = this.#config;
     let failures = 0;
     // Each turn waits on the API server or sleeps; close() ends the loop at either.
     while (!signal.aborted) {
-      const started = performance.now();
+      const started = clock();
       const end = await this.#session();
       if (signal.aborted) return;
       if (end.progressed) failures = 0;
       // A watch that ran a while and ended cleanly (the server's timeout) restarts at once;
       // anything else waits, and each turn without a single event doubles the wait.
-      if (end.failure === undefined && end.progressed && performance.now() - started >= initialMs) {
+      if (end.failure === undefined && end.progressed && clock() - started >= initialMs) {
         debug('kubernetes %s: watch ended, restarting it', this.#name);
         continue;
       }
       failures += 1;
-      const delay = backoffDelay(failures, initialMs, maxMs);
+      const delay = backoffDelay(failures, initialMs, maxMs, random());
       if (end.failure === undefined) {
         debug('kubernetes %s: watch ended without progress, restarting in %d ms', this.#name, delay);
       } else {
@@ -423,7 +433,7 @@ class EndpointSliceWatch implements SourceWatch {
         labelSelector: this.#labelSelector,
         resourceVersion: this.#resourceVersion || undefined,
         allowWatchBookmarks: true,
-        timeoutSeconds: MIN_WATCH_TIMEOUT_S + Math.floor(Math.random() * MIN_WATCH_TIMEOUT_S),
+        timeoutSeconds: MIN_WATCH_TIMEOUT_S + Math.floor(unit(this.#config.random()) * MIN_WATCH_TIMEOUT_S),
       };
       debug('kubernetes %s: watching from resourceVersion %s', this.#name, this.#resourceVersion);
       client.watch.watch(this.#path, query, onEvent, onDone).then(
@@ -539,9 +549,14 @@ async function connect(config: WatchConfig): Promise<Client> {
 }
 
 /** A jittered, capped exponential delay: between half and all of `initial · 2^(failures-1)`. */
-function backoffDelay(failures: number, initialMs: number, maxMs: number): number {
+function backoffDelay(failures: number, initialMs: number, maxMs: number, r: number): number {
   const ceiling = Math.min(maxMs, initialMs * 2 ** Math.min(failures - 1, 30));
-  return Math.round(ceiling / 2 + (Math.random() * ceiling) / 2);
+  return Math.round(ceiling / 2 + (unit(r) * ceiling) / 2);
+}
+
+/** An injected random() outside [0, 1] (or NaN) must not stretch a wait past its ceiling nor spin the loop. */
+function unit(r: number): number {
+  return r >= 0 && r <= 1 ? r : 0.5;
 }
 
 /** The HTTP status of a failed list (`ApiException.code`) or watch (`statusCode`), if any. */

@@ -1,5 +1,5 @@
 import type { RemoteInfo, Socket } from 'node:dgram';
-import { checkNumber, checkOptions, invalidOption, optionNames } from '../options.ts';
+import { checkFunction, checkNumber, checkOptions, optionNames } from '../options.ts';
 import { decodeDatagram, type Datagram } from '../wire/datagram.ts';
 
 /** Options of {@link datagramReceiver}. */
@@ -91,9 +91,9 @@ export function datagramReceiver(options: DatagramReceiverOptions): DatagramRece
   const { window = 1024, maxSenders = 1024, onMessage, onGap, onDrop } = options;
   checkNumber('window', window, { min: 1, integer: true });
   checkNumber('maxSenders', maxSenders, { min: 1, integer: true });
-  if (typeof onMessage !== 'function') invalidOption('onMessage', 'a function', onMessage);
-  if (onGap !== undefined && typeof onGap !== 'function') invalidOption('onGap', 'a function', onGap);
-  if (onDrop !== undefined && typeof onDrop !== 'function') invalidOption('onDrop', 'a function', onDrop);
+  checkFunction('onMessage', onMessage);
+  if (onGap !== undefined) checkFunction('onGap', onGap);
+  if (onDrop !== undefined) checkFunction('onDrop', onDrop);
   const words = Math.ceil(window / 32);
   const size = words * 32;
 

@@ -1,4 +1,4 @@
-import { checkNumber, checkOptions, invalidArgument, invalidOption, optionNames } from '../options.ts';
+import { checkFunction, checkNumber, checkOptions, invalidArgument, optionNames } from '../options.ts';
 
 /** Options of {@link dedupFilter}. */
 export interface DedupOptions {
@@ -40,7 +40,7 @@ export function dedupFilter(options: DedupOptions = {}): DedupFilter {
   const { max = 10_000, ttlMs = Infinity, clock = Date.now } = options;
   checkNumber('max', max, { min: 1, integer: true });
   checkNumber('ttlMs', ttlMs, { min: 1, allowInfinity: true });
-  if (typeof clock !== 'function') invalidOption('clock', 'a function returning milliseconds', clock);
+  checkFunction('clock', clock, 'a function returning milliseconds');
 
   /** id → the time it was first seen. */
   const seen = new Map<string, number>();

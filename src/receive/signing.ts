@@ -1,6 +1,6 @@
 import { createHmac, timingSafeEqual } from 'node:crypto';
 import { MessageRejectedError, type RejectReason } from '../errors.ts';
-import { checkNumber, checkOptions, invalidArgument, invalidOption, optionNames } from '../options.ts';
+import { checkFunction, checkNumber, checkOptions, invalidArgument, invalidOption, optionNames } from '../options.ts';
 import type { DedupFilter } from './dedup.ts';
 
 /**
@@ -72,7 +72,7 @@ export function signMessage(message: { id: string; body: string | Uint8Array }, 
   checkSecret(secret);
   if (typeof id !== 'string' || id === '') invalidArgument('id', 'a non-empty string', id);
   checkBody(body);
-  if (typeof clock !== 'function') invalidOption('clock', 'a function returning ms since the epoch', clock);
+  checkFunction('clock', clock, 'a function returning ms since the epoch');
   const timestamp = Math.floor(clock());
   return { id, timestamp, signature: mac(secret, id, timestamp, body).toString('base64url') };
 }
@@ -94,7 +94,7 @@ export function verifyMessage(message: ReceivedMessage, options: VerifyOptions):
   if (seen.ttlMs < 2 * maxAgeMs) {
     invalidOption('seen', `a dedup filter that remembers ids for at least 2 × maxAgeMs (${2 * maxAgeMs} ms)`, `ttlMs ${seen.ttlMs}`);
   }
-  if (typeof clock !== 'function') invalidOption('clock', 'a function returning ms since the epoch', clock);
+  checkFunction('clock', clock, 'a function returning ms since the epoch');
 
   if (message === null || typeof message !== 'object') reject('malformed', 'the message is not an object');
   const { id, signature, body } = message;

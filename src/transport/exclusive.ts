@@ -2,7 +2,7 @@ import genericPool, { type Pool as GenericPool } from 'generic-pool';
 import { debuglog } from 'node:util';
 import type { Endpoint } from '../endpoint.ts';
 import { ClosedError, ConnectFailedError, ErrorCode, PodpoolError, TimeoutError, abortError } from '../errors.ts';
-import { checkNumber, checkOptions, invalidOption, optionNames } from '../options.ts';
+import { checkFunction, checkNumber, checkOptions, invalidOption, optionNames } from '../options.ts';
 import { messageOf, reasonOf, untilAborted } from '../abort.ts';
 import type { ConnectContext, Connection, Transport } from './transport.ts';
 
@@ -67,11 +67,9 @@ const OPTIONS = optionNames<ExclusiveTransportOptions>({ perEndpoint: true, acqu
  */
 export function exclusiveTransport<C>(factory: ExclusiveFactory<C>, options: ExclusiveTransportOptions = {}): Transport<C> {
   if (factory === null || typeof factory !== 'object') invalidOption('factory', 'an object with create and destroy', factory);
-  if (typeof factory.create !== 'function') invalidOption('factory.create', 'a function (endpoint, signal) => Promise<connection>', factory.create);
-  if (typeof factory.destroy !== 'function') invalidOption('factory.destroy', 'a function (connection) => void | Promise<void>', factory.destroy);
-  if (factory.validate !== undefined && typeof factory.validate !== 'function') {
-    invalidOption('factory.validate', 'a function (connection) => boolean | Promise<boolean>', factory.validate);
-  }
+  checkFunction('factory.create', factory.create, 'a function (endpoint, signal) => Promise<connection>');
+  checkFunction('factory.destroy', factory.destroy, 'a function (connection) => void | Promise<void>');
+  if (factory.validate !== undefined) checkFunction('factory.validate', factory.validate, 'a function (connection) => boolean | Promise<boolean>');
   // The factory is the caller's own object (a class instance, often): only its three methods are looked at.
   checkOptions(options, OPTIONS);
   const { perEndpoint = 4, acquireTimeoutMs = 10_000 } = options;

@@ -4,14 +4,11 @@ import { WebSocket, type ClientOptions, type PerMessageDeflateOptions, type RawD
 import { reasonOf } from '../abort.ts';
 import { urlHost, type Endpoint } from '../endpoint.ts';
 import { BackpressureError, ClosedError, ConnectionLostError, ErrorCode, InvalidOptionError, MessageRejectedError, PodpoolError, TimeoutError } from '../errors.ts';
-import { checkNumber, checkOptions, invalidOption, optionNames } from '../options.ts';
+import { checkDelay, checkNumber, checkOptions, invalidOption, optionNames } from '../options.ts';
 import { decodeRemoteError, encodeRequest, parseFrame } from '../wire/request-frame.ts';
 import type { Connection, Transport } from './transport.ts';
 
 const debug = debuglog('podpool');
-
-/** Node's timers take at most 2^31 - 1 ms; a longer delay would fire after 1 ms instead. */
-const MAX_DELAY_MS = 2 ** 31 - 1;
 
 /** How long `close()` waits for the pod to answer the close handshake before cutting the TCP connection. */
 const CLOSE_GRACE_MS = 1_000;
@@ -386,11 +383,6 @@ class WebSocketConnection implements Connection<WebSocketClient> {
     await promise;
     clearTimeout(timer);
   }
-}
-
-function checkDelay(name: string, value: unknown): void {
-  checkNumber(name, value, { min: 1 });
-  if ((value as number) > MAX_DELAY_MS) invalidOption(name, `a number of ms from 1 to ${MAX_DELAY_MS}`, value);
 }
 
 function urlOf(scheme: 'ws' | 'wss', endpoint: Endpoint, path: string): string {

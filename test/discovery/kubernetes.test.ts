@@ -232,6 +232,8 @@ describe('kubernetesEndpoints options', () => {
       [{ backoff: { initialMs: -1 } }, /option backoff\.initialMs .*-1/],
       [{ backoff: { initialMs: 100, maxMs: 10 } }, /option backoff\.maxMs .*>= 100.*got 10/],
       [{ kubeConfig: {} }, /option kubeConfig/],
+      [{ clock: 5 }, /option clock must be a function returning milliseconds, got 5/],
+      [{ random: 'x' }, /option random must be a function returning numbers in \[0, 1\), got "x"/],
     ];
     for (const [patch, message] of cases) {
       assert.throws(
@@ -647,28 +649,49 @@ describe('kubernetesEndpoints when things go wrong', () => {
     assertNeverEmpty(recorder);
   });
 
-  it('waits longer after each failure in a row (jittered, capped), and starts over after progress', TIMEOUT, async (t) => {
+  it('waits longer after each failure in a row (jittered by the injected random, capped), and starts over after progress', TIMEOUT, async (t) => {
     const server = await startServer(t);
     await server.apply(slice('backend-a', pods(0, 3)));
     server.fail('list', 500, { times: 6 });
-    const { recorder } = discover(t, server, { backoff: { initialMs: 4, maxMs: 16 } });
+    // Each wait is half of initial · 2^(n-1), capped at maxMs, plus random() times the other half.
+    const { recorder } = discover(t, server, { backoff: { initialMs: 8, maxMs: 32 }, random: () => 0.5 });
     await recorder.snapshotWhere(() => true);
     const waits = () => recorder.errors.map((e) => Number(/retrying in (\d+) ms/.exec(e.message)?.[1]));
-    // Each wait lies between half and all of initial · 2^(n-1), capped at maxMs.
-    const inRange = (wait: number, ceiling: number) => wait >= ceiling / 2 && wait <= ceiling;
-    const ceilings = [4, 8, 16, 16, 16, 16];
-    assert.equal(waits().length, ceilings.length);
-    waits().forEach((wait, i) => assert.ok(inRange(wait, ceilings[i]), `wait ${i + 1} was ${wait} ms, ceiling ${ceilings[i]}`));
+    assert.deepEqual(waits(), [6, 12, 24, 24, 24, 24]);
 
     // A watch event proves the server healthy: the next failures start from the first wait again.
     await server.apply(slice('backend-a', pods(0, 4)));
     await recorder.snapshotWhere((s) => s.size === 4);
     server.fail('watch', 500);
     server.dropWatches();
-    await recorder.errorWhere((e) => /HTTP 500/.test(e.message), ceilings.length);
-    const [afterDrop, after500] = waits().slice(ceilings.length);
-    assert.ok(inRange(afterDrop, 4), `the first wait after progress was ${afterDrop} ms`);
-    assert.ok(inRange(after500, 8), `the second was ${after500} ms`);
+    await recorder.errorWhere((e) => /HTTP 500/.test(e.message), 6);
+    assert.deepEqual(waits().slice(6), [6, 12], 'the first two waits after progress');
+  });
+
+  it('draws the watch timeout and the jitter from the injected random', TIMEOUT, async (t) => {
+    const server = await startServer(t);
+    await server.apply(slice('backend-a', pods(0, 3)));
+    server.fail('list', 500, { times: 1 });
+    const { recorder, watch } = await discoverAndWatch(t, server, { backoff: { initialMs: 100, maxMs: 100 }, random: () => 0 });
+    assert.match(recorder.errors[0].message, /retrying in 50 ms/, 'half the ceiling at random() = 0');
+    // client-go's 5 to 10 minutes: the bottom of the range at random() = 0.
+    assert.equal(watch.query.timeoutSeconds, '300');
+  });
+
+  it('tells a watch that ran a while from one that ended at once by the injected clock', TIMEOUT, async (t) => {
+    const server = await startServer(t);
+    await server.apply(slice('backend-a', pods(0, 3)));
+    // Each reading an hour after the last: by this clock every watch ran long, so one the server
+    // ends cleanly restarts at once instead of after the minute-long backoff.
+    let now = 0;
+    const clock = () => (now += 3_600_000);
+    const { recorder } = await discoverAndWatch(t, server, { backoff: { initialMs: 60_000, maxMs: 60_000 }, clock });
+    await server.apply(slice('backend-a', pods(0, 4)));
+    await recorder.snapshotWhere((s) => s.size === 4);
+    const rewatch = server.nextRequest((r) => r.kind === 'watch');
+    assert.equal(server.endWatches(), 1);
+    await rewatch;
+    assert.equal(recorder.errors.length, 0);
   });
 
   it('asks for bookmarks and resumes from the last bookmark', TIMEOUT, async (t) => {
