@@ -1,14 +1,12 @@
-import { existsSync } from 'node:fs';
-import { isIP } from 'node:net';
-import { homedir } from 'node:os';
-import { delimiter, join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { debuglog } from 'node:util';
-import type { DiscoveryV1Api, KubeConfig, RequestContext, Watch } from '@kubernetes/client-node';
-import { createEndpoint, EndpointSet, endpointKey, type EndpointInit } from '../endpoint.ts';
-import { DiscoveryFailedError, InvalidOptionError } from '../errors.ts';
-import { checkDelay, checkFunction, checkNumber, checkOptions, invalidOption, optionNames } from '../options.ts';
+import type { KubeConfig } from '@kubernetes/client-node';
 import { messageOf } from '../abort.ts';
+import type { EndpointSet } from '../endpoint.ts';
+import { DiscoveryFailedError } from '../errors.ts';
+import { checkDelay, checkFunction, checkNumber, checkOptions, invalidOption, optionNames } from '../options.ts';
+import { mergeEndpointSlices, type EndpointSliceLike } from './endpoint-slices.ts';
+import { connect, explain, findCredentials, httpStatus, isTimeout, type Client, type Credentials } from './kubernetes-api.ts';
 import type { EndpointSource, SourceSink, SourceWatch } from './source.ts';
 
 const debug = debuglog('podpool');
@@ -33,22 +31,6 @@ export interface KubernetesEndpointsOptions {
   random?: () => number;
 }
 
-/** The EndpointSlice fields discovery reads: the client's `V1EndpointSlice` and a watch event's raw JSON both fit. */
-export interface EndpointSliceLike {
-  metadata?: { name?: string; resourceVersion?: string };
-  addressType?: string;
-  endpoints?: readonly {
-    addresses?: readonly string[];
-    conditions?: { ready?: boolean | null; serving?: boolean | null; terminating?: boolean | null } | null;
-    targetRef?: { kind?: string; name?: string; namespace?: string; uid?: string } | null;
-    nodeName?: string | null;
-    zone?: string | null;
-    hints?: { forZones?: readonly { name?: string }[] | null } | null;
-  }[] | null;
-  ports?: readonly { name?: string | null; port?: number | null }[] | null;
-}
-
-const SERVICE_ACCOUNT_TOKEN = '/var/run/secrets/kubernetes.io/serviceaccount/token';
 const DEFAULT_STALL_TIMEOUT_MS = 120_000;
 const DEFAULT_BACKOFF_INITIAL_MS = 1_000;
 const DEFAULT_BACKOFF_MAX_MS = 30_000;
@@ -112,95 +94,6 @@ export function kubernetesEndpoints(options: KubernetesEndpointsOptions): Endpoi
   };
 }
 
-/** Merges all the slices of a Service into one snapshot, each `address:port` once and each dual-stack pod once. */
-export function mergeEndpointSlices(slices: Iterable<EndpointSliceLike>, port: string | number): EndpointSet {
-  // An address moving from one slice to another sits in both for a moment: it counts once, and its
-  // ready view wins (then serving, then not terminating, then the slice whose name sorts first),
-  // so the result does not depend on the order slices arrive in. Slices without the named port,
-  // and FQDN slices, say nothing about this port.
-  const ordered = [...slices].sort((a, b) => compare(a.metadata?.name ?? '', b.metadata?.name ?? ''));
-  const chosen = new Map<string, { init: EndpointInit; rank: number; pod: string | undefined }>();
-  for (const slice of ordered) {
-    if (slice.addressType !== 'IPv4' && slice.addressType !== 'IPv6') continue;
-    const number = typeof port === 'number' ? port : slice.ports?.find((p) => (p.name ?? '') === port)?.port;
-    if (typeof number !== 'number' || !Number.isInteger(number) || number < 1 || number > 65535) continue;
-    for (const endpoint of slice.endpoints ?? []) {
-      // The API gives no meaning to addresses beyond the first, and kube-proxy ignores them too.
-      const address = endpoint.addresses?.[0];
-      if (typeof address !== 'string' || isIP(address) === 0) continue;
-      // Unset conditions as the API documents them: ready unless said otherwise, serving as ready.
-      // A terminating pod takes no new work even when the slice calls it ready (a Service that
-      // publishes not-ready addresses does): it is going away, in-flight work only.
-      const terminating = endpoint.conditions?.terminating ?? false;
-      const sliceReady = endpoint.conditions?.ready ?? true;
-      const serving = endpoint.conditions?.serving ?? sliceReady;
-      const ready = sliceReady && !terminating;
-      const ref = endpoint.targetRef?.kind === 'Pod' ? endpoint.targetRef : undefined;
-      const hintZones = endpoint.hints?.forZones?.flatMap((z) => (typeof z.name === 'string' ? [z.name] : []));
-      const init: EndpointInit = {
-        address,
-        port: number,
-        ready,
-        serving,
-        terminating,
-        ...(typeof ref?.name === 'string' && { podName: ref.name }),
-        ...(typeof endpoint.nodeName === 'string' && { nodeName: endpoint.nodeName }),
-        ...(typeof endpoint.zone === 'string' && { zone: endpoint.zone }),
-        ...(hintZones !== undefined && hintZones.length > 0 && { hintZones }),
-      };
-      const rank = (ready ? 4 : 0) + (serving ? 2 : 0) + (terminating ? 0 : 1);
-      const key = endpointKey(address, number);
-      const seen = chosen.get(key);
-      if (seen === undefined || rank > seen.rank) {
-        const pod = ref === undefined ? undefined : ref.uid || `${ref.namespace ?? ''}/${ref.name ?? ''}`;
-        chosen.set(key, { init, rank, pod });
-      }
-    }
-  }
-  // A dual-stack Service lists each pod under both families: one pod must be one member (a
-  // broadcast reaches it once, a balancer weighs it once), so it counts by its IPv4 address.
-  const podsWithIPv4 = new Set<string>();
-  for (const { init, pod } of chosen.values()) if (pod !== undefined && isIP(init.address) === 4) podsWithIPv4.add(pod);
-  const endpoints = [];
-  for (const { init, pod } of chosen.values()) {
-    if (pod !== undefined && isIP(init.address) === 6 && podsWithIPv4.has(pod)) continue;
-    endpoints.push(createEndpoint(init));
-  }
-  return new EndpointSet(endpoints);
-}
-
-function compare(a: string, b: string): number {
-  return a < b ? -1 : a > b ? 1 : 0;
-}
-
-/** How the API server is reached: resolved at the door, loaded on first use. */
-type Credentials =
-  | { readonly kind: 'given'; readonly kubeConfig: KubeConfig }
-  | { readonly kind: 'in-cluster' }
-  | { readonly kind: 'files'; readonly files: readonly string[] };
-
-function findCredentials(given: unknown): Credentials {
-  if (given !== undefined) {
-    const kc = given as KubeConfig;
-    if (given === null || typeof given !== 'object' || typeof kc.getCurrentCluster !== 'function' || typeof kc.makeApiClient !== 'function') {
-      invalidOption('kubeConfig', 'a KubeConfig from @kubernetes/client-node', typeof given === 'object' ? 'another object' : given);
-    }
-    if (kc.getCurrentCluster() === null) {
-      // Not invalidOption: it would print the object, credentials and all.
-      throw new InvalidOptionError('option kubeConfig must have a current context that names a cluster, got a KubeConfig without one');
-    }
-    return { kind: 'given', kubeConfig: kc };
-  }
-  if (process.env.KUBERNETES_SERVICE_HOST && existsSync(SERVICE_ACCOUNT_TOKEN)) return { kind: 'in-cluster' };
-  const files = (process.env.KUBECONFIG ?? '').split(delimiter).filter((f) => f.length > 0);
-  if (files.length > 0) return { kind: 'files', files };
-  const home = join(homedir(), '.kube', 'config');
-  if (existsSync(home)) return { kind: 'files', files: [home] };
-  throw new InvalidOptionError(
-    `option kubeConfig is needed here: this is not a pod (no KUBERNETES_SERVICE_HOST and ${SERVICE_ACCOUNT_TOKEN}), KUBECONFIG is unset and ${home} does not exist`,
-  );
-}
-
 interface WatchConfig {
   readonly service: string;
   readonly namespace: string;
@@ -211,14 +104,6 @@ interface WatchConfig {
   readonly credentials: Credentials;
   readonly clock: () => number;
   readonly random: () => number;
-}
-
-/** The API client, built once per watch on first use (the client module alone takes most of a second to load). */
-interface Client {
-  readonly api: DiscoveryV1Api;
-  readonly watch: Watch;
-  readonly server: string;
-  requestOptions(signal: AbortSignal): Parameters<DiscoveryV1Api['listNamespacedEndpointSlice']>[1];
 }
 
 /** Why a session ended badly: what the operator reads, and the original error. */
@@ -308,7 +193,7 @@ class EndpointSliceWatch implements SourceWatch {
   async #session(): Promise<SessionEnd> {
     let client: Client;
     try {
-      client = this.#client ??= await connect(this.#config);
+      client = this.#client ??= await connect(this.#config.credentials, this.#config.stallTimeoutMs);
     } catch (error) {
       return { progressed: false, failure: { message: `could not load the Kubernetes client configuration: ${messageOf(error)}`, cause: error } };
     }
@@ -485,69 +370,6 @@ class EndpointSliceWatch implements SourceWatch {
   }
 }
 
-async function connect(config: WatchConfig): Promise<Client> {
-  const k8s = await import('@kubernetes/client-node');
-  const { credentials } = config;
-  let kc: KubeConfig;
-  if (credentials.kind === 'given') {
-    kc = credentials.kubeConfig;
-  } else {
-    kc = new k8s.KubeConfig();
-    if (credentials.kind === 'in-cluster') {
-      kc.loadFromCluster();
-    } else {
-      // As the client's loadFromDefault reads KUBECONFIG: the first file, then the others merged in.
-      kc.loadFromFile(credentials.files[0]);
-      for (const file of credentials.files.slice(1)) {
-        const more = new k8s.KubeConfig();
-        more.loadFromFile(file);
-        kc.mergeConfig(more);
-      }
-    }
-  }
-  const cluster = kc.getCurrentCluster();
-  if (cluster === null) throw new Error('the kubeconfig has no current context naming a cluster');
-  // The client gives each request its own connection pool and never closes it, so the idle socket
-  // of a watch the server ended cleanly would outlive close() by seconds. No request ever reuses
-  // that connection: asking the server to close it when the response ends costs nothing.
-  const watchConfig: KubeConfig = Object.create(kc, {
-    applySecurityAuthentication: {
-      async value(context: RequestContext): Promise<void> {
-        await kc.applySecurityAuthentication(context);
-        context.setHeaderParam('Connection', 'close');
-      },
-    },
-  });
-  const watch = new k8s.Watch(watchConfig);
-  // The client's own inactivity timeout (30 s, reset by any byte) would restart every quiet watch
-  // before the API server's first bookmark (about a minute); it becomes our stall timeout, and
-  // covers the wait for response headers too, which nothing else can interrupt.
-  (watch as unknown as { requestTimeoutMs: number }).requestTimeoutMs = config.stallTimeoutMs;
-  return {
-    api: kc.makeApiClient(k8s.DiscoveryV1Api),
-    watch,
-    server: cluster.server,
-    requestOptions(signal) {
-      return {
-        middleware: [
-          {
-            pre(context) {
-              context.setSignal(signal);
-              // As for the watch: the list's connection pool is never closed nor reused.
-              context.setHeaderParam('Connection', 'close');
-              return new k8s.Observable(Promise.resolve(context));
-            },
-            post(response) {
-              return new k8s.Observable(Promise.resolve(response));
-            },
-          },
-        ],
-        middlewareMergeStrategy: 'append',
-      };
-    },
-  };
-}
-
 /** A jittered, capped exponential delay: between half and all of `initial · 2^(failures-1)`. */
 function backoffDelay(failures: number, initialMs: number, maxMs: number, r: number): number {
   const ceiling = Math.min(maxMs, initialMs * 2 ** Math.min(failures - 1, 30));
@@ -559,51 +381,3 @@ function unit(r: number): number {
   return r >= 0 && r <= 1 ? r : 0.5;
 }
 
-/** The HTTP status of a failed list (`ApiException.code`) or watch (`statusCode`), if any. */
-function httpStatus(error: unknown): number | undefined {
-  if (error === null || typeof error !== 'object' || error instanceof DOMException) return undefined;
-  const { code, statusCode } = error as { code?: unknown; statusCode?: unknown };
-  if (typeof statusCode === 'number') return statusCode;
-  if (typeof code === 'number') return code;
-  return undefined;
-}
-
-function isTimeout(error: unknown): boolean {
-  return error instanceof Error && error.name === 'TimeoutError';
-}
-
-/** What went wrong, in words that point at the fix. */
-function explain(error: unknown, namespace: string): string {
-  const status = httpStatus(error);
-  if (status === 401) {
-    return 'HTTP 401 Unauthorized: the API server refused the credentials; the service account token (or the kubeconfig user) is missing, expired or wrong';
-  }
-  if (status === 403) {
-    return `HTTP 403 Forbidden: RBAC does not let this identity get, list and watch endpointslices (API group discovery.k8s.io) in namespace ${namespace}; bind it to a Role that does (see examples/kubernetes)`;
-  }
-  if (status !== undefined) {
-    const detail = statusMessage((error as { body?: unknown }).body) ?? (error instanceof Error && !error.message.startsWith('HTTP-Code') ? error.message : '');
-    return `HTTP ${status}${detail ? ` ${detail}` : ''}`;
-  }
-  // undici's network failures: `fetch failed` before a response, `terminated` during one.
-  const cause = error instanceof Error ? (error.cause as { code?: unknown; message?: unknown } | undefined) : undefined;
-  if (error instanceof TypeError && cause !== undefined) {
-    const what = error.message === 'terminated' ? 'the connection to the API server broke' : 'cannot reach the API server';
-    return `${what} (${typeof cause.code === 'string' ? cause.code : String(cause.message)})`;
-  }
-  return messageOf(error);
-}
-
-/** The message of a Status object the API server answered with, parsed or not. */
-function statusMessage(body: unknown): string | undefined {
-  let parsed = body;
-  if (typeof body === 'string') {
-    try {
-      parsed = JSON.parse(body);
-    } catch {
-      return body.slice(0, 200) || undefined;
-    }
-  }
-  const message = parsed !== null && typeof parsed === 'object' ? (parsed as { message?: unknown }).message : undefined;
-  return typeof message === 'string' ? message : undefined;
-}

@@ -7,7 +7,8 @@ import { setImmediate as nextTurn } from 'node:timers/promises';
 import { isDeepStrictEqual } from 'node:util';
 import { KubeConfig } from '@kubernetes/client-node';
 import fc from 'fast-check';
-import { kubernetesEndpoints, mergeEndpointSlices, type KubernetesEndpointsOptions } from '../../src/discovery/kubernetes.ts';
+import { mergeEndpointSlices } from '../../src/discovery/endpoint-slices.ts';
+import { kubernetesEndpoints, type KubernetesEndpointsOptions } from '../../src/discovery/kubernetes.ts';
 import type { Endpoint, EndpointSet } from '../../src/endpoint.ts';
 import { ErrorCode, PodpoolError } from '../../src/errors.ts';
 import {
