@@ -1,6 +1,5 @@
 import { setTimeout as sleep } from 'node:timers/promises';
 import { debuglog } from 'node:util';
-import pRetry from 'p-retry';
 import { messageOf } from '../abort.ts';
 import { ErrorCode, PodpoolError } from '../errors.ts';
 import { checkNumber, checkOptions, optionNames } from '../options.ts';
@@ -28,6 +27,15 @@ export interface ReconnectPolicy {
 
 const RECONNECT_OPTIONS = optionNames<ReconnectOptions>({ minMs: true, maxMs: true, factor: true });
 
+/**
+ * The wait before the next connect attempt after `failures` failed ones in a row: exponential
+ * from `minMs` by `factor`, jittered up to twice that, never over `maxMs`. The one backoff of the
+ * connect loop: a failed attempt and a connection that died young both count as a failure.
+ */
+export function backoffMs(policy: ReconnectPolicy, failures: number, random: () => number): number {
+  return Math.min(policy.maxMs, policy.minMs * policy.factor ** (failures - 1) * (1 + random()));
+}
+
 /** Checks `reconnect` options at the door. */
 export function reconnectPolicy(options: ReconnectOptions): ReconnectPolicy {
   checkOptions(options, RECONNECT_OPTIONS, 'reconnect');
@@ -53,8 +61,8 @@ export interface ConnectorEvents<C> {
 }
 
 /**
- * The connect loop: opens a member's connection through the transport, retries with backoff
- * (p-retry), hands the connection to the member, and when the transport reports it lost, closes
+ * The connect loop: opens a member's connection through the transport, retries with one backoff
+ * ({@link backoffMs}), hands the connection to the member, and when the transport reports it lost, closes
  * it and starts over. `settled()` waits for every loop and every closing connection.
  */
 export class Connector<C> {
@@ -100,41 +108,37 @@ export class Connector<C> {
 
   async #loop(m: Member<C>): Promise<void> {
     const signal = m.connectLoopSignal;
-    const { minMs, maxMs, factor } = this.#policy;
-    let opened: Opened<C> | undefined;
+    // A connection that died young counts as a failed attempt, so a pod that accepts and drops
+    // at once can't pull us into a tight loop. (p-retry can't start from a count, nor take the
+    // injected random, so the loop is our own and p-retry stays with broadcast's retries.)
+    let failures = m.flaps;
     try {
-      if (m.flaps > 0) {
-        // The last connection died young: wait as a failed attempt would, so a pod that
-        // accepts and drops at once can't pull us into a tight loop.
-        const backoff = Math.min(maxMs, minMs * factor ** (m.flaps - 1));
-        await sleep(backoff * (1 + this.#random()), undefined, { signal });
-      }
-      const { connection, lostEarly } = await pRetry(async () => (opened = await this.#open(m, signal)), {
-        retries: Infinity,
-        minTimeout: minMs,
-        maxTimeout: maxMs,
-        factor,
-        randomize: true,
-        signal,
-        onFailedAttempt: ({ error }) => {
+      for (;;) {
+        if (failures > 0) await sleep(backoffMs(this.#policy, failures, this.#random), undefined, { signal });
+        let opened: Opened<C>;
+        try {
+          opened = await this.#open(m, signal);
+        } catch (error) {
+          if (signal.aborted) return;
+          failures++;
           const failure = error as PodpoolError;
           m.connectAttemptFailed(failure);
           this.#events.connectError(m, failure);
-        },
-      });
-      if (signal.aborted) {
-        this.closeConnection(connection);
+          continue;
+        }
+        // The member is draining or the pool closing: a connection that opened as the abort came is not wanted.
+        if (signal.aborted) {
+          void this.closeConnection(opened.connection);
+          return;
+        }
+        m.connected(opened.connection, this.#clock());
+        // A loss reported between connect resolving and now matched no member connection yet.
+        const lost = opened.lostEarly();
+        if (lost !== undefined) this.#lost(m, opened.connection, lost);
         return;
       }
-      m.connected(connection, this.#clock());
-      // A loss reported between connect resolving and now matched no member connection yet.
-      const lost = lostEarly();
-      if (lost !== undefined) this.#lost(m, connection, lost);
     } catch {
-      // Aborted: the member is draining or the pool is closing; nothing to report. p-retry looks
-      // at the signal again after an attempt succeeded, so a connection that opened just as the
-      // abort came ends up here, and nothing else would ever close it.
-      if (opened !== undefined && m.connection !== opened.connection) void this.closeConnection(opened.connection);
+      // Aborted during a backoff: the member is draining or the pool is closing; nothing to report.
     }
   }
 

@@ -171,7 +171,7 @@ describe('connecting', () => {
     assert.deepEqual(new Set(await picks(pool, 6)), new Set([k1, k2]));
   });
 
-  it('waits longer between failed connects each time (p-retry backoff, jittered up to 2×)', async (t) => {
+  it('waits longer between failed connects each time (one backoff, jittered up to 2×)', async (t) => {
     const timers = mockTimers(t);
     const { source, transport, pool } = harness(t, { reconnect: { minMs: 100, maxMs: 10_000, factor: 2 } });
     transport.refuse(k1);
@@ -263,6 +263,35 @@ describe('a lost connection', () => {
     timers.tick(1);
     await flush();
     assert.equal(transport.attempts(k1), attempts + 2);
+    await pool.close();
+  });
+
+  it('that died young and then fails to reconnect keeps backing off: a young death counts as a failed connect', async (t) => {
+    const timers = mockTimers(t);
+    let now = 0;
+    const { source, transport, pool } = harness(t, {
+      clock: () => now,
+      random: () => 0,
+      reconnect: { minMs: 100, maxMs: 10_000, factor: 2 },
+    });
+    source.set([pod(1)]);
+    await pool.ready();
+    now += 10;
+    transport.refuse(k1);
+    transport.lose(k1);
+    await flush();
+    // The young death is the first failure (100 ms); the refused connect after it the second (200 ms).
+    for (const [attempts, wait] of [
+      [2, 100],
+      [3, 200],
+    ] as const) {
+      timers.tick(wait - 1);
+      await flush();
+      assert.equal(transport.attempts(k1), attempts - 1, `connect ${attempts} came before ${wait} ms`);
+      timers.tick(1);
+      await flush();
+      assert.equal(transport.attempts(k1), attempts);
+    }
     await pool.close();
   });
 
