@@ -8,7 +8,7 @@ import {
   type InterceptingListener,
   type StatusObject,
 } from '@grpc/grpc-js';
-import { ErrorCode, PodpoolError } from '../errors.ts';
+import { AbortedError, ClosedError, ConnectionLostError, ErrorCode, PodpoolError } from '../errors.ts';
 import { checkOptions, invalidOption, optionNames } from '../options.ts';
 import type { AdapterPool, PoolCall } from '../pool/pool.ts';
 
@@ -120,7 +120,7 @@ class PoolChannelCall<C extends Client> implements GrpcCall, InterceptingListene
       (call) => {
         this.#stopWaiting();
         // Cancelled or past its deadline as the pod became ready: the status is out already.
-        if (this.#failure !== undefined) call.end(new PodpoolError(ErrorCode.ABORTED, 'the call ended before it reached the pod'));
+        if (this.#failure !== undefined) call.end(new AbortedError('the call ended before it reached the pod'));
         else this.#startOn(call, metadata);
       },
       (error: unknown) => {
@@ -152,7 +152,7 @@ class PoolChannelCall<C extends Client> implements GrpcCall, InterceptingListene
     this.#failure = failure;
     const waiting = this.#waiting;
     this.#stopWaiting();
-    waiting?.abort(new PodpoolError(ErrorCode.ABORTED, failure.details));
+    waiting?.abort(new AbortedError(failure.details));
     this.#deliverFailure();
   }
 
@@ -162,7 +162,7 @@ class PoolChannelCall<C extends Client> implements GrpcCall, InterceptingListene
       inner = call.client.getChannel().createCall(...this.#args);
       if (this.#credentials !== undefined) inner.setCredentials(this.#credentials);
     } catch (error) {
-      const lost = new PodpoolError(ErrorCode.CONNECTION_LOST, `the channel to ${call.endpoint.key} is closed`, { cause: error });
+      const lost = new ConnectionLostError(`the channel to ${call.endpoint.key} is closed`, { cause: error });
       call.end(lost);
       this.#fail(lost);
       return;
@@ -279,7 +279,7 @@ export class PoolChannel<C extends Client = Client> implements ChannelInterface 
     this.#pool = pool;
     this.#target = `podpool:${pool.sourceKind}`;
     const closing = this.#closing.signal;
-    const closedError = (): PodpoolError => new PodpoolError(ErrorCode.CLOSED, 'the gRPC channel over the pool is closed');
+    const closedError = (): PodpoolError => new ClosedError('the gRPC channel over the pool is closed');
     this.#router = {
       begin: (method, metadata) => {
         if (this.#closed) throw closedError();
@@ -348,7 +348,7 @@ export class PoolChannel<C extends Client = Client> implements ChannelInterface 
   close(): void {
     if (this.#closed) return;
     this.#closed = true;
-    this.#closing.abort(new PodpoolError(ErrorCode.CLOSED, 'the gRPC channel over the pool is closed'));
+    this.#closing.abort(new ClosedError('the gRPC channel over the pool is closed'));
     this.#notify();
   }
 

@@ -1,7 +1,7 @@
 import type { IncomingHttpHeaders } from 'node:http';
 import type { Duplex } from 'node:stream';
 import { Dispatcher, errors as undiciErrors } from 'undici';
-import { ErrorCode, PodpoolError } from '../errors.ts';
+import { ClosedError, ErrorCode, PodpoolError } from '../errors.ts';
 import { checkNumber, checkOptions, invalidOption, optionNames } from '../options.ts';
 import type { AdapterPool, PoolCall } from '../pool/pool.ts';
 
@@ -280,7 +280,7 @@ export class PoolDispatcher extends Dispatcher {
     const relay = new RequestRelay(handler as CallerHandler);
     let call: PoolCall<Dispatcher>;
     try {
-      if (this.#closed) throw new PodpoolError(ErrorCode.CLOSED, 'the dispatcher is closed');
+      if (this.#closed) throw new ClosedError('the dispatcher is closed');
       call = this.#pool.begin();
     } catch (error) {
       if (this.#waitForReady && error instanceof PodpoolError && error.code === ErrorCode.NO_ENDPOINTS) {

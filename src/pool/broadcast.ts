@@ -1,6 +1,6 @@
 import pRetry from 'p-retry';
 import type { Endpoint } from '../endpoint.ts';
-import { ErrorCode, PodpoolError, abortError } from '../errors.ts';
+import { InvalidOptionError, TimeoutError, abortError } from '../errors.ts';
 import { checkNumber } from '../options.ts';
 
 /** Options of `pool.broadcast()`. */
@@ -64,7 +64,7 @@ export function planBroadcast(options: BroadcastOptions | undefined): FanOutPlan
   if (timeoutMs !== undefined) checkNumber('timeoutMs', timeoutMs, { min: 1 });
   checkNumber('retries', retries, { min: 0, integer: true });
   if (typeof id !== 'string' || id === '') {
-    throw new PodpoolError(ErrorCode.INVALID_OPTION, `option id must be a non-empty string, got ${String(id)}`);
+    throw new InvalidOptionError(`option id must be a non-empty string, got ${String(id)}`);
   }
   return { id, concurrency, timeoutMs, retries, signal };
 }
@@ -91,7 +91,7 @@ export async function fanOut<M, T>(
       ? undefined
       : setTimeout(() => {
           controller.abort(
-            new PodpoolError(ErrorCode.TIMEOUT, `broadcast ${plan.id} did not reach this pod within ${plan.timeoutMs} ms`),
+            new TimeoutError(`broadcast ${plan.id} did not reach this pod within ${plan.timeoutMs} ms`),
           );
         }, plan.timeoutMs);
 

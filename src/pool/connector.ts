@@ -1,7 +1,7 @@
 import { setTimeout as sleep } from 'node:timers/promises';
 import { debuglog } from 'node:util';
 import { messageOf } from '../abort.ts';
-import { ErrorCode, PodpoolError } from '../errors.ts';
+import { ConnectFailedError, ConnectionLostError, type PodpoolError } from '../errors.ts';
 import { checkNumber, checkOptions, optionNames } from '../options.ts';
 import type { Connection, Transport } from '../transport/transport.ts';
 import type { Member } from './member.ts';
@@ -157,15 +157,11 @@ export class Connector<C> {
       connection = await this.#transport.connect(m.endpoint, context);
     } catch (error) {
       if (signal.aborted) throw error;
-      throw new PodpoolError(
-        ErrorCode.CONNECT_FAILED,
-        `could not connect to ${m.endpoint.key} (${this.#transport.name}): ${messageOf(error)}`,
-        { cause: error },
-      );
+      throw new ConnectFailedError(`could not connect to ${m.endpoint.key} (${this.#transport.name}): ${messageOf(error)}`, { cause: error });
     }
     if (lostEarly !== undefined) {
       this.closeConnection(connection);
-      throw new PodpoolError(ErrorCode.CONNECT_FAILED, `connection to ${m.endpoint.key} was lost as it opened: ${lostEarly.message}`, {
+      throw new ConnectFailedError(`connection to ${m.endpoint.key} was lost as it opened: ${lostEarly.message}`, {
         cause: lostEarly,
       });
     }
@@ -173,7 +169,7 @@ export class Connector<C> {
   }
 
   #lost(m: Member<C>, connection: Connection<C>, error: Error): void {
-    const lost = new PodpoolError(ErrorCode.CONNECTION_LOST, `lost the connection to ${m.endpoint.key}: ${error.message}`, {
+    const lost = new ConnectionLostError(`lost the connection to ${m.endpoint.key}: ${error.message}`, {
       cause: error,
     });
     if (!m.lost(connection, lost, this.#clock(), STABLE_CONNECTION_MS)) return;

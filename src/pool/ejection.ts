@@ -1,4 +1,4 @@
-import { ErrorCode, PodpoolError } from '../errors.ts';
+import { EjectedError, type PodpoolError } from '../errors.ts';
 import { checkNumber, checkOptions, invalidOption, optionNames } from '../options.ts';
 
 /**
@@ -120,7 +120,7 @@ export class Ejection<M extends Ejectable> {
     record.streak = record.streak > 0 && now - record.unejectedAt < this.#policy.maxMs ? record.streak + 1 : 1;
     const duration = ejectionMs(this.#policy, record.streak);
     member.eject(
-      new PodpoolError(ErrorCode.EJECTED, `${member.consecutiveFailures} failures in a row; ejected for ${duration} ms`, {
+      new EjectedError(`${member.consecutiveFailures} failures in a row; ejected for ${duration} ms`, {
         cause: member.lastError,
       }),
     );

@@ -1,6 +1,6 @@
 import { debuglog } from 'node:util';
 import type { Endpoint, EndpointSet } from '../endpoint.ts';
-import { ErrorCode, PodpoolError } from '../errors.ts';
+import { ClosedError } from '../errors.ts';
 import type { Connector } from './connector.ts';
 import { Member, type MemberEvents } from './member.ts';
 
@@ -62,7 +62,7 @@ export class Membership<C> {
     if (m.state === 'closed') return;
     this.#members.delete(m.endpoint.key);
     const connection = m.close(
-      () => new PodpoolError(ErrorCode.CLOSED, `the pool closed its connection to ${m.endpoint.key} after ${this.#drainTimeoutMs} ms of draining`),
+      () => new ClosedError(`the pool closed its connection to ${m.endpoint.key} after ${this.#drainTimeoutMs} ms of draining`),
     );
     if (connection === undefined) m.closed.resolve();
     else void this.#connector.closeConnection(connection).then(() => m.closed.resolve());

@@ -6,7 +6,7 @@ import { roundRobin } from '../balance/round-robin.ts';
 import type { EndpointSource, SourceWatch } from '../discovery/source.ts';
 import { EndpointSet, type Endpoint, type EndpointDiff } from '../endpoint.ts';
 import { reasonOf } from '../abort.ts';
-import { ErrorCode, PodpoolError, abortError } from '../errors.ts';
+import { ClosedError, ErrorCode, NoEndpointsError, NotConnectedError, NotSupportedError, PodpoolError, TimeoutError, abortError } from '../errors.ts';
 import { checkNumber, checkOptions, invalidOption, optionNames } from '../options.ts';
 import type { Transport } from '../transport/transport.ts';
 import { fanOut, planBroadcast, type BroadcastOptions, type BroadcastResult, type Delivery } from './broadcast.ts';
@@ -295,10 +295,7 @@ export class Pool<C> extends EventEmitter<PoolEvents> implements AdapterPool<C> 
           ? undefined
           : setTimeout(() => {
               done(
-                new PodpoolError(
-                  ErrorCode.TIMEOUT,
-                  `ready(): ${this.#pickable.length} of ${minEndpoints} endpoint(s) ready after ${timeoutMs} ms; ${this.#situation()}`,
-                ),
+                new TimeoutError(`ready(): ${this.#pickable.length} of ${minEndpoints} endpoint(s) ready after ${timeoutMs} ms; ${this.#situation()}`),
               );
             }, timeoutMs);
       signal?.addEventListener('abort', onAbort, { once: true });
@@ -384,11 +381,7 @@ export class Pool<C> extends EventEmitter<PoolEvents> implements AdapterPool<C> 
       (m, delivery) => {
         if (m.connection === undefined) {
           return Promise.reject(
-            new PodpoolError(
-              ErrorCode.NOT_CONNECTED,
-              `${m.endpoint.key} is not connected (${m.state})${m.lastError ? `: ${m.lastError.message}` : ''}`,
-              { cause: m.lastError },
-            ),
+            new NotConnectedError(`${m.endpoint.key} is not connected (${m.state})${m.lastError ? `: ${m.lastError.message}` : ''}`, { cause: m.lastError }),
           );
         }
         return this.#callWithin(m, (c, e) => fn(c, e, delivery), delivery.signal, undefined, `broadcast to ${m.endpoint.key}`);
@@ -443,10 +436,7 @@ export class Pool<C> extends EventEmitter<PoolEvents> implements AdapterPool<C> 
   #begin(member: Member<C>): PoolCall<C> {
     const connection = member.connection!;
     if (connection.acquire !== undefined) {
-      throw new PodpoolError(
-        ErrorCode.NOT_SUPPORTED,
-        `the ${this.#transport.name} transport lends a connection per call; use pool.use() instead of begin()`,
-      );
+      throw new NotSupportedError(`the ${this.#transport.name} transport lends a connection per call; use pool.use() instead of begin()`);
     }
     member.startCall();
     const started = this.#clock();
@@ -529,7 +519,7 @@ export class Pool<C> extends EventEmitter<PoolEvents> implements AdapterPool<C> 
       timeoutMs === undefined
         ? undefined
         : setTimeout(() => {
-            fail(new PodpoolError(ErrorCode.NO_ENDPOINTS, `${what}: no endpoint became ready within ${timeoutMs} ms: ${this.#situation()}`));
+            fail(new NoEndpointsError(`${what}: no endpoint became ready within ${timeoutMs} ms: ${this.#situation()}`));
           }, timeoutMs);
     signal?.addEventListener('abort', onAbort, { once: true });
     this.#waiters.add(waiter);
@@ -642,7 +632,7 @@ export class Pool<C> extends EventEmitter<PoolEvents> implements AdapterPool<C> 
       if (timeoutMs !== undefined) {
         timer = setTimeout(() => {
           deadline.expired = true;
-          const error = new PodpoolError(ErrorCode.TIMEOUT, `${what} did not finish within ${timeoutMs} ms`);
+          const error = new TimeoutError(`${what} did not finish within ${timeoutMs} ms`);
           const now = this.#clock();
           m.countFailure(now - started, now, error);
           controller.abort(error);
@@ -749,11 +739,11 @@ export class Pool<C> extends EventEmitter<PoolEvents> implements AdapterPool<C> 
   // ---- messages ----------------------------------------------------------------------------
 
   #noEndpoints(): PodpoolError {
-    return new PodpoolError(ErrorCode.NO_ENDPOINTS, `no endpoint is ready to take the call: ${this.#situation(false)}`);
+    return new NoEndpointsError(`no endpoint is ready to take the call: ${this.#situation(false)}`);
   }
 
   #closedError(what: string): PodpoolError {
-    return new PodpoolError(ErrorCode.CLOSED, `${what}: the pool is closed`);
+    return new ClosedError(`${what}: the pool is closed`);
   }
 
   /**

@@ -2,7 +2,7 @@ import { connect as netConnect, type Socket } from 'node:net';
 import { connect as tlsConnect, type ConnectionOptions } from 'node:tls';
 import { Client, Dispatcher, Pool as UndiciPool, type buildConnector } from 'undici';
 import type { Endpoint } from '../endpoint.ts';
-import { ErrorCode, PodpoolError } from '../errors.ts';
+import { ConnectionLostError } from '../errors.ts';
 import { checkNumber, checkOptions, invalidOption, optionNames } from '../options.ts';
 import type { Connection, Transport } from './transport.ts';
 
@@ -126,7 +126,7 @@ export function httpTransport(options: HttpTransportOptions = {}): Transport<Dis
         // The callback must not run inside the connector: undici's resume loop is not re-entrant.
         queueMicrotask(() => {
           if (first) callback(null, socket);
-          else callback(new PodpoolError(ErrorCode.CONNECTION_LOST, `the connection to ${endpoint.key} is closed`), null);
+          else callback(new ConnectionLostError(`the connection to ${endpoint.key} is closed`), null);
         });
       };
       const origin = originOf(endpoint, tls !== undefined);

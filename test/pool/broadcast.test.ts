@@ -1,7 +1,7 @@
 import assert from 'node:assert/strict';
 import { describe, it, type TestContext } from 'node:test';
 import type { Endpoint } from '../../src/endpoint.ts';
-import { ErrorCode, PodpoolError } from '../../src/errors.ts';
+import { ConnectFailedError, ErrorCode, NotConnectedError, PodpoolError } from '../../src/errors.ts';
 import type { BroadcastResult, Delivery } from '../../src/pool/broadcast.ts';
 import type { PoolOptions } from '../../src/pool/pool.ts';
 import { first } from '../support/first-balancer.ts';
@@ -145,10 +145,12 @@ describe('broadcast()', () => {
     // Read in the same tick as the broadcast starts: the connect loop keeps failing meanwhile.
     const lastError = pool.stats().members[2].lastError as PodpoolError;
     assert.equal(lastError.code, ErrorCode.CONNECT_FAILED);
+    assert.ok(lastError instanceof ConnectFailedError);
     let ran = 0;
     const result = await pool.broadcast(() => ran++);
     assert.deepEqual(summary(result), { delivered: [k1, k2], failed: [[k3, ErrorCode.NOT_CONNECTED]] });
     const error = result.failed[0].error as PodpoolError;
+    assert.ok(error instanceof NotConnectedError);
     assert.equal(error.cause, lastError);
     assert.match(error.message, /^10\.0\.0\.3:80 is not connected \(connecting\): could not connect to 10\.0\.0\.3:80/);
     assert.equal(ran, 2);

@@ -1,6 +1,6 @@
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
-import { ErrorCode } from '../../src/errors.ts';
+import { ClosedError, ErrorCode } from '../../src/errors.ts';
 import { first } from '../support/first-balancer.ts';
 import { flush } from '../support/flush.ts';
 import { pod, podKey } from '../support/manual-source.ts';
@@ -121,6 +121,9 @@ describe('close()', () => {
     await assert.rejects(pool.broadcast(() => 1), { code: ErrorCode.CLOSED, message: /broadcast\(\)/ });
     assert.throws(() => pool.begin(), { code: ErrorCode.CLOSED, message: /begin\(\)/ });
     await assert.rejects(pool.ready(), { code: ErrorCode.CLOSED });
+    // The subclass says the same as the code (undici's pattern).
+    await assert.rejects(pool.use(() => 1), ClosedError);
+    assert.throws(() => pool.begin(), ClosedError);
     assert.deepEqual([source.watches, source.closes, source.open], [1, 1, 0]);
     source.set([pod(1), pod(3)]);
     assert.equal(transport.attempts(k3), 0);
