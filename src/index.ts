@@ -4,7 +4,9 @@
 import './node-version.ts';
 
 export { createPool, Pool } from './pool/pool.ts';
-export type { PoolOptions, UseOptions, ReadyOptions, StateChange, PoolEvents, PoolStats, PoolCall, BeginOptions, PoolConnectivity, AdapterPool } from './pool/pool.ts';
+export type { PoolOptions, UseOptions, ReadyOptions, StateChange, PoolEvents, PoolStats } from './pool/pool.ts';
+export type { BeginOptions, PoolConnectivity, AdapterPool } from './pool/adapter-pool.ts';
+export type { PoolCall } from './call/call.ts';
 export type { BroadcastOptions, BroadcastResult, Delivery, Delivered, DeliveryFailure } from './pool/broadcast.ts';
 export type { EjectionOptions } from './pool/ejection.ts';
 export type { MemberState, MemberStats } from './pool/member.ts';

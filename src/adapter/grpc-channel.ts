@@ -10,7 +10,8 @@ import {
 } from '@grpc/grpc-js';
 import { AbortedError, ClosedError, ConnectionLostError, ErrorCode, PodpoolError } from '../errors.ts';
 import { checkOptions, invalidOption, optionNames } from '../options.ts';
-import type { AdapterPool, PoolCall } from '../pool/pool.ts';
+import type { PoolCall } from '../call/call.ts';
+import type { AdapterPool } from '../pool/adapter-pool.ts';
 
 /**
  * A grpc-js channel's connectivity state. Named apart from podpool's own `grpcChannel()`, which

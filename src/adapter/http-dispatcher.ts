@@ -3,7 +3,8 @@ import type { Duplex } from 'node:stream';
 import { Dispatcher, errors as undiciErrors } from 'undici';
 import { ClosedError, ErrorCode, PodpoolError } from '../errors.ts';
 import { checkNumber, checkOptions, invalidOption, optionNames } from '../options.ts';
-import type { AdapterPool, PoolCall } from '../pool/pool.ts';
+import type { PoolCall } from '../call/call.ts';
+import type { AdapterPool } from '../pool/adapter-pool.ts';
 
 /** An HTTP status ≥ 500 seen by the dispatcher: it counts against the pod that sent it. */
 class ServerError extends Error {

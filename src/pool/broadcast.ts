@@ -1,7 +1,8 @@
 import pRetry from 'p-retry';
 import type { Endpoint } from '../endpoint.ts';
-import { InvalidOptionError, TimeoutError, abortError } from '../errors.ts';
+import { InvalidOptionError, NotConnectedError, TimeoutError, abortError } from '../errors.ts';
 import { checkNumber } from '../options.ts';
+import { byEndpointKey, type Member } from './member.ts';
 
 /** Options of `pool.broadcast()`. */
 export interface BroadcastOptions {
@@ -70,6 +71,23 @@ export function planBroadcast(options: BroadcastOptions | undefined): FanOutPlan
 }
 
 /**
+ * The members a broadcast aims at, in endpoint key order: ready, ejected and reconnecting ones
+ * (a pod that is down is reported, not skipped); never a draining one.
+ */
+export function broadcastTargets<C>(members: Iterable<Member<C>>): Member<C>[] {
+  const targets: Member<C>[] = [];
+  for (const m of members) {
+    if (m.state === 'ready' || m.state === 'ejected' || m.state === 'connecting') targets.push(m);
+  }
+  return targets.sort(byEndpointKey);
+}
+
+/** `PODPOOL_NOT_CONNECTED` for a delivery to a member whose connection is down. */
+export function notConnected(m: Member<unknown>): NotConnectedError {
+  return new NotConnectedError(`${m.endpoint.key} is not connected (${m.state})${m.lastError ? `: ${m.lastError.message}` : ''}`, { cause: m.lastError });
+}
+
+/**
  * Runs `deliver` once per target (retrying each on its own), at most `concurrency` at a time,
  * and sorts every target into delivered or failed. It never rejects because a delivery failed.
  */
@@ -90,9 +108,7 @@ export async function fanOut<M, T>(
     plan.timeoutMs === undefined
       ? undefined
       : setTimeout(() => {
-          controller.abort(
-            new TimeoutError(`broadcast ${plan.id} did not reach this pod within ${plan.timeoutMs} ms`),
-          );
+          controller.abort(new TimeoutError(`broadcast ${plan.id} did not reach this pod within ${plan.timeoutMs} ms`));
         }, plan.timeoutMs);
 
   const outcomes: (Delivered<T> | DeliveryFailure)[] = new Array(targets.length);

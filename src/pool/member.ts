@@ -1,4 +1,5 @@
 import type { Pickable } from '../balance/balancer.ts';
+import type { CallOutcome, CallTarget } from '../call/call.ts';
 import type { Endpoint } from '../endpoint.ts';
 import type { PodpoolError } from '../errors.ts';
 import type { Connection } from '../transport/transport.ts';
@@ -6,8 +7,10 @@ import { Load } from './load.ts';
 
 /**
  * A member's life: `connecting → ready ⇄ ejected → draining → closed`. `connecting` is also
- * where a member waits out its reconnect backoff after a lost connection; only `ready` members
- * are picked.
+ * where a member waits out its reconnect backoff after a lost connection. `ready` means
+ * connected and not ejected: pickable, the only state the picker sees. It is not discovery's
+ * `endpoint.ready` (the pod passes its readiness probe), which decides whether a pod has a
+ * member at all; nor `pool.ready()`, which waits for pickable members.
  */
 export type MemberState = 'connecting' | 'ready' | 'ejected' | 'draining' | 'closed';
 
@@ -31,13 +34,6 @@ export interface MemberStats {
   readonly lastError?: Error;
 }
 
-/**
- * How a call ended, as far as the pod is concerned: it `answered` (a success, or a request the
- * pod refused), it `failed` in a way that counts against the pod, or it says nothing about the
- * pod (`unrecorded`: the caller gave up, or its failure was counted when its deadline passed).
- */
-export type CallOutcome = 'answered' | 'failed' | 'unrecorded';
-
 /** What the pool hears from its members: one object for all of them, so no closure per member. */
 export interface MemberEvents {
   /** The member moved from one state to another. */
@@ -53,7 +49,7 @@ export interface MemberEvents {
  * accounting; the pool says what happened (`connected`, `startCall`, `endCall`, `lost`, …)
  * and hears transitions through {@link MemberEvents}.
  */
-export class Member<C> implements Pickable {
+export class Member<C> implements Pickable, CallTarget<C> {
   #endpoint: Endpoint;
   #state: MemberState = 'connecting';
   #connection: Connection<C> | undefined = undefined;
@@ -280,4 +276,9 @@ export class Member<C> implements Pickable {
       ...(this.#lastError !== undefined && { lastError: this.#lastError }),
     };
   }
+}
+
+/** Orders members (or anything with an endpoint) by endpoint key, as `stats()` and broadcasts list them. */
+export function byEndpointKey(a: { endpoint: Endpoint }, b: { endpoint: Endpoint }): number {
+  return a.endpoint.key < b.endpoint.key ? -1 : a.endpoint.key > b.endpoint.key ? 1 : 0;
 }

@@ -1,24 +1,30 @@
 import { debuglog } from 'node:util';
-import type { Endpoint, EndpointSet } from '../endpoint.ts';
-import { ClosedError } from '../errors.ts';
+import { EndpointSet, type Endpoint, type EndpointDiff } from '../endpoint.ts';
+import { ClosedError, type PodpoolError } from '../errors.ts';
 import type { Connector } from './connector.ts';
-import { Member, type MemberEvents } from './member.ts';
+import { Member, type MemberEvents, type MemberState } from './member.ts';
 
 const debug = debuglog('podpool');
 
 /**
  * Who is in the pool: reconciles each snapshot from discovery against the members (a new
  * endpoint is added and connected, a gone or unready one drained, one that comes back while it
- * drains revived) and closes a drained member once its calls end or its drain time is up.
+ * drains revived) and closes a drained member once its calls end or its drain time is up. It
+ * keeps what discovery last said, so it can tell a person where the pool stands.
  */
 export class Membership<C> {
   readonly #members = new Map<string, Member<C>>();
+  readonly #sourceKind: string;
+  #endpoints = EndpointSet.empty;
+  #hasSnapshot = false;
+  #sourceError: PodpoolError | undefined = undefined;
   readonly #connector: Connector<C>;
   readonly #latencyDecayMs: number;
   readonly #drainTimeoutMs: number;
   readonly #events: MemberEvents;
 
-  constructor(connector: Connector<C>, latencyDecayMs: number, drainTimeoutMs: number, events: MemberEvents) {
+  constructor(sourceKind: string, connector: Connector<C>, latencyDecayMs: number, drainTimeoutMs: number, events: MemberEvents) {
+    this.#sourceKind = sourceKind;
     this.#connector = connector;
     this.#latencyDecayMs = latencyDecayMs;
     this.#drainTimeoutMs = drainTimeoutMs;
@@ -33,13 +39,37 @@ export class Membership<C> {
     return this.#members.values();
   }
 
-  /** Brings the members in line with a snapshot. */
-  reconcile(endpoints: EndpointSet): void {
+  /** The last snapshot discovery reported (empty before the first). */
+  get endpoints(): EndpointSet {
+    return this.#endpoints;
+  }
+
+  /** Discovery has reported a snapshot. */
+  get hasSnapshot(): boolean {
+    return this.#hasSnapshot;
+  }
+
+  /** Discovery's last error, kept for the messages of errors that end a wait. */
+  get sourceError(): PodpoolError | undefined {
+    return this.#sourceError;
+  }
+
+  discoveryFailed(error: PodpoolError): void {
+    this.#sourceError = error;
+  }
+
+  /** Brings the members in line with a snapshot; returns what changed since the last one. */
+  reconcile(endpoints: EndpointSet): EndpointDiff {
+    const diff = endpoints.diff(this.#endpoints);
+    this.#endpoints = endpoints;
+    this.#hasSnapshot = true;
     for (const e of endpoints) {
       const m = this.#members.get(e.key);
-      const wanted = e.ready && !e.terminating;
+      // Discovery's readiness (the pod passes its probe, and is not terminating) decides whether
+      // the pod has a member at all; the member's own state `ready` (connected) whether it is picked.
+      const inService = e.ready && !e.terminating;
       if (m !== undefined) m.updateEndpoint(e);
-      if (wanted) {
+      if (inService) {
         if (m === undefined) this.#add(e);
         else if (m.state === 'draining') this.#revive(m);
       } else if (m !== undefined) {
@@ -49,6 +79,33 @@ export class Membership<C> {
     for (const m of [...this.#members.values()]) {
       if (!endpoints.has(m.endpoint.key)) this.drain(m);
     }
+    return diff;
+  }
+
+  /**
+   * What the pool knows and what to do about it, for errors a person will read. `waited`: the
+   * error ends a wait (ready(), a call waiting for a pod), so the advice is not "wait".
+   */
+  situation(waited: boolean): string {
+    const kind = this.#sourceKind;
+    // A discovery error says best what is wrong (a name that does not exist, a refused request)
+    // and what to check; it is the news whenever discovery has nothing to offer.
+    const discovery = this.#sourceError ? `; discovery's last error: ${this.#sourceError.message}` : '';
+    if (!this.#hasSnapshot) {
+      if (discovery !== '') return `${kind} discovery has not reported any endpoint yet${discovery}`;
+      return waited
+        ? `${kind} discovery has not answered yet: its server may be slow or out of reach (NODE_DEBUG=podpool shows what it does), or it needs longer than that`
+        : `${kind} discovery has not answered yet (the pool is starting): wait with await pool.ready(), or let the call wait for a pod`;
+    }
+    if (this.#endpoints.size === 0 && this.#members.size === 0) {
+      return `${kind} discovery found no endpoint${discovery || ': check that the Service has ready pods, and that the source names the right Service and port'}`;
+    }
+    const counts = new Map<MemberState, number>();
+    for (const m of this.#members.values()) counts.set(m.state, (counts.get(m.state) ?? 0) + 1);
+    const states = [...counts].map(([state, n]) => `${n} ${state}`).join(', ') || 'no members';
+    let lastError: Error | undefined;
+    for (const m of this.#members.values()) lastError = m.lastError ?? lastError;
+    return `${this.#endpoints.size} endpoint(s) discovered, ${states}${lastError ? `; last error: ${lastError.message}` : ''}`;
   }
 
   /** No new picks; closes once in-flight calls end, or after the drain timeout. */
