@@ -4,7 +4,7 @@ import { afterEach, describe, it } from 'node:test';
 import { leastLoaded } from '../../src/balance/least-loaded.ts';
 import { staticEndpoints } from '../../src/discovery/static.ts';
 import { createEndpoint, type Endpoint } from '../../src/endpoint.ts';
-import { ErrorCode, type PodpoolError } from '../../src/errors.ts';
+import { ConnectionLostError, ErrorCode, type PodpoolError } from '../../src/errors.ts';
 import { createPool, type Pool } from '../../src/pool/pool.ts';
 import { exclusiveTransport, type ExclusiveFactory } from '../../src/transport/exclusive.ts';
 import { connectLineClient, LineServer, type LineClient } from '../support/line-server.ts';
@@ -163,7 +163,8 @@ describe('exclusiveTransport against real TCP line servers on loopback', { timeo
     await assert.rejects(borrowing, /closed the connection|ECONNRESET/);
     await assert.rejects(waiting, { code: ErrorCode.CONNECT_FAILED, message: /ECONNREFUSED/ });
     const change = await lost;
-    assert.equal(change.error?.name, 'PodpoolError');
+    assert.ok(change.error instanceof ConnectionLostError);
+    assert.equal(change.error.name, 'ConnectionLostError');
     assert.equal((change.error as PodpoolError).code, ErrorCode.CONNECTION_LOST);
     assert.equal(change.snapshot, 2, 'one create after the death, not a loop of them');
 
