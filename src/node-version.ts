@@ -4,20 +4,19 @@
  * on an older Node, undici's own import would otherwise fail first, with a TypeError that says
  * nothing about the version.
  */
-import { ErrorCode, PodpoolError } from './errors.ts';
+import { UnsupportedNodeError } from './errors.ts';
 
 /** The oldest Node.js podpool runs on: package.json's `engines` (a test keeps the two equal). */
 export const MINIMUM_NODE = '22.19.0';
 
 /** The error to raise on Node.js `version` (`process.versions.node`), or undefined when it is new enough. */
-export function unsupportedNode(version: string): PodpoolError | undefined {
+export function unsupportedNode(version: string): UnsupportedNodeError | undefined {
   const have = version.split('.').map(Number);
   const need = MINIMUM_NODE.split('.').map(Number);
   for (let i = 0; i < need.length; i++) {
     if ((have[i] ?? 0) > need[i]!) return undefined;
     if ((have[i] ?? 0) < need[i]!) {
-      return new PodpoolError(
-        ErrorCode.UNSUPPORTED_NODE,
+      return new UnsupportedNodeError(
         `podpool needs Node.js ${MINIMUM_NODE} or newer; this is Node.js ${version}. Upgrade Node.js to use it.`,
       );
     }
