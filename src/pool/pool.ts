@@ -1,113 +1,26 @@
 import { EventEmitter } from 'node:events';
-import { performance } from 'node:perf_hooks';
 import { debuglog } from 'node:util';
 import type { Balancer, Picker, PickerContext } from '../balance/balancer.ts';
-import { roundRobin } from '../balance/round-robin.ts';
 import { Calls, type CallFn, type PoolCall } from '../call/call.ts';
 import type { EndpointSource, SourceWatch } from '../discovery/source.ts';
-import type { Endpoint, EndpointDiff, EndpointSet } from '../endpoint.ts';
+import type { Endpoint, EndpointSet } from '../endpoint.ts';
 import { abortError, type PodpoolError } from '../errors.ts';
-import { checkNumber, checkOptions, invalidOption, optionNames } from '../options.ts';
+import { checkNumber } from '../options.ts';
 import type { Transport } from '../transport/transport.ts';
 import type { AdapterPool, BeginOptions, PoolConnectivity } from './adapter-pool.ts';
 import { broadcastTargets, fanOut, notConnected, planBroadcast, type BroadcastOptions, type BroadcastResult, type Delivery } from './broadcast.ts';
-import { Connector, reconnectPolicy, type ReconnectOptions } from './connector.ts';
-import { Ejection, ejectionPolicy, type EjectionOptions } from './ejection.ts';
+import { Connector } from './connector.ts';
+import { Ejection } from './ejection.ts';
 import { Membership } from './membership.ts';
 import { byEndpointKey, type Member, type MemberEvents, type MemberState, type MemberStats } from './member.ts';
+import { emitGuarded, type PoolEvents } from './events.ts';
+import { DEFAULT_READY_WAIT_MS, checkPoolOptions, type PoolOptions, type ReadyOptions, type UseOptions } from './pool-options.ts';
 import { Waits, closedError } from './waiting.ts';
 
 const debug = debuglog('podpool');
 
-const POOL_OPTIONS = optionNames<PoolOptions<unknown>>({
-  source: true,
-  transport: true,
-  balancer: true,
-  drainTimeoutMs: true,
-  reconnect: true,
-  ejection: true,
-  clock: true,
-  random: true,
-});
-
-/** Options of {@link createPool}. */
-export interface PoolOptions<C> {
-  /** Where endpoints come from: `staticEndpoints`, `dnsEndpoints`, `kubernetesEndpoints`. */
-  source: EndpointSource;
-  /** How to talk to one pod: `httpTransport`, … */
-  transport: Transport<C>;
-  /** How to choose a pod per call. Default `roundRobin()`. */
-  balancer?: Balancer;
-  /** How long a removed or terminating pod's in-flight calls may run before its connection closes. Default 30 s. */
-  drainTimeoutMs?: number;
-  /** Reconnect backoff: exponential from `minMs` by `factor` up to `maxMs`, jittered. */
-  reconnect?: ReconnectOptions;
-  /** Outlier ejection after consecutive failures; `false` turns it off. */
-  ejection?: EjectionOptions | false;
-  /** Time in ms for latency and timers' bookkeeping; default `performance.now`. */
-  clock?: () => number;
-  /** Random numbers in [0, 1) for balancers; default `Math.random`. */
-  random?: () => number;
-}
-
-/** Options of `pool.use()`. */
-export interface UseOptions {
-  /** Affinity key, for `ringHash()`: the same key goes to the same pod while it is ready. */
-  key?: string;
-  /**
-   * Aborts the wait for the call. The callback always gets a signal: this one, or else one that
-   * aborts when the pool closes the connection under the call (lost, or drained past
-   * `drainTimeoutMs`, or the pool closed).
-   */
-  signal?: AbortSignal;
-  /**
-   * Fails the call with `PODPOOL_TIMEOUT` after this long and counts it against the pod. A wait
-   * for a ready pod (see `waitForReady`) counts toward it.
-   */
-  timeoutMs?: number;
-  /**
-   * When no member can be picked (the pool is starting, or every pod is reconnecting or ejected):
-   * `true` (the default) waits for one, up to `timeoutMs`, or 10 s without it, or until `signal`
-   * aborts, then fails with `PODPOOL_NO_ENDPOINTS`; `false` fails at once. As grpc-js queues
-   * a call while its channel connects.
-   */
-  waitForReady?: boolean;
-}
-
-/** How long a call waits for a pickable member when it sets no `timeoutMs` of its own. */
-const DEFAULT_READY_WAIT_MS = 10_000;
-
-/** Options of `pool.ready()`. */
-export interface ReadyOptions {
-  /** Members that must be ready. Default 1. */
-  minEndpoints?: number;
-  signal?: AbortSignal;
-  /** Fails with `PODPOOL_TIMEOUT` (saying what is missing) after this long. */
-  timeoutMs?: number;
-}
-
-/** A member changed state. */
-export interface StateChange {
-  readonly endpoint: Endpoint;
-  readonly from: MemberState;
-  readonly to: MemberState;
-  /** Why, for transitions caused by a failure (`PODPOOL_CONNECTION_LOST`, `PODPOOL_EJECTED`, …). */
-  readonly error?: PodpoolError;
-}
-
-/** The pool's events. */
-export interface PoolEvents {
-  /** A new snapshot from discovery, with what changed. */
-  change: [endpoints: EndpointSet, diff: EndpointDiff];
-  /** A member moved from one state to another. */
-  state: [change: StateChange];
-  /** An attempt to connect to a pod failed; the pool will try again after a backoff. */
-  connectError: [endpoint: Endpoint, error: PodpoolError];
-  /** Discovery failed; the pool keeps the last good snapshot. */
-  sourceError: [error: PodpoolError];
-  /** `pool.connectivity` changed: what an adapter watches instead of every state change. */
-  connectivity: [connectivity: PoolConnectivity];
-}
+export type { PoolOptions, ReadyOptions, UseOptions } from './pool-options.ts';
+export type { PoolEvents, StateChange } from './events.ts';
 
 /** `pool.stats()`. */
 export interface PoolStats {
@@ -149,37 +62,19 @@ export class Pool<C> extends EventEmitter<PoolEvents> implements AdapterPool<C> 
   /** @internal Use {@link createPool}. */
   constructor(options: PoolOptions<C>) {
     super();
-    checkOptions(options, POOL_OPTIONS);
-    const { source, transport, balancer = roundRobin(), drainTimeoutMs = 30_000, reconnect = {} } = options;
-    if (source === null || typeof source !== 'object' || typeof source.watch !== 'function') {
-      invalidOption('source', 'an endpoint source (staticEndpoints, dnsEndpoints, kubernetesEndpoints)', source);
-    }
-    if (transport === null || typeof transport !== 'object' || typeof transport.connect !== 'function') {
-      invalidOption('transport', 'a transport (httpTransport, grpcTransport, …)', transport);
-    }
-    if (balancer === null || typeof balancer !== 'object' || typeof balancer.picker !== 'function') {
-      invalidOption('balancer', 'a balancer (roundRobin(), leastLoaded(), …)', balancer);
-    }
-    checkNumber('drainTimeoutMs', drainTimeoutMs, { min: 0 });
-    const reconnectBackoff = reconnectPolicy(reconnect);
-    const clock = options.clock ?? performance.now.bind(performance);
-    const random = options.random ?? Math.random;
-    if (typeof clock !== 'function') invalidOption('clock', 'a function returning milliseconds', clock);
-    if (typeof random !== 'function') invalidOption('random', 'a function returning [0, 1)', random);
-
+    const { source, transport, balancer, drainTimeoutMs, reconnect, ejection, clock, random } = checkPoolOptions(options);
     this.#source = source;
     this.#transport = transport;
     this.#balancer = balancer;
     this.#clock = clock;
     this.#context = Object.freeze({ clock, random });
-    const policy = ejectionPolicy(options.ejection);
-    this.#ejection = policy === undefined ? undefined : new Ejection(policy, () => this.#membership.values(), clock);
+    this.#ejection = ejection === undefined ? undefined : new Ejection(ejection, () => this.#membership.values(), clock);
     const memberEvents: MemberEvents = {
       transition: (m, from, to, error) => this.#transitioned(m as Member<C>, from, to, error),
       failed: (m, now) => this.#ejection?.failed(m as Member<C>, now),
       drained: (m) => this.#membership.finishDrain(m as Member<C>),
     };
-    this.#connector = new Connector(transport, reconnectBackoff, clock, random, {
+    this.#connector = new Connector(transport, reconnect, clock, random, {
       connectError: (m, error) => {
         this.#emit('connectError', m.endpoint, error);
         // The pool may be failing now: calls that fail fast then should hear it.
@@ -409,19 +304,8 @@ export class Pool<C> extends EventEmitter<PoolEvents> implements AdapterPool<C> 
     this.#waits.wake();
   }
 
-  /**
-   * Emits without letting a listener's throw cut a state change in half (a transition left
-   * undone, a connect loop ended): the error is thrown again on its own, so it still surfaces as
-   * an uncaught exception, and the pool's state stays whole.
-   */
   #emit<E extends keyof PoolEvents>(event: E, ...args: PoolEvents[E]): void {
-    try {
-      (this.emit as (event: E, ...args: PoolEvents[E]) => boolean)(event, ...args);
-    } catch (error) {
-      queueMicrotask(() => {
-        throw error;
-      });
-    }
+    emitGuarded(this, event, args);
     // Every other event may be one that moves the connectivity.
     if (event !== 'connectivity') this.#announceConnectivity();
   }

@@ -1,0 +1,111 @@
+import { performance } from 'node:perf_hooks';
+import type { Balancer } from '../balance/balancer.ts';
+import { roundRobin } from '../balance/round-robin.ts';
+import type { EndpointSource } from '../discovery/source.ts';
+import { checkNumber, checkOptions, invalidOption, optionNames } from '../options.ts';
+import type { Transport } from '../transport/transport.ts';
+import { reconnectPolicy, type ReconnectOptions, type ReconnectPolicy } from './connector.ts';
+import { ejectionPolicy, type EjectionOptions, type EjectionPolicy } from './ejection.ts';
+
+const POOL_OPTIONS = optionNames<PoolOptions<unknown>>({
+  source: true,
+  transport: true,
+  balancer: true,
+  drainTimeoutMs: true,
+  reconnect: true,
+  ejection: true,
+  clock: true,
+  random: true,
+});
+
+/** Options of {@link createPool}. */
+export interface PoolOptions<C> {
+  /** Where endpoints come from: `staticEndpoints`, `dnsEndpoints`, `kubernetesEndpoints`. */
+  source: EndpointSource;
+  /** How to talk to one pod: `httpTransport`, … */
+  transport: Transport<C>;
+  /** How to choose a pod per call. Default `roundRobin()`. */
+  balancer?: Balancer;
+  /** How long a removed or terminating pod's in-flight calls may run before its connection closes. Default 30 s. */
+  drainTimeoutMs?: number;
+  /** Reconnect backoff: exponential from `minMs` by `factor` up to `maxMs`, jittered. */
+  reconnect?: ReconnectOptions;
+  /** Outlier ejection after consecutive failures; `false` turns it off. */
+  ejection?: EjectionOptions | false;
+  /** Time in ms for latency and timers' bookkeeping; default `performance.now`. */
+  clock?: () => number;
+  /** Random numbers in [0, 1) for balancers; default `Math.random`. */
+  random?: () => number;
+}
+
+/** Options of `pool.use()`. */
+export interface UseOptions {
+  /** Affinity key, for `ringHash()`: the same key goes to the same pod while it is ready. */
+  key?: string;
+  /**
+   * Aborts the wait for the call. The callback always gets a signal: this one, or else one that
+   * aborts when the pool closes the connection under the call (lost, or drained past
+   * `drainTimeoutMs`, or the pool closed).
+   */
+  signal?: AbortSignal;
+  /**
+   * Fails the call with `PODPOOL_TIMEOUT` after this long and counts it against the pod. A wait
+   * for a ready pod (see `waitForReady`) counts toward it.
+   */
+  timeoutMs?: number;
+  /**
+   * When no member can be picked (the pool is starting, or every pod is reconnecting or ejected):
+   * `true` (the default) waits for one, up to `timeoutMs`, or 10 s without it, or until `signal`
+   * aborts, then fails with `PODPOOL_NO_ENDPOINTS`; `false` fails at once. As grpc-js queues
+   * a call while its channel connects.
+   */
+  waitForReady?: boolean;
+}
+
+/** How long a call waits for a pickable member when it sets no `timeoutMs` of its own. */
+export const DEFAULT_READY_WAIT_MS = 10_000;
+
+/** Options of `pool.ready()`. */
+export interface ReadyOptions {
+  /** Members that must be ready. Default 1. */
+  minEndpoints?: number;
+  signal?: AbortSignal;
+  /** Fails with `PODPOOL_TIMEOUT` (saying what is missing) after this long. */
+  timeoutMs?: number;
+}
+
+/** The checked options a pool runs with: every default filled in. */
+export interface PoolSettings<C> {
+  readonly source: EndpointSource;
+  readonly transport: Transport<C>;
+  readonly balancer: Balancer;
+  readonly drainTimeoutMs: number;
+  readonly reconnect: ReconnectPolicy;
+  /** `undefined`: ejection is off. */
+  readonly ejection: EjectionPolicy | undefined;
+  readonly clock: () => number;
+  readonly random: () => number;
+}
+
+/** Checks `createPool`'s options at the door, naming any bad one. */
+export function checkPoolOptions<C>(options: PoolOptions<C>): PoolSettings<C> {
+  checkOptions(options, POOL_OPTIONS);
+  const { source, transport, balancer = roundRobin(), drainTimeoutMs = 30_000, reconnect = {} } = options;
+  if (source === null || typeof source !== 'object' || typeof source.watch !== 'function') {
+    invalidOption('source', 'an endpoint source (staticEndpoints, dnsEndpoints, kubernetesEndpoints)', source);
+  }
+  if (transport === null || typeof transport !== 'object' || typeof transport.connect !== 'function') {
+    invalidOption('transport', 'a transport (httpTransport, grpcTransport, …)', transport);
+  }
+  if (balancer === null || typeof balancer !== 'object' || typeof balancer.picker !== 'function') {
+    invalidOption('balancer', 'a balancer (roundRobin(), leastLoaded(), …)', balancer);
+  }
+  checkNumber('drainTimeoutMs', drainTimeoutMs, { min: 0 });
+  const reconnectBackoff = reconnectPolicy(reconnect);
+  const ejection = ejectionPolicy(options.ejection);
+  const clock = options.clock ?? performance.now.bind(performance);
+  const random = options.random ?? Math.random;
+  if (typeof clock !== 'function') invalidOption('clock', 'a function returning milliseconds', clock);
+  if (typeof random !== 'function') invalidOption('random', 'a function returning [0, 1)', random);
+  return { source, transport, balancer, drainTimeoutMs, reconnect: reconnectBackoff, ejection, clock, random };
+}
