@@ -1,0 +1,110 @@
+/**
+ * The pool's own per-call path, where bench:pick measures a stand-in member: ns and bytes
+ * allocated per call for
+ * - pick + `Member.startCall()` + `Member.endCall()`: the accounting every use(), broadcast
+ *   delivery and adapter call shares, on the pool's real `Member` (load, latency EWMA, drain check);
+ * - `pool.begin()` + `end()`: what a grpc-js Channel or undici Dispatcher over the pool pays per
+ *   request, on a real pool over a transport that connects in memory (no sockets).
+ * Each balancer runs in its own process, as in bench:pick, so its call sites stay monomorphic.
+ */
+import { execFileSync } from 'node:child_process';
+import { GCProfiler, getHeapStatistics } from 'node:v8';
+import type { Balancer, PickerContext } from '../../src/balance/balancer.ts';
+import { leastLoaded } from '../../src/balance/least-loaded.ts';
+import { peakEwma } from '../../src/balance/peak-ewma.ts';
+import { roundRobin } from '../../src/balance/round-robin.ts';
+import { staticEndpoints } from '../../src/discovery/static.ts';
+import { createEndpoint } from '../../src/endpoint.ts';
+import { Member, type MemberEvents } from '../../src/pool/member.ts';
+import { createPool } from '../../src/pool/pool.ts';
+import type { Transport } from '../../src/transport/transport.ts';
+
+const strategies: Record<string, () => Balancer> = { 'round-robin': roundRobin, 'least-loaded': leastLoaded, 'peak-ewma': peakEwma };
+const PODS = 10;
+const ROUNDS = 15;
+const ROUND_CALLS = 200_000;
+const WARMUP_CALLS = 400_000;
+
+/** ns per call (median of rounds) and bytes allocated per call over one measured round. */
+interface Row {
+  ns: number;
+  bytes: number;
+}
+
+function measure(run: (calls: number) => void): Row {
+  run(WARMUP_CALLS); // optimized code is heap too: compile it before counting bytes
+  const rounds: number[] = [];
+  for (let r = 0; r < ROUNDS; r++) {
+    const start = performance.now();
+    run(ROUND_CALLS);
+    rounds.push(((performance.now() - start) * 1e6) / ROUND_CALLS);
+  }
+  // Heap growth plus what every collection during the run freed = what the run allocated.
+  const profiler = new GCProfiler();
+  profiler.start();
+  const before = getHeapStatistics().used_heap_size;
+  run(ROUND_CALLS);
+  const after = getHeapStatistics().used_heap_size;
+  const freed = (profiler.stop()?.statistics ?? []).reduce(
+    (sum, gc) => sum + gc.beforeGC.heapStatistics.usedHeapSize - gc.afterGC.heapStatistics.usedHeapSize,
+    0,
+  );
+  rounds.sort((a, b) => a - b);
+  return { ns: rounds[rounds.length >> 1], bytes: Math.max(0, after - before + freed) / ROUND_CALLS };
+}
+
+/** pick + startCall + endCall on the pool's Member, as `Calls` runs them. */
+function memberPath(balancer: Balancer): Row {
+  const events: MemberEvents = { transition: () => {}, failed: () => {}, drained: () => {} };
+  const members = Array.from({ length: PODS }, (_, i) => new Member<object>(createEndpoint({ address: `10.0.0.${i + 1}`, port: 80 }), 10_000, events));
+  const context: PickerContext = { clock: () => performance.now(), random: Math.random };
+  const picker = balancer.picker(members, context);
+  return measure((calls) => {
+    for (let i = 0; i < calls; i++) {
+      const m = picker.pick(undefined)!;
+      m.startCall();
+      const started = context.clock();
+      const now = context.clock();
+      m.endCall('answered', now - started, now);
+    }
+  });
+}
+
+/** pool.begin() + end() on a real pool whose transport connects in memory. */
+async function beginPath(balancer: Balancer): Promise<Row> {
+  const transport: Transport<object> = { name: 'memory', connect: async () => ({ client: {}, close: async () => {} }) };
+  const endpoints = Array.from({ length: PODS }, (_, i) => ({ address: `10.0.0.${i + 1}`, port: 80 }));
+  const pool = createPool({ source: staticEndpoints(endpoints), transport, balancer, ejection: false });
+  try {
+    await pool.ready({ minEndpoints: PODS });
+    return measure((calls) => {
+      for (let i = 0; i < calls; i++) pool.begin().end();
+    });
+  } finally {
+    await pool.close();
+  }
+}
+
+const only = process.argv[2];
+if (only !== undefined) {
+  const balancer = strategies[only];
+  process.stdout.write(JSON.stringify([memberPath(balancer()), await beginPath(balancer())]));
+} else {
+  const started = performance.now();
+  const rows: string[][] = [['strategy', 'member ns/call', 'member B/call', 'begin+end ns/call', 'begin+end B/call']];
+  for (const name of Object.keys(strategies)) {
+    const out = execFileSync(process.execPath, [...process.execArgv, import.meta.filename, name], { encoding: 'utf8' });
+    const [member, begin] = JSON.parse(out) as Row[];
+    rows.push([name, member.ns.toFixed(1), member.bytes.toFixed(1), begin.ns.toFixed(1), begin.bytes.toFixed(1)]);
+  }
+  const widths = rows[0].map((_, c) => Math.max(...rows.map((row) => row[c].length)));
+  const line = (row: string[]) => row.map((cell, c) => (c === 0 ? cell.padEnd(widths[c]) : cell.padStart(widths[c]))).join('  ');
+  console.log(`podpool bench:call-path (node ${process.version}), ${PODS} pods`);
+  console.log('member: pick + Member.startCall() + Member.endCall(answered, latency, clock())');
+  console.log('begin+end: pool.begin() + end() on a real pool over an in-memory transport (the adapters\' path)');
+  console.log(`median of ${ROUNDS} rounds of ${ROUND_CALLS} calls after ${WARMUP_CALLS} warm-up; B/call: heap allocated per call over one more round\n`);
+  console.log(line(rows[0]));
+  console.log(widths.map((w) => '-'.repeat(w)).join('  '));
+  for (const row of rows.slice(1)) console.log(line(row));
+  console.log(`\n${((performance.now() - started) / 1_000).toFixed(1)} s`);
+}
