@@ -1,5 +1,5 @@
 import assert from 'node:assert/strict';
-import { describe, it } from 'node:test';
+import { describe, it, type TestContext } from 'node:test';
 import { ErrorCode, PodpoolError } from '../../src/errors.ts';
 import type { MemberStats } from '../../src/pool/member.ts';
 import type { Pool } from '../../src/pool/pool.ts';
@@ -218,22 +218,28 @@ describe('a lost connection', () => {
     assert.deepEqual(new Set(await picks(pool, 6)), new Set([k1, k2]));
   });
 
-  it('that died young is reconnected only after a backoff that grows; one that lived long, at once', async (t) => {
+  /** One ready pod, mocked timers, a clock the test moves, no jitter, backoff 100 ms × 2ⁿ. */
+  async function onePodWithBackoff(t: TestContext) {
     const timers = mockTimers(t);
-    let now = 0;
+    const clock = { now: 0 };
     const { source, transport, pool } = harness(t, {
-      clock: () => now,
+      clock: () => clock.now,
       random: () => 0,
       reconnect: { minMs: 100, maxMs: 10_000, factor: 2 },
     });
     source.set([pod(1)]);
     await pool.ready();
+    return { timers, clock, transport, pool };
+  }
+
+  it('that died young is reconnected only after a backoff that grows; one that lived long, at once', async (t) => {
+    const { timers, clock, transport, pool } = await onePodWithBackoff(t);
     assert.equal(transport.attempts(k1), 1);
 
     // Each young death doubles the wait before the next connect (random 0: no jitter).
     let attempts = 1;
     for (const wait of [100, 200, 400]) {
-      now += 10;
+      clock.now += 10;
       transport.lose(k1);
       await flush();
       assert.equal(transport.attempts(k1), attempts, 'reconnected at once after a young death');
@@ -248,14 +254,14 @@ describe('a lost connection', () => {
     }
 
     // A connection that lived past a second was healthy: reconnect at once, without a timer.
-    now += 5_000;
+    clock.now += 5_000;
     const up = stateReached(pool, k1, 'ready');
     transport.lose(k1);
     await microtasks();
     assert.equal(transport.attempts(k1), attempts + 1);
     await up;
     // …and the next young death starts again from minMs.
-    now += 10;
+    clock.now += 10;
     transport.lose(k1);
     timers.tick(99);
     await flush();
@@ -267,16 +273,8 @@ describe('a lost connection', () => {
   });
 
   it('that died young and then fails to reconnect keeps backing off: a young death counts as a failed connect', async (t) => {
-    const timers = mockTimers(t);
-    let now = 0;
-    const { source, transport, pool } = harness(t, {
-      clock: () => now,
-      random: () => 0,
-      reconnect: { minMs: 100, maxMs: 10_000, factor: 2 },
-    });
-    source.set([pod(1)]);
-    await pool.ready();
-    now += 10;
+    const { timers, clock, transport, pool } = await onePodWithBackoff(t);
+    clock.now += 10;
     transport.refuse(k1);
     transport.lose(k1);
     await flush();
