@@ -9,6 +9,7 @@ export type { BeginOptions, PoolConnectivity, AdapterPool } from './pool/adapter
 export type { PoolCall } from './call/call.ts';
 export type { BroadcastOptions, BroadcastResult, Delivery, Delivered, DeliveryFailure } from './pool/broadcast.ts';
 export type { EjectionOptions } from './pool/ejection.ts';
+export type { ReconnectOptions } from './pool/connector.ts';
 export type { MemberState, MemberStats } from './pool/member.ts';
 
 export { createEndpoint, endpointKey, EndpointSet } from './endpoint.ts';

@@ -2,6 +2,7 @@ import { NODATA, NOTFOUND } from 'node:dns';
 import { Resolver } from 'node:dns/promises';
 import { isIP } from 'node:net';
 import { debuglog } from 'node:util';
+import { jitterOf } from '../backoff.ts';
 import { createEndpoint, EndpointSet, type Endpoint } from '../endpoint.ts';
 import { DiscoveryFailedError, InvalidEndpointError, NameNotFoundError, PodpoolError } from '../errors.ts';
 import { checkFunction, checkNumber, checkOptions, invalidOption, optionNames } from '../options.ts';
@@ -173,10 +174,7 @@ export function dnsEndpoints(options: DnsEndpointsOptions): EndpointSource {
 
       const schedule = (): void => {
         if (closed) return;
-        const r = random();
-        // A random() outside [0, 1] must not shrink the period to nothing and hammer the server.
-        const unit = r >= 0 && r <= 1 ? r : 0.5;
-        timer = setTimeout(run, refreshMs * (1 - JITTER + 2 * JITTER * unit));
+        timer = setTimeout(run, refreshMs * (1 - JITTER + 2 * JITTER * jitterOf(random)));
       };
 
       // The next poll is scheduled only once this one has finished, so polls never overlap however

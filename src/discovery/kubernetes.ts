@@ -2,6 +2,7 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import { debuglog } from 'node:util';
 import type { KubeConfig } from '@kubernetes/client-node';
 import { messageOf } from '../abort.ts';
+import { backoffMs, jitterOf } from '../backoff.ts';
 import type { EndpointSet } from '../endpoint.ts';
 import { DiscoveryFailedError } from '../errors.ts';
 import { checkDelay, checkFunction, checkNumber, checkOptions, invalidOption, optionNames } from '../options.ts';
@@ -23,7 +24,7 @@ export interface KubernetesEndpointsOptions {
   kubeConfig?: KubeConfig;
   /** A watch that brings no event nor bookmark for this long is restarted (default 120 000: two bookmark periods). */
   stallTimeoutMs?: number;
-  /** The wait after a failure: jittered, doubling from `initialMs` (1000) up to `maxMs` (30 000). */
+  /** The wait after failures in a row: doubling from `initialMs` (1000), jittered up to twice that, never over `maxMs` (30 000). */
   backoff?: { initialMs?: number; maxMs?: number };
   /** Time in ms, to tell a watch that ran a while from one that ended at once; default `performance.now`. */
   clock?: () => number;
@@ -171,7 +172,7 @@ class EndpointSliceWatch implements SourceWatch {
         continue;
       }
       failures += 1;
-      const delay = backoffDelay(failures, initialMs, maxMs, random());
+      const delay = Math.round(backoffMs({ minMs: initialMs, maxMs, factor: 2 }, failures, random));
       if (end.failure === undefined) {
         debug('kubernetes %s: watch ended without progress, restarting in %d ms', this.#name, delay);
       } else {
@@ -318,7 +319,7 @@ class EndpointSliceWatch implements SourceWatch {
         labelSelector: this.#labelSelector,
         resourceVersion: this.#resourceVersion || undefined,
         allowWatchBookmarks: true,
-        timeoutSeconds: MIN_WATCH_TIMEOUT_S + Math.floor(unit(this.#config.random()) * MIN_WATCH_TIMEOUT_S),
+        timeoutSeconds: MIN_WATCH_TIMEOUT_S + Math.floor(jitterOf(this.#config.random) * MIN_WATCH_TIMEOUT_S),
       };
       debug('kubernetes %s: watching from resourceVersion %s', this.#name, this.#resourceVersion);
       client.watch.watch(this.#path, query, onEvent, onDone).then(
@@ -368,16 +369,5 @@ class EndpointSliceWatch implements SourceWatch {
     debug('kubernetes %s: %d endpoints (%d ready)', this.#name, next.size, next.ready().length);
     this.#sink.snapshot(next);
   }
-}
-
-/** A jittered, capped exponential delay: between half and all of `initial · 2^(failures-1)`. */
-function backoffDelay(failures: number, initialMs: number, maxMs: number, r: number): number {
-  const ceiling = Math.min(maxMs, initialMs * 2 ** Math.min(failures - 1, 30));
-  return Math.round(ceiling / 2 + (unit(r) * ceiling) / 2);
-}
-
-/** An injected random() outside [0, 1] (or NaN) must not stretch a wait past its ceiling nor spin the loop. */
-function unit(r: number): number {
-  return r >= 0 && r <= 1 ? r : 0.5;
 }
 

@@ -1,6 +1,7 @@
 import { setTimeout as sleep } from 'node:timers/promises';
 import { debuglog } from 'node:util';
 import { messageOf } from '../abort.ts';
+import { backoffMs, type BackoffPolicy } from '../backoff.ts';
 import { ConnectFailedError, ConnectionLostError, type PodpoolError } from '../errors.ts';
 import { checkNumber, checkOptions, optionNames } from '../options.ts';
 import type { Connection, Transport } from '../transport/transport.ts';
@@ -19,22 +20,9 @@ export interface ReconnectOptions {
 }
 
 /** The checked reconnect backoff. */
-export interface ReconnectPolicy {
-  readonly minMs: number;
-  readonly maxMs: number;
-  readonly factor: number;
-}
+export type ReconnectPolicy = BackoffPolicy;
 
 const RECONNECT_OPTIONS = optionNames<ReconnectOptions>({ minMs: true, maxMs: true, factor: true });
-
-/**
- * The wait before the next connect attempt after `failures` failed ones in a row: exponential
- * from `minMs` by `factor`, jittered up to twice that, never over `maxMs`. The one backoff of the
- * connect loop: a failed attempt and a connection that died young both count as a failure.
- */
-export function backoffMs(policy: ReconnectPolicy, failures: number, random: () => number): number {
-  return Math.min(policy.maxMs, policy.minMs * policy.factor ** (failures - 1) * (1 + random()));
-}
 
 /** Checks `reconnect` options at the door. */
 export function reconnectPolicy(options: ReconnectOptions): ReconnectPolicy {

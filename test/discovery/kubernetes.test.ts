@@ -654,11 +654,11 @@ describe('kubernetesEndpoints when things go wrong', () => {
     const server = await startServer(t);
     await server.apply(slice('backend-a', pods(0, 3)));
     server.fail('list', 500, { times: 6 });
-    // Each wait is half of initial · 2^(n-1), capped at maxMs, plus random() times the other half.
+    // Each wait is initial · 2^(n-1) · (1 + random()), capped at maxMs.
     const { recorder } = discover(t, server, { backoff: { initialMs: 8, maxMs: 32 }, random: () => 0.5 });
     await recorder.snapshotWhere(() => true);
     const waits = () => recorder.errors.map((e) => Number(/retrying in (\d+) ms/.exec(e.message)?.[1]));
-    assert.deepEqual(waits(), [6, 12, 24, 24, 24, 24]);
+    assert.deepEqual(waits(), [12, 24, 32, 32, 32, 32]);
 
     // A watch event proves the server healthy: the next failures start from the first wait again.
     await server.apply(slice('backend-a', pods(0, 4)));
@@ -666,7 +666,7 @@ describe('kubernetesEndpoints when things go wrong', () => {
     server.fail('watch', 500);
     server.dropWatches();
     await recorder.errorWhere((e) => /HTTP 500/.test(e.message), 6);
-    assert.deepEqual(waits().slice(6), [6, 12], 'the first two waits after progress');
+    assert.deepEqual(waits().slice(6), [12, 24], 'the first two waits after progress');
   });
 
   it('draws the watch timeout and the jitter from the injected random', TIMEOUT, async (t) => {
@@ -674,7 +674,7 @@ describe('kubernetesEndpoints when things go wrong', () => {
     await server.apply(slice('backend-a', pods(0, 3)));
     server.fail('list', 500, { times: 1 });
     const { recorder, watch } = await discoverAndWatch(t, server, { backoff: { initialMs: 100, maxMs: 100 }, random: () => 0 });
-    assert.match(recorder.errors[0].message, /retrying in 50 ms/, 'half the ceiling at random() = 0');
+    assert.match(recorder.errors[0].message, /retrying in 100 ms/, 'the base wait, unjittered, at random() = 0');
     // client-go's 5 to 10 minutes: the bottom of the range at random() = 0.
     assert.equal(watch.query.timeoutSeconds, '300');
   });
