@@ -8,7 +8,6 @@
  * Each balancer runs in its own process, as in bench:pick, so its call sites stay monomorphic.
  */
 import { execFileSync } from 'node:child_process';
-import { GCProfiler, getHeapStatistics } from 'node:v8';
 import type { Balancer, PickerContext } from '../../src/balance/balancer.ts';
 import { leastLoaded } from '../../src/balance/least-loaded.ts';
 import { peakEwma } from '../../src/balance/peak-ewma.ts';
@@ -18,6 +17,7 @@ import { createEndpoint } from '../../src/endpoint.ts';
 import { Member, type MemberEvents } from '../../src/pool/member.ts';
 import { createPool } from '../../src/pool/pool.ts';
 import type { Transport } from '../../src/transport/transport.ts';
+import { bytesAllocated } from '../../testkit/allocation.ts';
 
 const strategies: Record<string, () => Balancer> = { 'round-robin': roundRobin, 'least-loaded': leastLoaded, 'peak-ewma': peakEwma };
 const PODS = 10;
@@ -39,18 +39,9 @@ function measure(run: (calls: number) => void): Row {
     run(ROUND_CALLS);
     rounds.push(((performance.now() - start) * 1e6) / ROUND_CALLS);
   }
-  // Heap growth plus what every collection during the run freed = what the run allocated.
-  const profiler = new GCProfiler();
-  profiler.start();
-  const before = getHeapStatistics().used_heap_size;
-  run(ROUND_CALLS);
-  const after = getHeapStatistics().used_heap_size;
-  const freed = (profiler.stop()?.statistics ?? []).reduce(
-    (sum, gc) => sum + gc.beforeGC.heapStatistics.usedHeapSize - gc.afterGC.heapStatistics.usedHeapSize,
-    0,
-  );
+  const bytes = bytesAllocated(() => run(ROUND_CALLS));
   rounds.sort((a, b) => a - b);
-  return { ns: rounds[rounds.length >> 1], bytes: Math.max(0, after - before + freed) / ROUND_CALLS };
+  return { ns: rounds[rounds.length >> 1], bytes: Math.max(0, bytes) / ROUND_CALLS };
 }
 
 /** pick + startCall + endCall on the pool's Member, as `Calls` runs them. */

@@ -1,6 +1,5 @@
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
-import { GCProfiler, getHeapStatistics } from 'node:v8';
 import fc from 'fast-check';
 import type { Balancer, Pickable } from '../../src/balance/balancer.ts';
 import { leastLoaded } from '../../src/balance/least-loaded.ts';
@@ -11,6 +10,7 @@ import { roundRobin } from '../../src/balance/round-robin.ts';
 import { createEndpoint } from '../../src/endpoint.ts';
 import { ErrorCode } from '../../src/errors.ts';
 import { LatencyEwma } from '../../src/pool/latency.ts';
+import { bytesAllocated } from '../../testkit/allocation.ts';
 
 const balancers: [string, () => Balancer][] = [
   ['round-robin', () => roundRobin()],
@@ -83,17 +83,7 @@ describe('every balancer', () => {
       };
       run(100_000); // optimized code is heap too: compile it before measuring
       const picks = 200_000;
-      // Heap growth plus what every collection during the run freed = what the run allocated.
-      const profiler = new GCProfiler();
-      profiler.start();
-      const before = getHeapStatistics().used_heap_size;
-      run(picks);
-      const after = getHeapStatistics().used_heap_size;
-      const freed = (profiler.stop()?.statistics ?? []).reduce(
-        (sum, gc) => sum + gc.beforeGC.heapStatistics.usedHeapSize - gc.afterGC.heapStatistics.usedHeapSize,
-        0,
-      );
-      const grown = after - before + freed;
+      const grown = bytesAllocated(() => run(picks));
       // The smallest heap object is 12 bytes, so allocating per pick costs >= 2.4 MB; the
       // allowance covers a re-optimization (code is heap too, a few hundred KB).
       assert.ok(grown < picks * 8, `${grown} bytes allocated over ${picks} picks`);

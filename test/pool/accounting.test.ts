@@ -1,11 +1,11 @@
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
-import { GCProfiler, getHeapStatistics } from 'node:v8';
 import type { Balancer } from '../../src/balance/balancer.ts';
 import { leastLoaded } from '../../src/balance/least-loaded.ts';
 import { roundRobin } from '../../src/balance/round-robin.ts';
 import { createEndpoint } from '../../src/endpoint.ts';
 import { Member, type MemberEvents } from '../../src/pool/member.ts';
+import { bytesAllocated } from '../../testkit/allocation.ts';
 
 // The accounting every use(), broadcast delivery and adapter call shares (pick, startCall,
 // endCall) is the per-request path: it must not allocate. bench/micro/call-path.ts times it.
@@ -33,16 +33,7 @@ describe('per-call accounting on the pool’s Member', () => {
       };
       run(100_000); // optimized code is heap too: compile it before measuring
       const calls = 200_000;
-      const profiler = new GCProfiler();
-      profiler.start();
-      const before = getHeapStatistics().used_heap_size;
-      run(calls);
-      const after = getHeapStatistics().used_heap_size;
-      const freed = (profiler.stop()?.statistics ?? []).reduce(
-        (sum, gc) => sum + gc.beforeGC.heapStatistics.usedHeapSize - gc.afterGC.heapStatistics.usedHeapSize,
-        0,
-      );
-      const grown = after - before + freed;
+      const grown = bytesAllocated(() => run(calls));
       // The smallest heap object is 12 bytes, so allocating per call costs >= 2.4 MB.
       assert.ok(grown < calls * 8, `${grown} bytes allocated over ${calls} calls`);
       // The calls were counted: every member settled, the failures reached ejection's hook.
