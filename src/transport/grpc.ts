@@ -1,4 +1,3 @@
-import type { Socket } from 'node:net';
 import { debuglog } from 'node:util';
 import {
   ChannelCredentials,
@@ -7,13 +6,12 @@ import {
   connectivityState,
   credentials as grpcCredentials,
   status,
-  type CallCredentials,
   type ChannelInterface,
-  type ChannelOptions,
   type ClientOptions,
 } from '@grpc/grpc-js';
 import { endpointKey, type Endpoint } from '../endpoint.ts';
 import { checkNumber, checkOptions, invalidOption, optionNames } from '../options.ts';
+import { OwnSockets } from './grpc-sockets.ts';
 import type { Connection, Transport } from './transport.ts';
 
 const debug = debuglog('podpool');
@@ -173,86 +171,11 @@ export function grpcTransport<C extends Client>(
   };
 }
 
-type SecureConnector = ReturnType<ChannelCredentials['_createSecureConnector']>;
-
-/**
- * The sockets of one pod's channel, kept by wrapping its credentials (each connection grpc-js
- * opens passes through them). grpc-js closes a connection gracefully, and one still in its
- * handshake not at all: it would close it if the handshake ever completed, so a pod that
- * accepts TCP and then says nothing (a wedged process) would keep one socket per connect
- * attempt. Closing a pod's connection destroys its sockets, and waits until they are gone.
- */
-class OwnSockets {
-  readonly credentials: ChannelCredentials;
-  readonly #open = new Set<Socket>();
-  #destroyed = false;
-
-  constructor(inner: ChannelCredentials) {
-    // grpc-js has built connections through `_createSecureConnector` since 1.13; without it
-    // podpool can only close channels as grpc-js does.
-    this.credentials = typeof inner._createSecureConnector === 'function' ? new TrackingCredentials(inner, this) : inner;
-  }
-
-  track(socket: Socket): void {
-    if (this.#destroyed) {
-      socket.destroy();
-      return;
-    }
-    if (this.#open.has(socket) || socket.closed) return;
-    this.#open.add(socket);
-    socket.once('close', () => this.#open.delete(socket));
-  }
-
-  /** Destroys every socket still open; resolves once all are closed. */
-  async destroy(): Promise<void> {
-    this.#destroyed = true;
-    const closing = [...this.#open].map((socket) => new Promise((resolve) => socket.once('close', resolve)));
-    for (const socket of this.#open) socket.destroy();
-    await Promise.all(closing);
-  }
-}
-
-class TrackingCredentials extends ChannelCredentials {
-  readonly #inner: ChannelCredentials;
-  readonly #sockets: OwnSockets;
-
-  constructor(inner: ChannelCredentials, sockets: OwnSockets) {
-    super();
-    this.#inner = inner;
-    this.#sockets = sockets;
-  }
-
-  override _isSecure(): boolean {
-    return this.#inner._isSecure();
-  }
-
-  override _equals(other: ChannelCredentials): boolean {
-    return other === this;
-  }
-
-  override _createSecureConnector(...args: [GrpcUri, ChannelOptions, CallCredentials?]): SecureConnector {
-    const connector = this.#inner._createSecureConnector(...args);
-    const sockets = this.#sockets;
-    return {
-      async connect(socket) {
-        sockets.track(socket);
-        const secured = await connector.connect(socket);
-        sockets.track(secured.socket);
-        return secured;
-      },
-      waitForReady: () => connector.waitForReady(),
-      getCallCredentials: () => connector.getCallCredentials(),
-      destroy: () => connector.destroy(),
-    };
-  }
-}
-
 /** `ipv4:10.0.0.1:50051` / `ipv6:[fd00::1]:50051`: dialled as is, with no DNS resolver behind it. */
 function targetOf(endpoint: Endpoint): string {
   return `${endpoint.address.includes(':') ? 'ipv6' : 'ipv4'}:${endpointKey(endpoint.address, endpoint.port)}`;
 }
 
-type GrpcUri = Parameters<ChannelCredentials['_createSecureConnector']>[0];
 type State = ReturnType<ChannelInterface['getConnectivityState']>;
 
 function stateName(state: State): string {
