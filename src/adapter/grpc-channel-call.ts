@@ -201,7 +201,9 @@ export class PoolChannelCall<C extends Client> implements GrpcCall, Intercepting
     else this.#credentials = credentials;
   }
 
-  getAuthContext() {
+  // Typed through grpc-js's public Call interface: the inferred type names a module path of
+  // grpc-js's build that a consumer's declarations can't resolve.
+  getAuthContext(): ReturnType<GrpcCall['getAuthContext']> {
     return this.#inner?.getAuthContext() ?? null;
   }
 
