@@ -13,6 +13,10 @@ export interface HttpPod {
   connections: number;
   /** Called on each request, before the handler (tests use it to learn a request arrived). */
   onRequest: (() => void) | undefined;
+  /** Called on each TCP connection accepted (tests use it to learn a client reconnected). */
+  onConnection: (() => void) | undefined;
+  /** Closes the keep-alive connections no request is using, as the server's keep-alive timeout does. */
+  closeIdleConnections(): void;
   /** TCP connections open now. */
   readonly open: number;
   /** Resolves once no connection is open. */
@@ -36,9 +40,9 @@ const whoAmI: PodHandler = (pod, req, res) => {
  * Starts `count` pods on 127.0.0.<first>, 127.0.0.<first+1>, … each on a free port. Loopback only:
  * the whole 127/8 range reaches `lo` on Linux.
  */
-export async function startHttpPods(count: number, { first = 11, handler = whoAmI, keepAliveTimeoutMs }: HttpPodsOptions = {}): Promise<HttpPod[]> {
+export async function startHttpPods(count: number, { first = 11, handler = whoAmI, keepAliveTimeoutMs, maxRequestsPerSocket }: HttpPodsOptions = {}): Promise<HttpPod[]> {
   const pods: HttpPod[] = [];
-  for (let i = 0; i < count; i++) pods.push(await startHttpPod(`127.0.0.${first + i}`, handler, keepAliveTimeoutMs));
+  for (let i = 0; i < count; i++) pods.push(await startHttpPod(`127.0.0.${first + i}`, handler, { keepAliveTimeoutMs, maxRequestsPerSocket }));
   return pods;
 }
 
@@ -50,9 +54,15 @@ export interface HttpPodsOptions {
   handler?: PodHandler;
   /** How long an idle keep-alive connection stays open; node:http's default (5 s) unless given. */
   keepAliveTimeoutMs?: number;
+  /** Requests a keep-alive connection serves before the server closes it (`Connection: close`); unlimited unless given. */
+  maxRequestsPerSocket?: number;
 }
 
-async function startHttpPod(address: string, handler: PodHandler, keepAliveTimeoutMs: number | undefined): Promise<HttpPod> {
+async function startHttpPod(
+  address: string,
+  handler: PodHandler,
+  { keepAliveTimeoutMs, maxRequestsPerSocket }: Pick<HttpPodsOptions, 'keepAliveTimeoutMs' | 'maxRequestsPerSocket'>,
+): Promise<HttpPod> {
   let server: Server | undefined;
   let port = 0;
   let open = 0;
@@ -68,6 +78,10 @@ async function startHttpPod(address: string, handler: PodHandler, keepAliveTimeo
     requests: 0,
     connections: 0,
     onRequest: undefined,
+    onConnection: undefined,
+    closeIdleConnections() {
+      server?.closeIdleConnections();
+    },
     get open() {
       return open;
     },
@@ -97,9 +111,11 @@ async function startHttpPod(address: string, handler: PodHandler, keepAliveTimeo
       handler(pod, req, res);
     });
     if (keepAliveTimeoutMs !== undefined) s.keepAliveTimeout = keepAliveTimeoutMs;
+    if (maxRequestsPerSocket !== undefined) s.maxRequestsPerSocket = maxRequestsPerSocket;
     s.on('connection', (socket) => {
       pod.connections++;
       open++;
+      pod.onConnection?.();
       socket.once('close', () => {
         open--;
         if (open === 0) {

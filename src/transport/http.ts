@@ -1,3 +1,4 @@
+import { once } from 'node:events';
 import { connect as netConnect, type Socket } from 'node:net';
 import { connect as tlsConnect, type ConnectionOptions } from 'node:tls';
 import { Client, Dispatcher, Pool as UndiciPool, type buildConnector } from 'undici';
@@ -20,8 +21,9 @@ export interface HttpTransportOptions {
    * allow). One is nearly always enough; another opens only while every stream of the first is
    * taken.
    *
-   * Either way the first is opened before the member counts as ready and decides when it is
-   * lost; the others are opened when load needs them and kept alive.
+   * Either way the first is opened before the member counts as ready; the others are opened
+   * when load needs them and kept alive. A connection the server closes is replaced; a connect
+   * that fails makes the pod lost.
    */
   connections?: number;
   /** HTTP/1.1 only: requests sent on each connection before their responses arrive (pipelining). Default 1. */
@@ -79,9 +81,11 @@ interface Dial {
 
 /**
  * HTTP keep-alive: per pod, an undici `Client` over one connection (or a `Pool` of
- * `connections`), the first opened before the member counts as ready and watched for as long
- * as it lives. When it closes (the pod died, or it closed an idle keep-alive connection) the
- * pool opens a new one. HTTP/1.1 by default; HTTP/2 with `http2: true`, over TLS (ALPN) or
+ * `connections`), the first opened before the member counts as ready. A connection the server
+ * closes (keep-alive timeout, `maxRequestsPerSocket`, nginx's `keepalive_requests`) is replaced
+ * at once without taking the pod out of rotation; requests queued on it go out on the new one.
+ * The pod is lost (the pool reconnects with backoff) when a connect fails or a fresh connection
+ * is dropped unanswered. HTTP/1.1 by default; HTTP/2 with `http2: true`, over TLS (ALPN) or
  * cleartext (h2c). Callbacks get the pod's undici `Dispatcher`: `client.request(…)`.
  */
 export function httpTransport(options: HttpTransportOptions = {}): Transport<Dispatcher> {
@@ -108,48 +112,28 @@ export function httpTransport(options: HttpTransportOptions = {}): Transport<Dis
   return {
     name: 'http',
     async connect(endpoint, { signal, lost }): Promise<Connection<Dispatcher>> {
-      const socket = await openSocket(endpoint, dial, signal);
-      let handedOver = false;
-      // undici connects lazily, on the first request, and gets the socket we already opened.
-      // With one connection it never gets a second: a lost socket is the pool's to replace,
-      // with its backoff. With more, the others are undici's to open and keep alive.
+      const sockets = new PodSockets(endpoint, dial, lost);
+      // The first socket is opened before the member counts as ready: a pod that can't be
+      // reached never is.
+      sockets.first(await openSocket(endpoint, dial, signal));
+      // undici connects lazily, on the first request and again whenever a socket closed, and gets
+      // the socket already opened (the first, or the replacement opened when one closed).
       const connect: buildConnector.connector = (_opts, callback) => {
-        if (handedOver && connections > 1) {
-          openSocket(endpoint, dial, undefined).then(
-            (more) => callback(null, more),
-            (error: Error) => callback(error, null),
-          );
-          return;
-        }
-        const first = !handedOver;
-        handedOver = true;
         // The callback must not run inside the connector: undici's resume loop is not re-entrant.
-        queueMicrotask(() => {
-          if (first) callback(null, socket);
-          else callback(new ConnectionLostError(`the connection to ${endpoint.key} is closed`), null);
-        });
+        sockets.take().then(
+          (socket) => callback(null, socket),
+          (error: Error) => callback(error, null),
+        );
       };
       const origin = originOf(endpoint, tls !== undefined);
       const undiciOptions = { ...clientOptions, pipelining, connect, allowH2: http2 };
       const client = connections === 1 ? new Client(origin, undiciOptions) : new UndiciPool(origin, { ...undiciOptions, connections });
-      let socketError: Error | undefined;
-      socket.on('error', (error) => {
-        socketError = error;
-      });
-      // `socket.closed` turns true at destroy(), before the handle is freed: wait for the event.
-      const socketClosed = new Promise<void>((resolve) => socket.once('close', () => resolve()));
-      socket.once('close', () => {
-        // After every 'close' listener has run: undici's own marks the socket closed, and a
-        // Client.destroy() that the pool calls from lost() waits forever for a 'close' that is
-        // being emitted right now unless undici has seen it.
-        queueMicrotask(() => lost(socketError ?? new Error(`${endpoint.key} closed the connection`)));
-      });
       return {
         client: tls === undefined ? client : withServername(client, tls.servername ?? endpoint.address),
         async close() {
+          sockets.closing = true;
           await client.destroy().catch(() => {});
-          socket.destroy();
-          await socketClosed;
+          await sockets.destroy();
         },
       };
     },
@@ -160,6 +144,141 @@ export function httpTransport(options: HttpTransportOptions = {}): Transport<Dis
       return typeof code === 'string' && WIRE_FAILURES.has(code);
     },
   };
+}
+
+/**
+ * A socket that closes without a byte read, younger than this, was dropped by the pod (it
+ * accepted and closed: overloaded or dying), not recycled: the pod is lost.
+ */
+const YOUNG_SOCKET_MS = 1_000;
+
+/**
+ * The sockets of one pod's undici client. A server closes keep-alive connections as a matter of
+ * course (its keep-alive timeout, `maxRequestsPerSocket`, nginx's `keepalive_requests`): when one
+ * closes, a replacement is opened at once, and undici, which re-dispatches the requests it had
+ * queued but not written, takes it when it next connects. The pod is lost (the pool backs off and
+ * reconnects) only when a connect fails, or a fresh socket is dropped before it answered; a reset
+ * in the middle of a response fails that request, which counts against the pod.
+ */
+class PodSockets {
+  /** Set by `close()`: sockets closing from now on are ours or undici's doing. */
+  closing = false;
+  readonly #endpoint: Endpoint;
+  readonly #dial: Dial;
+  readonly #lost: (error: Error) => void;
+  /** Aborts the replacements being opened when the connection closes. */
+  readonly #abort = new AbortController();
+  /** Opened, not yet given to undici. */
+  #spare: Socket | undefined;
+  /** A replacement being opened that undici has not asked for yet. */
+  #opening: Promise<Socket> | undefined;
+  /** Every socket not closed yet, and every open being attempted, for `destroy()` to wait on. */
+  readonly #sockets = new Set<Socket>();
+  readonly #dialling = new Set<Promise<unknown>>();
+  #gone = false;
+
+  constructor(endpoint: Endpoint, dial: Dial, lost: (error: Error) => void) {
+    this.#endpoint = endpoint;
+    this.#dial = dial;
+    this.#lost = lost;
+  }
+
+  /** The first socket, opened before the member counts as ready: undici's first connect takes it. */
+  first(socket: Socket): void {
+    this.#watch(socket);
+    this.#spare = socket;
+  }
+
+  /** The socket for undici's connect: the spare, the replacement being opened, or a new one. */
+  take(): Promise<Socket> {
+    const spare = this.#spare;
+    if (spare !== undefined) {
+      this.#spare = undefined;
+      return Promise.resolve(spare);
+    }
+    const opening = this.#opening ?? this.#open();
+    this.#opening = undefined;
+    return opening;
+  }
+
+  /** Closes every socket (undici's client is destroyed first) and waits until they are gone. */
+  async destroy(): Promise<void> {
+    this.closing = true;
+    this.#abort.abort(new ConnectionLostError(`the connection to ${this.#endpoint.key} is closed`));
+    await Promise.allSettled(this.#dialling);
+    // `socket.closed` turns true at destroy(), before the handle is freed: wait for the event.
+    await Promise.all(
+      [...this.#sockets].map((socket) => {
+        const closed = once(socket, 'close').then(() => {});
+        socket.destroy();
+        return closed;
+      }),
+    );
+  }
+
+  #closed(socket: Socket, openedAt: number, error: Error | undefined): void {
+    this.#sockets.delete(socket);
+    if (this.#spare === socket) this.#spare = undefined;
+    if (this.closing || this.#gone) return;
+    if (socket.bytesRead === 0 && Date.now() - openedAt < YOUNG_SOCKET_MS) {
+      this.#lose(error ?? new Error(`${this.#endpoint.key} closed a connection before answering on it`));
+      return;
+    }
+    // Recycled by the server (or by undici after a response): open the next one now, so a dead
+    // pod is found by the connect, not by the next request.
+    if (this.#spare !== undefined || this.#opening !== undefined) return;
+    const opening = this.#open();
+    this.#opening = opening;
+    opening.then(
+      (next) => {
+        if (this.#opening !== opening) return;
+        this.#opening = undefined;
+        this.#spare = next;
+      },
+      () => {
+        if (this.#opening === opening) this.#opening = undefined;
+      },
+    );
+  }
+
+  /** Opens a socket; a failure is the pod lost. */
+  #open(): Promise<Socket> {
+    const opening = openSocket(this.#endpoint, this.#dial, this.#abort.signal).then(
+      (socket) => {
+        this.#watch(socket);
+        return socket;
+      },
+      (error: Error) => {
+        this.#lose(error);
+        throw error;
+      },
+    );
+    this.#dialling.add(opening);
+    void opening.then(
+      () => this.#dialling.delete(opening),
+      () => this.#dialling.delete(opening),
+    );
+    return opening;
+  }
+
+  #watch(socket: Socket): void {
+    this.#sockets.add(socket);
+    const openedAt = Date.now();
+    let error: Error | undefined;
+    socket.on('error', (e) => {
+      error = e;
+    });
+    socket.once('close', () => this.#closed(socket, openedAt, error));
+  }
+
+  #lose(error: Error): void {
+    if (this.closing || this.#gone) return;
+    this.#gone = true;
+    // After every 'close' listener has run: undici's own marks the socket closed, and a
+    // Client.destroy() that the pool calls from lost() waits forever for a 'close' that is
+    // being emitted right now unless undici has seen it.
+    queueMicrotask(() => this.#lost(error));
+  }
 }
 
 /**
@@ -195,8 +314,9 @@ function openSocket(endpoint: Endpoint, { tls, http2, timeoutMs }: Dial, signal:
     };
     const fail = (error: unknown): void => {
       cleanup();
+      // Settled once the handle is freed, so a closed connection leaves nothing behind.
+      socket.once('close', () => reject(error));
       socket.destroy();
-      reject(error);
     };
     const onAbort = (): void => fail(signal!.reason);
     const timer = setTimeout(() => fail(new Error(`connect timed out after ${timeoutMs} ms`)), timeoutMs);

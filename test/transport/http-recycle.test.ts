@@ -1,0 +1,206 @@
+import assert from 'node:assert/strict';
+import { describe, it } from 'node:test';
+import type { Dispatcher } from 'undici';
+import { createPool, httpDispatcher, httpTransport, staticEndpoints, type Pool, type StateChange } from '../../src/index.ts';
+import { cleanupAfter } from '../support/cleanup.ts';
+import { stateReached } from '../support/pool-events.ts';
+import { startHttpPods, stopPods, type HttpPod } from '../../testkit/http-pods.ts';
+
+// Servers close keep-alive connections as a matter of course: after an idle timeout, after so
+// many requests. None of that is a pod failure: the member stays ready and no request fails.
+
+const quickReconnect = { minMs: 5, maxMs: 20, factor: 2 };
+
+function endpointsOf(pods: readonly HttpPod[]) {
+  return pods.map((p) => ({ address: p.address, port: p.port }));
+}
+
+async function get(client: Dispatcher): Promise<string> {
+  const res = await client.request({ method: 'GET', path: '/' });
+  return res.body.text();
+}
+
+/** Every state change the pool makes from now on. */
+function recordStates(pool: Pool<unknown>): StateChange[] {
+  const changes: StateChange[] = [];
+  pool.on('state', (change) => changes.push(change));
+  return changes;
+}
+
+/** Runs `total` calls, `concurrency` at a time; counts the ones that failed. */
+async function burst(total: number, concurrency: number, call: () => Promise<void>): Promise<{ ok: number; failed: unknown[] }> {
+  let next = 0;
+  let ok = 0;
+  const failed: unknown[] = [];
+  const loop = async (): Promise<void> => {
+    while (next < total) {
+      next++;
+      try {
+        await call();
+        ok++;
+      } catch (error) {
+        failed.push(error);
+      }
+    }
+  };
+  await Promise.all(Array.from({ length: concurrency }, loop));
+  return { ok, failed };
+}
+
+/** Resolves once `pod` accepted its next connection. */
+function nextConnection(pod: HttpPod): Promise<void> {
+  return new Promise((resolve) => {
+    pod.onConnection = () => {
+      pod.onConnection = undefined;
+      resolve();
+    };
+  });
+}
+
+describe('httpTransport when servers close keep-alive connections', () => {
+  it('replaces a connection the server closed while idle, without taking the pod out of rotation', async (t) => {
+    const cleanup = cleanupAfter(t);
+    // undici keeps an idle socket for the server's hint minus 2 s: 60 s, so every close here is the server's.
+    const pods = await startHttpPods(3, { first: 141, keepAliveTimeoutMs: 60_000 });
+    const pool = createPool({ source: staticEndpoints(endpointsOf(pods)), transport: httpTransport(), reconnect: quickReconnect });
+    cleanup.push(() => stopPods(pods), () => pool.close());
+    await pool.ready({ minEndpoints: 3 });
+    const states = recordStates(pool);
+
+    const rounds = 10;
+    for (let round = 0; round < rounds; round++) {
+      for (let i = 0; i < 30; i++) await pool.use((client) => get(client));
+      // The keep-alive timeout, driven: each pod closes its idle connection; the client opens the next.
+      const reconnected = pods.map(nextConnection);
+      for (const pod of pods) pod.closeIdleConnections();
+      await Promise.all(reconnected);
+    }
+    for (let i = 0; i < 30; i++) await pool.use((client) => get(client));
+
+    assert.deepEqual(states, [], 'no member left ready');
+    assert.deepEqual(
+      pool.stats().members.map((m) => [m.state, m.requests, m.failures]),
+      pods.map(() => ['ready', (rounds + 1) * 10, 0]),
+    );
+    assert.deepEqual(
+      pods.map((p) => [p.requests, p.connections]),
+      pods.map(() => [(rounds + 1) * 10, rounds + 1]),
+      'one connection per idle period, each reused by every request of its round',
+    );
+  });
+
+  it('with a keep-alive timeout of 1 s (undici closes after every response), a burst of 600 requests all succeed', async (t) => {
+    const cleanup = cleanupAfter(t);
+    const pods = await startHttpPods(3, { first: 145, keepAliveTimeoutMs: 1_000 });
+    const pool = createPool({ source: staticEndpoints(endpointsOf(pods)), transport: httpTransport(), reconnect: quickReconnect });
+    cleanup.push(() => stopPods(pods), () => pool.close());
+    await pool.ready({ minEndpoints: 3 });
+    const states = recordStates(pool);
+
+    const { ok, failed } = await burst(600, 8, async () => {
+      await pool.use((client) => get(client));
+    });
+    assert.deepEqual(failed, []);
+    assert.equal(ok, 600);
+    assert.deepEqual(states, [], 'no member left ready');
+    for (const pod of pods) {
+      assert.ok(pod.requests > 0, `${pod.key} served`);
+      assert.ok(pod.connections >= pod.requests, `${pod.key}: a connection per request (${pod.connections} for ${pod.requests})`);
+    }
+    assert.deepEqual(
+      pool.stats().members.map((m) => [m.state, m.failures]),
+      pods.map(() => ['ready', 0]),
+    );
+  });
+
+  for (const via of ['pool.use', 'httpDispatcher + fetch'] as const) {
+    it(`with maxRequestsPerSocket: 100, 2,000 requests 16 at a time through ${via} all succeed`, async (t) => {
+      const cleanup = cleanupAfter(t);
+      const pods = await startHttpPods(3, { first: via === 'pool.use' ? 151 : 155, maxRequestsPerSocket: 100 });
+      const pool = createPool({ source: staticEndpoints(endpointsOf(pods)), transport: httpTransport(), reconnect: quickReconnect });
+      cleanup.push(() => stopPods(pods), () => pool.close());
+      await pool.ready({ minEndpoints: 3 });
+      const states = recordStates(pool);
+      const dispatcher = httpDispatcher(pool);
+
+      const served = new Map<string, number>();
+      const { ok, failed } = await burst(2_000, 16, async () => {
+        const key =
+          via === 'pool.use'
+            ? await pool.use((client) => get(client))
+            : await (await fetch('http://backend.default.svc:8080/', { dispatcher } as RequestInit)).text();
+        served.set(key, (served.get(key) ?? 0) + 1);
+      });
+      assert.deepEqual(failed, []);
+      assert.equal(ok, 2_000);
+      assert.deepEqual(states, [], 'the pool never took a pod out of rotation');
+      assert.deepEqual([...served.keys()].sort(), pods.map((p) => p.key).sort(), 'every pod served');
+      for (const pod of pods) {
+        assert.ok(pod.connections >= Math.floor(pod.requests / 100), `${pod.key} recycled its connections (${pod.connections} for ${pod.requests})`);
+      }
+      assert.ok(
+        pods.some((p) => p.connections > 1),
+        'the server closed connections',
+      );
+      assert.deepEqual(
+        pool.stats().members.map((m) => [m.state, m.failures]),
+        pods.map(() => ['ready', 0]),
+      );
+    });
+  }
+
+  it('a reset in the middle of a response fails that call and counts against the pod', async (t) => {
+    const cleanup = cleanupAfter(t);
+    const pods = await startHttpPods(1, {
+      first: 159,
+      handler: (pod, req, res) => {
+        req.resume();
+        if (req.url === '/reset') {
+          res.writeHead(200, { 'content-length': '100' });
+          res.write('partial', () => req.socket.destroy());
+          return;
+        }
+        res.end(pod.key);
+      },
+    });
+    const pool = createPool({ source: staticEndpoints(endpointsOf(pods)), transport: httpTransport(), reconnect: quickReconnect });
+    cleanup.push(() => stopPods(pods), () => pool.close());
+    await pool.ready();
+
+    await assert.rejects(
+      pool.use(async (client) => {
+        const res = await client.request({ method: 'GET', path: '/reset' });
+        return res.body.text();
+      }),
+      (error: { code?: string }) => error.code === 'UND_ERR_SOCKET',
+    );
+    assert.deepEqual(
+      pool.stats().members.map((m) => [m.requests, m.failures]),
+      [[1, 1]],
+    );
+    assert.equal(await pool.use((client) => get(client)), pods[0].key, 'the next request goes through');
+  });
+
+  it('a pod whose replacement connection is refused is lost, and reconnects with backoff once it listens again', async (t) => {
+    const cleanup = cleanupAfter(t);
+    const pods = await startHttpPods(1, { first: 161 });
+    const pool = createPool({ source: staticEndpoints(endpointsOf(pods)), transport: httpTransport(), reconnect: quickReconnect });
+    cleanup.push(() => stopPods(pods), () => pool.close());
+    await pool.ready();
+    assert.equal(await pool.use((client) => get(client)), pods[0].key);
+
+    const lost = stateReached(pool, pods[0].key, 'connecting');
+    const refused = new Promise<Error>((resolve) => pool.once('connectError', (_endpoint, error) => resolve(error)));
+    await pods[0].kill();
+    const change = await lost;
+    assert.equal(change.from, 'ready');
+    assert.equal(change.error?.code, 'PODPOOL_CONNECTION_LOST');
+    assert.match(String((change.error?.cause as Error).message), /ECONNREFUSED/);
+    assert.match((await refused).message, /ECONNREFUSED/, 'the pool retries the connect, and it is refused');
+
+    const back = stateReached(pool, pods[0].key, 'ready');
+    await pods[0].restart();
+    await back;
+    assert.equal(await pool.use((client) => get(client)), pods[0].key);
+  });
+});
