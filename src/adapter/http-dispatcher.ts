@@ -5,8 +5,9 @@ import { ClosedError, ErrorCode, PodpoolError } from '../errors.ts';
 import { checkNumber, checkOptions, invalidOption, optionNames } from '../options.ts';
 import type { PoolCall } from '../call/call.ts';
 import type { AdapterPool } from '../pool/adapter-pool.ts';
+import { isFailedStatus } from '../transport/http.ts';
 
-/** An HTTP status ≥ 500 seen by the dispatcher: it counts against the pod that sent it. */
+/** A 5xx or 429 seen by the dispatcher: it counts against the pod that sent it. */
 class ServerError extends Error {
   readonly statusCode: number;
   constructor(statusCode: number) {
@@ -192,7 +193,7 @@ class RequestRelay implements Dispatcher.DispatchHandler, Dispatcher.DispatchCon
   }
 
   onResponseEnd(controller: Dispatcher.DispatchController, trailers: IncomingHttpHeaders): void {
-    this.#finish(this.#status >= 500 ? new ServerError(this.#status) : undefined);
+    this.#finish(isFailedStatus(this.#status) ? new ServerError(this.#status) : undefined);
     if (!this.#legacy) this.#caller.onResponseEnd?.(this, trailers);
     else this.#caller.onComplete?.(rawOf(controller.rawTrailers, trailers));
   }
@@ -253,7 +254,7 @@ const DISPATCHER_OPTIONS = optionNames<HttpDispatcherOptions>({ waitForReady: tr
  * `request(url, { dispatcher })` and `fetch(url, { dispatcher })` balance per request, whether
  * the `fetch` is Node's built-in one (Node 22 and 24) or that of undici 6, 7 or 8. The URL's
  * host names the Service and is sent as `Host` (unless the request sets one), as through the
- * ClusterIP; path and query are kept. A 5xx or a wire error counts against the pod; a wire
+ * ClusterIP; path and query are kept. A 5xx, a 429 or a wire error counts against the pod; a wire
  * error or an abort reaches the caller. Closing the dispatcher stops it taking requests; close
  * the pool to close connections.
  */

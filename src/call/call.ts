@@ -28,6 +28,9 @@ export interface CallTarget<C> {
 /** What a caller runs on a pod: `use()`'s callback, a broadcast's delivery. */
 export type CallFn<C, T> = (client: C, endpoint: Endpoint, signal: AbortSignal) => T | PromiseLike<T>;
 
+/** Says whether a value a call returned is the pod failing (`use(fn, { failedResult })`). */
+export type ResultCheck<T> = (result: T) => boolean;
+
 /**
  * One call begun with `pool.begin()`: the connection to use and the endpoint it goes to. Call
  * `end()` exactly once, with the error if it failed; later calls are ignored.
@@ -56,10 +59,18 @@ export class Calls<C> {
    * Runs `fn` on `m`'s connection and records its outcome. With neither a signal nor a timeout
    * it is one async call and no more (`use()`'s common path); else see {@link #within}.
    * `what` names the call in errors (`use() on`, `broadcast to`), followed by the endpoint.
+   * `failedResult` classifies what `fn` returned, instead of the transport's `isFailedResult`.
    */
-  run<T>(m: CallTarget<C>, fn: CallFn<C, T>, signal: AbortSignal | undefined, timeoutMs: number | undefined, what: string): Promise<T> {
-    if (signal === undefined && timeoutMs === undefined) return this.#call(m, fn, undefined, undefined, this.#clock());
-    return this.#within(m, fn, signal, timeoutMs, `${what} ${m.endpoint.key}`);
+  run<T>(
+    m: CallTarget<C>,
+    fn: CallFn<C, T>,
+    signal: AbortSignal | undefined,
+    timeoutMs: number | undefined,
+    what: string,
+    failedResult?: ResultCheck<T>,
+  ): Promise<T> {
+    if (signal === undefined && timeoutMs === undefined) return this.#call(m, fn, undefined, undefined, this.#clock(), failedResult);
+    return this.#within(m, fn, signal, timeoutMs, `${what} ${m.endpoint.key}`, failedResult);
   }
 
   /**
@@ -92,6 +103,7 @@ export class Calls<C> {
     signal: AbortSignal | undefined,
     deadline: { expired: boolean } | undefined,
     started: number,
+    failedResult: ResultCheck<T> | undefined,
   ): Promise<T> {
     const connection = m.connection!;
     // The caller's signal, or else the connection's: either way fn learns when to give up.
@@ -101,19 +113,30 @@ export class Calls<C> {
     // A call that ended past its deadline was counted as a failure when the deadline passed.
     let outcome: CallOutcome = 'unrecorded';
     let failure: unknown;
+    let threw = false;
     try {
       client = connection.acquire === undefined ? (connection.client as C) : await connection.acquire(callSignal);
       const value = await fn(client, m.endpoint, callSignal);
-      if (!deadline?.expired) outcome = 'answered';
+      if (!deadline?.expired) {
+        outcome = 'answered';
+        if (failedResult === undefined ? this.#transport.isFailedResult?.(value) === true : failedResult(value)) {
+          // Allocated only for a failure: it is what stats() and the ejection message show.
+          outcome = 'failed';
+          failure = new FailedResultError(m.endpoint.key, value);
+        }
+      }
       return value;
     } catch (error) {
       // A caller that gave up says nothing about the pod; a deadline that passed does, and was
       // counted then (the signal is aborted in both cases).
       if (!signal?.aborted) outcome = this.#outcomeOf(true, error);
       failure = error ?? null;
+      threw = true;
       throw error;
     } finally {
-      if (client !== undefined && connection.release !== undefined) connection.release(client, failure !== undefined || deadline?.expired === true);
+      // A lent connection is given back as failed when the call threw, not for a failed result:
+      // the connection carried the answer well.
+      if (client !== undefined && connection.release !== undefined) connection.release(client, threw || deadline?.expired === true);
       const now = this.#clock();
       m.endCall(outcome, now - started, now, failure);
     }
@@ -125,7 +148,14 @@ export class Calls<C> {
    * ejection even when `fn` ignores its signal. The member keeps counting the call in flight until
    * `fn` really ends, which is the truth the balancers need.
    */
-  #within<T>(m: CallTarget<C>, fn: CallFn<C, T>, outer: AbortSignal | undefined, timeoutMs: number | undefined, what: string): Promise<T> {
+  #within<T>(
+    m: CallTarget<C>,
+    fn: CallFn<C, T>,
+    outer: AbortSignal | undefined,
+    timeoutMs: number | undefined,
+    what: string,
+    failedResult: ResultCheck<T> | undefined,
+  ): Promise<T> {
     if (outer?.aborted) return Promise.reject(reasonOf(outer, what));
     return new Promise<T>((resolve, reject) => {
       const controller = new AbortController();
@@ -159,7 +189,7 @@ export class Calls<C> {
       }
       outer?.addEventListener('abort', onAbort, { once: true });
       connection.addEventListener('abort', onConnectionClosed, { once: true });
-      this.#call(m, fn, controller.signal, deadline, started).then(
+      this.#call(m, fn, controller.signal, deadline, started, failedResult).then(
         (value) => {
           finish();
           resolve(value);
@@ -186,5 +216,20 @@ export class Calls<C> {
   #isPodFailure(error: unknown): boolean {
     if (error instanceof PodpoolError && (error.code === ErrorCode.TIMEOUT || error.code === ErrorCode.CONNECTION_LOST)) return true;
     return this.#transport.isPodFailure === undefined || this.#transport.isPodFailure(error);
+  }
+}
+
+/**
+ * A value a call returned that counts against its pod (an HTTP 503, say): recorded as the
+ * member's last error, never thrown: the caller has the value.
+ */
+class FailedResultError extends Error {
+  readonly statusCode: number | undefined;
+  constructor(endpoint: string, result: unknown) {
+    const status = (result as { statusCode?: unknown } | null | undefined)?.statusCode;
+    const statusCode = typeof status === 'number' ? status : undefined;
+    super(`${endpoint} answered ${statusCode === undefined ? 'with a result counted as a pod failure' : `HTTP ${statusCode}`}`);
+    this.name = 'FailedResultError';
+    this.statusCode = statusCode;
   }
 }

@@ -39,7 +39,7 @@ export interface PoolOptions<C> {
 }
 
 /** Options of `pool.use()`. */
-export interface UseOptions {
+export interface UseOptions<T = unknown> {
   /** Affinity key, for `ringHash()`: the same key goes to the same pod while it is ready. */
   key?: string;
   /**
@@ -60,6 +60,12 @@ export interface UseOptions {
    * a call while its channel connects.
    */
   waitForReady?: boolean;
+  /**
+   * Whether what `fn` returned says the pod failed, so it counts toward ejection as a thrown
+   * pod failure would. By default the transport decides: for HTTP, a response (undici's
+   * `{ statusCode }` or a fetch `Response`) with a 5xx or 429 status. The caller still gets the value.
+   */
+  failedResult?: (result: T) => boolean;
 }
 
 /** How long a call waits for a pickable member when it sets no `timeoutMs` of its own. */

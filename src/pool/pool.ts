@@ -148,7 +148,7 @@ export class Pool<C> extends EventEmitter<PoolEvents> implements AdapterPool<C> 
    * member can be picked it waits for one (see `UseOptions.waitForReady`), then fails with
    * `PODPOOL_NO_ENDPOINTS`; otherwise it fails with whatever `fn` threw.
    */
-  use<T>(fn: CallFn<C, T>, options?: UseOptions): Promise<T> {
+  use<T>(fn: CallFn<C, T>, options?: UseOptions<T>): Promise<T> {
     // Not an async function: the common path then makes one promise, not two.
     let member: Member<C> | undefined;
     try {
@@ -162,10 +162,10 @@ export class Pool<C> extends EventEmitter<PoolEvents> implements AdapterPool<C> 
     }
     // Only a call that finds nothing to pick pays for waiting.
     if (member === undefined) return this.#useWhenPickable(fn, options);
-    return this.#calls.run(member, fn, options?.signal, options?.timeoutMs, 'use() on');
+    return this.#calls.run(member, fn, options?.signal, options?.timeoutMs, 'use() on', options?.failedResult);
   }
 
-  #useWhenPickable<T>(fn: CallFn<C, T>, options: UseOptions | undefined): Promise<T> {
+  #useWhenPickable<T>(fn: CallFn<C, T>, options: UseOptions<T> | undefined): Promise<T> {
     if (options?.waitForReady === false) return Promise.reject(this.#waits.noEndpoints());
     const signal = options?.signal;
     const timeoutMs = options?.timeoutMs;
@@ -178,7 +178,7 @@ export class Pool<C> extends EventEmitter<PoolEvents> implements AdapterPool<C> 
         (m) => {
           // The wait spent part of the call's time.
           const left = timeoutMs === undefined ? undefined : Math.max(1, timeoutMs - (this.#clock() - started));
-          resolve(this.#calls.run(m, fn, signal, left, 'use() on'));
+          resolve(this.#calls.run(m, fn, signal, left, 'use() on', options?.failedResult));
         },
         reject,
       );

@@ -51,6 +51,14 @@ const TRANSPORT_OPTIONS = optionNames<HttpTransportOptions>({
   client: true,
 });
 
+/**
+ * An HTTP status that counts against the pod that sent it: a 5xx (it failed) or a 429 (it is
+ * overloaded and says so). A 4xx otherwise is the request's fault.
+ */
+export function isFailedStatus(status: number): boolean {
+  return status >= 500 || status === 429;
+}
+
 /** undici's and the socket's codes that say the pod or the path to it failed, not the request. */
 const WIRE_FAILURES = new Set([
   'UND_ERR_SOCKET',
@@ -140,8 +148,15 @@ export function httpTransport(options: HttpTransportOptions = {}): Transport<Dis
     isPodFailure(error) {
       if (error === null || typeof error !== 'object') return false;
       const { code, statusCode } = error as { code?: unknown; statusCode?: unknown };
-      if (typeof statusCode === 'number') return statusCode >= 500;
+      if (typeof statusCode === 'number') return isFailedStatus(statusCode);
       return typeof code === 'string' && WIRE_FAILURES.has(code);
+    },
+    isFailedResult(result) {
+      if (result === null || typeof result !== 'object') return false;
+      // undici's request() answers { statusCode }; fetch through the pod's dispatcher a Response.
+      const { statusCode, status, ok } = result as { statusCode?: unknown; status?: unknown; ok?: unknown };
+      if (typeof statusCode === 'number') return isFailedStatus(statusCode);
+      return typeof status === 'number' && typeof ok === 'boolean' && isFailedStatus(status);
     },
   };
 }

@@ -19,6 +19,12 @@ export interface Transport<C> {
    * absent, every error counts.
    */
   isPodFailure?(error: unknown): boolean;
+  /**
+   * Whether a value a call returned says the pod failed: an HTTP response with a 5xx or 429
+   * status, which undici returns rather than throws. `use(fn, { failedResult })` overrides it per
+   * call. When absent, a returned value is an answer.
+   */
+  isFailedResult?(result: unknown): boolean;
 }
 
 /** What the pool gives a transport when it asks for a connection. */

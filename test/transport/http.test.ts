@@ -168,6 +168,58 @@ describe('httpTransport against real HTTP servers on loopback', () => {
     assert.equal(pool.stats().members[0].requests, 2);
   });
 
+  it('use() counts a returned 5xx or 429 against the pod, a 404 not, and failedResult decides instead when given', async (t) => {
+    const cleanup = cleanupAfter(t);
+    const statuses: Record<string, number> = { '/fail': 503, '/busy': 429, '/missing': 404 };
+    const pods = await startHttpPods(1, {
+      first: 33,
+      handler: (_pod, req, res) => {
+        req.resume();
+        res.statusCode = statuses[req.url ?? ''] ?? 200;
+        res.end();
+      },
+    });
+    const pool = createPool({ source: staticEndpoints(endpointsOf(pods)), transport: httpTransport(), ejection: false });
+    cleanup.push(() => stopPods(pods), () => pool.close());
+    await pool.ready();
+    const member = () => pool.stats().members[0];
+    const get = (path: string) => (client: Dispatcher) =>
+      client.request({ method: 'GET', path }).then(async (res) => {
+        await res.body.dump();
+        return res;
+      });
+
+    // The caller gets the response either way; the pool counts what it says about the pod.
+    assert.equal((await pool.use(get('/fail'))).statusCode, 503);
+    assert.deepEqual([member().requests, member().failures], [1, 1]);
+    assert.match(member().lastError?.message ?? '', /answered HTTP 503/);
+    assert.equal((await pool.use(get('/busy'))).statusCode, 429);
+    assert.equal((await pool.use(get('/missing'))).statusCode, 404);
+    assert.equal((await pool.use(get('/'))).statusCode, 200);
+    assert.deepEqual([member().requests, member().failures], [4, 2]);
+
+    // A fetch Response through the pod's dispatcher is read the same way.
+    const response = await pool.use(async (client) => {
+      const res = await fetch('http://svc/fail', { dispatcher: client });
+      await res.arrayBuffer();
+      return res;
+    });
+    assert.equal(response.status, 503);
+    assert.deepEqual([member().requests, member().failures], [5, 3]);
+
+    // failedResult replaces the transport's rule for one call: here a 503 is expected, and a
+    // returned value the transport knows nothing of counts.
+    await pool.use(get('/fail'), { failedResult: () => false });
+    await pool.use(async () => 'degraded', { failedResult: (value) => value === 'degraded' });
+    assert.deepEqual([member().requests, member().failures], [7, 4]);
+    assert.match(member().lastError?.message ?? '', /answered with a result counted as a pod failure/);
+
+    // The dispatcher counts a 429 as it counts a 5xx.
+    const busy = await request('http://svc/busy', { dispatcher: httpDispatcher(pool) });
+    await busy.body.dump();
+    assert.deepEqual([member().requests, member().failures], [8, 5]);
+  });
+
   it('httpDispatcher reports PODPOOL_NO_ENDPOINTS instead of hanging when nothing is ready', async (t) => {
     const cleanup = cleanupAfter(t);
     const pool = createPool({ source: staticEndpoints([]), transport: httpTransport() });
