@@ -178,7 +178,9 @@ export class Member<C> implements Pickable, CallTarget<C> {
     this.#connectionClosed = new AbortController();
     this.#connects++;
     this.#connectedAt = now;
-    this.#load.consecutiveFailures = 0;
+    // The run of failures is kept: a pod whose calls time out and whose connection is then
+    // replaced (a hung process, a black hole) must still add up to an ejection. A success, or
+    // the end of an ejection, starts it again.
     this.#connectFailed = false;
     this.#moveTo('ready');
   }

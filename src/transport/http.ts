@@ -162,17 +162,21 @@ export function httpTransport(options: HttpTransportOptions = {}): Transport<Dis
 }
 
 /**
- * A socket that closes without a byte read, younger than this, was dropped by the pod (it
- * accepted and closed: overloaded or dying), not recycled: the pod is lost.
+ * A socket the pod closes (its FIN or a reset) without a byte read, younger than this, was
+ * dropped by the pod (it accepted and closed: overloaded or dying), not recycled: the pod is
+ * lost. One closed from this side (a request aborted by its signal or deadline) is replaced.
  */
 const YOUNG_SOCKET_MS = 1_000;
+
+/** Socket errors that mean the pod, or the path to it, ended the connection. */
+const POD_RESETS = new Set(['ECONNRESET', 'EPIPE', 'ETIMEDOUT', 'EHOSTUNREACH', 'ENETUNREACH']);
 
 /**
  * The sockets of one pod's undici client. A server closes keep-alive connections as a matter of
  * course (its keep-alive timeout, `maxRequestsPerSocket`, nginx's `keepalive_requests`): when one
  * closes, a replacement is opened at once, and undici, which re-dispatches the requests it had
  * queued but not written, takes it when it next connects. The pod is lost (the pool backs off and
- * reconnects) only when a connect fails, or a fresh socket is dropped before it answered; a reset
+ * reconnects) only when a connect fails, or the pod drops a fresh socket before answering on it; a reset
  * in the middle of a response fails that request, which counts against the pod.
  */
 class PodSockets {
@@ -231,11 +235,11 @@ class PodSockets {
     );
   }
 
-  #closed(socket: Socket, openedAt: number, error: Error | undefined): void {
+  #closed(socket: Socket, openedAt: number, byPod: boolean, error: Error | undefined): void {
     this.#sockets.delete(socket);
     if (this.#spare === socket) this.#spare = undefined;
     if (this.closing || this.#gone) return;
-    if (socket.bytesRead === 0 && Date.now() - openedAt < YOUNG_SOCKET_MS) {
+    if (byPod && socket.bytesRead === 0 && Date.now() - openedAt < YOUNG_SOCKET_MS) {
       this.#lose(error ?? new Error(`${this.#endpoint.key} closed a connection before answering on it`));
       return;
     }
@@ -280,10 +284,15 @@ class PodSockets {
     this.#sockets.add(socket);
     const openedAt = Date.now();
     let error: Error | undefined;
+    // Whether the pod ended the connection (its FIN or a reset), as opposed to undici or the
+    // caller (a request aborted by its signal or deadline destroys its socket from this side).
+    let byPod = false;
     socket.on('error', (e) => {
       error = e;
+      byPod ||= POD_RESETS.has((e as NodeJS.ErrnoException).code ?? '');
     });
-    socket.once('close', () => this.#closed(socket, openedAt, error));
+    socket.once('end', () => (byPod = true));
+    socket.once('close', () => this.#closed(socket, openedAt, byPod, error));
   }
 
   #lose(error: Error): void {

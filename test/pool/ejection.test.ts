@@ -183,6 +183,19 @@ describe('outlier ejection', () => {
     assert.equal(statsOf(pool, k2).failures, 0);
   });
 
+  it('keeps the run of failures across a reconnect: a pod that fails, drops and comes back is still ejected', async (t) => {
+    const { pool, transport, changes, setNow } = await harness(t, 2);
+    await fail(pool, 2);
+    setNow(5_000); // the connection lived long: it reconnects at once, with no flap backoff
+    transport.lose(k1);
+    await transport.untilConnects(k1, 2);
+    await pool.ready({ minEndpoints: 2 });
+    assert.deepEqual([statsOf(pool, k1).connects, statsOf(pool, k1).consecutiveFailures], [2, 2]);
+    assert.deepEqual(ejections(changes), []);
+    await fail(pool, 1);
+    assert.deepEqual(ejections(changes), [k1]);
+  });
+
   it('resets the run of failures on a success', async (t) => {
     const { pool, changes } = await harness(t, 2);
     await fail(pool, 2);

@@ -17,6 +17,7 @@ import {
 import { cleanupAfter } from '../support/cleanup.ts';
 import { startHttpPods, stopPods, type HttpPod } from '../../testkit/http-pods.ts';
 import { stateReached } from '../support/pool-events.ts';
+import { first } from '../support/first-balancer.ts';
 import { activeResources, assertNothingLeft } from '../support/resources.ts';
 
 const quickReconnect = { minMs: 5, maxMs: 20, factor: 2 };
@@ -218,6 +219,41 @@ describe('httpTransport against real HTTP servers on loopback', () => {
     const busy = await request('http://svc/busy', { dispatcher: httpDispatcher(pool) });
     await busy.body.dump();
     assert.deepEqual([member().requests, member().failures], [8, 5]);
+  });
+
+  it('ejects a pod that accepts and never answers, though each timeout costs it its connection', async (t) => {
+    const cleanup = cleanupAfter(t);
+    // Pod 35 holds every request (a hung process); pod 36 answers.
+    const pods = await startHttpPods(2, {
+      first: 35,
+      handler: (pod, req, res) => {
+        req.resume();
+        if (pod.address !== '127.0.0.35') res.end(pod.key);
+      },
+    });
+    const pool = createPool({
+      source: staticEndpoints(endpointsOf(pods)),
+      transport: httpTransport(),
+      balancer: first(),
+      ejection: { consecutiveFailures: 3, baseMs: 60_000 },
+    });
+    cleanup.push(() => stopPods(pods), () => pool.close());
+    await pool.ready({ minEndpoints: 2 });
+    const hung = pods[0].key;
+    const ejected = stateReached(pool, hung, 'ejected');
+    // As the README advises: the signal goes to undici, so a timeout aborts the request (and
+    // with it the socket); the pool replaces the socket and the run of failures goes on.
+    for (let i = 0; i < 3; i++) {
+      await assert.rejects(
+        pool.use((client, _endpoint, signal) => client.request({ method: 'GET', path: '/', signal }), { timeoutMs: 50 }),
+        { code: ErrorCode.TIMEOUT },
+      );
+    }
+    await ejected;
+    const stats = pool.stats().members.find((m) => m.endpoint.key === hung)!;
+    assert.deepEqual([stats.state, stats.failures, stats.ejections], ['ejected', 3, 1]);
+    // The calls go to the pod that answers now.
+    assert.equal(await pool.use(async (client) => (await client.request({ method: 'GET', path: '/' })).body.text()), pods[1].key);
   });
 
   it('httpDispatcher reports PODPOOL_NO_ENDPOINTS instead of hanging when nothing is ready', async (t) => {
