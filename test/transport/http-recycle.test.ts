@@ -5,6 +5,7 @@ import { createPool, httpDispatcher, httpTransport, staticEndpoints, type Pool, 
 import { cleanupAfter } from '../support/cleanup.ts';
 import { stateReached } from '../support/pool-events.ts';
 import { startHttpPods, stopPods, type HttpPod } from '../../testkit/http-pods.ts';
+import { burst } from '../support/burst.ts';
 
 // Servers close keep-alive connections as a matter of course: after an idle timeout, after so
 // many requests. None of that is a pod failure: the member stays ready and no request fails.
@@ -25,26 +26,6 @@ function recordStates(pool: Pool<unknown>): StateChange[] {
   const changes: StateChange[] = [];
   pool.on('state', (change) => changes.push(change));
   return changes;
-}
-
-/** Runs `total` calls, `concurrency` at a time; counts the ones that failed. */
-async function burst(total: number, concurrency: number, call: () => Promise<void>): Promise<{ ok: number; failed: unknown[] }> {
-  let next = 0;
-  let ok = 0;
-  const failed: unknown[] = [];
-  const loop = async (): Promise<void> => {
-    while (next < total) {
-      next++;
-      try {
-        await call();
-        ok++;
-      } catch (error) {
-        failed.push(error);
-      }
-    }
-  };
-  await Promise.all(Array.from({ length: concurrency }, loop));
-  return { ok, failed };
 }
 
 /** Resolves once `pod` accepted its next connection. */

@@ -8,6 +8,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { it } from 'node:test';
 import { createPool, httpTransport, staticEndpoints, type StateChange } from '../../src/index.ts';
+import { burst } from '../support/burst.ts';
 
 // A real nginx as the pods: it closes a keep-alive connection after 100 requests and an idle
 // one after 1 s, as production servers do. Debian's `nginx` package; .ci/run installs it.
@@ -78,25 +79,14 @@ http {
   pool.on('state', (change) => states.push(change));
 
   const served = new Map<string, number>();
-  const failed: unknown[] = [];
-  let next = 0;
-  await Promise.all(
-    Array.from({ length: 16 }, async () => {
-      while (next < 1_000) {
-        next++;
-        try {
-          const body = await pool.use(async (client) => {
-            const res = await client.request({ method: 'GET', path: '/' });
-            assert.equal(res.statusCode, 200);
-            return res.body.text();
-          });
-          served.set(body, (served.get(body) ?? 0) + 1);
-        } catch (error) {
-          failed.push(error);
-        }
-      }
-    }),
-  );
+  const { failed } = await burst(1_000, 16, async () => {
+    const body = await pool.use(async (client) => {
+      const res = await client.request({ method: 'GET', path: '/' });
+      assert.equal(res.statusCode, 200);
+      return res.body.text();
+    });
+    served.set(body, (served.get(body) ?? 0) + 1);
+  });
   assert.deepEqual(failed, []);
   assert.deepEqual([...served.keys()].sort(), addresses, 'both pods served');
   assert.equal([...served.values()].reduce((a, b) => a + b), 1_000);
