@@ -1,4 +1,6 @@
 import type { PoolCall } from '../call/call.ts';
+import type { RetryGate } from '../call/retry.ts';
+import type { Endpoint } from '../endpoint.ts';
 
 /**
  * The pool as a grpc-js channel would report it: `ready` while a pod can be picked; else
@@ -21,6 +23,11 @@ export interface BeginOptions {
    * pod to come back: what grpc-js does to a call without `waitForReady`. Default false.
    */
   failFast?: boolean;
+  /**
+   * A retry's pod to avoid (the one the last attempt ran on): another is picked when one is
+   * ready. A call begun with `avoid` is a retry and adds nothing to the retry budget.
+   */
+  avoid?: Endpoint;
 }
 
 /**
@@ -32,8 +39,14 @@ export interface AdapterPool<C> {
   /** The source's kind (`static`, `dns`, `kubernetes`), for names such as a channel's target. */
   readonly sourceKind: string;
   readonly connectivity: PoolConnectivity;
-  begin(key?: string): PoolCall<C>;
+  /**
+   * Picks a pod and counts a call in flight until `end()`; `avoid` as in {@link BeginOptions}.
+   * Throws `PODPOOL_NO_ENDPOINTS` when none is ready.
+   */
+  begin(key?: string, avoid?: Endpoint): PoolCall<C>;
   beginWhenReady(options?: BeginOptions): Promise<PoolCall<C>>;
+  /** The pool's retry policy and budget, for an adapter that sends a request again itself. */
+  readonly retry: RetryGate;
   on(event: 'connectivity', listener: (connectivity: PoolConnectivity) => void): unknown;
   off(event: 'connectivity', listener: (connectivity: PoolConnectivity) => void): unknown;
 }

@@ -3,6 +3,7 @@ import type { Balancer } from '../balance/balancer.ts';
 import { roundRobin } from '../balance/round-robin.ts';
 import type { EndpointSource } from '../discovery/source.ts';
 import { checkNumber, checkOptions, invalidOption, optionNames } from '../options.ts';
+import { retryPolicy, type RetryBudgetOptions, type RetryOptions, type RetryPolicy } from '../call/retry.ts';
 import type { Transport } from '../transport/transport.ts';
 import { reconnectPolicy, type ReconnectOptions, type ReconnectPolicy } from './connector.ts';
 import { ejectionPolicy, type EjectionOptions, type EjectionPolicy } from './ejection.ts';
@@ -14,6 +15,8 @@ const POOL_OPTIONS = optionNames<PoolOptions<unknown>>({
   drainTimeoutMs: true,
   reconnect: true,
   ejection: true,
+  retry: true,
+  retryBudget: true,
   clock: true,
   random: true,
 });
@@ -32,6 +35,15 @@ export interface PoolOptions<C> {
   reconnect?: ReconnectOptions;
   /** Outlier ejection after consecutive failures; `false` turns it off. */
   ejection?: EjectionOptions | false;
+  /**
+   * Sending a call again on another pod. By default a call that never reached a pod (refused at
+   * connect, queued on a connection that closed first) is sent again up to twice; one that may
+   * have reached it is not, unless `idempotent: true` (here for every call, or per call in
+   * `use()`). `false`: no call is ever sent twice.
+   */
+  retry?: RetryOptions | false;
+  /** How many retries and hedges may be sent: at most `ratio` (0.2) of calls plus `minPerSecond` (10). */
+  retryBudget?: RetryBudgetOptions;
   /** Time in ms for latency and timers' bookkeeping; default `performance.now`. */
   clock?: () => number;
   /** Random numbers in [0, 1) for balancers; default `Math.random`. */
@@ -89,6 +101,8 @@ export interface PoolSettings<C> {
   readonly reconnect: ReconnectPolicy;
   /** `undefined`: ejection is off. */
   readonly ejection: EjectionPolicy | undefined;
+  readonly retry: RetryPolicy;
+  readonly retryBudget: RetryBudgetOptions | undefined;
   readonly clock: () => number;
   readonly random: () => number;
 }
@@ -113,5 +127,6 @@ export function checkPoolOptions<C>(options: PoolOptions<C>): PoolSettings<C> {
   const random = options.random ?? Math.random;
   if (typeof clock !== 'function') invalidOption('clock', 'a function returning milliseconds', clock);
   if (typeof random !== 'function') invalidOption('random', 'a function returning [0, 1)', random);
-  return { source, transport, balancer, drainTimeoutMs, reconnect: reconnectBackoff, ejection, clock, random };
+  const retry = retryPolicy(options.retry);
+  return { source, transport, balancer, drainTimeoutMs, reconnect: reconnectBackoff, ejection, retry, retryBudget: options.retryBudget, clock, random };
 }

@@ -2,6 +2,7 @@ import { EventEmitter } from 'node:events';
 import { debuglog } from 'node:util';
 import type { Balancer, Picker, PickerContext } from '../balance/balancer.ts';
 import { Calls, type CallFn, type PoolCall } from '../call/call.ts';
+import { RetryBudget, retryDelayMs, type RetryGate, type RetryPolicy } from '../call/retry.ts';
 import type { EndpointSource, SourceWatch } from '../discovery/source.ts';
 import type { Endpoint, EndpointSet } from '../endpoint.ts';
 import { abortError, type PodpoolError } from '../errors.ts';
@@ -52,6 +53,9 @@ export class Pool<C> extends EventEmitter<PoolEvents> implements AdapterPool<C> 
   readonly #calls: Calls<C>;
   readonly #waits: Waits<Member<C>>;
   readonly #watch: SourceWatch;
+  readonly #budget: RetryBudget;
+  /** The retry policy and budget, as adapters read them. */
+  readonly retry: RetryGate;
   #picker: Picker<Member<C>>;
   /** The members in state `ready`, which the picker picks from; rebuilt when one enters or leaves it. */
   #pickable: readonly Member<C>[] = [];
@@ -62,7 +66,7 @@ export class Pool<C> extends EventEmitter<PoolEvents> implements AdapterPool<C> 
   /** @internal Use {@link createPool}. */
   constructor(options: PoolOptions<C>) {
     super();
-    const { source, transport, balancer, drainTimeoutMs, reconnect, ejection, clock, random } = checkPoolOptions(options);
+    const { source, transport, balancer, drainTimeoutMs, reconnect, ejection, retry, retryBudget, clock, random } = checkPoolOptions(options);
     this.#source = source;
     this.#transport = transport;
     this.#balancer = balancer;
@@ -84,6 +88,13 @@ export class Pool<C> extends EventEmitter<PoolEvents> implements AdapterPool<C> 
     });
     this.#membership = new Membership(source.kind, this.#connector, balancer.latencyDecayMs ?? 10_000, drainTimeoutMs, memberEvents);
     this.#calls = new Calls(transport, clock);
+    const budget = new RetryBudget(retryBudget, clock);
+    this.#budget = budget;
+    this.retry = Object.freeze({
+      policy: retry,
+      withdraw: () => budget.withdraw(),
+      delayMs: (attempt: number, policy: RetryPolicy = retry) => retryDelayMs(policy, attempt, random),
+    });
     const pool = this;
     this.#waits = new Waits<Member<C>>({
       get closed() {
@@ -211,11 +222,28 @@ export class Pool<C> extends EventEmitter<PoolEvents> implements AdapterPool<C> 
    * picks a pod and counts a call in flight until `end()`. Throws `PODPOOL_NO_ENDPOINTS` when
    * no member can be picked; {@link beginWhenReady} waits instead.
    */
-  begin(key?: string): PoolCall<C> {
+  begin(key?: string, avoid?: Endpoint): PoolCall<C> {
     if (this.#closing) throw closedError('begin()');
-    const member = this.#picker.pick(key);
+    const member = avoid === undefined ? this.#picker.pick(key) : this.#pickAvoiding(key, avoid);
     if (member === undefined) throw this.#waits.noEndpoints();
+    if (avoid === undefined) this.#budget.deposit();
     return this.#calls.begin(member);
+  }
+
+  /**
+   * A pick for a retry: another member than the one on `avoid` when another is pickable. The
+   * balancer picks first (it knows load and latency); when it insists on `avoid` (a key's pod,
+   * or chance), the next pickable member in key order takes the call.
+   */
+  #pickAvoiding(key: string | undefined, avoid: Endpoint): Member<C> | undefined {
+    const first = this.#picker.pick(key);
+    if (first === undefined || first.endpoint.key !== avoid.key) return first;
+    const pickable = this.#pickable;
+    if (pickable.length < 2) return first;
+    const again = this.#picker.pick(key);
+    if (again !== undefined && again.endpoint.key !== avoid.key) return again;
+    const at = pickable.indexOf(first);
+    return pickable[(at + 1) % pickable.length];
   }
 
   /**
@@ -226,12 +254,13 @@ export class Pool<C> extends EventEmitter<PoolEvents> implements AdapterPool<C> 
    * pickable; it never polls.
    */
   beginWhenReady(options: BeginOptions = {}): Promise<PoolCall<C>> {
-    const { key, signal, timeoutMs, failFast = false } = options;
+    const { key, signal, timeoutMs, failFast = false, avoid } = options;
     if (timeoutMs !== undefined) checkNumber('timeoutMs', timeoutMs, { min: 0 });
     if (this.#closing) return Promise.reject(closedError('beginWhenReady()'));
     return new Promise((resolve, reject) => {
       const picked = (m: Member<C>): void => {
         try {
+          if (avoid === undefined) this.#budget.deposit();
           resolve(this.#calls.begin(m));
         } catch (error) {
           reject(error);
