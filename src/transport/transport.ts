@@ -25,6 +25,18 @@ export interface Transport<C> {
    * call. When absent, a returned value is an answer.
    */
   isFailedResult?(result: unknown): boolean;
+  /**
+   * Whether a call that threw `error` never reached the pod: refused at connect, queued on a
+   * connection that closed before it was written, made on a channel that was not connected.
+   * Such a call is sent again on another pod whatever its idempotency (grpc-js calls this a
+   * transparent retry). When absent, every error may have reached the pod.
+   */
+  wasNotSent?(error: unknown): boolean;
+  /**
+   * Frees what a returned value holds when the pool drops it to retry the call (an undici
+   * response's body, so its socket can carry the next request). When absent, nothing is freed.
+   */
+  discard?(result: unknown): void;
 }
 
 /** What the pool gives a transport when it asks for a connection. */
