@@ -22,6 +22,7 @@ import {
   type Balancer,
   type EndpointSource,
   type Pool,
+  type PoolOptions,
   type Transport,
   type WebSocketClient,
 } from '../../src/index.ts';
@@ -320,16 +321,20 @@ export interface PodpoolModeOptions {
   source?: SourceFactory;
   /** HTTP only: the sockets an agent holds (see {@link HttpAgent}). */
   agent?: HttpAgent;
+  /** More pool options (retry, hedge, …), over the bench's own; say them in `label`. */
+  pool?: Partial<PoolOptions<unknown>>;
+  /** Added to the row's name: `podpool round-robin, <label>`. */
+  label?: string;
 }
 
 /**
  * podpool over `wire` with one balancer, configured the same for every wire: the scenario's
  * source and balancer, quick reconnects, and ready once every pod is.
  */
-export function podpoolMode(wire: Wire, balancer: string, { source = dnsSource, agent }: PodpoolModeOptions = {}): Mode {
+export function podpoolMode(wire: Wire, balancer: string, { source = dnsSource, agent, pool: extra, label }: PodpoolModeOptions = {}): Mode {
   const how = PODPOOL_WIRES[wire] as PodpoolWire<unknown>;
   return {
-    client: `podpool ${balancer}`,
+    client: label === undefined ? `podpool ${balancer}` : `podpool ${balancer}, ${label}`,
     wire,
     kind: 'podpool',
     connections: how.connections(agent),
@@ -340,6 +345,7 @@ export function podpoolMode(wire: Wire, balancer: string, { source = dnsSource, 
         balancer: BALANCERS[balancer]!(),
         reconnect: { minMs: 20, maxMs: 500 },
         drainTimeoutMs: 2_000,
+        ...extra,
       });
       try {
         await pool.ready({ minEndpoints: cluster.readyPods().length, timeoutMs: 10_000 });
@@ -348,7 +354,7 @@ export function podpoolMode(wire: Wire, balancer: string, { source = dnsSource, 
         throw error;
       }
       const { request } = how;
-      return { call: () => pool.use(request), close: () => pool.close() };
+      return { call: () => pool.use(request), close: () => pool.close(), stats: () => pool.stats() };
     },
   };
 }

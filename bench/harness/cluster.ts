@@ -9,7 +9,7 @@ import { DnsServer } from '../../testkit/dns-server.ts';
 import { FakeApiServer, endpointSlice } from '../../testkit/fake-apiserver.ts';
 import { kubernetesEndpoints } from '../../src/discovery/kubernetes.ts';
 import type { EndpointSource } from '../../src/index.ts';
-import { PodFleet, POD_PORTS, type PodCounts, type Protocol } from './pods.ts';
+import { PodFleet, POD_PORTS, type KillResult, type PodCounts, type Protocol, type Recycling } from './pods.ts';
 import { clusterDnsTarget } from './grpc-resolver.ts';
 import {
   UserspaceProxy,
@@ -43,6 +43,8 @@ export interface ClusterOptions {
   concurrency?: number;
   /** Service time of one request, ms. Default 10. */
   serviceMs?: number;
+  /** How the pods' HTTP servers recycle keep-alive connections; none unless given (see {@link Cluster.setRecycling}). */
+  recycling?: Recycling;
 }
 
 /** A pod as the control plane sees it. */
@@ -53,6 +55,8 @@ export interface PodInfo {
   ready: boolean;
   /** Gone for good. */
   gone: boolean;
+  /** Its process died ({@link Cluster.killPod}); it may still be listed until removed. */
+  killed?: boolean;
 }
 
 /** Where a client dials the ClusterIP for one protocol. */
@@ -99,6 +103,7 @@ export class Cluster {
     const fleet = await PodFleet.start();
     const cluster = new Cluster(standIn, reason, fleet, dns, options);
     try {
+      if (options.recycling) await fleet.recycle(options.recycling);
       if (standIn === 'iptables') {
         addAddresses([CLUSTER_IP]);
       } else {
@@ -211,6 +216,40 @@ export class Cluster {
     await this.#fleet.terminate(name, graceMs);
     pod.gone = true;
     this.#publish();
+  }
+
+  /**
+   * The pod's process dies (see {@link PodFleet.kill}): its address refuses connections (in the
+   * iptables stand-in too: the address stays on the namespace's lo, so the kernel answers RST),
+   * and it stays in DNS, the EndpointSlice and behind the ClusterIP until
+   * {@link removeFromSource} takes it out, as a crashed pod stays until its readiness probe fails.
+   */
+  async killPod(name: string): Promise<KillResult> {
+    const pod = this.#pods.find((p) => p.name === name);
+    if (!pod || pod.gone || pod.killed) throw new Error(`no live pod ${name}`);
+    const result = await this.#fleet.kill(name);
+    pod.killed = true;
+    return result;
+  }
+
+  /**
+   * Takes a pod out of DNS, the ClusterIP and the EndpointSlice at once, as the control plane does
+   * when a pod is deleted, without touching its server (whether it still serves or died).
+   */
+  removeFromSource(name: string): void {
+    const pod = this.#pods.find((p) => p.name === name);
+    if (!pod || pod.gone) return;
+    pod.ready = false;
+    pod.gone = true;
+    this.#publish();
+  }
+
+  /**
+   * Every pod's HTTP server, and every pod started from now on, recycles keep-alive connections
+   * so (`undefined`: keeps them 2 min idle, any number of requests).
+   */
+  setRecycling(recycling: Recycling | undefined): Promise<void> {
+    return this.#fleet.recycle(recycling);
   }
 
   slowPod(name: string, factor: number): Promise<void> {

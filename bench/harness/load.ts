@@ -3,12 +3,15 @@
  * and send the next. Every loop is bounded twice, by time and by count, so a bench can't run away.
  */
 import { createHistogram, performance, type RecordableHistogram } from 'node:perf_hooks';
+import type { PoolStats } from '../../src/index.ts';
 
 /** One client application instance: its own connection(s), whichever way it balances. */
 export interface Caller {
   /** One request; resolves with the name of the pod that answered. */
   call(): Promise<string>;
   close(): Promise<void>;
+  /** podpool's clients: the pool's own figures (members' in-flight calls, retries, hedges). */
+  stats?(): PoolStats;
 }
 
 export interface LoadOptions {

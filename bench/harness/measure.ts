@@ -45,8 +45,11 @@ export interface MeasureOptions {
   durationMs: number;
   /** Per client; default enough for 20 000 requests a second. */
   maxRequests?: number;
-  /** Runs while the load runs (adds a pod, slows one down); the load waits for it. */
-  during?: (load: { signal: AbortSignal; startedAt: number }) => Promise<Record<string, unknown> | void>;
+  /**
+   * Runs while the load runs (adds a pod, slows one down, kills one); the load waits for it. It
+   * sees the clients, to read a podpool pool's stats at a moment of its choosing.
+   */
+  during?: (load: { signal: AbortSignal; startedAt: number; callers: readonly Caller[] }) => Promise<Record<string, unknown> | void>;
   keepAnswers?: boolean;
   /**
    * Places client i's connection: after one request, a client whose pod fails `place(i, pod)` is
@@ -82,7 +85,7 @@ export async function measure(cluster: Cluster, mode: Mode, options: MeasureOpti
     const before = await cluster.counts();
     const stop = new AbortController();
     const startedAt = performance.now();
-    const during = options.during?.({ signal: stop.signal, startedAt });
+    const during = options.during?.({ signal: stop.signal, startedAt, callers });
     const load = await runLoad(callers, {
       inflight,
       durationMs,
@@ -93,6 +96,7 @@ export async function measure(cluster: Cluster, mode: Mode, options: MeasureOpti
     });
     stop.abort();
     const extra = (await during) ?? {};
+    const sent = sentAgain(callers);
     const after = await cluster.counts();
     const names = cluster.pods.filter((p) => !goneBefore.has(p.name)).map((p) => p.name);
     const perPod = servedBetween(before, after, mode.wire, names);
@@ -118,6 +122,7 @@ export async function measure(cluster: Cluster, mode: Mode, options: MeasureOpti
       requests: load.requests,
       errors: load.errors,
       ...(load.errorSamples.length > 0 && { errorSamples: load.errorSamples }),
+      ...sent,
       ...extra,
     };
     measured = { row, load, extra };
@@ -127,6 +132,21 @@ export async function measure(cluster: Cluster, mode: Mode, options: MeasureOpti
     if (late > 0 && measured) measured.row.closeTimedOut = late;
   }
   return measured!;
+}
+
+/**
+ * podpool's retries and hedges, summed over the clients' pools (`pool.stats()`), when they count
+ * them: what a row sent beyond the calls it made.
+ */
+function sentAgain(callers: readonly Caller[]): { retries?: number; hedges?: number } {
+  const sent: { retries?: number; hedges?: number } = {};
+  for (const caller of callers) {
+    const stats = caller.stats?.() as { retries?: number; hedges?: number } | undefined;
+    for (const key of ['retries', 'hedges'] as const) {
+      if (typeof stats?.[key] === 'number') sent[key] = (sent[key] ?? 0) + stats[key];
+    }
+  }
+  return sent;
 }
 
 /** A client that takes longer than this to close is left behind (and the report says so). */

@@ -11,7 +11,7 @@ import { fork, type ChildProcess } from 'node:child_process';
 import { createSocket, type Socket as UdpSocket } from 'node:dgram';
 import { once } from 'node:events';
 import { createServer, type Server as HttpServer } from 'node:http';
-import type { Socket } from 'node:net';
+import { createServer as createNetServer, type Server as NetServer, type Socket } from 'node:net';
 import * as grpc from '@grpc/grpc-js';
 import { WebSocketServer } from 'ws';
 // The pod side of podpool's WebSocket requests and datagrams, as a user's pod would take it.
@@ -48,6 +48,28 @@ export interface PodSpec {
   readonly protocols: readonly Protocol[];
   readonly concurrency: number;
   readonly serviceMs: number;
+  /** How the pod's HTTP server recycles its keep-alive connections; none (2 min idle) unless given. */
+  readonly recycling?: Recycling;
+}
+
+/**
+ * An HTTP server that closes its keep-alive connections as servers do in production: after
+ * `keepAliveTimeoutMs` idle (Node's `keepAliveTimeout`; it announces `Keep-Alive: timeout=…`, and
+ * undici drops a socket after each response when that is ≤ its 2 s threshold), and after
+ * `maxRequestsPerSocket` requests (Node's option; nginx's `keepalive_requests`).
+ */
+export interface Recycling {
+  readonly keepAliveTimeoutMs: number;
+  readonly maxRequestsPerSocket: number;
+}
+
+/** What the bench's pods do when nothing recycles: keep a connection 2 min idle, serve it for ever. */
+const NO_RECYCLING: Recycling = { keepAliveTimeoutMs: 120_000, maxRequestsPerSocket: 0 };
+
+/** What a killed pod had on its hands. */
+export interface KillResult {
+  /** Requests it had received (served or queued, any protocol) and not answered: they never will be. */
+  readonly unanswered: number;
 }
 
 /**
@@ -74,6 +96,8 @@ type Command =
   | { op: 'add'; spec: PodSpec }
   | { op: 'terminate'; name: string; graceMs: number }
   | { op: 'slow'; name: string; factor: number }
+  | { op: 'kill'; name: string }
+  | { op: 'recycle'; recycling: Recycling | undefined }
   | { op: 'counts' }
   | { op: 'stop' };
 
@@ -146,6 +170,20 @@ export class PodFleet {
     return this.#send({ op: 'slow', name, factor });
   }
 
+  /**
+   * The pod's process dies: every connection it holds is reset (RST), its listeners close, so
+   * its address refuses connections, as when a container crashes on a live node. Requests it
+   * held are never answered.
+   */
+  kill(name: string): Promise<KillResult> {
+    return this.#send({ op: 'kill', name });
+  }
+
+  /** Every pod's HTTP server, and every pod started later, recycles its connections so (none: `undefined`). */
+  recycle(recycling: Recycling | undefined): Promise<void> {
+    return this.#send({ op: 'recycle', recycling });
+  }
+
   counts(): Promise<PodCounts> {
     return this.#send({ op: 'counts' });
   }
@@ -169,8 +207,9 @@ class Pod {
   #busy = 0;
   readonly #queue: (() => void)[] = [];
   readonly #sockets = new Set<Socket>();
+  #killed = false;
   #http: HttpServer | undefined;
-  #grpc: grpc.Server | undefined;
+  #grpc: { server: grpc.Server; listener: NetServer } | undefined;
   #ws: { http: HttpServer; wss: WebSocketServer } | undefined;
   #udp: UdpSocket | undefined;
 
@@ -180,9 +219,12 @@ class Pod {
 
   /** Holds one of the pod's `concurrency` slots for its service time, then runs `done`. */
   serve(done: () => void): void {
+    if (this.#killed) return;
     const run = (): void => {
       this.#busy++;
       setTimeout(() => {
+        // A dead process answers nothing, and counts nothing it did not answer.
+        if (this.#killed) return;
         this.#busy--;
         done();
         const next = this.#queue.shift();
@@ -197,7 +239,7 @@ class Pod {
     const { address, protocols, name } = this.spec;
     const reply = Buffer.from(name);
     if (protocols.includes('http')) {
-      const server = createServer({ keepAliveTimeout: 120_000, requestTimeout: 0 }, (req, res) => {
+      const server = createServer({ requestTimeout: 0 }, (req, res) => {
         req.resume();
         // A broadcast (cache invalidation, config push) is cheap to apply: answered at once.
         if (req.url === '/broadcast') {
@@ -213,9 +255,10 @@ class Pod {
         });
       });
       this.#track(server, 'httpSockets');
+      this.#http = server;
+      this.recycle(this.spec.recycling);
       server.listen(POD_PORTS.http, address);
       await once(server, 'listening');
-      this.#http = server;
     }
     if (protocols.includes('grpc')) {
       const server = new grpc.Server();
@@ -227,10 +270,17 @@ class Pod {
           });
         },
       });
-      await new Promise<void>((resolve, reject) =>
-        server.bindAsync(`${address}:${POD_PORTS.grpc}`, grpc.ServerCredentials.createInsecure(), (e) => (e ? reject(e) : resolve())),
-      );
-      this.#grpc = server;
+      // The pod listens itself and hands each connection to grpc-js, so that it holds the TCP
+      // sockets a killed process would drop (grpc-js's forceShutdown says GOAWAY first).
+      const injector = server.createConnectionInjector(grpc.ServerCredentials.createInsecure());
+      const listener = createNetServer((socket) => {
+        this.#sockets.add(socket);
+        socket.once('close', () => this.#sockets.delete(socket));
+        injector.injectConnection(socket);
+      });
+      listener.listen(POD_PORTS.grpc, address);
+      await once(listener, 'listening');
+      this.#grpc = { server, listener };
     }
     if (protocols.includes('ws')) {
       const http = createServer((_req, res) => res.writeHead(426).end());
@@ -276,8 +326,34 @@ class Pod {
     });
   }
 
+  /** Sets the HTTP server's keep-alive recycling (Node reads both options per connection and request). */
+  recycle(recycling: Recycling = NO_RECYCLING): void {
+    if (!this.#http) return;
+    this.#http.keepAliveTimeout = recycling.keepAliveTimeoutMs;
+    this.#http.maxRequestsPerSocket = recycling.maxRequestsPerSocket;
+  }
+
+  /** Like a process killed (SIGKILL, OOM): every connection reset at once, listeners closed. */
+  kill(): KillResult {
+    if (this.#killed) return { unanswered: 0 };
+    const unanswered = this.#busy + this.#queue.length;
+    this.#killed = true;
+    this.#queue.length = 0;
+    for (const s of this.#sockets) s.resetAndDestroy();
+    this.#http?.close();
+    this.#ws?.http.close();
+    this.#ws?.wss.close();
+    if (this.#grpc) {
+      this.#grpc.listener.close();
+      this.#grpc.server.forceShutdown();
+    }
+    this.#udp?.close();
+    return { unanswered };
+  }
+
   /** Like a pod given SIGTERM: stop listening, finish what is in flight (up to `graceMs`), exit. */
   async terminate(graceMs: number): Promise<void> {
+    if (this.#killed) return;
     const closing: Promise<unknown>[] = [];
     if (this.#http) {
       const server = this.#http;
@@ -290,8 +366,8 @@ class Pod {
       closing.push(new Promise((r) => wss.close(r)), new Promise((r) => http.close(r)));
     }
     if (this.#grpc) {
-      const server = this.#grpc;
-      closing.push(new Promise<void>((r) => server.tryShutdown(() => r())));
+      const { server, listener } = this.#grpc;
+      closing.push(new Promise<void>((r) => server.tryShutdown(() => r())), new Promise((r) => listener.close(r)));
     }
     if (this.#udp) {
       const socket = this.#udp;
@@ -300,7 +376,7 @@ class Pod {
     const grace = new Promise<void>((r) => setTimeout(r, graceMs).unref());
     await Promise.race([Promise.all(closing), grace]);
     for (const s of this.#sockets) s.destroy();
-    this.#grpc?.forceShutdown();
+    this.#grpc?.server.forceShutdown();
     if (this.#ws) for (const client of this.#ws.wss.clients) client.terminate();
     await Promise.all(closing);
   }
@@ -308,10 +384,11 @@ class Pod {
 
 function podsProcess(): void {
   const pods = new Map<string, Pod>();
+  let recycling: Recycling | undefined;
   const run = async (command: Command): Promise<unknown> => {
     switch (command.op) {
       case 'add': {
-        const pod = new Pod(command.spec);
+        const pod = new Pod({ ...command.spec, recycling: command.spec.recycling ?? recycling });
         pods.set(command.spec.name, pod);
         await pod.start();
         return undefined;
@@ -328,6 +405,15 @@ function podsProcess(): void {
         pod.factor = command.factor;
         return undefined;
       }
+      case 'kill': {
+        const pod = pods.get(command.name);
+        if (!pod) throw new Error(`no pod ${command.name}`);
+        return pod.kill();
+      }
+      case 'recycle':
+        recycling = command.recycling;
+        for (const pod of pods.values()) pod.recycle(recycling);
+        return undefined;
       case 'counts': {
         const counts: PodCounts = {};
         for (const [name, pod] of pods) counts[name] = { ...pod.counts };

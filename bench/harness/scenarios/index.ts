@@ -5,6 +5,8 @@ import { scaleUp } from './scale-up.ts';
 import { rollingRestart } from './rolling-restart.ts';
 import { broadcast } from './broadcast.ts';
 import { overhead } from './overhead.ts';
+import { serverRecycles } from './server-recycles.ts';
+import { killedPod } from './killed-pod.ts';
 import type { Cluster } from '../cluster.ts';
 
 /** Every scenario `podpool bench` runs, by name. */
@@ -13,6 +15,8 @@ export const SCENARIOS: Record<string, (options: ScenarioOptions, cluster?: Clus
   'slow-pod': slowPod,
   'scale-up': scaleUp,
   'rolling-restart': rollingRestart,
+  'server-recycles': serverRecycles,
+  'killed-pod': killedPod,
   broadcast: (options, cluster) => broadcast(options.podsGiven ? { ...options, sizes: [options.pods] } : options, cluster),
   overhead,
 };

@@ -1,0 +1,103 @@
+/**
+ * `killed-pod`: under load, one pod's process dies (every connection reset, its address refuses),
+ * and the control plane takes it out of DNS, the EndpointSlice and the ClusterIP a moment later.
+ * A call that never reached the pod must be sent again elsewhere; one that may have reached it is
+ * sent again only when the caller said it is idempotent. So: idempotent rows lose nothing, and
+ * the others lose at most the calls that were in flight on that pod when it died.
+ */
+import { setTimeout as sleep } from 'node:timers/promises';
+import { Cluster } from '../cluster.ts';
+import { grpcKubeProxy, httpKubeProxy, podpoolMode, type Mode } from '../client-modes.ts';
+import type { Caller } from '../load.ts';
+import { measure, type ModeResult } from '../measure.ts';
+import { formatTable, reportHead, type ScenarioReport } from '../report.ts';
+import { agentSockets } from './balance.ts';
+import type { ScenarioOptions, ScenarioOutput } from './options.ts';
+
+/** How long after the kill the pod leaves the source (its readiness probe failing, the endpoint controller). */
+export const REMOVE_AFTER_MS = 100;
+/** The kill comes this far into the run, once the load is steady. */
+export const KILL_AT = 1 / 3;
+
+/** podpool's rows with the call idempotent (sent again even when it may have reached the pod). */
+export const IDEMPOTENT = 'idempotent retry';
+
+/**
+ * kube-proxy first on each wire, then podpool by default (only calls that never reached a pod are
+ * sent again) and with `retry: { idempotent: true }`. HTTP rows hold an agent of the same sockets
+ * per client (one request on a socket at a time); gRPC rows one connection per destination.
+ */
+export function killedPodModes(options: { pods: number; inflight: number }): Mode[] {
+  const agent = agentSockets(options.pods, options.inflight);
+  const idempotent = { retry: { idempotent: true } };
+  return [
+    httpKubeProxy(agent),
+    podpoolMode('http', 'round-robin', { agent }),
+    podpoolMode('http', 'round-robin', { agent, pool: idempotent, label: IDEMPOTENT }),
+    grpcKubeProxy,
+    podpoolMode('grpc', 'round-robin'),
+    podpoolMode('grpc', 'round-robin', { pool: idempotent, label: IDEMPOTENT }),
+  ];
+}
+
+/** Calls podpool's clients had started on `address` and not finished: their pools' member stats, summed. */
+function inFlightOn(callers: readonly Caller[], address: string): number | undefined {
+  let sum: number | undefined;
+  for (const caller of callers) {
+    const stats = caller.stats?.();
+    if (stats === undefined) continue;
+    for (const m of stats.members) if (m.endpoint.address === address) sum = (sum ?? 0) + m.inFlight;
+  }
+  return sum;
+}
+
+export async function killedPod(options: ScenarioOptions, cluster?: Cluster): Promise<ScenarioOutput> {
+  const own = cluster === undefined;
+  cluster ??= await Cluster.start({ pods: options.pods, protocols: ['http', 'grpc'], concurrency: options.concurrency, serviceMs: options.serviceMs });
+  const durationMs = options.durationS * 1000;
+  try {
+    const results: ModeResult[] = [];
+    for (const mode of killedPodModes(options)) {
+      const { row } = await measure(cluster, mode, {
+        clients: options.clients,
+        inflight: options.inflight,
+        durationMs,
+        label: `killed-pod · ${mode.wire} · ${mode.client}`,
+        holdForDuring: true,
+        during: async ({ callers }) => {
+          await sleep(durationMs * KILL_AT);
+          const victim = cluster!.readyPods()[0]!;
+          // Read just before the kill, in this process; the kill is one IPC message away.
+          const inFlightAtKill = inFlightOn(callers, victim.address);
+          const { unanswered } = await cluster!.killPod(victim.name);
+          await sleep(REMOVE_AFTER_MS);
+          cluster!.removeFromSource(victim.name);
+          return { killed: victim.name, ...(inFlightAtKill !== undefined && { inFlightAtKill }), podUnanswered: unanswered };
+        },
+      });
+      results.push(row);
+      // Back to N pods for the next row.
+      await cluster.addPod();
+    }
+    const report: ScenarioReport = {
+      ...reportHead('killed-pod', cluster, options),
+      removeAfterMs: REMOVE_AFTER_MS,
+      results,
+      notes: [
+        `one pod killed ${Math.round(KILL_AT * 100)} % into each run: its connections reset, its address refuses (RST, as a crashed container on a live node); it leaves DNS, the EndpointSlice and the ClusterIP ${REMOVE_AFTER_MS} ms later.`,
+        `"${IDEMPOTENT}": the pool's retry: { idempotent: true } (the bench's GET / Echo call is idempotent); other podpool rows keep the default: only calls that never reached a pod are sent again.`,
+        '"in flight": podpool\'s pool.stats() inFlight on the killed pod, summed over clients, read just before the kill; "pod held": requests the pod had received and not answered when it died.',
+      ],
+    };
+    return {
+      report,
+      table: formatTable(report, [
+        ['in flight', (r) => (r.inFlightAtKill === undefined ? '-' : String(r.inFlightAtKill))],
+        ['pod held', (r) => String(r.podUnanswered ?? '')],
+        ['retries', (r) => (r.retries === undefined ? '-' : String(r.retries))],
+      ]),
+    };
+  } finally {
+    if (own) await cluster.close();
+  }
+}
