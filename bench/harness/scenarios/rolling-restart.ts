@@ -10,6 +10,7 @@ import { round } from '../load.ts';
 import { measure, type ModeResult } from '../measure.ts';
 import { formatTable, reportHead, type ScenarioReport } from '../report.ts';
 import { agentSockets } from './balance.ts';
+import { IDEMPOTENT } from './killed-pod.ts';
 import type { ScenarioOptions, ScenarioOutput } from './options.ts';
 
 /** How long a terminating pod may finish in-flight work (terminationGracePeriodSeconds, scaled down). */
@@ -25,12 +26,16 @@ export const PRE_STOP_MS = 100;
 export function rollingRestartModes(options: { pods: number; inflight: number }): Mode[] {
   const named = (mode: Mode, source: string): Mode => ({ ...mode, client: `${mode.client} (${source})` });
   const agent = agentSockets(options.pods, options.inflight);
+  // The bench's GET and Echo are idempotent, and podpool is told so: a call the old pod may have
+  // taken and not answered is sent again on another pod.
+  const pool = { retry: { idempotent: true } };
+  const label = IDEMPOTENT;
   return [
     httpKubeProxy(agent),
-    ...Object.entries(DISCOVERY_SOURCES).map(([name, source]) => named(podpoolMode('http', 'round-robin', { source, agent }), name)),
+    ...Object.entries(DISCOVERY_SOURCES).map(([name, source]) => named(podpoolMode('http', 'round-robin', { source, agent, pool, label }), name)),
     httpBalancedPool(agent),
     grpcKubeProxy,
-    ...Object.entries(DISCOVERY_SOURCES).map(([name, source]) => named(podpoolMode('grpc', 'round-robin', { source }), name)),
+    ...Object.entries(DISCOVERY_SOURCES).map(([name, source]) => named(podpoolMode('grpc', 'round-robin', { source, pool, label }), name)),
     grpcRoundRobin,
   ];
 }
@@ -75,6 +80,7 @@ export async function rollingRestart(options: ScenarioOptions, cluster?: Cluster
       notes: [
         `every pod replaced once per mode: new pod ready, old pod terminating (out of endpoints), ${PRE_STOP_MS} ms preStop sleep, then stops accepting and is gone after ≤ ${GRACE_MS} ms of grace.`,
         `podpool's DNS source polls every ${DNS_REFRESH_MS} ms, so it may still pick a pod that stopped accepting.`,
+        `podpool's rows ("${IDEMPOTENT}") set retry: { idempotent: true }, since the bench's GET / Echo call is idempotent: a call sent to a pod that went away unanswered is sent again on another; kube-proxy and the peers have no such setting and run as they are.`,
         'undici BalancedPool lists the pods once at start: once they are all replaced, it has nowhere to send.',
       ],
     };
@@ -83,6 +89,7 @@ export async function rollingRestart(options: ScenarioOptions, cluster?: Cluster
       table: formatTable(report, [
         ['replaced', (r) => String(r.replaced ?? '')],
         ['error rate', (r) => `${(((r.errorRate as number) ?? 0) * 100).toFixed(2)}%`],
+        ['retries', (r) => (r.retries === undefined ? '-' : String(r.retries))],
       ]),
     };
   } finally {
