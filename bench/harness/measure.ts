@@ -36,6 +36,10 @@ export interface ModeResult {
   requests: number;
   errors: number;
   errorSamples?: string[];
+  /** podpool's calls sent again (`pool.stats().retries`), summed over clients, when the pool counts them. */
+  retries?: number;
+  /** podpool's hedges sent (`pool.stats().hedges`), summed over clients. */
+  hedges?: number;
   [figure: string]: unknown;
 }
 
