@@ -375,8 +375,8 @@ class Pod {
     }
     const grace = new Promise<void>((r) => setTimeout(r, graceMs).unref());
     await Promise.race([Promise.all(closing), grace]);
-    for (const s of this.#sockets) s.destroy();
     this.#grpc?.server.forceShutdown();
+    for (const s of this.#sockets) s.destroy();
     if (this.#ws) for (const client of this.#ws.wss.clients) client.terminate();
     await Promise.all(closing);
   }
