@@ -1,6 +1,7 @@
 /**
  * One gRPC call through the pool, as grpcChannel() creates it: grpc-js's call interface on top of
- * a pod picked per call.
+ * a pod picked per call, sent again on another pod when it never reached one or its method's
+ * retry policy allows.
  */
 import {
   Client,
@@ -13,19 +14,42 @@ import {
 } from '@grpc/grpc-js';
 import { AbortedError, ConnectionLostError, ErrorCode, PodpoolError } from '../errors.ts';
 import type { PoolCall } from '../call/call.ts';
+import type { RetryGate } from '../call/retry.ts';
+import type { Endpoint } from '../endpoint.ts';
+import { PREVIOUS_ATTEMPTS, neverReachedPod, pushbackMs, type MethodRetry } from './grpc-retry.ts';
 
 export type GrpcCall = ReturnType<ChannelInterface['createCall']>;
 export type CreateCallArgs = Parameters<ChannelInterface['createCall']>;
 type MessageContext = Parameters<GrpcCall['sendMessageWithContext']>[0];
 
-/** What a call needs of the channel: a pod now, or a pod once one is ready. */
+/** What a call needs of the channel: a pod now, or a pod once one is ready, and when to retry. */
 export interface Router<C> {
-  /** Picks a pod; throws `PODPOOL_NO_ENDPOINTS` when none is ready. */
-  begin(method: string, metadata: Metadata): PoolCall<C>;
+  /** The call's affinity key, read once when it starts. */
+  key(method: string, metadata: Metadata): string | undefined;
+  /** Picks a pod (another than `avoid` when one is ready); throws `PODPOOL_NO_ENDPOINTS` when none is. */
+  begin(key: string | undefined, avoid: Endpoint | undefined): PoolCall<C>;
   /** Waits for a ready pod, as grpc-js queues a call while its channel connects. */
-  wait(method: string, metadata: Metadata, options: { signal: AbortSignal; failFast: boolean }): Promise<PoolCall<C>>;
+  wait(key: string | undefined, options: { signal: AbortSignal; failFast: boolean; avoid: Endpoint | undefined }): Promise<PoolCall<C>>;
   /** The pool's connectivity, for messages. */
   readonly connectivity: string;
+  /** The pool's retry policy and budget. */
+  readonly retry: RetryGate;
+  /** The retry policy of a method once a call may have reached a pod; undefined: never resent then. */
+  policyFor(method: string): MethodRetry | undefined;
+}
+
+/**
+ * gRFC A6 (and grpc-js's `grpc.per_rpc_retry_buffer_size`): a call whose messages add up to more
+ * is committed to its attempt, so a long upload is not held in memory for a retry.
+ */
+const RETRY_BUFFER_BYTES = 256 * 1024;
+
+/** A message the caller sent, kept for a retry until the call is committed to its attempt. */
+interface Write {
+  readonly message: Buffer;
+  readonly flags: number | undefined;
+  /** The caller's write callback, until the first attempt that writes the message calls it. */
+  callback: (() => void) | undefined;
 }
 
 /** A failed call's status as the error the pool records (shaped like grpc-js's `ServiceError`). */
@@ -39,21 +63,54 @@ function statusError({ code, details, metadata }: StatusObject): Error {
  * until its status arrives, so a stream stays on its pod for its whole life and counts for as
  * long as it is open. A call that starts while no pod is ready waits for one as grpc-js queues
  * it: up to its deadline, and without `waitForReady` only while the pool is connecting.
+ *
+ * Each attempt is one `begin()`/`end()` on the pool. Until the call is committed (response
+ * headers arrived, or its messages passed {@link RETRY_BUFFER_BYTES}) it keeps what the caller
+ * sent (metadata, messages, half-close, read) and can replay it on another pod: at once and
+ * free when the attempt never reached its pod, after a backoff and one from the retry budget
+ * when its method's policy says the status is retryable.
  */
 export class PoolChannelCall<C extends Client> implements GrpcCall, InterceptingListener {
   readonly #router: Router<C>;
   readonly #args: CreateCallArgs;
-  #inner: GrpcCall | undefined = undefined;
   #listener: InterceptingListener | undefined = undefined;
-  #end: ((error?: unknown) => void) | undefined = undefined;
+  #metadata: Metadata | undefined = undefined;
+  #key: string | undefined = undefined;
   #credentials: CallCredentials | undefined = undefined;
-  /** Set when the call failed (or was cancelled) before it reached a pod. */
+  /** The attempt running now: its call on the pod's channel, and its place in the pool. */
+  #inner: GrpcCall | undefined = undefined;
+  #pod: PoolCall<C> | undefined = undefined;
+  /** The latest attempt's call, running or ended: what getPeer() and the like report. */
+  #latest: GrpcCall | undefined = undefined;
+  /** Attempts started; a write callback from an earlier one is ignored. */
+  #attempt = 0;
+  /** Retries of attempts that never reached a pod, and of attempts that may have. */
+  #transparentRetries = 0;
+  #policyRetries = 0;
+  /** The policy retries since the backoff last started over (a pushback restarts it, A6). */
+  #backoffStep = 0;
+  /** Set once response headers arrived or the messages outgrew the buffer: no more retries. */
+  #committed = false;
+  #cancelled = false;
+  /** The caller's messages, in order, while a retry could replay them; undefined once committed and all written. */
+  #writes: Write[] | undefined = undefined;
+  #bufferedBytes = 0;
+  /** The next entry of #writes to hand to the attempt, and whether one is handed and not yet written. */
+  #next = 0;
+  #writing = false;
+  /** The current attempt's write callback: one per attempt, so a late one from an earlier attempt is told apart. */
+  #onWritten: (() => void) | undefined = undefined;
+  #halfClosed = false;
+  #halfCloseSent = false;
+  #readStarted = false;
+  /** The last attempt's status, while the call waits to be sent again. */
+  #lastStatus: StatusObject | undefined = undefined;
+  /** Set when the call ended without an attempt running (never reached a pod, cancelled between attempts). */
   #failure: StatusObject | undefined = undefined;
-  /** Operations issued before the call reached a pod, replayed on the pod's call. */
-  #pending: ((call: GrpcCall) => void)[] | undefined = undefined;
   /** Ends the wait for a ready pod (deadline, cancel), while the call waits for one. */
   #waiting: AbortController | undefined = undefined;
   #deadlineTimer: NodeJS.Timeout | undefined = undefined;
+  #backoffTimer: NodeJS.Timeout | undefined = undefined;
 
   constructor(router: Router<C>, args: CreateCallArgs) {
     this.#router = router;
@@ -66,15 +123,27 @@ export class PoolChannelCall<C extends Client> implements GrpcCall, Intercepting
       this.#deliverFailure();
       return;
     }
+    this.#metadata = metadata;
+    try {
+      this.#key = this.#router.key(this.#args[0], metadata);
+    } catch (error) {
+      this.#fail(error);
+      return;
+    }
+    this.#begin(undefined);
+  }
+
+  /** Starts an attempt on a pod picked now, else waits for one. */
+  #begin(avoid: Endpoint | undefined): void {
     let call: PoolCall<C>;
     try {
-      call = this.#router.begin(this.#args[0], metadata);
+      call = this.#router.begin(this.#key, avoid);
     } catch (error) {
-      if (error instanceof PodpoolError && error.code === ErrorCode.NO_ENDPOINTS) this.#wait(metadata);
+      if (error instanceof PodpoolError && error.code === ErrorCode.NO_ENDPOINTS) this.#wait(avoid);
       else this.#fail(error);
       return;
     }
-    this.#startOn(call, metadata);
+    this.#startOn(call);
   }
 
   /**
@@ -82,9 +151,8 @@ export class PoolChannelCall<C extends Client> implements GrpcCall, Intercepting
    * wait with DEADLINE_EXCEEDED; without `waitForReady` the wait also ends, UNAVAILABLE, as soon
    * as the pool is failing (grpc-js's TRANSIENT_FAILURE), and a call made then fails at once.
    */
-  #wait(metadata: Metadata): void {
-    const deadline = this.#args[1];
-    const ms = deadline instanceof Date ? deadline.getTime() - Date.now() : deadline === Infinity ? Infinity : deadline - Date.now();
+  #wait(avoid: Endpoint | undefined): void {
+    const ms = this.#remainingMs();
     if (ms <= 0) {
       this.#deadlineExceeded();
       return;
@@ -92,17 +160,21 @@ export class PoolChannelCall<C extends Client> implements GrpcCall, Intercepting
     const waiting = new AbortController();
     this.#waiting = waiting;
     if (ms !== Infinity) this.#deadlineTimer = setTimeout(() => this.#deadlineExceeded(), ms);
-    const failFast = metadata.getOptions().waitForReady !== true;
-    this.#router.wait(this.#args[0], metadata, { signal: waiting.signal, failFast }).then(
+    const failFast = this.#metadata!.getOptions().waitForReady !== true;
+    this.#router.wait(this.#key, { signal: waiting.signal, failFast, avoid }).then(
       (call) => {
         this.#stopWaiting();
         // Cancelled or past its deadline as the pod became ready: the status is out already.
         if (this.#failure !== undefined) call.end(new AbortedError('the call ended before it reached the pod'));
-        else this.#startOn(call, metadata);
+        else this.#startOn(call);
       },
       (error: unknown) => {
         this.#stopWaiting();
-        if (this.#failure === undefined) this.#fail(error);
+        if (this.#failure !== undefined) return;
+        // A retry that finds no pod ends as its last attempt did: that says more than "no pod".
+        const last = this.#lastStatus;
+        if (last === undefined) this.#fail(error);
+        else this.#endWith(last);
       },
     );
   }
@@ -123,36 +195,99 @@ export class PoolChannelCall<C extends Client> implements GrpcCall, Intercepting
     });
   }
 
-  /** Ends a call that never reached a pod with `failure`, and stops its wait if it waits. */
+  /** Ends a call that has no attempt running with `failure`, and stops its wait if it waits. */
   #endWaiting(failure: StatusObject): void {
     if (this.#failure !== undefined) return;
-    this.#failure = failure;
     const waiting = this.#waiting;
     this.#stopWaiting();
     waiting?.abort(new AbortedError(failure.details));
-    this.#deliverFailure();
+    this.#endWith(failure);
   }
 
-  #startOn(call: PoolCall<C>, metadata: Metadata): void {
+  /** ms left before the call's deadline (Infinity without one). */
+  #remainingMs(): number {
+    const deadline = this.#args[1];
+    return deadline instanceof Date ? deadline.getTime() - Date.now() : deadline === Infinity ? Infinity : deadline - Date.now();
+  }
+
+  #startOn(call: PoolCall<C>): void {
     let inner: GrpcCall;
     try {
       inner = call.client.getChannel().createCall(...this.#args);
       if (this.#credentials !== undefined) inner.setCredentials(this.#credentials);
     } catch (error) {
+      // The pod's channel was closed as the call began: nothing was sent.
       const lost = new ConnectionLostError(`the channel to ${call.endpoint.key} is closed`, { cause: error });
       call.end(lost);
-      this.#fail(lost);
+      if (!this.#retryUnsent(call.endpoint)) this.#fail(lost);
       return;
     }
-    this.#end = call.end;
+    const attempt = ++this.#attempt;
+    this.#pod = call;
     this.#inner = inner;
+    this.#latest = inner;
+    this.#next = 0;
+    this.#writing = false;
+    this.#halfCloseSent = false;
+    this.#onWritten = () => this.#written(attempt);
+    let metadata = this.#metadata!;
+    if (this.#policyRetries > 0) {
+      metadata = metadata.clone();
+      metadata.set(PREVIOUS_ATTEMPTS, String(this.#policyRetries));
+    }
     inner.start(metadata, this);
-    const pending = this.#pending;
-    this.#pending = undefined;
-    if (pending !== undefined) for (const operation of pending) operation(inner);
+    if (this.#readStarted) inner.startRead();
+    this.#pump();
+  }
+
+  /** Hands the attempt the caller's writes it has not had yet: one message at a time, as grpc-js's calls take them. */
+  #pump(): void {
+    const inner = this.#inner;
+    const writes = this.#writes;
+    if (inner === undefined) return;
+    if (writes !== undefined) {
+      if (!this.#writing && this.#next < writes.length) {
+        const write = writes[this.#next++]!;
+        this.#writing = true;
+        inner.sendMessageWithContext({ flags: write.flags, callback: this.#onWritten }, write.message);
+      }
+      if (this.#next < writes.length) return;
+    }
+    if (this.#halfClosed && !this.#halfCloseSent) {
+      // As grpc-js does: a half-close may follow the last message before it is written.
+      this.#halfCloseSent = true;
+      inner.halfClose();
+    }
+    if (this.#committed && !this.#writing) this.#writes = undefined;
+  }
+
+  /** The attempt wrote the last message it was handed. */
+  #written(attempt: number): void {
+    if (attempt !== this.#attempt || this.#writes === undefined) return;
+    const write = this.#writes[this.#next - 1]!;
+    this.#writing = false;
+    const callback = write.callback;
+    write.callback = undefined;
+    this.#pump();
+    callback?.();
+  }
+
+  #commit(): void {
+    if (this.#committed) return;
+    this.#committed = true;
+    const writes = this.#writes;
+    if (writes === undefined) return;
+    // What the attempt has written is needed no more; what it has not, it still needs.
+    const done = this.#writing ? this.#next - 1 : this.#next;
+    writes.splice(0, done);
+    this.#next -= done;
+    this.#bufferedBytes = 0;
+    if (writes.length === 0 && !this.#writing) this.#writes = undefined;
   }
 
   onReceiveMetadata(metadata: Metadata): void {
+    this.#commit();
+    if (this.#policyRetries > 0) metadata.set(PREVIOUS_ATTEMPTS, String(this.#policyRetries));
     this.#listener!.onReceiveMetadata(metadata);
   }
 
@@ -161,50 +296,117 @@ export class PoolChannelCall<C extends Client> implements GrpcCall, Intercepting
   }
 
   onReceiveStatus(received: StatusObject): void {
+    const pod = this.#pod!;
+    const inner = this.#inner!;
     // The pool hears first, so whoever waits on the status sees the call no longer in flight.
-    this.#end!(received.code === status.OK ? undefined : statusError(received));
+    pod.end(received.code === status.OK ? undefined : statusError(received));
+    this.#inner = undefined;
+    this.#pod = undefined;
+    if (received.code !== status.OK && this.#retry(received, inner, pod)) return;
+    if (this.#policyRetries > 0 && !this.#committed) received.metadata.set(PREVIOUS_ATTEMPTS, String(this.#policyRetries));
+    this.#release();
     this.#listener!.onReceiveStatus(received);
   }
 
+  /** Whether the failed attempt is sent again (and then it is, now or after a backoff). */
+  #retry(ended: StatusObject, inner: GrpcCall, pod: PoolCall<C>): boolean {
+    if (this.#cancelled || this.#committed) return false;
+    if (neverReachedPod(ended, inner.getPeer(), pod.client.getChannel().getTarget())) {
+      this.#lastStatus = ended;
+      return this.#retryUnsent(pod.endpoint);
+    }
+    const gate = this.#router.retry;
+    const policy = this.#router.policyFor(this.#args[0]);
+    if (gate.policy.retries === 0 || policy === undefined || !policy.codes.has(ended.code)) return false;
+    if (this.#policyRetries + 1 >= policy.maxAttempts) return false;
+    const pushback = pushbackMs(ended.metadata);
+    if (pushback === false) return false;
+    if (pushback !== undefined) this.#backoffStep = 0;
+    const delay = pushback ?? gate.delayMs(this.#backoffStep + 1, policy.delays);
+    if (delay >= this.#remainingMs() || !gate.withdraw()) return false;
+    if (pushback === undefined) this.#backoffStep++;
+    this.#policyRetries++;
+    this.#lastStatus = ended;
+    const avoid = pod.endpoint;
+    this.#backoffTimer = setTimeout(() => {
+      this.#backoffTimer = undefined;
+      this.#begin(avoid);
+    }, delay);
+    return true;
+  }
+
+  /**
+   * Sends again, on another pod and at once, a call whose attempt on `from` never reached it:
+   * it cost that pod nothing, so the budget is not asked; only the pool's `retry.retries` and
+   * the deadline bound it.
+   */
+  #retryUnsent(from: Endpoint): boolean {
+    if (this.#cancelled || this.#committed) return false;
+    if (this.#transparentRetries >= this.#router.retry.policy.retries || this.#remainingMs() <= 0) return false;
+    this.#transparentRetries++;
+    this.#begin(from);
+    return true;
+  }
+
   sendMessageWithContext(context: MessageContext, message: Buffer): void {
-    if (this.#inner !== undefined) this.#inner.sendMessageWithContext(context, message);
-    else if (this.#failure !== undefined) process.nextTick(() => context.callback?.());
-    else (this.#pending ??= []).push((call) => call.sendMessageWithContext(context, message));
+    if (this.#failure !== undefined) {
+      process.nextTick(() => context.callback?.());
+      return;
+    }
+    if (this.#writes === undefined && this.#committed) {
+      // Committed and every kept message written: the attempt is the call.
+      this.#inner?.sendMessageWithContext(context, message);
+      return;
+    }
+    (this.#writes ??= []).push({ message, flags: context.flags, callback: context.callback });
+    this.#bufferedBytes += message.length;
+    if (this.#bufferedBytes > RETRY_BUFFER_BYTES) this.#commit();
+    this.#pump();
   }
 
   startRead(): void {
-    if (this.#inner !== undefined) this.#inner.startRead();
-    else if (this.#failure === undefined) (this.#pending ??= []).push((call) => call.startRead());
+    this.#readStarted = true;
+    this.#inner?.startRead();
   }
 
   halfClose(): void {
-    if (this.#inner !== undefined) this.#inner.halfClose();
-    else if (this.#failure === undefined) (this.#pending ??= []).push((call) => call.halfClose());
+    this.#halfClosed = true;
+    this.#pump();
   }
 
   cancelWithStatus(code: status, details: string): void {
-    if (this.#inner !== undefined) this.#inner.cancelWithStatus(code, details);
-    else if (this.#waiting !== undefined) this.#endWaiting({ code, details, metadata: new Metadata() });
-    else if (this.#failure === undefined) this.#failure = { code, details, metadata: new Metadata() };
+    this.#cancelled = true;
+    if (this.#inner !== undefined) {
+      this.#inner.cancelWithStatus(code, details);
+    } else if (this.#waiting !== undefined) {
+      this.#endWaiting({ code, details, metadata: new Metadata() });
+    } else if (this.#backoffTimer !== undefined) {
+      clearTimeout(this.#backoffTimer);
+      this.#backoffTimer = undefined;
+      this.#endWith({ code, details, metadata: new Metadata() });
+    } else if (this.#failure === undefined && this.#listener === undefined) {
+      // Cancelled before it started: start() reports it.
+      this.#failure = { code, details, metadata: new Metadata() };
+    }
   }
 
   getPeer(): string {
-    return this.#inner?.getPeer() ?? '';
+    return this.#latest?.getPeer() ?? '';
   }
 
   getCallNumber(): number {
-    return this.#inner?.getCallNumber() ?? 0;
+    return this.#latest?.getCallNumber() ?? 0;
   }
 
   setCredentials(credentials: CallCredentials): void {
-    if (this.#inner !== undefined) this.#inner.setCredentials(credentials);
-    else this.#credentials = credentials;
+    this.#credentials = credentials;
+    this.#inner?.setCredentials(credentials);
   }
 
   // Typed through grpc-js's public Call interface: the inferred type names a module path of
   // grpc-js's build that a consumer's declarations can't resolve.
   getAuthContext(): ReturnType<GrpcCall['getAuthContext']> {
-    return this.#inner?.getAuthContext() ?? null;
+    return this.#latest?.getAuthContext() ?? null;
   }
 
   /** No pod could take the call: it ends UNAVAILABLE, the details saying why. */
@@ -212,7 +414,13 @@ export class PoolChannelCall<C extends Client> implements GrpcCall, Intercepting
     const metadata = new Metadata();
     if (error instanceof PodpoolError) metadata.set('podpool-error-code', error.code);
     const details = error instanceof Error ? error.message : String(error);
-    this.#failure = { code: status.UNAVAILABLE, details: `podpool: ${details}`, metadata };
+    this.#endWith({ code: status.UNAVAILABLE, details: `podpool: ${details}`, metadata });
+  }
+
+  /** Ends, with `failure`, a call that has no attempt running. */
+  #endWith(failure: StatusObject): void {
+    this.#failure = failure;
+    this.#release();
     this.#deliverFailure();
   }
 
@@ -221,20 +429,11 @@ export class PoolChannelCall<C extends Client> implements GrpcCall, Intercepting
     // Never from inside start(): the client has not finished setting the call up yet.
     process.nextTick(() => this.#listener!.onReceiveStatus(failure));
   }
-}
 
-/**
- * A grpc-js `Channel` that sends each call to a pod the pool picks, for a generated client's
- * `channelOverride`: `new EchoClient('podpool', credentials.createInsecure(), { channelOverride:
- * grpcChannel(pool) })`. Unary calls and streams of every kind work; a stream stays on its pod
- * for its whole life, and the pool counts it in flight until its status arrives. UNAVAILABLE,
- * DEADLINE_EXCEEDED and INTERNAL count against the pod.
- *
- * A call made while no pod is ready behaves as on a grpc-js channel: it waits while the pool
- * is connecting (starting, or a pod reconnecting), up to its deadline (DEADLINE_EXCEEDED);
- * when the pool is failing (every pod's connect failed, or none is left) it fails at once with
- * UNAVAILABLE, unless it was made with `waitForReady` (`metadata.setOptions({ waitForReady:
- * true })`), which waits through failures too. A failed call's details carry the pool's message
- * and its trailers the `podpool-error-code`. Closing the channel (or the client) fails the calls
- * that wait and stops it taking calls; close the pool to close connections.
- */
+  /** The call is over: what was kept for a retry goes. */
+  #release(): void {
+    this.#writes = undefined;
+    this.#lastStatus = undefined;
+    this.#onWritten = undefined;
+  }
+}

@@ -3,6 +3,7 @@ import { ClosedError, PodpoolError } from '../errors.ts';
 import { checkOptions, invalidOption, optionNames } from '../options.ts';
 import type { AdapterPool } from '../pool/adapter-pool.ts';
 import { PoolChannelCall, type CreateCallArgs, type GrpcCall, type Router } from './grpc-channel-call.ts';
+import { idempotentRetry, methodRetries, type GrpcServiceConfig } from './grpc-retry.ts';
 
 /**
  * A grpc-js channel's connectivity state. Named apart from podpool's own `grpcChannel()`, which
@@ -19,9 +20,20 @@ export interface GrpcChannelOptions {
    * (`(method, metadata) => metadata.get('tenant')[0]?.toString()`).
    */
   key?: (method: string, metadata: Metadata) => string | undefined;
+  /**
+   * Retry policies per method, in grpc-js's service-config shape (an object or its JSON):
+   * `{ methodConfig: [{ name: [{ service: 'pkg.v1.Echo', method?: 'Unary' }], retryPolicy: {
+   * maxAttempts: 3, initialBackoff: '0.1s', maxBackoff: '1s', backoffMultiplier: 2,
+   * retryableStatusCodes: ['UNAVAILABLE'] } }] }`. A call of a method named, whose attempt ended
+   * with a retryable code before any response header, is sent again on another pod after the
+   * backoff (or the server's `grpc-retry-pushback-ms`), within its deadline and the pool's
+   * retry budget. Without one, only calls that never reached a pod are sent again, and with the
+   * pool's `retry: { idempotent: true }` also every UNAVAILABLE of a method no entry names.
+   */
+  serviceConfig?: GrpcServiceConfig | string;
 }
 
-const CHANNEL_OPTIONS = optionNames<GrpcChannelOptions>({ key: true });
+const CHANNEL_OPTIONS = optionNames<GrpcChannelOptions>({ key: true, serviceConfig: true });
 
 /** A `watchConnectivityState` caller. */
 interface Watcher {
@@ -45,24 +57,30 @@ export class PoolChannel<C extends Client = Client> implements ChannelInterface 
       invalidOption('pool', 'a pool made with createPool({ transport: grpcTransport(…) })', pool);
     }
     checkOptions(options, CHANNEL_OPTIONS);
-    const { key } = options;
+    const { key, serviceConfig } = options;
     if (key !== undefined && typeof key !== 'function') invalidOption('key', 'a function (method, metadata) => string | undefined', key);
+    const { retry } = pool;
+    // Idempotent calls may be sent twice: UNAVAILABLE is the code gRPC names for "try again".
+    const retries = methodRetries(serviceConfig, retry.policy.idempotent ? idempotentRetry(retry.policy) : undefined);
     this.#pool = pool;
     this.#target = `podpool:${pool.sourceKind}`;
     const closing = this.#closing.signal;
     const closedError = (): PodpoolError => new ClosedError('the gRPC channel over the pool is closed');
     this.#router = {
-      begin: (method, metadata) => {
+      key: (method, metadata) => key?.(method, metadata),
+      begin: (callKey, avoid) => {
         if (this.#closed) throw closedError();
-        return pool.begin(key?.(method, metadata));
+        return pool.begin(callKey, avoid);
       },
-      wait: (method, metadata, { signal, failFast }) => {
+      wait: (callKey, { signal, failFast, avoid }) => {
         if (this.#closed) return Promise.reject(closedError());
-        return pool.beginWhenReady({ key: key?.(method, metadata), signal: AbortSignal.any([signal, closing]), failFast });
+        return pool.beginWhenReady({ key: callKey, signal: AbortSignal.any([signal, closing]), failFast, avoid });
       },
       get connectivity() {
         return pool.connectivity;
       },
+      retry,
+      policyFor: (method) => retries.forPath(method),
     };
   }
 
@@ -140,8 +158,27 @@ export class PoolChannel<C extends Client = Client> implements ChannelInterface 
 }
 
 /**
- * A grpc-js `Channel` over a gRPC pool, so one generated stub balances per call:
- * `new EchoClient('podpool', credentials.createInsecure(), { channelOverride: grpcChannel(pool) })`.
+ * A grpc-js `Channel` that sends each call to a pod the pool picks, for a generated client's
+ * `channelOverride`: `new EchoClient('podpool', credentials.createInsecure(), { channelOverride:
+ * grpcChannel(pool) })`. Unary calls and streams of every kind work; a stream stays on its pod
+ * for its whole life, and the pool counts it in flight until its status arrives. UNAVAILABLE,
+ * DEADLINE_EXCEEDED and INTERNAL count against the pod.
+ *
+ * A call made while no pod is ready behaves as on a grpc-js channel: it waits while the pool
+ * is connecting (starting, or a pod reconnecting), up to its deadline (DEADLINE_EXCEEDED);
+ * when the pool is failing (every pod's connect failed, or none is left) it fails at once with
+ * UNAVAILABLE, unless it was made with `waitForReady` (`metadata.setOptions({ waitForReady:
+ * true })`), which waits through failures too. A failed call's details carry the pool's message
+ * and its trailers the `podpool-error-code`. Closing the channel (or the client) fails the calls
+ * that wait and stops it taking calls; close the pool to close connections.
+ *
+ * Retries: a call that never reached its pod (the pod's channel was not connected or was closed
+ * as the call began) is sent again at once on another pod, up to the pool's `retry.retries`
+ * times, free of the retry budget (grpc-js's transparent retry, across pods). A call that may
+ * have reached its pod is sent again only as `serviceConfig` (or the pool's `retry: {
+ * idempotent: true }`) says, before any response header arrived and while its messages fit in
+ * 256 KiB (gRFC A6's commit), each retry taking one from the pool's retry budget. Every attempt
+ * is a call of its own in the pool's counts; the caller sees the status of the last one.
  */
 export function grpcChannel<C extends Client>(pool: AdapterPool<C>, options?: GrpcChannelOptions): PoolChannel<C> {
   return new PoolChannel(pool, options);
