@@ -1,28 +1,32 @@
+import { setTimeout as sleep } from 'node:timers/promises';
 import { reasonOf } from '../abort.ts';
 import type { Endpoint } from '../endpoint.ts';
-import { ErrorCode, NotSupportedError, PodpoolError, TimeoutError } from '../errors.ts';
+import { AbortedError, ErrorCode, NotSupportedError, PodpoolError, TimeoutError } from '../errors.ts';
 import type { Connection, Transport } from '../transport/transport.ts';
+import { CohortCall, cohortFor, type Cohort, type CohortHost } from './deadline.ts';
+import { LatencyWindow, type HedgePolicy } from './hedge.ts';
+import { retryDelayMs, type RetryPolicy } from './retry.ts';
 
 /**
  * How a call ended, as far as the pod is concerned: it `answered` (a success, or a request the
- * pod refused), it `failed` in a way that counts against the pod, or it says nothing about the
- * pod (`unrecorded`: the caller gave up, or its failure was counted when its deadline passed).
+ * pod refused), it `failed` in a way that counts against the pod, it was `abandoned` (a hedge
+ * answered first: its time so far is a lower bound of the pod's latency, nothing more), or it
+ * says nothing about the pod (`unrecorded`: the caller gave up, or its failure was counted when
+ * its deadline passed).
  */
-export type CallOutcome = 'answered' | 'failed' | 'unrecorded';
+export type CallOutcome = 'answered' | 'failed' | 'abandoned' | 'unrecorded';
 
 /**
  * What one call needs of the member it runs on: its connection, and the accounting that the
  * member owns. The pool's `Member` is one; this layer never sees the pool.
  */
-export interface CallTarget<C> {
+export interface CallTarget<C> extends CohortHost {
   readonly endpoint: Endpoint;
   readonly connection: Connection<C> | undefined;
   /** Aborts when the connection under the call closes. */
   readonly connectionClosedSignal: AbortSignal;
   startCall(): void;
   endCall(outcome: CallOutcome, latencyMs: number, now: number, error?: unknown): void;
-  /** Counts a failure against the pod while the call still runs (its deadline passed). */
-  countFailure(latencyMs: number, now: number, error: unknown): void;
 }
 
 /** What a caller runs on a pod: `use()`'s callback, a broadcast's delivery. */
@@ -30,6 +34,46 @@ export type CallFn<C, T> = (client: C, endpoint: Endpoint, signal: AbortSignal) 
 
 /** Says whether a value a call returned is the pod failing (`use(fn, { failedResult })`). */
 export type ResultCheck<T> = (result: T) => boolean;
+
+/**
+ * How one call runs: the pool's defaults with the call's options over them. The plan of a call
+ * made without options is made once per pool.
+ */
+export interface CallPlan<T> {
+  /** Affinity key, for the picks of retries and hedges. */
+  readonly key: string | undefined;
+  /** The caller's signal. */
+  readonly signal: AbortSignal | undefined;
+  /** The call's deadline, retries and hedges included; `Infinity`: none. */
+  readonly timeoutMs: number;
+  readonly failedResult: ResultCheck<T> | undefined;
+  readonly retry: RetryPolicy;
+  readonly hedge: HedgePolicy | undefined;
+  /** Names the call in errors (`use() on`), followed by the endpoint. */
+  readonly what: string;
+}
+
+/** What the call layer asks of the pool for a retry or a hedge: another member, and the budget. */
+export interface CallRouter<C> {
+  /** A pickable member other than `avoid` when there is one; `avoid` itself when it is the only one. */
+  pickAnother(key: string | undefined, avoid: CallTarget<C>): CallTarget<C> | undefined;
+  /** Takes one retry or hedge from the budget; false when it is spent. */
+  withdraw(): boolean;
+  /** A call was made at `now` (not a retry nor a hedge): the budget grows by it. */
+  deposit(now: number): void;
+}
+
+/** A deadline that may pass while an attempt runs: a cohort's call, or one attempt's own timer. */
+interface Deadline {
+  expired: boolean;
+}
+
+/** The reason a hedge's other attempt is cancelled with, once one attempt answered. */
+class HedgeLostError extends AbortedError {
+  constructor(endpoint: string) {
+    super(`another pod answered first; the hedged call on ${endpoint} was cancelled`);
+  }
+}
 
 /**
  * One call begun with `pool.begin()`: the connection to use and the endpoint it goes to. Call
@@ -42,35 +86,56 @@ export interface PoolCall<C> {
 }
 
 /**
- * What wraps one call on a picked member: the accounting (start, end, outcome), the deadline
- * and the signals; later, retries and hedging. It knows the transport (which errors count
- * against a pod, whether a connection is lent per call) and the clock, nothing of the pool.
+ * What wraps one call on a picked member: the accounting (start, end, outcome), the deadline and
+ * the signals, retries on another pod, and hedging. It knows the transport (which errors count
+ * against a pod, which never reached it, whether a connection is lent per call), the clock and
+ * the budget, and of the pool only what {@link CallRouter} gives it.
  */
 export class Calls<C> {
   readonly #transport: Transport<C>;
   readonly #clock: () => number;
+  readonly #random: () => number;
+  readonly #router: CallRouter<C>;
+  /** The pool's default deadline, which calls share through cohorts ({@link cohortFor}). */
+  readonly #defaultTimeoutMs: number;
+  readonly #onExpiry = (m: CohortHost, call: CohortCall, error: TimeoutError): void => {
+    const now = this.#clock();
+    m.countFailure(now - call.started, now, error);
+    call.reject(error);
+  };
+  /** Answered calls' latencies, kept once a call hedges at a percentile. */
+  #latencies: LatencyWindow | undefined = undefined;
+  /** Attempts sent again after one failed, and hedges sent, since the pool started. */
+  retries = 0;
+  hedges = 0;
 
-  constructor(transport: Transport<C>, clock: () => number) {
+  constructor(transport: Transport<C>, clock: () => number, random: () => number, router: CallRouter<C>, defaultTimeoutMs: number) {
     this.#transport = transport;
     this.#clock = clock;
+    this.#random = random;
+    this.#router = router;
+    this.#defaultTimeoutMs = defaultTimeoutMs;
+  }
+
+  /** Starts keeping latencies for percentile hedges (the pool's `hedge` asks for it at once). */
+  keepLatencies(): void {
+    this.#latencies ??= new LatencyWindow(this.#clock);
   }
 
   /**
-   * Runs `fn` on `m`'s connection and records its outcome. With neither a signal nor a timeout
-   * it is one async call and no more (`use()`'s common path); else see {@link #within}.
-   * `what` names the call in errors (`use() on`, `broadcast to`), followed by the endpoint.
-   * `failedResult` classifies what `fn` returned, instead of the transport's `isFailedResult`.
+   * Runs `fn` on `m`'s connection as `plan` says and records its outcome; retries and hedges go
+   * to other members. A call with the pool's default deadline and no signal joins a deadline
+   * cohort (no timer of its own); see {@link #within} for the others.
    */
-  run<T>(
-    m: CallTarget<C>,
-    fn: CallFn<C, T>,
-    signal: AbortSignal | undefined,
-    timeoutMs: number | undefined,
-    what: string,
-    failedResult?: ResultCheck<T>,
-  ): Promise<T> {
-    if (signal === undefined && timeoutMs === undefined) return this.#call(m, fn, undefined, undefined, this.#clock(), failedResult);
-    return this.#within(m, fn, signal, timeoutMs, `${what} ${m.endpoint.key}`, failedResult);
+  run<T>(m: CallTarget<C>, fn: CallFn<C, T>, plan: CallPlan<T>): Promise<T> {
+    const started = this.#clock();
+    this.#router.deposit(started);
+    if (plan.hedge !== undefined) return this.#hedged(m, fn, plan, started);
+    if (plan.signal === undefined) {
+      if (plan.timeoutMs === Infinity) return this.#attempt(m, fn, plan, m.connectionClosedSignal, undefined, undefined, undefined, started, started, 1);
+      if (plan.timeoutMs === this.#defaultTimeoutMs) return this.#inCohort(m, fn, plan, started);
+    }
+    return this.#within(m, fn, plan, plan.signal, started, 1);
   }
 
   /**
@@ -97,70 +162,33 @@ export class Calls<C> {
     };
   }
 
-  async #call<T>(
-    m: CallTarget<C>,
-    fn: CallFn<C, T>,
-    signal: AbortSignal | undefined,
-    deadline: { expired: boolean } | undefined,
-    started: number,
-    failedResult: ResultCheck<T> | undefined,
-  ): Promise<T> {
-    const connection = m.connection!;
-    // The caller's signal, or else the connection's: either way fn learns when to give up.
-    const callSignal = signal ?? m.connectionClosedSignal;
-    m.startCall();
-    let client: C | undefined;
-    // A call that ended past its deadline was counted as a failure when the deadline passed.
-    let outcome: CallOutcome = 'unrecorded';
-    let failure: unknown;
-    let threw = false;
-    try {
-      client = connection.acquire === undefined ? (connection.client as C) : await connection.acquire(callSignal);
-      const value = await fn(client, m.endpoint, callSignal);
-      if (!deadline?.expired) {
-        outcome = 'answered';
-        if (failedResult === undefined ? this.#transport.isFailedResult?.(value) === true : failedResult(value)) {
-          // Allocated only for a failure: it is what stats() and the ejection message show.
-          outcome = 'failed';
-          failure = new FailedResultError(m.endpoint.key, value);
-        }
-      }
-      return value;
-    } catch (error) {
-      // A caller that gave up says nothing about the pod; a deadline that passed does, and was
-      // counted then (the signal is aborted in both cases).
-      if (!signal?.aborted) outcome = this.#outcomeOf(true, error);
-      failure = error ?? null;
-      threw = true;
-      throw error;
-    } finally {
-      // A lent connection is given back as failed when the call threw, not for a failed result:
-      // the connection carried the answer well.
-      if (client !== undefined && connection.release !== undefined) connection.release(client, threw || deadline?.expired === true);
-      const now = this.#clock();
-      m.endCall(outcome, now - started, now, failure);
-    }
+  /** The default deadline, shared by the calls of a cohort. */
+  #inCohort<T>(m: CallTarget<C>, fn: CallFn<C, T>, plan: CallPlan<T>, started: number): Promise<T> {
+    const cohort = cohortFor(m, started, this.#defaultTimeoutMs, plan.what, this.#onExpiry);
+    return new Promise<T>((resolve, reject) => {
+      const call = new CohortCall(reject, started);
+      cohort.join(call);
+      this.#attempt(m, fn, plan, cohort.signal, undefined, call, cohort, started, started, 1).then(resolve, reject);
+    });
   }
 
   /**
-   * `#call` raced against a signal and a timeout. The caller's promise settles at the deadline,
-   * and the timeout counts against the pod then: a pod that never answers must add up to an
-   * ejection even when `fn` ignores its signal. The member keeps counting the call in flight until
-   * `fn` really ends, which is the truth the balancers need.
+   * One attempt raced against the caller's signal (`outer`) and what is left of the deadline. The
+   * caller's promise settles at the deadline, and the timeout counts against the pod then: a pod
+   * that never answers must add up to an ejection even when `fn` ignores its signal. The member
+   * keeps counting the call in flight until `fn` really ends, which is the truth the balancers need.
    */
-  #within<T>(
-    m: CallTarget<C>,
-    fn: CallFn<C, T>,
-    outer: AbortSignal | undefined,
-    timeoutMs: number | undefined,
-    what: string,
-    failedResult: ResultCheck<T> | undefined,
-  ): Promise<T> {
+  #within<T>(m: CallTarget<C>, fn: CallFn<C, T>, plan: CallPlan<T>, outer: AbortSignal | undefined, callStarted: number, attempt: number): Promise<T> {
+    const what = `${plan.what} ${m.endpoint.key}`;
     if (outer?.aborted) return Promise.reject(reasonOf(outer, what));
+    const started = this.#clock();
+    const timeoutMs = plan.timeoutMs === Infinity ? Infinity : plan.timeoutMs - (started - callStarted);
+    if (timeoutMs === Infinity && outer === undefined) {
+      return this.#attempt(m, fn, plan, m.connectionClosedSignal, undefined, undefined, undefined, callStarted, started, attempt);
+    }
     return new Promise<T>((resolve, reject) => {
       const controller = new AbortController();
-      const deadline = { expired: false };
-      const started = this.#clock();
+      const deadline: Deadline = { expired: false };
       let timer: NodeJS.Timeout | undefined;
       // fn's signal also aborts when the pool closes the connection under the call.
       const connection = m.connectionClosedSignal;
@@ -176,20 +204,20 @@ export class Calls<C> {
         finish();
         reject(error);
       };
-      if (timeoutMs !== undefined) {
+      if (timeoutMs !== Infinity) {
         timer = setTimeout(() => {
           deadline.expired = true;
-          const error = new TimeoutError(`${what} did not finish within ${timeoutMs} ms`);
+          const error = new TimeoutError(`${what} did not finish within ${plan.timeoutMs} ms`);
           const now = this.#clock();
           m.countFailure(now - started, now, error);
           controller.abort(error);
           finish();
           reject(error);
-        }, timeoutMs);
+        }, Math.max(1, timeoutMs));
       }
       outer?.addEventListener('abort', onAbort, { once: true });
       connection.addEventListener('abort', onConnectionClosed, { once: true });
-      this.#call(m, fn, controller.signal, deadline, started, failedResult).then(
+      this.#attempt(m, fn, plan, controller.signal, outer, deadline, undefined, callStarted, started, attempt).then(
         (value) => {
           finish();
           resolve(value);
@@ -199,6 +227,180 @@ export class Calls<C> {
           reject(error);
         },
       );
+    });
+  }
+
+  /**
+   * One attempt on `m`: runs `fn`, records the outcome, and sends the call again on another
+   * member when it may: always when it never reached the pod (a retry, not charged to the
+   * budget), and when it failed against the pod (thrown, or a failed result) only for an
+   * idempotent call and within the budget. Never once the caller gave up or the deadline passed.
+   * `signal` is fn's; `outer` the caller's (or a hedge's), which a retry carries on.
+   */
+  async #attempt<T>(
+    m: CallTarget<C>,
+    fn: CallFn<C, T>,
+    plan: CallPlan<T>,
+    signal: AbortSignal,
+    outer: AbortSignal | undefined,
+    deadline: Deadline | undefined,
+    cohort: Cohort | undefined,
+    callStarted: number,
+    started: number,
+    attempt: number,
+  ): Promise<T> {
+    const connection = m.connection!;
+    m.startCall();
+    let client: C | undefined;
+    let value: T | undefined;
+    let error: unknown;
+    let threw = false;
+    // A call that could not get a connection lent never reached the pod.
+    let lent = connection.acquire === undefined;
+    try {
+      client = lent ? (connection.client as C) : await connection.acquire!(signal);
+      lent = true;
+      value = await fn(client, m.endpoint, signal);
+    } catch (e) {
+      error = e ?? null;
+      threw = true;
+    }
+    const expired = deadline?.expired === true;
+    // A lent connection is given back as failed when the call threw, not for a failed result:
+    // the connection carried the answer well.
+    if (client !== undefined && connection.release !== undefined) connection.release(client, threw || expired);
+    if (cohort !== undefined) cohort.leave(deadline as CohortCall);
+    const now = this.#clock();
+    // A call that ended past its deadline was counted as a failure when the deadline passed; one
+    // whose caller gave up says nothing about the pod; one that lost a hedge says a little.
+    let outcome: CallOutcome = 'unrecorded';
+    let failure: unknown = error;
+    if (expired || plan.signal?.aborted) outcome = 'unrecorded';
+    else if (!threw) {
+      outcome = 'answered';
+      if (plan.failedResult === undefined ? this.#transport.isFailedResult?.(value) === true : plan.failedResult(value as T)) {
+        outcome = 'failed';
+        // Allocated only for a failure: it is what stats() and the ejection message show.
+        failure = new FailedResultError(m.endpoint.key, value);
+      }
+    } else if (signal.aborted && signal.reason instanceof HedgeLostError) outcome = 'abandoned';
+    else outcome = this.#outcomeOf(true, error);
+    m.endCall(outcome, now - started, now, failure);
+    if (outcome === 'answered') this.#latencies?.record(now - started, now);
+
+    if (!threw) {
+      // Nobody waits for a value that came after the deadline or the caller's abort: free it.
+      if (expired || outer?.aborted) {
+        this.#transport.discard?.(value);
+        return value as T;
+      }
+      if (outcome !== 'failed' || !plan.retry.idempotent || !this.#mayRetry(plan, attempt, outer)) return value as T;
+      // Only with another pod to send it to, and budget for it, is the answer dropped.
+      if (this.#router.pickAnother(plan.key, m) === undefined || !this.#router.withdraw()) return value as T;
+      this.#transport.discard?.(value);
+      return this.#retry(m, fn, plan, outer, callStarted, attempt, false, failure);
+    }
+    if (expired || !this.#mayRetry(plan, attempt, outer)) throw error;
+    if (!lent || this.#transport.wasNotSent?.(error) === true) return this.#retry(m, fn, plan, outer, callStarted, attempt, true, error);
+    if (plan.retry.idempotent && outcome === 'failed' && this.#router.withdraw()) return this.#retry(m, fn, plan, outer, callStarted, attempt, false, error);
+    throw error;
+  }
+
+  /** Whether an attempt that failed may be followed by another: retries left, and nobody gave up (nor lost a hedge). */
+  #mayRetry<T>(plan: CallPlan<T>, attempt: number, outer: AbortSignal | undefined): boolean {
+    return attempt <= plan.retry.retries && !plan.signal?.aborted && !outer?.aborted;
+  }
+
+  /**
+   * Sends the call again on another member, after a jittered backoff unless it never reached
+   * its pod, within what is left of the deadline. With no other member to take it, the last
+   * failure stands.
+   */
+  async #retry<T>(
+    last: CallTarget<C>,
+    fn: CallFn<C, T>,
+    plan: CallPlan<T>,
+    outer: AbortSignal | undefined,
+    callStarted: number,
+    attempt: number,
+    notSent: boolean,
+    failure: unknown,
+  ): Promise<T> {
+    if (!notSent) {
+      const delay = retryDelayMs(plan.retry, attempt, this.#random);
+      const left = plan.timeoutMs - (this.#clock() - callStarted);
+      if (delay >= left) throw failure;
+      if (delay > 0) {
+        try {
+          await sleep(delay, undefined, outer === undefined ? undefined : { signal: outer });
+        } catch {
+          throw reasonOf(outer!, `${plan.what} ${last.endpoint.key}`);
+        }
+      }
+    }
+    const next = this.#router.pickAnother(plan.key, last);
+    if (next === undefined) throw failure;
+    this.retries++;
+    return this.#within(next, fn, plan, outer, callStarted, attempt + 1);
+  }
+
+  /**
+   * A hedged call: the first attempt, and after the hedge's delay (when the budget allows and
+   * another member is pickable) a second on another member. The first to answer wins; the other
+   * is cancelled (its outcome `abandoned`) and whatever it returns later is discarded. A call
+   * fails only when every attempt failed.
+   */
+  #hedged<T>(m: CallTarget<C>, fn: CallFn<C, T>, plan: CallPlan<T>, started: number): Promise<T> {
+    const hedge = plan.hedge!;
+    const delay = hedge.delayMs ?? this.#latencies?.percentileMs(hedge.percentile!);
+    if (delay === undefined || plan.signal?.aborted) return this.#within(m, fn, plan, plan.signal, started, 1);
+    return new Promise<T>((resolve, reject) => {
+      const attempts: { readonly m: CallTarget<C>; readonly controller: AbortController }[] = [];
+      let running = 0;
+      let done = false;
+      let timer: NodeJS.Timeout | undefined;
+      const finish = (): void => {
+        done = true;
+        clearTimeout(timer);
+        plan.signal?.removeEventListener('abort', onAbort);
+      };
+      const onAbort = (): void => {
+        for (const a of attempts) a.controller.abort(plan.signal!.reason);
+      };
+      const launch = (target: CallTarget<C>, attempt: number): void => {
+        const controller = new AbortController();
+        attempts.push({ m: target, controller });
+        running++;
+        this.#within(target, fn, plan, controller.signal, started, attempt).then(
+          (value) => {
+            running--;
+            if (done) {
+              this.#transport.discard?.(value);
+              return;
+            }
+            finish();
+            for (const a of attempts) if (a.controller !== controller) a.controller.abort(new HedgeLostError(a.m.endpoint.key));
+            resolve(value);
+          },
+          (error: unknown) => {
+            running--;
+            if (done || running > 0) return;
+            // Every attempt so far failed: a hedge still to come would only repeat a retry's work.
+            finish();
+            reject(error);
+          },
+        );
+      };
+      plan.signal?.addEventListener('abort', onAbort, { once: true });
+      launch(m, 1);
+      timer = setTimeout(() => {
+        timer = undefined;
+        if (done) return;
+        const other = this.#router.pickAnother(plan.key, m);
+        if (other === undefined || other === m || !this.#router.withdraw()) return;
+        this.hedges++;
+        launch(other, 2);
+      }, delay);
     });
   }
 

@@ -58,7 +58,9 @@ export function retryPolicy(options: RetryOptions | false | undefined, base: Ret
   if (options === undefined) return base;
   if (options === false) return NO_RETRY;
   checkOptions(options, RETRY_OPTIONS, name);
-  const { retries = base.retries, idempotent = base.idempotent, minDelayMs = base.backoff.minMs, maxDelayMs = base.backoff.maxMs } = options;
+  const { retries = base.retries, idempotent = base.idempotent, maxDelayMs = base.backoff.maxMs } = options;
+  // A ceiling under the default floor lowers the floor with it.
+  const { minDelayMs = Math.min(base.backoff.minMs, typeof maxDelayMs === 'number' ? maxDelayMs : Infinity) } = options;
   checkNumber(`${name}.retries`, retries, { min: 0, integer: true });
   if (typeof idempotent !== 'boolean') invalidOption(`${name}.idempotent`, 'a boolean', idempotent);
   checkNumber(`${name}.minDelayMs`, minDelayMs, { min: 0 });
@@ -102,14 +104,14 @@ export class RetryBudget {
     this.#slot = Math.floor(clock() / this.#slotMs);
   }
 
-  /** A call was made (not a retry, not a hedge): it adds `ratio` to what may be retried. */
-  deposit(): void {
-    this.#calls[this.#advance()]++;
+  /** A call was made (not a retry, not a hedge) at `now`: it adds `ratio` to what may be retried. */
+  deposit(now: number = this.#clock()): void {
+    this.#calls[this.#advance(now)]++;
   }
 
   /** Takes one retry (or hedge) from the budget; false when it is spent: do not send again. */
   withdraw(): boolean {
-    const current = this.#advance();
+    const current = this.#advance(this.#clock());
     let calls = 0;
     let retries = 0;
     for (let i = 0; i < SLOTS; i++) {
@@ -122,8 +124,8 @@ export class RetryBudget {
   }
 
   /** The index of the current slot, after clearing the slots that fell out of the window. */
-  #advance(): number {
-    const slot = Math.floor(this.#clock() / this.#slotMs);
+  #advance(now: number): number {
+    const slot = Math.floor(now / this.#slotMs);
     const passed = slot - this.#slot;
     if (passed > 0) {
       for (let i = 1; i <= Math.min(passed, SLOTS); i++) {

@@ -1,5 +1,6 @@
 import type { Pickable } from '../balance/balancer.ts';
 import type { CallOutcome, CallTarget } from '../call/call.ts';
+import type { Cohort } from '../call/deadline.ts';
 import type { Endpoint } from '../endpoint.ts';
 import type { PodpoolError } from '../errors.ts';
 import type { Connection } from '../transport/transport.ts';
@@ -67,6 +68,8 @@ export class Member<C> implements Pickable, CallTarget<C> {
    * learns that its connection is gone without an allocation per call. A new one per connection.
    */
   #connectionClosed = new AbortController();
+  /** The call layer's open deadline cohort (src/call/deadline.ts): kept here, found without a lookup. */
+  cohort: Cohort | undefined = undefined;
   /** Pending drain timer. */
   #drainTimer: NodeJS.Timeout | undefined = undefined;
   /** When the current connection was opened, to tell a flapping pod from a long-lived one. */
@@ -154,6 +157,7 @@ export class Member<C> implements Pickable, CallTarget<C> {
   /** Ends a call begun with `startCall()`, counting `outcome` against the pod or not. */
   endCall(outcome: CallOutcome, latencyMs: number, now: number, error?: unknown): void {
     if (outcome === 'answered') this.#load.answered(latencyMs, now);
+    else if (outcome === 'abandoned') this.#load.latency.observe(latencyMs, now);
     else if (outcome === 'failed') this.countFailure(latencyMs, now, error);
     if (this.#load.settled() === 0 && this.#state === 'draining') this.#events.drained(this as Member<unknown>);
   }

@@ -3,6 +3,8 @@ import type { Balancer } from '../balance/balancer.ts';
 import { roundRobin } from '../balance/round-robin.ts';
 import type { EndpointSource } from '../discovery/source.ts';
 import { checkNumber, checkOptions, invalidOption, optionNames } from '../options.ts';
+import type { CallPlan } from '../call/call.ts';
+import { hedgePolicy, type HedgeOptions, type HedgePolicy } from '../call/hedge.ts';
 import { retryPolicy, type RetryBudgetOptions, type RetryOptions, type RetryPolicy } from '../call/retry.ts';
 import type { Transport } from '../transport/transport.ts';
 import { reconnectPolicy, type ReconnectOptions, type ReconnectPolicy } from './connector.ts';
@@ -15,8 +17,10 @@ const POOL_OPTIONS = optionNames<PoolOptions<unknown>>({
   drainTimeoutMs: true,
   reconnect: true,
   ejection: true,
+  callTimeoutMs: true,
   retry: true,
   retryBudget: true,
+  hedge: true,
   clock: true,
   random: true,
 });
@@ -36,6 +40,13 @@ export interface PoolOptions<C> {
   /** Outlier ejection after consecutive failures; `false` turns it off. */
   ejection?: EjectionOptions | false;
   /**
+   * The deadline of a `use()` call (and of each broadcast delivery) that sets no `timeoutMs` of
+   * its own: past it the call fails with `PODPOOL_TIMEOUT`, its signal aborts, and it counts
+   * against the pod. `Infinity`: no deadline (a call then waits for as long as its pod does).
+   * Default 30 s. Calls share its timers, so it costs a call next to nothing.
+   */
+  callTimeoutMs?: number;
+  /**
    * Sending a call again on another pod. By default a call that never reached a pod (refused at
    * connect, queued on a connection that closed first) is sent again up to twice; one that may
    * have reached it is not, unless `idempotent: true` (here for every call, or per call in
@@ -44,6 +55,12 @@ export interface PoolOptions<C> {
   retry?: RetryOptions | false;
   /** How many retries and hedges may be sent: at most `ratio` (0.2) of calls plus `minPerSecond` (10). */
   retryBudget?: RetryBudgetOptions;
+  /**
+   * Hedging for every `use()` call: after `delayMs`, or once a call is slower than `percentile`
+   * of the pool's recent calls, the same call goes to a second pod; the first answer wins and the
+   * other is cancelled. Only for calls that may run twice (idempotent ones). Default: none.
+   */
+  hedge?: HedgeOptions;
   /** Time in ms for latency and timers' bookkeeping; default `performance.now`. */
   clock?: () => number;
   /** Random numbers in [0, 1) for balancers; default `Math.random`. */
@@ -61,8 +78,9 @@ export interface UseOptions<T = unknown> {
    */
   signal?: AbortSignal;
   /**
-   * Fails the call with `PODPOOL_TIMEOUT` after this long and counts it against the pod. A wait
-   * for a ready pod (see `waitForReady`) counts toward it.
+   * Fails the call with `PODPOOL_TIMEOUT` after this long and counts it against the pod; retries
+   * and hedges happen within it. A wait for a ready pod (see `waitForReady`) counts toward it.
+   * Default the pool's `callTimeoutMs` (30 s); `Infinity`: none.
    */
   timeoutMs?: number;
   /**
@@ -78,6 +96,13 @@ export interface UseOptions<T = unknown> {
    * `{ statusCode }` or a fetch `Response`) with a 5xx or 429 status. The caller still gets the value.
    */
   failedResult?: (result: T) => boolean;
+  /**
+   * This call's retries, over the pool's `retry`: `{ idempotent: true }` lets a call that may
+   * have reached a pod be sent again when it failed against it; `false` sends it only once.
+   */
+  retry?: RetryOptions | false;
+  /** This call's hedging, over the pool's `hedge`; `false`: none. */
+  hedge?: HedgeOptions | false;
 }
 
 /** How long a call waits for a pickable member when it sets no `timeoutMs` of its own. */
@@ -101,8 +126,10 @@ export interface PoolSettings<C> {
   readonly reconnect: ReconnectPolicy;
   /** `undefined`: ejection is off. */
   readonly ejection: EjectionPolicy | undefined;
+  readonly callTimeoutMs: number;
   readonly retry: RetryPolicy;
   readonly retryBudget: RetryBudgetOptions | undefined;
+  readonly hedge: HedgePolicy | undefined;
   readonly clock: () => number;
   readonly random: () => number;
 }
@@ -127,6 +154,28 @@ export function checkPoolOptions<C>(options: PoolOptions<C>): PoolSettings<C> {
   const random = options.random ?? Math.random;
   if (typeof clock !== 'function') invalidOption('clock', 'a function returning milliseconds', clock);
   if (typeof random !== 'function') invalidOption('random', 'a function returning [0, 1)', random);
+  const { callTimeoutMs = DEFAULT_CALL_TIMEOUT_MS } = options;
+  checkNumber('callTimeoutMs', callTimeoutMs, { min: 1, allowInfinity: true });
   const retry = retryPolicy(options.retry);
-  return { source, transport, balancer, drainTimeoutMs, reconnect: reconnectBackoff, ejection, retry, retryBudget: options.retryBudget, clock, random };
+  const hedge = hedgePolicy(options.hedge);
+  return { source, transport, balancer, drainTimeoutMs, reconnect: reconnectBackoff, ejection, callTimeoutMs, retry, retryBudget: options.retryBudget, hedge, clock, random };
+}
+
+/** The deadline of a call that sets none: long enough for any request, short of forever. */
+export const DEFAULT_CALL_TIMEOUT_MS = 30_000;
+
+/** The plan of a `use()` call: the pool's `defaults` with the call's options over them. */
+export function callPlan<T>(defaults: CallPlan<unknown>, options: UseOptions<T>): CallPlan<T> {
+  const { key, signal, timeoutMs = defaults.timeoutMs, failedResult } = options;
+  checkNumber('timeoutMs', timeoutMs, { min: 1, allowInfinity: true });
+  if (failedResult !== undefined && typeof failedResult !== 'function') invalidOption('failedResult', 'a function (result) => boolean', failedResult);
+  return {
+    key,
+    signal,
+    timeoutMs,
+    failedResult,
+    retry: options.retry === undefined ? defaults.retry : retryPolicy(options.retry, defaults.retry),
+    hedge: options.hedge === undefined ? defaults.hedge : hedgePolicy(options.hedge),
+    what: defaults.what,
+  };
 }

@@ -1,8 +1,8 @@
 import { EventEmitter } from 'node:events';
 import { debuglog } from 'node:util';
 import type { Balancer, Picker, PickerContext } from '../balance/balancer.ts';
-import { Calls, type CallFn, type PoolCall } from '../call/call.ts';
-import { RetryBudget, retryDelayMs, type RetryGate, type RetryPolicy } from '../call/retry.ts';
+import { Calls, type CallFn, type CallPlan, type PoolCall } from '../call/call.ts';
+import { NO_RETRY, RetryBudget, retryDelayMs, type RetryGate, type RetryPolicy } from '../call/retry.ts';
 import type { EndpointSource, SourceWatch } from '../discovery/source.ts';
 import type { Endpoint, EndpointSet } from '../endpoint.ts';
 import { abortError, type PodpoolError } from '../errors.ts';
@@ -15,7 +15,7 @@ import { Ejection } from './ejection.ts';
 import { Membership } from './membership.ts';
 import { byEndpointKey, type Member, type MemberEvents, type MemberState, type MemberStats } from './member.ts';
 import { emitGuarded, type PoolEvents } from './events.ts';
-import { DEFAULT_READY_WAIT_MS, checkPoolOptions, type PoolOptions, type ReadyOptions, type UseOptions } from './pool-options.ts';
+import { DEFAULT_READY_WAIT_MS, callPlan, checkPoolOptions, type PoolOptions, type ReadyOptions, type UseOptions } from './pool-options.ts';
 import { Waits, closedError } from './waiting.ts';
 
 const debug = debuglog('podpool');
@@ -35,6 +35,10 @@ export interface PoolStats {
   readonly ready: number;
   /** Every member, in endpoint key order. */
   readonly members: readonly MemberStats[];
+  /** Calls sent again on another pod after an attempt failed (`use()`; adapters count their own). */
+  readonly retries: number;
+  /** Hedges sent: second attempts of calls slower than the hedge's delay. */
+  readonly hedges: number;
 }
 
 /**
@@ -54,6 +58,9 @@ export class Pool<C> extends EventEmitter<PoolEvents> implements AdapterPool<C> 
   readonly #waits: Waits<Member<C>>;
   readonly #watch: SourceWatch;
   readonly #budget: RetryBudget;
+  /** The plan of a `use()` call made without options. */
+  readonly #plan: CallPlan<unknown>;
+  readonly #broadcastPlan: CallPlan<unknown>;
   /** The retry policy and budget, as adapters read them. */
   readonly retry: RetryGate;
   #picker: Picker<Member<C>>;
@@ -66,7 +73,7 @@ export class Pool<C> extends EventEmitter<PoolEvents> implements AdapterPool<C> 
   /** @internal Use {@link createPool}. */
   constructor(options: PoolOptions<C>) {
     super();
-    const { source, transport, balancer, drainTimeoutMs, reconnect, ejection, retry, retryBudget, clock, random } = checkPoolOptions(options);
+    const { source, transport, balancer, drainTimeoutMs, reconnect, ejection, callTimeoutMs, retry, retryBudget, hedge, clock, random } = checkPoolOptions(options);
     this.#source = source;
     this.#transport = transport;
     this.#balancer = balancer;
@@ -87,9 +94,17 @@ export class Pool<C> extends EventEmitter<PoolEvents> implements AdapterPool<C> 
       drainedByLoss: (m) => this.#membership.finishDrain(m),
     });
     this.#membership = new Membership(source.kind, this.#connector, balancer.latencyDecayMs ?? 10_000, drainTimeoutMs, memberEvents);
-    this.#calls = new Calls(transport, clock);
     const budget = new RetryBudget(retryBudget, clock);
     this.#budget = budget;
+    this.#calls = new Calls(transport, clock, random, {
+      pickAnother: (key, avoid) => this.#pickAvoiding(key, avoid.endpoint),
+      withdraw: () => budget.withdraw(),
+      deposit: (now) => budget.deposit(now),
+    }, callTimeoutMs);
+    if (hedge?.percentile !== undefined) this.#calls.keepLatencies();
+    this.#plan = Object.freeze({ key: undefined, signal: undefined, timeoutMs: callTimeoutMs, failedResult: undefined, retry, hedge, what: 'use() on' });
+    // A delivery is retried by the broadcast itself (its `retries`), on its own pod, never hedged.
+    this.#broadcastPlan = Object.freeze({ ...this.#plan, retry: NO_RETRY, hedge: undefined, what: 'broadcast to' });
     this.retry = Object.freeze({
       policy: retry,
       withdraw: () => budget.withdraw(),
@@ -162,34 +177,34 @@ export class Pool<C> extends EventEmitter<PoolEvents> implements AdapterPool<C> 
   use<T>(fn: CallFn<C, T>, options?: UseOptions<T>): Promise<T> {
     // Not an async function: the common path then makes one promise, not two.
     let member: Member<C> | undefined;
+    let plan: CallPlan<T>;
     try {
       if (this.#closing) throw closedError('use()');
       // Checked before the pick: a bad option is the caller's bug whether or not a pod is ready.
-      const timeoutMs = options?.timeoutMs;
-      if (timeoutMs !== undefined) checkNumber('timeoutMs', timeoutMs, { min: 1 });
-      member = this.#picker.pick(options?.key);
+      plan = options === undefined ? (this.#plan as CallPlan<T>) : callPlan(this.#plan, options);
+      member = this.#picker.pick(plan.key);
     } catch (error) {
       return Promise.reject(error);
     }
     // Only a call that finds nothing to pick pays for waiting.
-    if (member === undefined) return this.#useWhenPickable(fn, options);
-    return this.#calls.run(member, fn, options?.signal, options?.timeoutMs, 'use() on', options?.failedResult);
+    if (member === undefined) return this.#useWhenPickable(fn, plan, options?.waitForReady);
+    return this.#calls.run(member, fn, plan);
   }
 
-  #useWhenPickable<T>(fn: CallFn<C, T>, options: UseOptions<T> | undefined): Promise<T> {
-    if (options?.waitForReady === false) return Promise.reject(this.#waits.noEndpoints());
-    const signal = options?.signal;
-    const timeoutMs = options?.timeoutMs;
+  #useWhenPickable<T>(fn: CallFn<C, T>, plan: CallPlan<T>, waitForReady: boolean | undefined): Promise<T> {
+    if (waitForReady === false) return Promise.reject(this.#waits.noEndpoints());
+    const { signal, timeoutMs } = plan;
     const started = this.#clock();
     return new Promise<T>((resolve, reject) => {
-      const wait = { signal, timeoutMs: timeoutMs ?? DEFAULT_READY_WAIT_MS, failFast: false, what: 'use()' };
+      // A call with the pool's default deadline waits up to 10 s for a pod; one with its own, within it.
+      const wait = { signal, timeoutMs: plan === this.#plan || timeoutMs === Infinity ? DEFAULT_READY_WAIT_MS : timeoutMs, failFast: false, what: 'use()' };
       this.#waits.toPick(
-        options?.key,
+        plan.key,
         wait,
         (m) => {
           // The wait spent part of the call's time.
-          const left = timeoutMs === undefined ? undefined : Math.max(1, timeoutMs - (this.#clock() - started));
-          resolve(this.#calls.run(m, fn, signal, left, 'use() on', options?.failedResult));
+          const spent = this.#clock() - started;
+          resolve(this.#calls.run(m, fn, spent === 0 || timeoutMs === Infinity ? plan : { ...plan, timeoutMs: Math.max(1, timeoutMs - spent) }));
         },
         reject,
       );
@@ -213,7 +228,7 @@ export class Pool<C> extends EventEmitter<PoolEvents> implements AdapterPool<C> 
     const deliver = (m: Member<C>, delivery: Delivery): Promise<T> =>
       m.connection === undefined
         ? Promise.reject(notConnected(m))
-        : this.#calls.run(m, (c, e) => fn(c, e, delivery), delivery.signal, undefined, 'broadcast to');
+        : this.#calls.run(m, (c, e) => fn(c, e, delivery), { ...this.#broadcastPlan, signal: delivery.signal });
     return fanOut(targets, (m) => m.endpoint, deliver, plan, this.#clock);
   }
 
@@ -236,6 +251,7 @@ export class Pool<C> extends EventEmitter<PoolEvents> implements AdapterPool<C> 
    * or chance), the next pickable member in key order takes the call.
    */
   #pickAvoiding(key: string | undefined, avoid: Endpoint): Member<C> | undefined {
+    if (this.#closing) return undefined;
     const first = this.#picker.pick(key);
     if (first === undefined || first.endpoint.key !== avoid.key) return first;
     const pickable = this.#pickable;
@@ -280,6 +296,8 @@ export class Pool<C> extends EventEmitter<PoolEvents> implements AdapterPool<C> 
       endpoints: this.#membership.endpoints.size,
       ready: this.#pickable.length,
       members: [...this.#membership.values()].sort(byEndpointKey).map((m) => m.stats(now)),
+      retries: this.#calls.retries,
+      hedges: this.#calls.hedges,
     };
   }
 

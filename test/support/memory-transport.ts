@@ -27,6 +27,12 @@ export interface MemoryTransportOptions {
   lend?: boolean;
   /** Becomes the transport's `isPodFailure`. */
   isPodFailure?: (error: unknown) => boolean;
+  /** Becomes the transport's `wasNotSent`. */
+  wasNotSent?: (error: unknown) => boolean;
+  /** Becomes the transport's `isFailedResult`. */
+  isFailedResult?: (result: unknown) => boolean;
+  /** Becomes the transport's `discard`. */
+  discard?: (result: unknown) => void;
 }
 
 /** One `release()` the pool made, for lending transports. */
@@ -74,6 +80,9 @@ interface Counts {
 export class MemoryTransport implements Transport<MemoryClient> {
   readonly name = 'memory';
   readonly isPodFailure: ((error: unknown) => boolean) | undefined;
+  readonly wasNotSent: ((error: unknown) => boolean) | undefined;
+  readonly isFailedResult: ((result: unknown) => boolean) | undefined;
+  readonly discard: ((result: unknown) => void) | undefined;
   readonly #lend: boolean;
   readonly #behaviour = new Map<string, ConnectBehaviour>();
   #default: ConnectBehaviour = 'accept';
@@ -88,6 +97,9 @@ export class MemoryTransport implements Transport<MemoryClient> {
   constructor(options: MemoryTransportOptions = {}) {
     this.#lend = options.lend ?? false;
     this.isPodFailure = options.isPodFailure;
+    this.wasNotSent = options.wasNotSent;
+    this.isFailedResult = options.isFailedResult;
+    this.discard = options.discard;
   }
 
   /** Connects to `key` (or, without a key, to every endpoint not set otherwise) succeed. */
