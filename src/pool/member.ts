@@ -133,6 +133,11 @@ export class Member<C> implements Pickable, CallTarget<C> {
     return this.#flaps;
   }
 
+  /** When the current connection was opened (a `clock()` reading): slow start counts from it. */
+  get connectedAt(): number {
+    return this.#connectedAt;
+  }
+
   /** Aborts the connect loop. */
   get connectLoopSignal(): AbortSignal {
     return this.#connectLoop.signal;

@@ -1,5 +1,6 @@
 import { performance } from 'node:perf_hooks';
 import type { Balancer } from '../balance/balancer.ts';
+import { slowStartPolicy, type SlowStartOptions, type SlowStartPolicy } from '../balance/slow-start.ts';
 import { roundRobin } from '../balance/round-robin.ts';
 import type { EndpointSource } from '../discovery/source.ts';
 import { checkNumber, checkOptions, invalidOption, optionNames } from '../options.ts';
@@ -21,6 +22,7 @@ const POOL_OPTIONS = optionNames<PoolOptions<unknown>>({
   retry: true,
   retryBudget: true,
   hedge: true,
+  slowStart: true,
   clock: true,
   random: true,
 });
@@ -61,6 +63,13 @@ export interface PoolOptions<C> {
    * other is cancelled. Only for calls that may run twice (idempotent ones). Default: none.
    */
   hedge?: HedgeOptions;
+  /**
+   * Slow start (Envoy's slow-start window): a pod that just connected, while others have served
+   * for longer than `windowMs`, gets a share of the calls that grows from `minWeight` (0.1) of its
+   * full share to all of it over `windowMs`, so a cold pod is not hit with its full share at
+   * once. Calls with an affinity key are not moved. Default: none.
+   */
+  slowStart?: SlowStartOptions;
   /** Time in ms for latency and timers' bookkeeping; default `performance.now`. */
   clock?: () => number;
   /** Random numbers in [0, 1) for balancers; default `Math.random`. */
@@ -130,6 +139,7 @@ export interface PoolSettings<C> {
   readonly retry: RetryPolicy;
   readonly retryBudget: RetryBudgetOptions | undefined;
   readonly hedge: HedgePolicy | undefined;
+  readonly slowStart: SlowStartPolicy | undefined;
   readonly clock: () => number;
   readonly random: () => number;
 }
@@ -158,7 +168,8 @@ export function checkPoolOptions<C>(options: PoolOptions<C>): PoolSettings<C> {
   checkNumber('callTimeoutMs', callTimeoutMs, { min: 1, allowInfinity: true });
   const retry = retryPolicy(options.retry);
   const hedge = hedgePolicy(options.hedge);
-  return { source, transport, balancer, drainTimeoutMs, reconnect: reconnectBackoff, ejection, callTimeoutMs, retry, retryBudget: options.retryBudget, hedge, clock, random };
+  const slowStart = slowStartPolicy(options.slowStart);
+  return { source, transport, balancer, drainTimeoutMs, reconnect: reconnectBackoff, ejection, callTimeoutMs, retry, retryBudget: options.retryBudget, hedge, slowStart, clock, random };
 }
 
 /** The deadline of a call that sets none: long enough for any request, short of forever. */

@@ -1,6 +1,7 @@
 import { EventEmitter } from 'node:events';
 import { debuglog } from 'node:util';
 import type { Balancer, Picker, PickerContext } from '../balance/balancer.ts';
+import { slowStartPicker, type SlowStartPolicy } from '../balance/slow-start.ts';
 import { Calls, type CallFn, type CallPlan, type PoolCall } from '../call/call.ts';
 import { NO_RETRY, RetryBudget, retryDelayMs, type RetryGate, type RetryPolicy } from '../call/retry.ts';
 import type { EndpointSource, SourceWatch } from '../discovery/source.ts';
@@ -63,6 +64,9 @@ export class Pool<C> extends EventEmitter<PoolEvents> implements AdapterPool<C> 
   readonly #broadcastPlan: CallPlan<unknown>;
   /** The retry policy and budget, as adapters read them. */
   readonly retry: RetryGate;
+  readonly #slowStart: SlowStartPolicy | undefined;
+  /** Rebuilds the picker when the next warming member is warm (slow start). */
+  #warmTimer: NodeJS.Timeout | undefined = undefined;
   #picker: Picker<Member<C>>;
   /** The members in state `ready`, which the picker picks from; rebuilt when one enters or leaves it. */
   #pickable: readonly Member<C>[] = [];
@@ -73,7 +77,8 @@ export class Pool<C> extends EventEmitter<PoolEvents> implements AdapterPool<C> 
   /** @internal Use {@link createPool}. */
   constructor(options: PoolOptions<C>) {
     super();
-    const { source, transport, balancer, drainTimeoutMs, reconnect, ejection, callTimeoutMs, retry, retryBudget, hedge, clock, random } = checkPoolOptions(options);
+    const { source, transport, balancer, drainTimeoutMs, reconnect, ejection, callTimeoutMs, retry, retryBudget, hedge, slowStart, clock, random } = checkPoolOptions(options);
+    this.#slowStart = slowStart;
     this.#source = source;
     this.#transport = transport;
     this.#balancer = balancer;
@@ -314,6 +319,7 @@ export class Pool<C> extends EventEmitter<PoolEvents> implements AdapterPool<C> 
   }
 
   async #shutdown(): Promise<void> {
+    clearTimeout(this.#warmTimer);
     const watchClosed = this.#watch.close();
     this.#waits.failAll(closedError('the wait'));
     const members = [...this.#membership.values()];
@@ -347,8 +353,33 @@ export class Pool<C> extends EventEmitter<PoolEvents> implements AdapterPool<C> 
     for (const m of this.#membership.values()) if (m.state === 'ready') pickable.push(m);
     pickable.sort(byEndpointKey);
     this.#pickable = pickable;
-    this.#picker = this.#balancer.picker(pickable, this.#context);
+    this.#picker = this.#withSlowStart(this.#balancer.picker(pickable, this.#context), pickable);
     this.#waits.wake();
+  }
+
+  /**
+   * The picker, holding back members that connected less than the slow-start window ago while
+   * others are warm; rebuilt when the next of them is warm, so the check is gone once none warms.
+   */
+  #withSlowStart(picker: Picker<Member<C>>, pickable: readonly Member<C>[]): Picker<Member<C>> {
+    const policy = this.#slowStart;
+    if (policy === undefined || this.#closing) return picker;
+    clearTimeout(this.#warmTimer);
+    this.#warmTimer = undefined;
+    const now = this.#clock();
+    let warm = 0;
+    let nextWarm = Infinity;
+    for (const m of pickable) {
+      const warmAt = m.connectedAt + policy.windowMs;
+      if (warmAt <= now) warm++;
+      else nextWarm = Math.min(nextWarm, warmAt);
+    }
+    if (nextWarm === Infinity) return picker;
+    this.#warmTimer = setTimeout(() => this.#rebuild(), nextWarm - now);
+    this.#warmTimer.unref();
+    // All warming together (the pool starting): none is colder than another.
+    if (warm === 0) return picker;
+    return slowStartPicker(picker, policy, (m) => (this.#clock() - m.connectedAt < policy.windowMs ? m.connectedAt : undefined), this.#context);
   }
 
   #emit<E extends keyof PoolEvents>(event: E, ...args: PoolEvents[E]): void {
