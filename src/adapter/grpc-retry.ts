@@ -86,8 +86,10 @@ export class MethodRetries {
     const slash = path.lastIndexOf('/');
     const service = path.slice(path.startsWith('/') ? 1 : 0, Math.max(slash, 0));
     const method = path.slice(slash + 1);
-    const entry = this.#entries.get(`${service}/${method}`) ?? this.#entries.get(service) ?? this.#entries.get('');
-    const policy = entry === undefined ? this.#fallback : (entry ?? undefined);
+    const entries = this.#entries;
+    const name = [`${service}/${method}`, service, ''].find((key) => entries.has(key));
+    // An entry without a retryPolicy (null) says "not retried": it does not fall back.
+    const policy = name === undefined ? this.#fallback : (entries.get(name) ?? undefined);
     // Method paths come from generated stubs: a handful per channel, so the cache stays small.
     this.#byPath.set(path, policy);
     return policy;
