@@ -2,9 +2,9 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import { debuglog } from 'node:util';
 import { messageOf } from '../abort.ts';
 import { backoffMs, type BackoffPolicy } from '../backoff.ts';
-import { ConnectFailedError, ConnectionLostError, type PodpoolError } from '../errors.ts';
+import { ConnectFailedError, ConnectionLostError, NotConnectedError, type PodpoolError } from '../errors.ts';
 import { checkNumber, checkOptions, optionNames } from '../options.ts';
-import type { Connection, Transport } from '../transport/transport.ts';
+import type { ConnectContext, Connection, Transport } from '../transport/transport.ts';
 import type { Member } from './member.ts';
 
 const debug = debuglog('podpool');
@@ -34,10 +34,14 @@ export function reconnectPolicy(options: ReconnectOptions): ReconnectPolicy {
   return { minMs, maxMs, factor };
 }
 
-/** A connection `#open` made, and a loss the transport reported before the member took it. */
+/**
+ * A connection `#open` made, and what the transport reported before the member took it: a loss,
+ * or that the connection can take no calls yet.
+ */
 interface Opened<C> {
   readonly connection: Connection<C>;
   lostEarly(): Error | undefined;
+  unavailableEarly(): PodpoolError | undefined;
 }
 
 /** What the connector tells the pool. */
@@ -119,7 +123,7 @@ export class Connector<C> {
           void this.closeConnection(opened.connection);
           return;
         }
-        m.connected(opened.connection, this.#clock());
+        m.connected(opened.connection, this.#clock(), opened.unavailableEarly());
         // A loss reported between connect resolving and now matched no member connection yet.
         const lost = opened.lostEarly();
         if (lost !== undefined) this.#lost(m, opened.connection, lost);
@@ -133,12 +137,25 @@ export class Connector<C> {
   async #open(m: Member<C>, signal: AbortSignal): Promise<Opened<C>> {
     let connection: Connection<C> | undefined;
     let lostEarly: Error | undefined;
-    const context = {
+    let unavailableEarly: PodpoolError | undefined;
+    // Until the member has adopted this connection, what the transport reports is kept for #loop.
+    const adopted = (): boolean => connection !== undefined && m.connection === connection;
+    const context: ConnectContext = {
       signal,
-      lost: (error: Error) => {
-        // Until the member has adopted this connection, keep the loss for #loop.
-        if (connection !== undefined && m.connection === connection) this.#lost(m, connection, error);
+      lost: (error) => {
+        if (adopted()) this.#lost(m, connection!, error);
         else lostEarly ??= error;
+      },
+      unavailable: (reason) => {
+        const error = new NotConnectedError(`${m.endpoint.key} takes no new calls until its connection is back: ${reason.message}`, {
+          cause: reason,
+        });
+        if (adopted()) m.unavailable(connection!, error);
+        else unavailableEarly = error;
+      },
+      available: () => {
+        if (adopted()) m.available(connection!);
+        else unavailableEarly = undefined;
       },
     };
     try {
@@ -153,7 +170,7 @@ export class Connector<C> {
         cause: lostEarly,
       });
     }
-    return { connection, lostEarly: () => lostEarly };
+    return { connection, lostEarly: () => lostEarly, unavailableEarly: () => unavailableEarly };
   }
 
   #lost(m: Member<C>, connection: Connection<C>, error: Error): void {

@@ -8,8 +8,11 @@ import { Load } from './load.ts';
 
 /**
  * A member's life: `connecting → ready ⇄ ejected → draining → closed`. `connecting` is also
- * where a member waits out its reconnect backoff after a lost connection. `ready` means
- * connected and not ejected: pickable, the only state the picker sees. It is not discovery's
+ * where a member waits out its reconnect backoff after a lost connection, and where it waits,
+ * connection kept, while the transport says that connection can take no new calls for now (a
+ * gRPC channel reconnecting in place, an HTTP pod between sockets): calls in flight finish on it
+ * and broadcasts still reach it. `ready` means connected, able to take calls and not ejected:
+ * pickable, the only state the picker sees. It is not discovery's
  * `endpoint.ready` (the pod passes its readiness probe), which decides whether a pod has a
  * member at all; nor `pool.ready()`, which waits for pickable members.
  */
@@ -60,6 +63,8 @@ export class Member<C> implements Pickable, CallTarget<C> {
   #connects = 0;
   #lastError: Error | undefined = undefined;
   #connectFailed = false;
+  /** Whether the connection can take new calls; false between the transport's `unavailable` and `available`. */
+  #available = true;
   /** Aborted to stop the connect loop (endpoint gone, pool closing). */
   #connectLoop = new AbortController();
   /**
@@ -182,8 +187,10 @@ export class Member<C> implements Pickable, CallTarget<C> {
     this.#connectFailed = true;
   }
 
-  connected(connection: Connection<C>, now: number): void {
+  /** A new connection; `unavailable` when the transport said, before the member took it, that it can take no calls yet. */
+  connected(connection: Connection<C>, now: number, unavailable?: PodpoolError): void {
     this.#connection = connection;
+    this.#available = unavailable === undefined;
     this.#connectionClosed = new AbortController();
     this.#connects++;
     this.#connectedAt = now;
@@ -191,7 +198,24 @@ export class Member<C> implements Pickable, CallTarget<C> {
     // replaced (a hung process, a black hole) must still add up to an ejection. A success, or
     // the end of an ejection, starts it again.
     this.#connectFailed = false;
-    this.#moveTo('ready');
+    this.#moveTo(this.#available ? 'ready' : 'connecting', unavailable);
+  }
+
+  /**
+   * `connection` can take no new calls for now: a ready member stops being picked (an ejected
+   * or draining one stays as it is, and comes back to `connecting` rather than `ready`).
+   */
+  unavailable(connection: Connection<C>, error: PodpoolError): void {
+    if (this.#connection !== connection || !this.#available) return;
+    this.#available = false;
+    if (this.#state === 'ready') this.#moveTo('connecting', error);
+  }
+
+  /** `connection` can take new calls again: a member that left `ready` for it is back. */
+  available(connection: Connection<C>): void {
+    if (this.#connection !== connection || this.#available) return;
+    this.#available = true;
+    if (this.#state === 'connecting') this.#moveTo('ready');
   }
 
   /**
@@ -201,6 +225,7 @@ export class Member<C> implements Pickable, CallTarget<C> {
   lost(connection: Connection<C>, error: PodpoolError, now: number, stableMs: number): boolean {
     if (this.#connection !== connection) return false;
     this.#connection = undefined;
+    this.#available = true;
     this.#connectionClosed.abort(error);
     this.#lastError = error;
     this.#flaps = now - this.#connectedAt < stableMs ? this.#flaps + 1 : 0;
@@ -220,7 +245,7 @@ export class Member<C> implements Pickable, CallTarget<C> {
   /** Back from an ejection, with a clean run of failures. */
   unejected(): void {
     this.#load.consecutiveFailures = 0;
-    this.#moveTo('ready');
+    this.#moveTo(this.#available ? 'ready' : 'connecting');
   }
 
   /**
@@ -242,7 +267,7 @@ export class Member<C> implements Pickable, CallTarget<C> {
     clearTimeout(this.#drainTimer);
     this.#drainTimer = undefined;
     if (this.#connection !== undefined) {
-      this.#moveTo('ready');
+      this.#moveTo(this.#available ? 'ready' : 'connecting');
       return false;
     }
     this.#connectLoop = new AbortController();

@@ -19,6 +19,11 @@ export class OwnSockets {
   readonly credentials: ChannelCredentials;
   readonly #open = new Set<Socket>();
   #destroyed = false;
+  /**
+   * Called when the last open socket closes: the channel's old connection, still carrying the
+   * calls that were in flight when it stopped taking new ones (a GOAWAY), is gone.
+   */
+  onIdle: (() => void) | undefined = undefined;
 
   constructor(inner: ChannelCredentials) {
     // grpc-js has built connections through `_createSecureConnector` since 1.13; without it
@@ -33,12 +38,21 @@ export class OwnSockets {
     }
     if (this.#open.has(socket) || socket.closed) return;
     this.#open.add(socket);
-    socket.once('close', () => this.#open.delete(socket));
+    socket.once('close', () => {
+      this.#open.delete(socket);
+      if (this.#open.size === 0) this.onIdle?.();
+    });
+  }
+
+  /** Sockets open now (a TLS connection counts its TCP socket and its TLS socket). */
+  get open(): number {
+    return this.#open.size;
   }
 
   /** Destroys every socket still open; resolves once all are closed. */
   async destroy(): Promise<void> {
     this.#destroyed = true;
+    this.onIdle = undefined;
     const closing = [...this.#open].map((socket) => new Promise((resolve) => socket.once('close', resolve)));
     for (const socket of this.#open) socket.destroy();
     await Promise.all(closing);

@@ -12,7 +12,7 @@ import {
 import { endpointKey, type Endpoint } from '../endpoint.ts';
 import { checkNumber, checkOptions, invalidOption, optionNames } from '../options.ts';
 import { OwnSockets } from './grpc-sockets.ts';
-import type { Connection, Transport } from './transport.ts';
+import type { ConnectContext, Connection, Transport } from './transport.ts';
 
 const debug = debuglog('podpool');
 
@@ -58,7 +58,8 @@ const TRANSPORT_OPTIONS = optionNames<GrpcTransportOptions>({
  * Keepalive: a ping every 10 s, the connection declared dead when one goes 5 s unanswered, and
  * pings on idle connections too. A pod that vanished without a FIN or RST (node gone, network
  * cut, process wedged) is then noticed within 15 s even when no call is in flight, and dropped
- * from the picks once the reconnect that follows fails (at most `connectTimeoutMs` later). A pod
+ * from the picks at once (its channel leaves READY), then lost once the reconnect that follows
+ * fails (at most `connectTimeoutMs` later). A pod
  * that dies the usual way (its process exits, the kernel resets its connections) is noticed at
  * once, whatever these values.
  *
@@ -97,10 +98,22 @@ const KEEPALIVE_OPTIONS = ['grpc.keepalive_time_ms', 'grpc.keepalive_timeout_ms'
 const POD_FAILURES: ReadonlySet<number> = new Set([status.UNAVAILABLE, status.DEADLINE_EXCEEDED, status.INTERNAL]);
 
 /**
+ * What grpc-js says when a call is failed by its pick, before any stream is opened: the channel
+ * has no connection (TRANSIENT_FAILURE) and the call does not wait for one. The load balancing
+ * policy's name comes first for some policies (`round_robin: No connection established`).
+ */
+const NO_CONNECTION = /^(?:[a-z_]+: )?No connection established/;
+
+/** What grpc-js throws, before it makes a call, on a client that was closed. */
+const SHUT_DOWN = 'Channel has been shut down';
+
+/**
  * gRPC over HTTP/2: one grpc-js client per pod, dialled by IP, counted ready once its channel
- * is READY and watched for as long as it lives. When the connection drops the channel
- * reconnects in place; if that fails (TRANSIENT_FAILURE) or takes longer than
- * `connectTimeoutMs`, the pool stops picking the pod and reconnects with its own backoff.
+ * is READY and watched for as long as it lives. A channel that leaves READY (a GOAWAY from a
+ * server that is shutting down or recycling its connection, a dropped connection) takes no new
+ * calls until it is READY again: calls in flight finish on the old connection. When its
+ * reconnect in place fails (TRANSIENT_FAILURE, once the old connection is gone too) or takes
+ * longer than `connectTimeoutMs`, the pool counts the pod lost and reconnects with its own backoff.
  * Closing a pod's connection (once the pool has drained it) ends whatever still runs on it and
  * resolves when its sockets are gone. `use()` and `broadcast()` callbacks get the generated
  * client; for one stub that routes every call through the pool, see `grpcChannel` (src/adapter/).
@@ -142,7 +155,8 @@ export function grpcTransport<C extends Client>(
 
   return {
     name: 'grpc',
-    async connect(endpoint, { signal, lost }): Promise<Connection<C>> {
+    async connect(endpoint, context): Promise<Connection<C>> {
+      const { signal } = context;
       signal.throwIfAborted();
       const sockets = new OwnSockets(credentials);
       const client = new ServiceClient(targetOf(endpoint), sockets.credentials, clientOptions);
@@ -159,7 +173,7 @@ export function grpcTransport<C extends Client>(
         await close();
         throw error;
       }
-      watch = watchChannel(channel, endpoint, connectTimeoutMs, lost);
+      watch = watchChannel(channel, endpoint, sockets, connectTimeoutMs, context);
       return { client, close };
     },
     isPodFailure(error) {
@@ -167,6 +181,15 @@ export function grpcTransport<C extends Client>(
       // Only grpc-js's status codes: the pool itself counts its own TIMEOUT and CONNECTION_LOST.
       const { code } = error as { code?: unknown };
       return typeof code === 'number' && POD_FAILURES.has(code);
+    },
+    wasNotSent(error) {
+      if (!(error instanceof Error)) return false;
+      const { code, details } = error as { code?: unknown; details?: unknown };
+      // Thrown by the client's method itself, before grpc-js makes a call.
+      if (code === undefined) return error.message === SHUT_DOWN;
+      // Anything else may have reached the pod: a reset stream, a dropped connection, a status
+      // the server sent. (grpc-js already sends again, once, a call the server refused unread.)
+      return code === status.UNAVAILABLE && typeof details === 'string' && NO_CONNECTION.test(details);
     },
   };
 }
@@ -218,46 +241,75 @@ function untilReady(channel: ChannelInterface, endpoint: Endpoint, timeoutMs: nu
 }
 
 /**
- * Watches a READY channel until it fails, and calls `lost` once. A dropped connection (GOAWAY,
- * keepalive timeout, reset) takes the channel to IDLE; it reconnects in place, keeping what
- * grpc-js learned (a doubled keepalive interval), and counts as lost only if that reconnect
- * fails or takes longer than `timeoutMs`.
+ * Watches a READY channel until it fails, and calls `lost` once. A channel that leaves READY (a
+ * GOAWAY, a keepalive timeout, a reset) takes no new calls: the pool hears `unavailable`, and
+ * `available` once it is READY again. It reconnects in place, keeping what grpc-js learned (a
+ * doubled keepalive interval), and counts as lost only if that reconnect fails (once the old
+ * connection, which may still carry calls begun before a GOAWAY, has closed too) or takes
+ * longer than `timeoutMs`.
  */
 function watchChannel(
   channel: ChannelInterface,
   endpoint: Endpoint,
+  sockets: OwnSockets,
   timeoutMs: number,
-  lost: (error: Error) => void,
+  { lost, unavailable, available }: ConnectContext,
 ): { stop(): void } {
   let done = false;
   let timer: NodeJS.Timeout | undefined;
+  /** The pool was told the channel takes no new calls. */
+  let out = false;
+  /** Counts the channel's returns to READY, so a failure learned after one is dropped. */
+  let readyTimes = 0;
+  /** Why the reconnect failed, kept while the old connection still carries calls. */
+  let failure: Error | undefined;
   const stop = (): void => {
     done = true;
     clearTimeout(timer);
+    sockets.onIdle = undefined;
   };
   const fail = (error: Error): void => {
     if (done) return;
     stop();
     lost(error);
   };
+  sockets.onIdle = () => {
+    if (failure !== undefined) fail(failure);
+  };
   const step = (): void => {
     if (done) return;
+    const left = channel.getConnectivityState(false);
     const state = leaveIdle(channel);
     debug('%s: grpc channel %s', endpoint.key, stateName(state));
     if (state === connectivityState.READY) {
       clearTimeout(timer);
       timer = undefined;
-    } else if (state === connectivityState.TRANSIENT_FAILURE) {
-      clearTimeout(timer);
-      void lastFailure(channel).then((why) => fail(new Error(`the channel could not reconnect: ${why}`)));
-      return;
+      failure = undefined;
+      readyTimes++;
+      if (out) {
+        out = false;
+        available?.();
+      }
     } else if (state === connectivityState.SHUTDOWN) {
       fail(new Error('the channel was shut down'));
       return;
-    } else if (timer === undefined) {
-      timer = setTimeout(() => {
+    } else {
+      if (!out) {
+        out = true;
+        unavailable?.(new Error(`its gRPC channel left READY (${stateName(left)})`));
+      }
+      timer ??= setTimeout(() => {
         fail(new Error(`the channel lost its connection and was not READY again within ${timeoutMs} ms`));
       }, timeoutMs);
+      if (state === connectivityState.TRANSIENT_FAILURE) {
+        const since = readyTimes;
+        void lastFailure(channel).then((why) => {
+          if (done || since !== readyTimes) return;
+          failure = new Error(`the channel could not reconnect: ${why}`);
+          // Calls begun before a GOAWAY still run on the old connection: they finish first.
+          if (sockets.open === 0) fail(failure);
+        });
+      }
     }
     channel.watchConnectivityState(state, Infinity, step);
   };

@@ -1,11 +1,13 @@
 import { once } from 'node:events';
+import type { IncomingHttpHeaders } from 'node:http';
+import type { Duplex } from 'node:stream';
 import { connect as netConnect, type Socket } from 'node:net';
 import { connect as tlsConnect, type ConnectionOptions } from 'node:tls';
 import { Client, Dispatcher, Pool as UndiciPool, type buildConnector } from 'undici';
 import type { Endpoint } from '../endpoint.ts';
 import { ConnectionLostError } from '../errors.ts';
 import { checkNumber, checkOptions, invalidOption, optionNames } from '../options.ts';
-import type { Connection, Transport } from './transport.ts';
+import type { ConnectContext, Connection, Transport } from './transport.ts';
 
 /** Options of {@link httpTransport}. */
 export interface HttpTransportOptions {
@@ -119,8 +121,9 @@ export function httpTransport(options: HttpTransportOptions = {}): Transport<Dis
 
   return {
     name: 'http',
-    async connect(endpoint, { signal, lost }): Promise<Connection<Dispatcher>> {
-      const sockets = new PodSockets(endpoint, dial, lost);
+    async connect(endpoint, context): Promise<Connection<Dispatcher>> {
+      const { signal } = context;
+      const sockets = new PodSockets(endpoint, dial, context);
       // The first socket is opened before the member counts as ready: a pod that can't be
       // reached never is.
       sockets.first(await openSocket(endpoint, dial, signal));
@@ -137,7 +140,7 @@ export function httpTransport(options: HttpTransportOptions = {}): Transport<Dis
       const undiciOptions = { ...clientOptions, pipelining, connect, allowH2: http2 };
       const client = connections === 1 ? new Client(origin, undiciOptions) : new UndiciPool(origin, { ...undiciOptions, connections });
       return {
-        client: tls === undefined ? client : withServername(client, tls.servername ?? endpoint.address),
+        client: tls === undefined ? client.compose(watchSending) : client.compose(withServername(tls.servername ?? endpoint.address), watchSending),
         async close() {
           sockets.closing = true;
           await client.destroy().catch(() => {});
@@ -158,8 +161,99 @@ export function httpTransport(options: HttpTransportOptions = {}): Transport<Dis
       if (typeof statusCode === 'number') return isFailedStatus(statusCode);
       return typeof status === 'number' && typeof ok === 'boolean' && isFailedStatus(status);
     },
+    wasNotSent(error) {
+      if (error === null || typeof error !== 'object') return false;
+      const sent = sending.get(error);
+      if (sent !== undefined) return !sent;
+      // fetch() rejects with a TypeError of its own ('fetch failed'), the dispatcher's error as its cause.
+      const { cause } = error as { cause?: unknown };
+      return cause !== null && typeof cause === 'object' && sending.get(cause) === false;
+    },
+    discard(result) {
+      if (result === null || typeof result !== 'object') return;
+      const { body } = result as { body?: unknown };
+      if (body === null || typeof body !== 'object') return;
+      // undici's request() answers a body to dump (its socket then carries the next request); fetch a Response whose stream to cancel.
+      const { dump, cancel, locked } = body as { dump?: unknown; cancel?: unknown; locked?: unknown };
+      if (typeof dump === 'function') (body as { dump(): Promise<void> }).dump().catch(() => {});
+      else if (typeof cancel === 'function' && locked !== true) (body as ReadableStream).cancel().catch(() => {});
+    },
   };
 }
+
+/**
+ * Whether the request an error ended was written, by error: true once undici started writing
+ * one that the error ended, false for one it ended before (refused at connect, queued on a client
+ * destroyed or behind a socket that closed). Keyed by the error, as callers see it; since undici
+ * hands one error object to every request it fails at once, written and queued alike, a written
+ * one wins: an error that may have ended a request on the wire never says "not sent".
+ */
+const sending = new WeakMap<object, boolean>();
+
+/**
+ * One request on its way to the pod: tells {@link sending} whether undici had started writing
+ * it when it failed. undici calls `onRequestStart` right before it writes a request to a socket
+ * (HTTP/1.1) or opens its stream (HTTP/2). Every other step is passed through as is.
+ */
+class SendWatch implements Dispatcher.DispatchHandler {
+  readonly #handler: Dispatcher.DispatchHandler;
+  #started = false;
+
+  constructor(handler: Dispatcher.DispatchHandler) {
+    this.#handler = handler;
+  }
+
+  onRequestStart(controller: Dispatcher.DispatchController, context: unknown): void {
+    this.#started = true;
+    this.#handler.onRequestStart?.(controller, context);
+  }
+
+  onRequestUpgrade(controller: Dispatcher.DispatchController, statusCode: number, headers: IncomingHttpHeaders, socket: Duplex): void {
+    this.#handler.onRequestUpgrade?.(controller, statusCode, headers, socket);
+  }
+
+  onResponseStart(controller: Dispatcher.DispatchController, statusCode: number, headers: IncomingHttpHeaders, statusMessage?: string): void {
+    this.#handler.onResponseStart?.(controller, statusCode, headers, statusMessage);
+  }
+
+  onResponseData(controller: Dispatcher.DispatchController, chunk: Buffer): void {
+    this.#handler.onResponseData?.(controller, chunk);
+  }
+
+  onResponseEnd(controller: Dispatcher.DispatchController, trailers: IncomingHttpHeaders): void {
+    this.#handler.onResponseEnd?.(controller, trailers);
+  }
+
+  onResponseError(controller: Dispatcher.DispatchController, error: Error): void {
+    if (error !== null && typeof error === 'object') {
+      if (this.#started) sending.set(error, true);
+      else if (!sending.has(error)) sending.set(error, false);
+    }
+    // undici throws an error that a handler can't hear; so does this.
+    if (typeof this.#handler.onResponseError !== 'function') throw error;
+    this.#handler.onResponseError(controller, error);
+  }
+
+  onResponseStarted(): void {
+    (this.#handler as { onResponseStarted?(): void }).onResponseStarted?.();
+  }
+
+  onBodySent(chunk: Buffer): void {
+    this.#handler.onBodySent?.(chunk);
+  }
+
+  onRequestSent(): void {
+    this.#handler.onRequestSent?.();
+  }
+}
+
+/**
+ * The interceptor every pod's dispatcher is composed with, so `wasNotSent` can tell a request
+ * that never left from one that may have reached the pod. A handler of undici ≤ 7's API (no
+ * `onRequestStart`), which undici 8's `Client` refuses anyway, is passed through.
+ */
+const watchSending: Dispatcher.DispatcherComposeInterceptor = (dispatch) => (options, handler) =>
+  dispatch(options, typeof handler.onRequestStart === 'function' ? new SendWatch(handler) : handler);
 
 /**
  * A socket the pod closes (its FIN or a reset) without a byte read, younger than this, was
@@ -175,16 +269,23 @@ const POD_RESETS = new Set(['ECONNRESET', 'EPIPE', 'ETIMEDOUT', 'EHOSTUNREACH', 
  * The sockets of one pod's undici client. A server closes keep-alive connections as a matter of
  * course (its keep-alive timeout, `maxRequestsPerSocket`, nginx's `keepalive_requests`): when one
  * closes, a replacement is opened at once, and undici, which re-dispatches the requests it had
- * queued but not written, takes it when it next connects. The pod is lost (the pool backs off and
- * reconnects) only when a connect fails, or the pod drops a fresh socket before answering on it; a reset
- * in the middle of a response fails that request, which counts against the pod.
+ * queued but not written, takes it when it next connects. While the pod has no socket open (its
+ * last one closed, the next not open yet) the pool does not pick it, so a pod that closes its
+ * connections because it is terminating is out of the picks before its port refuses the next
+ * one. The pod is lost (the pool backs off and reconnects) only when a connect fails, or the pod
+ * drops a fresh socket before answering on it; a reset in the middle of a response fails that
+ * request, which counts against the pod.
  */
 class PodSockets {
   /** Set by `close()`: sockets closing from now on are ours or undici's doing. */
   closing = false;
   readonly #endpoint: Endpoint;
   readonly #dial: Dial;
-  readonly #lost: (error: Error) => void;
+  readonly #context: ConnectContext;
+  /** No socket is open: the pool is (or is about to be) told the pod takes no new calls. */
+  #down = false;
+  /** The pool was told `unavailable`, and not `available` since. */
+  #told = false;
   /** Aborts the replacements being opened when the connection closes. */
   readonly #abort = new AbortController();
   /** Opened, not yet given to undici. */
@@ -196,10 +297,10 @@ class PodSockets {
   readonly #dialling = new Set<Promise<unknown>>();
   #gone = false;
 
-  constructor(endpoint: Endpoint, dial: Dial, lost: (error: Error) => void) {
+  constructor(endpoint: Endpoint, dial: Dial, context: ConnectContext) {
     this.#endpoint = endpoint;
     this.#dial = dial;
-    this.#lost = lost;
+    this.#context = context;
   }
 
   /** The first socket, opened before the member counts as ready: undici's first connect takes it. */
@@ -243,6 +344,7 @@ class PodSockets {
       this.#lose(error ?? new Error(`${this.#endpoint.key} closed a connection before answering on it`));
       return;
     }
+    if (this.#sockets.size === 0) this.#unavailable(error);
     // Recycled by the server (or by undici after a response): open the next one now, so a dead
     // pod is found by the connect, not by the next request.
     if (this.#spare !== undefined || this.#opening !== undefined) return;
@@ -280,8 +382,26 @@ class PodSockets {
     return opening;
   }
 
+  /** The pod has no socket open: no new calls until one is. */
+  #unavailable(error: Error | undefined): void {
+    if (this.#down) return;
+    this.#down = true;
+    const reason = new Error(`its last connection closed${error ? ` (${error.message})` : ''}; a new one is opening`);
+    // After every 'close' listener has run, as #lose: undici has seen the socket go.
+    queueMicrotask(() => {
+      if (!this.#down || this.closing || this.#gone) return;
+      this.#told = true;
+      this.#context.unavailable?.(reason);
+    });
+  }
+
   #watch(socket: Socket): void {
     this.#sockets.add(socket);
+    this.#down = false;
+    if (this.#told) {
+      this.#told = false;
+      this.#context.available?.();
+    }
     const openedAt = Date.now();
     let error: Error | undefined;
     // Whether the pod ended the connection (its FIN or a reset), as opposed to undici or the
@@ -301,7 +421,7 @@ class PodSockets {
     // After every 'close' listener has run: undici's own marks the socket closed, and a
     // Client.destroy() that the pool calls from lost() waits forever for a 'close' that is
     // being emitted right now unless undici has seen it.
-    queueMicrotask(() => this.#lost(error));
+    queueMicrotask(() => this.#context.lost(error));
   }
 }
 
@@ -311,11 +431,9 @@ class PodSockets {
  * the pool its connection. The TLS session was agreed once, with the transport's `servername`;
  * every request names that one.
  */
-function withServername(client: Dispatcher, servername: string): Dispatcher {
-  return client.compose(
-    (dispatch) => (options, handler) =>
-      dispatch((options as { servername?: string }).servername === servername ? options : { ...options, servername } as Dispatcher.DispatchOptions, handler),
-  );
+function withServername(servername: string): Dispatcher.DispatcherComposeInterceptor {
+  return (dispatch) => (options, handler) =>
+    dispatch((options as { servername?: string }).servername === servername ? options : ({ ...options, servername } as Dispatcher.DispatchOptions), handler);
 }
 
 function originOf(endpoint: Endpoint, secure: boolean): string {

@@ -49,6 +49,16 @@ export interface ConnectContext {
    * connection and reconnects with backoff.
    */
   lost(error: Error): void;
+  /**
+   * The transport calls this when the connection can take no new calls for now but may again
+   * without the pool's help: a gRPC channel out of READY while it reconnects in place (a GOAWAY,
+   * a dropped connection), an HTTP pod that closed its last socket while a new one opens. The
+   * pool stops picking the member; calls in flight go on, and a broadcast still reaches it.
+   * Absent when whoever connects does not pick (a test calling `connect()` itself).
+   */
+  unavailable?(reason: Error): void;
+  /** The connection can take new calls again, after `unavailable`. */
+  available?(): void;
 }
 
 /** A connection to one pod. */

@@ -275,12 +275,14 @@ describe('grpcTransport against real grpc-js servers on loopback', () => {
     const b = pods.find((p) => p.key === victimKey)!;
     const [a, c] = pods.filter((p) => p !== b);
     const down = stateReached(pool, b.key, 'connecting');
+    const refused = new Promise<PodpoolError>((resolve) => pool.on('connectError', (endpoint, error) => endpoint.key === b.key && resolve(error)));
     await b.kill();
     await assert.rejects(stream, { code: status.UNAVAILABLE }, 'the stream on the dead pod ends UNAVAILABLE');
     const change = await down;
     assert.equal(change.from, 'ready');
-    assert.equal((change.error as PodpoolError).code, ErrorCode.CONNECTION_LOST);
-    assert.match(change.error!.message, /ECONNREFUSED/);
+    // Out of the picks as soon as its channel left READY; lost once the reconnect was refused.
+    assert.equal((change.error as PodpoolError).code, ErrorCode.NOT_CONNECTED);
+    assert.match((await refused).message, /ECONNREFUSED/);
     assert.equal(pool.stats().members.find((m) => m.endpoint.key === b.key)?.failures, 1, 'the broken stream counts against it');
 
     a.resetCalls();
@@ -297,10 +299,11 @@ describe('grpcTransport against real grpc-js servers on loopback', () => {
     assert.equal(pool.stats().members.find((m) => m.endpoint.key === b.key)?.connects, 2);
   });
 
-  it('keeps a pod in the pool while its channel reconnects after a GOAWAY', events, async (t) => {
+  it('keeps a pod in the pool while its channel reconnects after a GOAWAY, not picked until it is READY again', events, async (t) => {
     const cleanup = cleanupAfter(t);
     // The pod ends every connection after 50 ms with a GOAWAY, as servers with a maximum
-    // connection age do; the channel must reconnect on its own, without the pool noticing.
+    // connection age do; the channel must reconnect on its own, without the pool losing the
+    // connection: between the GOAWAY and READY the member is only out of the picks.
     const pod = await GrpcPod.start({
       address: '127.0.0.119',
       serverOptions: { 'grpc.max_connection_age_ms': 50, 'grpc.max_connection_age_grace_ms': 5_000 },
@@ -312,7 +315,13 @@ describe('grpcTransport against real grpc-js servers on loopback', () => {
     pool.on('state', (change) => changes.push(change));
 
     await pod.acceptedReach(3);
-    assert.deepEqual(changes, [], 'the member never left ready');
+    await pool.ready();
+    assert.ok(changes.length >= 4, `the member left ready at each GOAWAY (${changes.length} changes)`);
+    assert.deepEqual(
+      changes.map((c) => [c.from, c.to, c.error?.code]),
+      changes.map((_, i) => (i % 2 === 0 ? ['ready', 'connecting', ErrorCode.NOT_CONNECTED] : ['connecting', 'ready', undefined])),
+      'in and out of the picks, never lost',
+    );
     assert.equal(pool.stats().members[0].connects, 1);
     assert.equal((await pool.use((client) => echo(client, { message: 'still here' }))).message, 'still here');
   });
@@ -366,14 +375,19 @@ describe('grpcTransport against real grpc-js servers on loopback', () => {
     assert.equal((await pool.use((client) => echo(client, { message: 'up' }))).pod.address, pod.key);
 
     const down = stateReached(pool, key, 'connecting');
+    const lost = new Promise<void>((resolve) => pool.once('connectError', () => resolve()));
     relay.freeze();
     const change = await down;
     assert.equal(change.from, 'ready');
-    assert.equal((change.error as PodpoolError).code, ErrorCode.CONNECTION_LOST);
+    // Out of the picks once keepalive took its channel out of READY; lost when the reconnect timed out.
+    assert.equal((change.error as PodpoolError).code, ErrorCode.NOT_CONNECTED);
+    assert.match(change.error!.message, /left READY/);
+    await lost;
 
     const up = stateReached(pool, key, 'ready');
     relay.thaw();
     await up;
+    assert.equal(pool.stats().members[0].connects, 2, 'reconnected by the pool, once the channel was lost');
     assert.equal((await pool.use((client) => echo(client, { message: 'back' }))).message, 'back');
   });
 
