@@ -27,6 +27,7 @@ import {
 } from '@grpc/grpc-js';
 import { ErrorCode, createPool, staticEndpoints, type Pool } from '../../src/index.ts';
 import { grpcChannel, type GrpcChannelOptions } from '../../src/adapter/grpc-channel.ts';
+import type { GrpcMethodConfig, GrpcServiceConfig } from '../../src/adapter/grpc-retry.ts';
 import { grpcTransport } from '../../src/transport/grpc.ts';
 import type { ConnectContext, Transport } from '../../src/transport/transport.ts';
 import type { RetryBudgetOptions, RetryOptions } from '../../src/call/retry.ts';
@@ -39,7 +40,6 @@ import {
   stopGrpcPods,
   type EchoReply,
   type EchoRequest,
-  type GrpcPod,
   type StreamRequest,
 } from '../../testkit/grpc-pods.ts';
 
@@ -49,7 +49,7 @@ const events = { timeout: 20_000 };
 const ECHO = 'podpool.echo.v1.Echo';
 
 /** A policy that retries UNAVAILABLE on every Echo method, with backoffs too short to matter. */
-function retryUnavailable(maxAttempts = 3, name: GrpcChannelOptions['serviceConfig'] = undefined) {
+function retryUnavailable(maxAttempts = 3, name?: GrpcMethodConfig['name']): GrpcServiceConfig & { methodConfig: GrpcMethodConfig[] } {
   return {
     methodConfig: [
       {
@@ -460,7 +460,7 @@ describe('grpcChannel: retries of streams', () => {
 });
 
 describe('grpcChannel: serviceConfig is checked at the door', () => {
-  const policy = retryUnavailable().methodConfig[0]!.retryPolicy;
+  const policy = retryUnavailable().methodConfig[0]!.retryPolicy!;
   const bad: [string, unknown][] = [
     ['serviceConfig', '{ not json'],
     ['serviceConfig.retryThrottling', { retryThrottling: { maxTokens: 10, tokenRatio: 0.1 } }],
