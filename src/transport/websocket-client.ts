@@ -26,6 +26,14 @@ export interface WebSocketRequestOptions {
  */
 export let failPending: (client: WebSocketClient, error: PodpoolError) => void;
 
+/** Errors of messages that were refused before a byte was written: a retry elsewhere is safe. */
+const unsent = new WeakSet<object>();
+
+/** Whether `error` failed a `send()` or `request()` before it was written to the socket. */
+export function wasNotWritten(error: unknown): boolean {
+  return typeof error === 'object' && error !== null && unsent.has(error);
+}
+
 interface Pending {
   resolve(value: unknown): void;
   reject(error: unknown): void;
@@ -119,13 +127,17 @@ export class WebSocketClient {
   #write(frame: string): void {
     const { socket } = this;
     if (socket.readyState !== WebSocket.OPEN) {
-      throw new ConnectionLostError(`the WebSocket to ${this.endpoint.key} is closed; the pool is reconnecting`);
+      const error = new ConnectionLostError(`the WebSocket to ${this.endpoint.key} is closed; the pool is reconnecting`);
+      unsent.add(error);
+      throw error;
     }
     // Checked before the write, so the buffer never grows past the mark by more than one frame.
     if (socket.bufferedAmount >= this.#highWaterMark) {
-      throw new BackpressureError(
+      const error = new BackpressureError(
         `${this.endpoint.key} is not reading fast enough: ${socket.bufferedAmount} bytes buffered (highWaterMark ${this.#highWaterMark}); the message was not sent`,
       );
+      unsent.add(error);
+      throw error;
     }
     socket.send(frame);
   }

@@ -4,7 +4,7 @@ import { urlHost, type Endpoint } from '../endpoint.ts';
 import { ClosedError, ConnectionLostError, ErrorCode, InvalidOptionError, TimeoutError } from '../errors.ts';
 import { checkDelay, checkNumber, checkOptions, invalidOption, optionNames } from '../options.ts';
 import type { Connection, Transport } from './transport.ts';
-import { failPending, WebSocketClient } from './websocket-client.ts';
+import { failPending, wasNotWritten, WebSocketClient } from './websocket-client.ts';
 
 // The type of what the transport's callbacks get, for those who import the transport alone.
 export type { WebSocketClient } from './websocket-client.ts';
@@ -169,6 +169,7 @@ export function webSocketTransport(options: WebSocketTransportOptions = {}): Tra
       const { code } = error as { code?: unknown };
       return typeof code === 'string' && POD_FAILURES.has(code);
     },
+    wasNotSent: wasNotWritten,
   };
 }
 

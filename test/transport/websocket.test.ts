@@ -180,7 +180,8 @@ describe('webSocketTransport connect', () => {
     const [pod] = await startPods(1, { handler: (data) => (data === 'hang' ? hung.promise : data) });
     let lostCalls = 0;
     const lost = Promise.withResolvers<Error>();
-    const connection = await webSocketTransport().connect(createEndpoint(pod.endpoint), {
+    const transport = webSocketTransport();
+    const connection = await transport.connect(createEndpoint(pod.endpoint), {
       signal: new AbortController().signal,
       lost: (error) => {
         lostCalls++;
@@ -194,10 +195,17 @@ describe('webSocketTransport connect', () => {
       await pod.until('message', () => pod.requests === 2);
       assert.equal(client.pending, 1);
       await pod.kill();
-      await assert.rejects(pending, hasCode(ErrorCode.CONNECTION_LOST));
+      const inFlight = await pending.catch((error: unknown) => error);
+      hasCode(ErrorCode.CONNECTION_LOST)(inFlight);
+      // The pod read it: a retry must be the caller's call (idempotent), not the pool's.
+      assert.equal(transport.wasNotSent!(inFlight), false);
       assert.match((await lost.promise).message, /dropped without a close frame/);
       assert.equal(client.pending, 0);
       assert.throws(() => client.send('after'), hasCode(ErrorCode.CONNECTION_LOST));
+      // Refused before a byte was written: the pool may send it to another pod.
+      const refused = await client.request('after').catch((error: unknown) => error);
+      hasCode(ErrorCode.CONNECTION_LOST)(refused);
+      assert.equal(transport.wasNotSent!(refused), true);
       await connection.close();
       await connection.close();
       assert.equal(lostCalls, 1);
