@@ -77,6 +77,7 @@ export { httpDispatcher, PoolDispatcher } from './adapter/http-dispatcher.ts';
 export type { HttpDispatcherOptions } from './adapter/http-dispatcher.ts';
 export { grpcChannel, PoolChannel } from './adapter/grpc-channel.ts';
 export type { GrpcChannelOptions } from './adapter/grpc-channel.ts';
+export type { GrpcServiceConfig, GrpcMethodConfig, GrpcRetryPolicy } from './adapter/grpc-retry.ts';
 
 export { dedupFilter } from './receive/dedup.ts';
 export type { DedupFilter, DedupOptions } from './receive/dedup.ts';
