@@ -40,6 +40,7 @@ import {
   stopGrpcPods,
   type EchoReply,
   type EchoRequest,
+  type GrpcPod,
   type StreamRequest,
 } from '../../testkit/grpc-pods.ts';
 
@@ -222,6 +223,23 @@ function unary(stub: EchoClient, request: EchoRequest): Promise<EchoReply> {
   return new Promise((resolve, reject) => stub.unary(request, (error, reply) => (error ? reject(error) : resolve(reply!))));
 }
 
+/**
+ * Two pods behind an {@link unaware} pool: `first` (which `first()` picks), which the test
+ * breaks, and `up`. With `killed`, the first pod's server is gone and its channel has noticed.
+ */
+async function brokenFirst(t: TestContext, at: number, { killed = true, ...options }: SetUp & { killed?: boolean } = {}) {
+  const clients = new Map<string, EchoClient>();
+  const pods = await startGrpcPods(2, { first: at });
+  const [broken, up] = pods as [GrpcPod, GrpcPod];
+  const { pool, stub, cleanup } = await poolOver(t, [broken.endpoint, up.endpoint], { ...options, transport: unaware(grpcTransport(EchoClient), clients) });
+  cleanup.push(() => stopGrpcPods(pods));
+  if (killed) {
+    await broken.kill();
+    await leftReady(clients.get(broken.key)!.getChannel());
+  }
+  return { broken, up, pool, stub, clientOf: (pod: GrpcPod) => clients.get(pod.key)! };
+}
+
 /** Each member's [requests, failures], by endpoint key. */
 function counts(pool: Pool<EchoClient>): Record<string, [number, number]> {
   return Object.fromEntries(pool.stats().members.map((m) => [m.endpoint.key, [m.requests, m.failures]]));
@@ -229,15 +247,8 @@ function counts(pool: Pool<EchoClient>): Record<string, [number, number]> {
 
 describe('grpcChannel: a call that never reached its pod is sent again on another', () => {
   it('a pod whose server is gone while its member is still pickable: every call succeeds on the other pod', events, async (t) => {
-    const clients = new Map<string, EchoClient>();
-    const [gone, up] = await startGrpcPods(2, { first: 181 });
-    const { pool, stub, cleanup } = await poolOver(t, [gone.endpoint, up.endpoint], {
-      transport: unaware(grpcTransport(EchoClient), clients),
-    });
-    cleanup.push(() => stopGrpcPods([gone, up]));
+    const { broken: gone, up, pool, stub } = await brokenFirst(t, 181);
 
-    await gone.kill();
-    await leftReady(clients.get(gone.key)!.getChannel());
     const served: string[] = [];
     for (let i = 0; i < 5; i++) served.push((await unary(stub, { message: `${i}` })).pod.address);
 
@@ -250,14 +261,8 @@ describe('grpcChannel: a call that never reached its pod is sent again on anothe
   });
 
   it('a pod whose client was closed as the call began: the call goes to the other pod', events, async (t) => {
-    const clients = new Map<string, EchoClient>();
-    const [closed, up] = await startGrpcPods(2, { first: 183 });
-    const { pool, stub, cleanup } = await poolOver(t, [closed.endpoint, up.endpoint], {
-      transport: unaware(grpcTransport(EchoClient), clients),
-    });
-    cleanup.push(() => stopGrpcPods([closed, up]));
-
-    clients.get(closed.key)!.close();
+    const { broken: closed, up, pool, stub, clientOf } = await brokenFirst(t, 183, { killed: false });
+    clientOf(closed).close();
     const reply = await unary(stub, { message: 'after close' });
 
     assert.equal(reply.pod.address, up.key);
@@ -380,17 +385,8 @@ describe('grpcChannel: serviceConfig retry policies (gRFC A6)', () => {
     await assert.rejects(unary(policy.stub, { message: 'no budget' }), { code: status.UNAVAILABLE });
     assert.deepEqual([policy.failing.calls.Unary, policy.good.calls('Unary')], [1, 0]);
 
-    const clients = new Map<string, EchoClient>();
-    const [gone, up] = await startGrpcPods(2, { first: 209 });
-    const transparent = await poolOver(t, [gone.endpoint, up.endpoint], {
-      transport: unaware(grpcTransport(EchoClient), clients),
-      retryBudget: spent,
-      channel: { serviceConfig: retryUnavailable() },
-    });
-    transparent.cleanup.push(() => stopGrpcPods([gone, up]));
-    await gone.kill();
-    await leftReady(clients.get(gone.key)!.getChannel());
-    assert.equal((await unary(transparent.stub, { message: 'never sent' })).pod.address, up.key);
+    const transparent = await brokenFirst(t, 209, { retryBudget: spent, channel: { serviceConfig: retryUnavailable() } });
+    assert.equal((await unary(transparent.stub, { message: 'never sent' })).pod.address, transparent.up.key);
   });
 });
 
