@@ -4,7 +4,10 @@
  * - pick + `Member.startCall()` + `Member.endCall()`: the accounting every use(), broadcast
  *   delivery and adapter call shares, on the pool's real `Member` (load, latency EWMA, drain check);
  * - `pool.begin()` + `end()`: what a grpc-js Channel or undici Dispatcher over the pool pays per
- *   request, on a real pool over a transport that connects in memory (no sockets).
+ *   request, on a real pool over a transport that connects in memory (no sockets);
+ * - `await pool.use(fn)`: the whole call, with the pool's default deadline (calls share a
+ *   cohort's timer and signal) and with `callTimeoutMs: Infinity` (no deadline), and with a
+ *   per-call `timeoutMs` (a timer and a controller of its own).
  * Each balancer runs in its own process, as in bench:pick, so its call sites stay monomorphic.
  */
 import { execFileSync } from 'node:child_process';
@@ -76,23 +79,58 @@ async function beginPath(balancer: Balancer): Promise<Row> {
   }
 }
 
+/** `await pool.use(fn)` on a real pool over an in-memory transport, with `extra` pool options and `options` per call. */
+async function usePath(balancer: Balancer, extra: object, options?: { timeoutMs: number }): Promise<Row> {
+  const transport: Transport<object> = { name: 'memory', connect: async () => ({ client: {}, close: async () => {} }) };
+  const endpoints = Array.from({ length: PODS }, (_, i) => ({ address: `10.0.0.${i + 1}`, port: 80 }));
+  const pool = createPool({ source: staticEndpoints(endpoints), transport, balancer, ejection: false, ...extra });
+  const fn = (client: object) => client;
+  try {
+    await pool.ready({ minEndpoints: PODS });
+    const calls = async (n: number) => {
+      for (let i = 0; i < n; i++) await pool.use(fn, options);
+    };
+    // Async calls: measured as bench:pick does, but awaiting each (bytes then include the promises).
+    await calls(WARMUP_CALLS / 4);
+    const rounds: number[] = [];
+    for (let r = 0; r < 5; r++) {
+      const start = performance.now();
+      await calls(ROUND_CALLS / 4);
+      rounds.push(((performance.now() - start) * 1e6) / (ROUND_CALLS / 4));
+    }
+    rounds.sort((a, b) => a - b);
+    return { ns: rounds[rounds.length >> 1], bytes: NaN };
+  } finally {
+    await pool.close();
+  }
+}
+
 const only = process.argv[2];
 if (only !== undefined) {
   const balancer = strategies[only];
-  process.stdout.write(JSON.stringify([memberPath(balancer()), await beginPath(balancer())]));
+  process.stdout.write(
+    JSON.stringify([
+      memberPath(balancer()),
+      await beginPath(balancer()),
+      await usePath(balancer(), {}),
+      await usePath(balancer(), { callTimeoutMs: Infinity }),
+      await usePath(balancer(), {}, { timeoutMs: 10_000 }),
+    ]),
+  );
 } else {
   const started = performance.now();
-  const rows: string[][] = [['strategy', 'member ns/call', 'member B/call', 'begin+end ns/call', 'begin+end B/call']];
+  const rows: string[][] = [['strategy', 'member ns/call', 'member B/call', 'begin+end ns/call', 'begin+end B/call', 'use() ns', 'use() no deadline ns', 'use() own timeoutMs ns']];
   for (const name of Object.keys(strategies)) {
     const out = execFileSync(process.execPath, [...process.execArgv, import.meta.filename, name], { encoding: 'utf8' });
-    const [member, begin] = JSON.parse(out) as Row[];
-    rows.push([name, member.ns.toFixed(1), member.bytes.toFixed(1), begin.ns.toFixed(1), begin.bytes.toFixed(1)]);
+    const [member, begin, use, useNoDeadline, useTimeout] = JSON.parse(out) as Row[];
+    rows.push([name, member.ns.toFixed(1), member.bytes.toFixed(1), begin.ns.toFixed(1), begin.bytes.toFixed(1), use.ns.toFixed(0), useNoDeadline.ns.toFixed(0), useTimeout.ns.toFixed(0)]);
   }
   const widths = rows[0].map((_, c) => Math.max(...rows.map((row) => row[c].length)));
   const line = (row: string[]) => row.map((cell, c) => (c === 0 ? cell.padEnd(widths[c]) : cell.padStart(widths[c]))).join('  ');
   console.log(`podpool bench:call-path (node ${process.version}), ${PODS} pods`);
   console.log('member: pick + Member.startCall() + Member.endCall(answered, latency, clock())');
   console.log('begin+end: pool.begin() + end() on a real pool over an in-memory transport (the adapters\' path)');
+  console.log('use(): await pool.use(fn) on the same pool: default deadline (shared cohorts), callTimeoutMs Infinity, and a per-call timeoutMs');
   console.log(`median of ${ROUNDS} rounds of ${ROUND_CALLS} calls after ${WARMUP_CALLS} warm-up; B/call: heap allocated per call over one more round\n`);
   console.log(line(rows[0]));
   console.log(widths.map((w) => '-'.repeat(w)).join('  '));
