@@ -358,7 +358,10 @@ export class PoolChannelCall<C extends Client> implements GrpcCall, Intercepting
       this.#inner?.sendMessageWithContext(context, message);
       return;
     }
-    (this.#writes ??= []).push({ message, flags: context.flags, callback: context.callback });
+    const write: Write = { message, flags: context.flags, callback: context.callback };
+    // A literal of one, not [] then push: a unary call's log stays one slot long.
+    if (this.#writes === undefined) this.#writes = [write];
+    else this.#writes.push(write);
     this.#bufferedBytes += message.length;
     if (this.#bufferedBytes > RETRY_BUFFER_BYTES) this.#commit();
     this.#pump();
