@@ -121,7 +121,14 @@ test('balance: kube-proxy reaches at most C pods on one connection; every row of
 test('slow-pod: every row runs one connection draw per k, and kube-proxy\'s draws land as they say', { timeout: 120_000 }, async () => {
   const clients = 2;
   const report = await bench('slow-pod', ['--pods', '3', '--clients', String(clients), '--duration', '0.3']);
-  assert.deepEqual(report.results.map((r) => r.client), ['kube-proxy', 'podpool round-robin', 'podpool least-loaded', 'podpool peak-ewma', 'grpc-js round_robin']);
+  assert.deepEqual(report.results.map((r) => r.client), [
+    'kube-proxy',
+    'podpool round-robin',
+    'podpool least-loaded',
+    'podpool peak-ewma',
+    'podpool peak-ewma, hedged at p95',
+    'grpc-js round_robin',
+  ]);
   const weights = (report.draws as { k: number; probability: number }[]).map((d) => d.probability);
   // binomial(2, 1/3): 4/9, 4/9, 1/9.
   assert.deepEqual(weights, [0.4444, 0.4444, 0.1111]);
@@ -130,6 +137,12 @@ test('slow-pod: every row runs one connection draw per k, and kube-proxy\'s draw
     assert.deepEqual(draws.map((d) => d.k), [0, 1, 2], row.client);
     assert.deepEqual(draws.map((d) => d.probability), weights, `${row.client} got the same draws`);
     assert.equal(row.errors, 0, row.client);
+    // Every row carries the same client's run with all pods healthy, and the ratios to it.
+    const healthy = row.healthy as { requests: number; errors: number; p99Ms: number };
+    assert.ok(healthy.requests > 0, `${row.client}: a healthy baseline ran`);
+    assert.equal(healthy.errors, 0, row.client);
+    assert.equal(row.p99Ratio, Math.round((row.p99Ms as number / healthy.p99Ms) * 100) / 100, row.client);
+    assert.equal(typeof row.p999Ratio, 'number', row.client);
     if (row.kind === 'kube-proxy') {
       assert.equal(row.connections, '1');
       for (const d of draws) {
@@ -143,6 +156,11 @@ test('slow-pod: every row runs one connection draw per k, and kube-proxy\'s draw
       for (const d of draws) assert.equal(d.podsUsed, 3, `${row.client} k=${d.k}`);
     }
   }
+  // The hedged row says how many hedges its pools sent; the others send none.
+  const hedged = report.results.find((r) => r.client.endsWith('hedged at p95'))!;
+  assert.equal(typeof hedged.hedges, 'number', 'the hedged row counts its hedges');
+  assert.equal(hedged.hedgeRate, Math.round(((hedged.hedges as number) / ((hedged.requests as number) + hedged.errors)) * 1e4) / 1e4);
+  for (const row of report.results.filter((r) => r.kind === 'podpool' && r !== hedged)) assert.equal(row.hedges ?? 0, 0, row.client);
   assertNoNamespaceLeft(report);
 });
 
@@ -200,10 +218,77 @@ test('scale-up: podpool reaches the added pod; kube-proxy clients never do', { t
   assertNoNamespaceLeft(report);
 });
 
-test('rolling-restart: every pod is replaced under load in every mode', { timeout: 120_000 }, async () => {
+test('rolling-restart: every pod is replaced under load in every mode; podpool with idempotent calls loses none', { timeout: 120_000 }, async () => {
   const report = await bench('rolling-restart', ['--pods', '2', '--clients', '1', '--duration', '0.6']);
   for (const row of report.results) assert.equal(row.replaced, 2, `${row.transport} ${row.client}`);
-  assert.ok(report.results.some((r) => r.client.startsWith('podpool') && r.transport === 'grpc'));
+  const podpool = report.results.filter((r) => r.kind === 'podpool');
+  // HTTP and gRPC, each with the DNS and the Kubernetes source.
+  assert.deepEqual(podpool.map((r) => `${r.transport} ${r.client}`), [
+    'http podpool round-robin, idempotent retry (dns)',
+    'http podpool round-robin, idempotent retry (kubernetes)',
+    'grpc podpool round-robin, idempotent retry (dns)',
+    'grpc podpool round-robin, idempotent retry (kubernetes)',
+  ]);
+  for (const row of podpool) {
+    assert.equal(row.errors, 0, `${row.transport} ${row.client}: ${JSON.stringify(row.errorSamples)}`);
+    assert.ok(row.requests as number > 0, `${row.transport} ${row.client}`);
+  }
+  assertNoNamespaceLeft(report);
+});
+
+test('server-recycles: podpool loses nothing and uses every pod whether the servers recycle connections or not', { timeout: 90_000 }, async () => {
+  const report = await bench('server-recycles', ['--pods', '3', '--clients', '2', '--duration', '0.5']);
+  assert.deepEqual(report.results.map((r) => `${r.client} ${r.recycling ? 'on' : 'off'}`), [
+    'kube-proxy off',
+    'kube-proxy on',
+    'podpool round-robin off',
+    'podpool round-robin on',
+    'undici BalancedPool off',
+    'undici BalancedPool on',
+  ]);
+  for (const row of report.results) {
+    // Recycling on: the pods accepted more connections than the clients hold (they were closed and
+    // replaced); off, no more than the clients hold.
+    const held = Number(/\((\d+)\)$/.exec(row.connections!)?.[1] ?? row.connections);
+    if (row.recycling) assert.ok(row.socketsSeen! > held, `${row.client}: ${row.socketsSeen} sockets seen, ${held} held`);
+    else assert.ok(row.socketsSeen! <= held, `${row.client}: ${row.socketsSeen} sockets seen, ${held} held`);
+    if (row.recycling) assert.equal(typeof row.throughputRatio, 'number', row.client);
+    if (row.kind !== 'podpool') continue;
+    assert.equal(row.errors, 0, `${row.client} recycling ${row.recycling}: ${JSON.stringify(row.errorSamples)}`);
+    assert.equal(row.podsUsed, 3, `${row.client} recycling ${row.recycling}`);
+  }
+  assertNoNamespaceLeft(report);
+});
+
+test('killed-pod: idempotent calls never fail; others fail at most as many as were in flight on the pod', { timeout: 120_000 }, async () => {
+  const report = await bench('killed-pod', ['--pods', '3', '--clients', '2', '--duration', '0.6']);
+  assert.deepEqual(report.results.map((r) => `${r.transport} ${r.client}`), [
+    'http kube-proxy',
+    'http podpool round-robin',
+    'http podpool round-robin, idempotent retry',
+    'grpc kube-proxy',
+    'grpc podpool round-robin',
+    'grpc podpool round-robin, idempotent retry',
+  ]);
+  const killed = new Set<string>();
+  for (const row of report.results) {
+    const name = `${row.transport} ${row.client}`;
+    killed.add(row.killed as string);
+    if (row.kind !== 'podpool') continue;
+    // podpool sends to every pod: the killed one held calls when it died.
+    assert.ok((row.podUnanswered as number) > 0, `${name}: the pod held no call when it was killed`);
+    assert.equal(typeof row.inFlightAtKill, 'number', name);
+    if (row.client.endsWith('idempotent retry')) {
+      assert.equal(row.errors, 0, `${name}: ${JSON.stringify(row.errorSamples)}`);
+    } else {
+      // The pool's count just before the kill, or the pod's own at the kill (a call may start in
+      // between, as the kill travels to the pods process): whichever is larger bounds the loss.
+      const inFlight = Math.max(row.inFlightAtKill as number, row.podUnanswered as number);
+      assert.ok(row.errors <= inFlight, `${name}: ${row.errors} failed, ${inFlight} in flight: ${JSON.stringify(row.errorSamples)}`);
+    }
+  }
+  // Each row killed a pod of its own (the next row starts with a replacement).
+  assert.equal(killed.size, report.results.length);
   assertNoNamespaceLeft(report);
 });
 

@@ -138,17 +138,14 @@ export async function measure(cluster: Cluster, mode: Mode, options: MeasureOpti
   return measured!;
 }
 
-/**
- * podpool's retries and hedges, summed over the clients' pools (`pool.stats()`), when they count
- * them: what a row sent beyond the calls it made.
- */
+/** podpool's retries and hedges, summed over the clients' pools (`pool.stats()`): what a row sent beyond the calls it made. */
 function sentAgain(callers: readonly Caller[]): { retries?: number; hedges?: number } {
   const sent: { retries?: number; hedges?: number } = {};
   for (const caller of callers) {
-    const stats = caller.stats?.() as { retries?: number; hedges?: number } | undefined;
-    for (const key of ['retries', 'hedges'] as const) {
-      if (typeof stats?.[key] === 'number') sent[key] = (sent[key] ?? 0) + stats[key];
-    }
+    const stats = caller.stats?.();
+    if (stats === undefined) continue;
+    sent.retries = (sent.retries ?? 0) + stats.retries;
+    sent.hedges = (sent.hedges ?? 0) + stats.hedges;
   }
   return sent;
 }

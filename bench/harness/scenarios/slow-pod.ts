@@ -11,6 +11,7 @@
  * (one per destination) and the same load; podpool's rows connect to every pod, so their draws
  * differ only by noise.
  */
+import type { PoolOptions } from '../../../src/index.ts';
 import { Cluster } from '../cluster.ts';
 import { grpcKubeProxy, grpcRoundRobin, podpoolMode, type Mode } from '../client-modes.ts';
 import { round } from '../load.ts';
@@ -26,8 +27,23 @@ export const SLOW_FACTOR = 10;
  * socket, and the row would measure pipelining rather than balancing.
  */
 export function slowPodModes(): Mode[] {
-  return [grpcKubeProxy, podpoolMode('grpc', 'round-robin'), podpoolMode('grpc', 'least-loaded'), podpoolMode('grpc', 'peak-ewma'), grpcRoundRobin];
+  return [
+    grpcKubeProxy,
+    podpoolMode('grpc', 'round-robin'),
+    podpoolMode('grpc', 'least-loaded'),
+    podpoolMode('grpc', 'peak-ewma'),
+    podpoolMode('grpc', 'peak-ewma', { pool: HEDGED, label: HEDGED_LABEL }),
+    grpcRoundRobin,
+  ];
 }
+
+/**
+ * The hedged row's pool options: a second copy of a call goes to another pod once the call has
+ * outlived the pool's p95, for the idempotent Echo call; the first answer wins, the loser is
+ * cancelled, and every hedge is taken from the retry budget.
+ */
+export const HEDGED: Partial<PoolOptions<unknown>> = { retry: { idempotent: true }, hedge: { percentile: 95 } };
+export const HEDGED_LABEL = 'hedged at p95';
 
 /** One draw of a row: k clients' connections on the slow pod, and what the clients saw. */
 export interface Draw {
@@ -62,6 +78,14 @@ export async function slowPod(options: ScenarioOptions, cluster?: Cluster): Prom
     const results: ModeResult[] = [];
     for (const mode of slowPodModes()) {
       const rows: { row: ModeResult; draw: Draw }[] = [];
+      // The same client with every pod healthy, connections and load as in the draws: what the
+      // slow pod's figures are divided by. Where a connection lands makes no difference here.
+      const { row: healthy } = await measure(cluster, mode, {
+        clients: options.clients,
+        inflight: options.inflight,
+        durationMs: options.durationS * 1000,
+        label: `slow-pod · ${mode.client} · all pods healthy`,
+      });
       await cluster.slowPod(slow.name, SLOW_FACTOR);
       try {
         for (const { k, probability } of draws) {
@@ -83,7 +107,13 @@ export async function slowPod(options: ScenarioOptions, cluster?: Cluster): Prom
       } finally {
         await cluster.slowPod(slow.name, 1);
       }
-      results.push(expected(rows, draws.map((d) => d.probability)));
+      const row = expected(rows, draws.map((d) => d.probability));
+      row.healthy = { p50Ms: healthy.p50Ms, p99Ms: healthy.p99Ms, p999Ms: healthy.p999Ms, throughput: healthy.throughput, requests: healthy.requests, errors: healthy.errors };
+      row.p99Ratio = healthy.p99Ms === 0 ? null : round(row.p99Ms / healthy.p99Ms, 2);
+      row.p999Ratio = healthy.p999Ms === 0 ? null : round(row.p999Ms / healthy.p999Ms, 2);
+      // Extra requests hedging sent, per call the clients made with the slow pod (every draw).
+      if (row.hedges !== undefined) row.hedgeRate = round(row.hedges / Math.max(1, row.requests + row.errors), 4);
+      results.push(row);
     }
     const report: ScenarioReport = {
       ...reportHead('slow-pod', cluster, options),
@@ -96,6 +126,8 @@ export async function slowPod(options: ScenarioOptions, cluster?: Cluster): Prom
         `${slow.name} serves ${SLOW_FACTOR}× slower (${options.serviceMs * SLOW_FACTOR} ms a request) throughout.`,
         `every figure is an expected value over kube-proxy's connection luck: one draw per k = 0…${options.clients} clients pinned to the slow pod, weighted ${draws.map((d) => `${(d.probability * 100).toFixed(1)} %`).join(' / ')}; every row ran the same draws, connections (one per destination) and load.`,
         `kube-proxy's draws, p99: ${kubeDraws(results)}`,
+        'slow / healthy: each row\'s expected p99 and p99.9 over the draws, divided by the same client\'s in a run with every pod healthy (same connections and load, in this run).',
+        `"${HEDGED_LABEL}": peak-EWMA with hedge: { percentile: 95 } and retry: { idempotent: true } on the pool; "hedges" is the extra requests it sent per call made.`,
       ],
     };
     return {
@@ -104,6 +136,10 @@ export async function slowPod(options: ScenarioOptions, cluster?: Cluster): Prom
       table: formatTable(report, [
         ['p99.9 ms', (r) => r.p999Ms.toFixed(1)],
         ['slow pod share', (r) => `${((r.slowPodShare as number) * 100).toFixed(1)}%`],
+        ['healthy p99 / p99.9', (r) => healthyFigures(r)],
+        ['slow/healthy p99', (r) => ratio(r.p99Ratio)],
+        ['p99.9', (r) => ratio(r.p999Ratio)],
+        ['hedges', (r) => (typeof r.hedgeRate === 'number' ? `${(r.hedgeRate * 100).toFixed(2)}%` : '-')],
       ]),
     };
   } finally {
@@ -125,6 +161,7 @@ function expected(rows: readonly { row: ModeResult; draw: Draw }[], weights: rea
     podsUsed: Math.max(...rows.map(({ draw }) => draw.podsUsed)),
     requests: rows.reduce((a, { row: r }) => a + r.requests, 0),
     errors: rows.reduce((a, { row: r }) => a + r.errors, 0),
+    ...sentAgain(rows.map(({ row: r }) => r)),
     draws: rows.map(({ draw }) => draw),
   };
   for (const figure of FIGURES) row[figure] = round(mean((d) => d[figure]), figure === 'throughput' ? 0 : 3);
@@ -132,6 +169,27 @@ function expected(rows: readonly { row: ModeResult; draw: Draw }[], weights: rea
   if (samples.length > 0) row.errorSamples = [...new Set(samples)].slice(0, 5);
   else delete row.errorSamples;
   return row;
+}
+
+/** Retries and hedges over every draw, for the rows that count them. */
+function sentAgain(rows: readonly ModeResult[]): { retries?: number; hedges?: number } {
+  const sent: { retries?: number; hedges?: number } = {};
+  for (const row of rows) {
+    for (const key of ['retries', 'hedges'] as const) {
+      const n = row[key];
+      if (typeof n === 'number') sent[key] = (sent[key] ?? 0) + n;
+    }
+  }
+  return sent;
+}
+
+function healthyFigures(r: ModeResult): string {
+  const healthy = r.healthy as { p99Ms: number; p999Ms: number } | undefined;
+  return healthy ? `${healthy.p99Ms.toFixed(1)} / ${healthy.p999Ms.toFixed(1)}` : '-';
+}
+
+function ratio(value: unknown): string {
+  return typeof value === 'number' ? `${value.toFixed(2)}×` : '-';
 }
 
 function kubeDraws(results: readonly ModeResult[]): string {
