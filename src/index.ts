@@ -74,7 +74,7 @@ export type { Datagram } from './wire/datagram.ts';
 
 // Adapters: a grpc-js Channel and an undici Dispatcher over a pool.
 export { httpDispatcher, PoolDispatcher } from './adapter/http-dispatcher.ts';
-export type { HttpDispatcherOptions } from './adapter/http-dispatcher.ts';
+export type { HttpDispatcherOptions, HttpDispatcherRetryOptions } from './adapter/http-dispatcher.ts';
 export { grpcChannel, PoolChannel } from './adapter/grpc-channel.ts';
 export type { GrpcChannelOptions } from './adapter/grpc-channel.ts';
 export type { GrpcServiceConfig, GrpcMethodConfig, GrpcRetryPolicy } from './adapter/grpc-retry.ts';

@@ -1,239 +1,9 @@
-import type { IncomingHttpHeaders } from 'node:http';
-import type { Duplex } from 'node:stream';
-import { Dispatcher, errors as undiciErrors } from 'undici';
+import { Dispatcher } from 'undici';
 import { ClosedError, ErrorCode, PodpoolError } from '../errors.ts';
 import { checkNumber, checkOptions, invalidOption, optionNames } from '../options.ts';
 import type { PoolCall } from '../call/call.ts';
 import type { AdapterPool } from '../pool/adapter-pool.ts';
-import { isFailedStatus } from '../transport/http.ts';
-
-/** A 5xx or 429 seen by the dispatcher: it counts against the pod that sent it. */
-class ServerError extends Error {
-  readonly statusCode: number;
-  constructor(statusCode: number) {
-    super(`HTTP ${statusCode}`);
-    this.statusCode = statusCode;
-  }
-}
-
-type RawHeaders = Buffer[] | string[];
-
-/**
- * The handler API of undici ≤ 7, which Node's built-in `fetch` (undici 6 in Node 22, 7 in
- * Node 24) and undici 6 and 7's `request`/`fetch` hand a dispatcher. undici 8 speaks the newer
- * one (`onRequestStart`, `onResponseStart`, …); a handler is one or the other by whether it has
- * `onRequestStart`, as undici's own wrappers tell them apart.
- */
-interface LegacyHandler {
-  onConnect?(abort: (reason?: Error) => void, context?: unknown): void;
-  onHeaders?(statusCode: number, rawHeaders: RawHeaders, resume: () => void, statusText: string): boolean | void;
-  onData?(chunk: Buffer): boolean | void;
-  onComplete?(trailers: RawHeaders | null): void;
-  onError?(error: Error): void;
-  onUpgrade?(statusCode: number, rawHeaders: RawHeaders | null, socket: Duplex): void;
-}
-
-type CallerHandler = Dispatcher.DispatchHandler & LegacyHandler;
-
-/**
- * One request through the dispatcher. Toward the pod's undici `Client` it is a handler of
- * undici 8's API; toward the caller it is the controller, and it speaks whichever handler API
- * the caller's undici uses. It tells the pool how the request ended, exactly once. When no pod
- * is ready it holds the request: the caller can abort it meanwhile, and hears why it failed.
- */
-class RequestRelay implements Dispatcher.DispatchHandler, Dispatcher.DispatchController {
-  readonly #caller: CallerHandler;
-  readonly #legacy: boolean;
-  #end: PoolCall<Dispatcher>['end'] | undefined = undefined;
-  /** The pod's controller, once its `Client` started the request. */
-  #pod: Dispatcher.DispatchController | undefined = undefined;
-  /** The caller heard `onRequestStart` / `onConnect`. */
-  #started = false;
-  #aborted = false;
-  #reason: Error | null = null;
-  #paused = false;
-  #status = 0;
-  /** Ends the wait for a ready pod, when the request waits for one. */
-  #waiting: AbortController | undefined = undefined;
-
-  constructor(caller: CallerHandler) {
-    this.#caller = caller;
-    this.#legacy = typeof caller.onRequestStart !== 'function';
-  }
-
-  /** Sends the request on the pod's connection. */
-  send(call: PoolCall<Dispatcher>, options: Dispatcher.DispatchOptions): boolean {
-    this.#end = call.end;
-    return call.client.dispatch(options, this);
-  }
-
-  /** Holds the request until a pod is ready, then sends it; fails it when the wait ends without one. */
-  wait(pool: AdapterPool<Dispatcher>, timeoutMs: number, options: Dispatcher.DispatchOptions): void {
-    const waiting = new AbortController();
-    this.#waiting = waiting;
-    // Started now, so the caller has its abort while the request waits.
-    this.#start(undefined);
-    if (this.#aborted) {
-      this.reject(this.#reason!);
-      return;
-    }
-    pool.beginWhenReady({ signal: waiting.signal, timeoutMs }).then(
-      (call) => {
-        this.#waiting = undefined;
-        this.send(call, options);
-      },
-      (error: Error) => {
-        this.#waiting = undefined;
-        this.reject(this.#aborted ? this.#reason! : error);
-      },
-    );
-  }
-
-  /** Fails a request that never reached a pod. */
-  reject(error: Error): void {
-    if (!this.#legacy) {
-      this.#caller.onResponseError?.(this, error);
-      return;
-    }
-    // undici's own wrappers throw when a legacy handler can't hear an error; so does this.
-    if (typeof this.#caller.onError !== 'function') throw error;
-    this.#caller.onError(error);
-  }
-
-  // ---- the controller, as the caller sees it ----
-
-  get aborted(): boolean {
-    return this.#aborted || (this.#pod?.aborted ?? false);
-  }
-
-  get paused(): boolean {
-    return this.#pod?.paused ?? this.#paused;
-  }
-
-  get reason(): Error | null {
-    return this.#reason ?? this.#pod?.reason ?? null;
-  }
-
-  get rawHeaders(): Dispatcher.DispatchController['rawHeaders'] {
-    return this.#pod?.rawHeaders;
-  }
-
-  get rawTrailers(): Dispatcher.DispatchController['rawTrailers'] {
-    return this.#pod?.rawTrailers;
-  }
-
-  abort(reason: Error): void {
-    if (this.#aborted) return;
-    this.#aborted = true;
-    this.#reason = reason;
-    if (this.#pod !== undefined) this.#pod.abort(reason);
-    else this.#waiting?.abort(reason);
-  }
-
-  pause(): void {
-    if (this.#pod !== undefined) this.#pod.pause();
-    else this.#paused = true;
-  }
-
-  resume(): void {
-    if (this.#pod !== undefined) this.#pod.resume();
-    else this.#paused = false;
-  }
-
-  // ---- the handler, as the pod's Client sees it ----
-
-  onRequestStart(controller: Dispatcher.DispatchController, context: unknown): void {
-    this.#pod = controller;
-    if (this.#aborted) {
-      controller.abort(this.#reason!);
-      return;
-    }
-    if (this.#paused) controller.pause();
-    if (!this.#started) this.#start(context);
-  }
-
-  onRequestUpgrade(controller: Dispatcher.DispatchController, statusCode: number, headers: IncomingHttpHeaders, socket: Duplex): void {
-    this.#finish(undefined);
-    if (!this.#legacy) this.#caller.onRequestUpgrade?.(this, statusCode, headers, socket);
-    else this.#caller.onUpgrade?.(statusCode, rawOf(controller.rawHeaders, headers), socket);
-  }
-
-  onResponseStarted(): void {
-    this.#caller.onResponseStarted?.();
-  }
-
-  onBodySent(chunk: Buffer): void {
-    this.#caller.onBodySent?.(chunk);
-  }
-
-  onRequestSent(): void {
-    this.#caller.onRequestSent?.();
-  }
-
-  onResponseStart(
-    controller: Dispatcher.DispatchController,
-    statusCode: number,
-    headers: IncomingHttpHeaders,
-    statusMessage?: string,
-  ): void {
-    this.#status = statusCode;
-    if (!this.#legacy) {
-      this.#caller.onResponseStart?.(this, statusCode, headers, statusMessage);
-      return;
-    }
-    const resume = (): void => controller.resume();
-    if (this.#caller.onHeaders?.(statusCode, rawOf(controller.rawHeaders, headers), resume, statusMessage ?? '') === false) {
-      controller.pause();
-    }
-  }
-
-  onResponseData(controller: Dispatcher.DispatchController, chunk: Buffer): void {
-    if (!this.#legacy) this.#caller.onResponseData?.(this, chunk);
-    else if (this.#caller.onData?.(chunk) === false) controller.pause();
-  }
-
-  onResponseEnd(controller: Dispatcher.DispatchController, trailers: IncomingHttpHeaders): void {
-    this.#finish(isFailedStatus(this.#status) ? new ServerError(this.#status) : undefined);
-    if (!this.#legacy) this.#caller.onResponseEnd?.(this, trailers);
-    else this.#caller.onComplete?.(rawOf(controller.rawTrailers, trailers));
-  }
-
-  onResponseError(_controller: Dispatcher.DispatchController | null, error: Error): void {
-    this.#finish(error);
-    this.reject(error);
-  }
-
-  #start(context: unknown): void {
-    this.#started = true;
-    if (!this.#legacy) this.#caller.onRequestStart!(this, context);
-    else this.#caller.onConnect?.((reason) => this.abort(reason ?? new undiciErrors.RequestAbortedError()), context);
-  }
-
-  /** The pool hears first, so whoever waits on the response sees the call no longer in flight. */
-  #finish(error: Error | undefined): void {
-    const end = this.#end;
-    this.#end = undefined;
-    end?.(error);
-  }
-}
-
-/**
- * Headers as the legacy API passes them: undici's raw list when the connection kept one
- * (HTTP/1.1), else built from the parsed object (HTTP/2), as undici's own wrappers do.
- */
-function rawOf(raw: Dispatcher.DispatchController['rawHeaders'], parsed: IncomingHttpHeaders | null | undefined): RawHeaders {
-  if (Array.isArray(raw)) return raw;
-  const headers = (raw ?? parsed ?? {}) as IncomingHttpHeaders;
-  const list: Buffer[] = [];
-  for (const name of Object.keys(headers)) {
-    if (name.startsWith(':')) continue;
-    const value = headers[name];
-    if (value === undefined) continue;
-    if (Array.isArray(value)) for (const one of value) list.push(Buffer.from(name, 'latin1'), Buffer.from(one, 'latin1'));
-    else list.push(Buffer.from(name, 'latin1'), Buffer.from(String(value), 'latin1'));
-  }
-  return list;
-}
+import { RequestRelay, type CallerHandler, type RelaySettings } from './http-relay.ts';
 
 /** Options of {@link httpDispatcher}. */
 export interface HttpDispatcherOptions {
@@ -245,23 +15,83 @@ export interface HttpDispatcherOptions {
   waitForReady?: boolean;
   /** How long a request may wait for a ready pod. Default 10 s. */
   readyTimeoutMs?: number;
+  /**
+   * When a request is sent again on another pod (see {@link HttpDispatcherRetryOptions});
+   * `false`: never. A request that never reached a pod is always sent again while attempts are left.
+   */
+  retry?: HttpDispatcherRetryOptions | false;
 }
 
-const DISPATCHER_OPTIONS = optionNames<HttpDispatcherOptions>({ waitForReady: true, readyTimeoutMs: true });
+/**
+ * `httpDispatcher(pool, { retry })`. A request that never reached its pod (refused connect, a
+ * connection closed before it was written) is sent again on another pod, at once and free of the
+ * pool's retry budget. One that may have reached it (a wire error before any response, or a
+ * status of `statusCodes`) is sent again only for a method of `methods`, with a body that can be
+ * sent twice (none, a string, bytes: not a stream, and `fetch` streams every body), before the
+ * caller saw anything of the response, when the pool's `retryBudget` allows, after the pool's
+ * `retry` backoff, and on another pod when one is ready. When no attempt is left, the caller gets
+ * the last response or error as it would have without retries.
+ */
+export interface HttpDispatcherRetryOptions {
+  /** Attempts after the first. Default: the pool's `retry.retries` (2). */
+  retries?: number;
+  /**
+   * Methods sent again after they may have reached a pod. Default RFC 9110's idempotent methods
+   * (GET, HEAD, OPTIONS, TRACE, PUT, DELETE), or every method when the pool's `retry` says
+   * `idempotent: true`.
+   */
+  methods?: readonly string[];
+  /**
+   * Statuses that send a request of `methods` again: its response is read, dropped, and counted
+   * against the pod. Default 502, 503 and 504: the pod (or its sidecar) could not answer now.
+   * A 429 is not among them: the pod asks the client to slow down, and rate limits are often
+   * shared by every pod. `Retry-After` is not waited for: it speaks for the pod that sent it,
+   * and the retry goes to another.
+   */
+  statusCodes?: readonly number[];
+}
+
+const DISPATCHER_OPTIONS = optionNames<HttpDispatcherOptions>({ waitForReady: true, readyTimeoutMs: true, retry: true });
+const RETRY_OPTIONS = optionNames<HttpDispatcherRetryOptions>({ retries: true, methods: true, statusCodes: true });
+
+/** RFC 9110 §9.2.2: a second request has the effect of the first (CONNECT excepted). */
+const IDEMPOTENT_METHODS: ReadonlySet<string> = new Set(['GET', 'HEAD', 'OPTIONS', 'TRACE', 'PUT', 'DELETE']);
+const RETRIED_STATUSES: ReadonlySet<number> = new Set([502, 503, 504]);
+const NO_STATUSES: ReadonlySet<number> = new Set();
+
+/** The retry part of the relays' settings, from the dispatcher's `retry` option and the pool's policy. */
+function retrySettings(pool: AdapterPool<Dispatcher>, retry: HttpDispatcherRetryOptions | false | undefined): Pick<RelaySettings, 'retries' | 'methods' | 'statusCodes'> {
+  if (retry === false) return { retries: 0, methods: IDEMPOTENT_METHODS, statusCodes: NO_STATUSES };
+  checkOptions(retry ?? {}, RETRY_OPTIONS, 'retry');
+  const { policy } = pool.retry;
+  const { retries = policy.retries, methods, statusCodes } = retry ?? {};
+  checkNumber('retry.retries', retries, { min: 0, integer: true });
+  if (methods !== undefined && (!Array.isArray(methods) || !methods.every((m) => typeof m === 'string' && /^[!#$%&'*+.^_`|~0-9A-Za-z-]+$/.test(m)))) {
+    invalidOption('retry.methods', 'an array of HTTP method names', methods);
+  }
+  if (statusCodes !== undefined && (!Array.isArray(statusCodes) || !statusCodes.every((c) => Number.isInteger(c) && c >= 400 && c <= 599))) {
+    invalidOption('retry.statusCodes', 'an array of HTTP statuses from 400 to 599', statusCodes);
+  }
+  return {
+    retries,
+    methods: methods !== undefined ? new Set(methods.map((m) => m.toUpperCase())) : policy.idempotent ? undefined : IDEMPOTENT_METHODS,
+    statusCodes: statusCodes !== undefined ? new Set(statusCodes) : RETRIED_STATUSES,
+  };
+}
 
 /**
  * An undici `Dispatcher` that sends each request to a pod the pool picks, so
  * `request(url, { dispatcher })` and `fetch(url, { dispatcher })` balance per request, whether
  * the `fetch` is Node's built-in one (Node 22 and 24) or that of undici 6, 7 or 8. The URL's
  * host names the Service and is sent as `Host` (unless the request sets one), as through the
- * ClusterIP; path and query are kept. A 5xx, a 429 or a wire error counts against the pod; a wire
- * error or an abort reaches the caller. Closing the dispatcher stops it taking requests; close
- * the pool to close connections.
+ * ClusterIP; path and query are kept. A 5xx, a 429 or a wire error counts against the pod, on
+ * every attempt. A request that never reached its pod is sent again on another; an idempotent
+ * one also after it may have (see {@link HttpDispatcherRetryOptions}); the last error or
+ * response, and an abort, reach the caller. Closing the dispatcher stops it taking requests;
+ * close the pool to close connections.
  */
 export class PoolDispatcher extends Dispatcher {
-  readonly #pool: AdapterPool<Dispatcher>;
-  readonly #waitForReady: boolean;
-  readonly #readyTimeoutMs: number;
+  readonly #settings: RelaySettings;
   #closed = false;
 
   constructor(pool: AdapterPool<Dispatcher>, options: HttpDispatcherOptions = {}) {
@@ -273,26 +103,24 @@ export class PoolDispatcher extends Dispatcher {
     const { waitForReady = true, readyTimeoutMs = 10_000 } = options;
     if (typeof waitForReady !== 'boolean') invalidOption('waitForReady', 'a boolean', waitForReady);
     checkNumber('readyTimeoutMs', readyTimeoutMs, { min: 1 });
-    this.#pool = pool;
-    this.#waitForReady = waitForReady;
-    this.#readyTimeoutMs = readyTimeoutMs;
+    this.#settings = Object.freeze({ pool, waitForReady, readyTimeoutMs, ...retrySettings(pool, options.retry) });
   }
 
   override dispatch(options: Dispatcher.DispatchOptions, handler: Dispatcher.DispatchHandler): boolean {
-    const relay = new RequestRelay(handler as CallerHandler);
+    const relay = new RequestRelay(handler as CallerHandler, this.#settings, this.#toPod(options));
     let call: PoolCall<Dispatcher>;
     try {
       if (this.#closed) throw new ClosedError('the dispatcher is closed');
-      call = this.#pool.begin();
+      call = this.#settings.pool.begin();
     } catch (error) {
-      if (this.#waitForReady && error instanceof PodpoolError && error.code === ErrorCode.NO_ENDPOINTS) {
-        relay.wait(this.#pool, this.#readyTimeoutMs, this.#toPod(options));
+      if (this.#settings.waitForReady && error instanceof PodpoolError && error.code === ErrorCode.NO_ENDPOINTS) {
+        relay.wait();
         return true;
       }
       relay.reject(error as Error);
       return false;
     }
-    return relay.send(call, this.#toPod(options));
+    return relay.send(call);
   }
 
   #origin: string | URL | undefined = undefined;
