@@ -17,6 +17,7 @@ import type { PoolCall } from '../call/call.ts';
 import type { RetryGate } from '../call/retry.ts';
 import type { Endpoint } from '../endpoint.ts';
 import { PREVIOUS_ATTEMPTS, neverReachedPod, pushbackMs, type MethodRetry } from './grpc-retry.ts';
+import { Replay } from './grpc-retry-replay.ts';
 
 export type GrpcCall = ReturnType<ChannelInterface['createCall']>;
 export type CreateCallArgs = Parameters<ChannelInterface['createCall']>;
@@ -38,20 +39,6 @@ export interface Router<C> {
   policyFor(method: string): MethodRetry | undefined;
 }
 
-/**
- * gRFC A6 (and grpc-js's `grpc.per_rpc_retry_buffer_size`): a call whose messages add up to more
- * is committed to its attempt, so a long upload is not held in memory for a retry.
- */
-const RETRY_BUFFER_BYTES = 256 * 1024;
-
-/** A message the caller sent, kept for a retry until the call is committed to its attempt. */
-interface Write {
-  readonly message: Buffer;
-  readonly flags: number | undefined;
-  /** The caller's write callback, until the first attempt that writes the message calls it. */
-  callback: (() => void) | undefined;
-}
-
 /** A failed call's status as the error the pool records (shaped like grpc-js's `ServiceError`). */
 function statusError({ code, details, metadata }: StatusObject): Error {
   return Object.assign(new Error(`${code} ${status[code] ?? 'UNKNOWN'}: ${details}`), { code, details, metadata });
@@ -65,8 +52,8 @@ function statusError({ code, details, metadata }: StatusObject): Error {
  * it: up to its deadline, and without `waitForReady` only while the pool is connecting.
  *
  * Each attempt is one `begin()`/`end()` on the pool. Until the call is committed (response
- * headers arrived, or its messages passed {@link RETRY_BUFFER_BYTES}) it keeps what the caller
- * sent (metadata, messages, half-close, read) and can replay it on another pod: at once and
+ * headers arrived, or its messages passed 256 KiB) it keeps what the caller sent (metadata, and
+ * in a {@link Replay} messages, half-close, read) and can replay it on another pod: at once and
  * free when the attempt never reached its pod, after a backoff and one from the retry budget
  * when its method's policy says the status is retryable.
  */
@@ -82,27 +69,13 @@ export class PoolChannelCall<C extends Client> implements GrpcCall, Intercepting
   #pod: PoolCall<C> | undefined = undefined;
   /** The latest attempt's call, running or ended: what getPeer() and the like report. */
   #latest: GrpcCall | undefined = undefined;
-  /** Attempts started; a write callback from an earlier one is ignored. */
-  #attempt = 0;
   /** Retries of attempts that never reached a pod, and of attempts that may have. */
   #transparentRetries = 0;
   #policyRetries = 0;
   /** The policy retries since the backoff last started over (a pushback restarts it, A6). */
   #backoffStep = 0;
-  /** Set once response headers arrived or the messages outgrew the buffer: no more retries. */
-  #committed = false;
   #cancelled = false;
-  /** The caller's messages, in order, while a retry could replay them; undefined once committed and all written. */
-  #writes: Write[] | undefined = undefined;
-  #bufferedBytes = 0;
-  /** The next entry of #writes to hand to the attempt, and whether one is handed and not yet written. */
-  #next = 0;
-  #writing = false;
-  /** The current attempt's write callback: one per attempt, so a late one from an earlier attempt is told apart. */
-  #onWritten: (() => void) | undefined = undefined;
-  #halfClosed = false;
-  #halfCloseSent = false;
-  #readStarted = false;
+  readonly #replay = new Replay();
   /** The last attempt's status, while the call waits to be sent again. */
   #lastStatus: StatusObject | undefined = undefined;
   /** Set when the call ended without an attempt running (never reached a pod, cancelled between attempts). */
@@ -222,71 +195,20 @@ export class PoolChannelCall<C extends Client> implements GrpcCall, Intercepting
       if (!this.#retryUnsent(call.endpoint)) this.#fail(lost);
       return;
     }
-    const attempt = ++this.#attempt;
     this.#pod = call;
     this.#inner = inner;
     this.#latest = inner;
-    this.#next = 0;
-    this.#writing = false;
-    this.#halfCloseSent = false;
-    this.#onWritten = () => this.#written(attempt);
     let metadata = this.#metadata!;
     if (this.#policyRetries > 0) {
       metadata = metadata.clone();
       metadata.set(PREVIOUS_ATTEMPTS, String(this.#policyRetries));
     }
     inner.start(metadata, this);
-    if (this.#readStarted) inner.startRead();
-    this.#pump();
-  }
-
-  /** Hands the attempt the caller's writes it has not had yet: one message at a time, as grpc-js's calls take them. */
-  #pump(): void {
-    const inner = this.#inner;
-    const writes = this.#writes;
-    if (inner === undefined) return;
-    if (writes !== undefined) {
-      if (!this.#writing && this.#next < writes.length) {
-        const write = writes[this.#next++]!;
-        this.#writing = true;
-        inner.sendMessageWithContext({ flags: write.flags, callback: this.#onWritten }, write.message);
-      }
-      if (this.#next < writes.length) return;
-    }
-    if (this.#halfClosed && !this.#halfCloseSent) {
-      // As grpc-js does: a half-close may follow the last message before it is written.
-      this.#halfCloseSent = true;
-      inner.halfClose();
-    }
-    if (this.#committed && !this.#writing) this.#writes = undefined;
-  }
-
-  /** The attempt wrote the last message it was handed. */
-  #written(attempt: number): void {
-    if (attempt !== this.#attempt || this.#writes === undefined) return;
-    const write = this.#writes[this.#next - 1]!;
-    this.#writing = false;
-    const callback = write.callback;
-    write.callback = undefined;
-    this.#pump();
-    callback?.();
-  }
-
-  #commit(): void {
-    if (this.#committed) return;
-    this.#committed = true;
-    const writes = this.#writes;
-    if (writes === undefined) return;
-    // What the attempt has written is needed no more; what it has not, it still needs.
-    const done = this.#writing ? this.#next - 1 : this.#next;
-    writes.splice(0, done);
-    this.#next -= done;
-    this.#bufferedBytes = 0;
-    if (writes.length === 0 && !this.#writing) this.#writes = undefined;
+    this.#replay.attach(inner);
   }
 
   onReceiveMetadata(metadata: Metadata): void {
-    this.#commit();
+    this.#replay.commit();
     if (this.#policyRetries > 0) metadata.set(PREVIOUS_ATTEMPTS, String(this.#policyRetries));
     this.#listener!.onReceiveMetadata(metadata);
   }
@@ -302,15 +224,16 @@ export class PoolChannelCall<C extends Client> implements GrpcCall, Intercepting
     pod.end(received.code === status.OK ? undefined : statusError(received));
     this.#inner = undefined;
     this.#pod = undefined;
+    this.#replay.detach();
     if (received.code !== status.OK && this.#retry(received, inner, pod)) return;
-    if (this.#policyRetries > 0 && !this.#committed) received.metadata.set(PREVIOUS_ATTEMPTS, String(this.#policyRetries));
+    if (this.#policyRetries > 0 && !this.#replay.committed) received.metadata.set(PREVIOUS_ATTEMPTS, String(this.#policyRetries));
     this.#release();
     this.#listener!.onReceiveStatus(received);
   }
 
   /** Whether the failed attempt is sent again (and then it is, now or after a backoff). */
   #retry(ended: StatusObject, inner: GrpcCall, pod: PoolCall<C>): boolean {
-    if (this.#cancelled || this.#committed) return false;
+    if (this.#cancelled || this.#replay.committed) return false;
     if (neverReachedPod(ended, inner.getPeer(), pod.client.getChannel().getTarget())) {
       this.#lastStatus = ended;
       return this.#retryUnsent(pod.endpoint);
@@ -341,7 +264,7 @@ export class PoolChannelCall<C extends Client> implements GrpcCall, Intercepting
    * the deadline bound it.
    */
   #retryUnsent(from: Endpoint): boolean {
-    if (this.#cancelled || this.#committed) return false;
+    if (this.#cancelled || this.#replay.committed) return false;
     if (this.#transparentRetries >= this.#router.retry.policy.retries || this.#remainingMs() <= 0) return false;
     this.#transparentRetries++;
     this.#begin(from);
@@ -353,28 +276,15 @@ export class PoolChannelCall<C extends Client> implements GrpcCall, Intercepting
       process.nextTick(() => context.callback?.());
       return;
     }
-    if (this.#writes === undefined && this.#committed) {
-      // Committed and every kept message written: the attempt is the call.
-      this.#inner?.sendMessageWithContext(context, message);
-      return;
-    }
-    const write: Write = { message, flags: context.flags, callback: context.callback };
-    // A literal of one, not [] then push: a unary call's log stays one slot long.
-    if (this.#writes === undefined) this.#writes = [write];
-    else this.#writes.push(write);
-    this.#bufferedBytes += message.length;
-    if (this.#bufferedBytes > RETRY_BUFFER_BYTES) this.#commit();
-    this.#pump();
+    this.#replay.write(context, message);
   }
 
   startRead(): void {
-    this.#readStarted = true;
-    this.#inner?.startRead();
+    this.#replay.startRead();
   }
 
   halfClose(): void {
-    this.#halfClosed = true;
-    this.#pump();
+    this.#replay.halfClose();
   }
 
   cancelWithStatus(code: status, details: string): void {
@@ -435,8 +345,7 @@ export class PoolChannelCall<C extends Client> implements GrpcCall, Intercepting
 
   /** The call is over: what was kept for a retry goes. */
   #release(): void {
-    this.#writes = undefined;
+    this.#replay.release();
     this.#lastStatus = undefined;
-    this.#onWritten = undefined;
   }
 }
