@@ -32,6 +32,31 @@ export interface LoadOptions {
    */
   holdUntil?: Promise<unknown>;
   maxDurationMs?: number;
+  /** Workers wait here before each request while it is closed (see {@link Gate}). */
+  gate?: Gate;
+}
+
+/**
+ * Holds the workers back before their next request, for a moment in which the calls in flight
+ * must not change but by finishing: a scenario reads a pool's in-flight calls, then kills a pod
+ * in another process, and no call starts in between. Calls already started carry on.
+ */
+export class Gate {
+  #opened: PromiseWithResolvers<void> | undefined;
+
+  /** A promise while closed: wait for it before the next request. */
+  get closed(): Promise<void> | undefined {
+    return this.#opened?.promise;
+  }
+
+  /** Closes the gate; returns the function that opens it. */
+  close(): () => void {
+    const opened = (this.#opened ??= Promise.withResolvers<void>());
+    return () => {
+      if (this.#opened === opened) this.#opened = undefined;
+      opened.resolve();
+    };
+  }
 }
 
 export interface LoadResult {
@@ -55,7 +80,7 @@ export interface LoadResult {
 export const CALL_TIMEOUT_MS = 5_000;
 
 export async function runLoad(callers: readonly Caller[], options: LoadOptions): Promise<LoadResult> {
-  const { inflight, durationMs, maxRequests, onTick, keepAnswers = false, signal, holdUntil } = options;
+  const { inflight, durationMs, maxRequests, onTick, keepAnswers = false, signal, holdUntil, gate } = options;
   const latency = createHistogram();
   const answers: [number, string][] = [];
   const byPod = new Map<string, number>();
@@ -75,6 +100,11 @@ export async function runLoad(callers: readonly Caller[], options: LoadOptions):
 
   const worker = async (caller: Caller, budget: { left: number }): Promise<void> => {
     while (budget.left > 0 && performance.now() < end && !signal?.aborted) {
+      const closed = gate?.closed;
+      if (closed) {
+        await closed;
+        continue;
+      }
       budget.left--;
       const t0 = performance.now();
       let timer: NodeJS.Timeout | undefined;

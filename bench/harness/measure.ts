@@ -4,7 +4,7 @@
  */
 import type { Cluster } from './cluster.ts';
 import type { Kind, Mode } from './client-modes.ts';
-import { coefficientOfVariation, percentileMs, round, runLoad, type Caller, type LoadResult } from './load.ts';
+import { Gate, coefficientOfVariation, percentileMs, round, runLoad, type Caller, type LoadResult } from './load.ts';
 import type { PodCounts } from './pods.ts';
 import { progress } from './progress.ts';
 
@@ -53,7 +53,7 @@ export interface MeasureOptions {
    * Runs while the load runs (adds a pod, slows one down, kills one); the load waits for it. It
    * sees the clients, to read a podpool pool's stats at a moment of its choosing.
    */
-  during?: (load: { signal: AbortSignal; startedAt: number; callers: readonly Caller[] }) => Promise<Record<string, unknown> | void>;
+  during?: (load: { signal: AbortSignal; startedAt: number; callers: readonly Caller[]; gate: Gate }) => Promise<Record<string, unknown> | void>;
   keepAnswers?: boolean;
   /**
    * Places client i's connection: after one request, a client whose pod fails `place(i, pod)` is
@@ -89,12 +89,14 @@ export async function measure(cluster: Cluster, mode: Mode, options: MeasureOpti
     const before = await cluster.counts();
     const stop = new AbortController();
     const startedAt = performance.now();
-    const during = options.during?.({ signal: stop.signal, startedAt, callers });
+    const gate = new Gate();
+    const during = options.during?.({ signal: stop.signal, startedAt, callers, gate });
     const load = await runLoad(callers, {
       inflight,
       durationMs,
       maxRequests,
       keepAnswers: options.keepAnswers,
+      gate,
       ...(options.holdForDuring && during && { holdUntil: during.catch(() => {}) }),
       onTick: (f) => progress(options.label, f),
     });

@@ -64,12 +64,20 @@ export async function killedPod(options: ScenarioOptions, cluster?: Cluster): Pr
         durationMs,
         label: `killed-pod · ${mode.wire} · ${mode.client}`,
         holdForDuring: true,
-        during: async ({ callers }) => {
+        during: async ({ callers, gate }) => {
           await sleep(durationMs * KILL_AT);
           const victim = cluster!.readyPods()[0]!;
-          // Read just before the kill, in this process; the kill is one IPC message away.
-          const inFlightAtKill = inFlightOn(callers, victim.address);
-          const { unanswered } = await cluster!.killPod(victim.name);
+          // The kill is an IPC message away: no new call starts between the reading and the kill,
+          // so the calls in flight at the kill are at most those read (fewer if some finish).
+          const open = gate.close();
+          let inFlightAtKill: number | undefined;
+          let unanswered: number;
+          try {
+            inFlightAtKill = inFlightOn(callers, victim.address);
+            ({ unanswered } = await cluster!.killPod(victim.name));
+          } finally {
+            open();
+          }
           await sleep(REMOVE_AFTER_MS);
           cluster!.removeFromSource(victim.name);
           return { killed: victim.name, ...(inFlightAtKill !== undefined && { inFlightAtKill }), podUnanswered: unanswered };
@@ -86,7 +94,7 @@ export async function killedPod(options: ScenarioOptions, cluster?: Cluster): Pr
       notes: [
         `one pod killed ${Math.round(KILL_AT * 100)} % into each run: its connections reset, its address refuses (RST, as a crashed container on a live node); it leaves DNS, the EndpointSlice and the ClusterIP ${REMOVE_AFTER_MS} ms later.`,
         `"${IDEMPOTENT}": the pool's retry: { idempotent: true } (the bench's GET / Echo call is idempotent); other podpool rows keep the default: only calls that never reached a pod are sent again.`,
-        '"in flight": podpool\'s pool.stats() inFlight on the killed pod, summed over clients, read just before the kill; "pod held": requests the pod had received and not answered when it died.',
+        '"in flight": podpool\'s pool.stats() inFlight on the killed pod, summed over clients, read just before the kill (the load loops start no call from the reading to the kill, a millisecond or so, so no call reaches the pod uncounted); "pod held": requests the pod had received and not answered when it died.',
       ],
     };
     return {
