@@ -28,6 +28,7 @@ interface Sent {
   path: string;
   headers?: Record<string, string>;
   body?: Body;
+  signal?: AbortSignal;
 }
 
 /** One HTTP client: sends a request through the dispatcher and reads the whole answer. */
@@ -41,8 +42,8 @@ type AnyRequest = (url: string, init: object) => Promise<{ statusCode: number; b
 function requestCaller(name: string, request: AnyRequest): Caller {
   return {
     name,
-    async send(dispatcher, { method, path, headers, body }) {
-      const response = await request(URL_BASE + path, { dispatcher, method, headers, body });
+    async send(dispatcher, { method, path, headers, body, signal }) {
+      const response = await request(URL_BASE + path, { dispatcher, method, headers, body, signal });
       return { status: response.statusCode, body: await response.body.text() };
     },
   };
@@ -51,9 +52,9 @@ function requestCaller(name: string, request: AnyRequest): Caller {
 const callers: Caller[] = [
   {
     name: `Node ${process.version} built-in fetch (undici ${process.versions.undici})`,
-    async send(dispatcher, { method, path, headers, body }) {
+    async send(dispatcher, { method, path, headers, body, signal }) {
       const streamed = body !== undefined && typeof body !== 'string' && !Buffer.isBuffer(body);
-      const init = { dispatcher, method, headers, body, ...(streamed && { duplex: 'half' }) };
+      const init = { dispatcher, method, headers, body, signal, ...(streamed && { duplex: 'half' }) };
       const response = await fetch(URL_BASE + path, init as RequestInit);
       return { status: response.status, body: await response.text() };
     },
@@ -118,15 +119,14 @@ async function setUp(a: Handler, { budget, dispatcher: dispatcherOptions }: { bu
     ejection: false,
     ...(budget !== undefined && { retryBudget: budget }),
   });
-  await pool.ready({ minEndpoints: 2 });
-  const dispatcher = httpDispatcher(pool, dispatcherOptions);
-  return {
-    a: pods[0]!,
-    b: pods[1]!,
-    pool,
-    dispatcher,
-    close: async () => void (await Promise.all([pool.close(), ...pods.map(stopPod)])),
-  };
+  const close = async (): Promise<void> => void (await Promise.all([pool.close(), ...pods.map(stopPod)]));
+  try {
+    await pool.ready({ minEndpoints: 2 });
+    return { a: pods[0]!, b: pods[1]!, pool, dispatcher: httpDispatcher(pool, dispatcherOptions), close };
+  } catch (error) {
+    await close();
+    throw error;
+  }
 }
 
 function memberOf(pool: Pool<Dispatcher>, pod: Pod) {
@@ -293,6 +293,37 @@ for (const caller of callers) {
       }
     });
 
+    it('does not send again a request whose caller aborted it, nor spends the budget on it', events, async () => {
+      const controller = new AbortController();
+      // Pod A hears its first request as the caller gives up on it (and never answers it); it
+      // drops the connection of every later one. The budget holds one retry: the abort must not take it.
+      const handler: Handler = (pod, _seen, req) => {
+        if (pod.seen.length === 1) controller.abort();
+        else req.socket.destroy();
+      };
+      const { a, b, pool, dispatcher, close } = await setUp(handler, { budget: { ratio: 0, minPerSecond: 0.1 } });
+      const skipped = { status: 0, body: 'not sent' };
+      try {
+        const first = await oneByOne(6, pool, (i) =>
+          a.seen.length === 0 ? caller.send(dispatcher, { method: 'GET', path: `/first/${i}`, signal: controller.signal }) : Promise.resolve(skipped),
+        );
+        assert.equal(a.seen.length, 1, 'one GET reached pod A');
+        const aborted = first.find((o) => 'error' in o);
+        assert.ok(aborted !== undefined && 'error' in aborted);
+        assert.equal((aborted.error as Error).name, 'AbortError');
+        assert.equal(memberOf(pool, a).failures, 0, 'an abort says nothing about the pod');
+
+        const later = await oneByOne(6, pool, (i) =>
+          a.seen.length === 1 ? caller.send(dispatcher, { method: 'GET', path: `/later/${i}` }) : Promise.resolve(skipped),
+        );
+        assert.equal(a.seen.length, 2, 'a later GET reached pod A');
+        assert.equal(failedOnes(later), 0, 'and was sent again on pod B, with the retry the abort left in the budget');
+        assert.equal(b.seen.filter((s) => s.url === a.seen[0]!.url).length, 0, 'the aborted GET never reached pod B');
+      } finally {
+        await close();
+      }
+    });
+
     it('does not send a streamed body again once it was sent', events, async () => {
       const { a, b, pool, dispatcher, close } = await setUp(dropAfterReading);
       try {
@@ -338,3 +369,39 @@ for (const caller of callers) {
     });
   });
 }
+
+describe('httpDispatcher retry options', () => {
+  it('refuses a bad retry option at the door, naming it', async () => {
+    const pool = createPool({ source: staticEndpoints([]), transport: httpTransport() });
+    try {
+      for (const [retry, name] of [
+        [{ methods: 'GET' }, 'retry.methods'],
+        [{ methods: ['GET', 'NOT A METHOD'] }, 'retry.methods'],
+        [{ statusCodes: [200] }, 'retry.statusCodes'],
+        [{ retries: -1 }, 'retry.retries'],
+        [{ retires: 1 }, 'retry.retires'],
+        ['all', 'retry'],
+      ] as const) {
+        assert.throws(
+          () => httpDispatcher(pool, { retry } as unknown as HttpDispatcherOptions),
+          (error: Error & { code?: string }) => error.code === 'PODPOOL_INVALID_OPTION' && error.message.includes(name),
+        );
+      }
+    } finally {
+      await pool.close();
+    }
+  });
+
+  it('with retry: false, sends no request twice, not even one refused at connect', events, async () => {
+    const { a, b, pool, dispatcher, close } = await setUp(refuseAfterFirst, { dispatcher: { retry: false } });
+    try {
+      const { failed } = await burst(20, 10, async () => void (await request8(`${URL_BASE}/refused`, { dispatcher }).then((r) => r.body.text())));
+      const refused = memberOf(pool, a).failures;
+      assert.ok(refused >= 1);
+      assert.equal(failed.length, refused, 'each refused attempt reached the caller');
+      assert.deepEqual([a.seen.length, b.seen.length], [1, 19 - refused]);
+    } finally {
+      await close();
+    }
+  });
+});
