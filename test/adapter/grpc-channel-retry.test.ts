@@ -362,6 +362,19 @@ describe('grpcChannel: serviceConfig retry policies (gRFC A6)', () => {
     assert.equal((await unary(now.stub, { message: 'pushback 0' })).pod.address, now.good.key);
   });
 
+  it('does not retry when the backoff would run past the call’s deadline: the caller gets the last status', events, async (t) => {
+    const slow = retryUnavailable();
+    slow.methodConfig[0]!.retryPolicy = { ...slow.methodConfig[0]!.retryPolicy!, initialBackoff: '60s', maxBackoff: '60s' };
+    const { failing, good, stub } = await failingThenGood(t, 219, status.UNAVAILABLE, { channel: { serviceConfig: slow } });
+
+    const error = await new Promise<ServiceError | null>((resolve) => {
+      stub.unary({ message: 'short deadline' }, new Metadata(), { deadline: Date.now() + 30_000 }, (e) => resolve(e));
+    });
+
+    assert.equal(error?.code, status.UNAVAILABLE, 'at once, not DEADLINE_EXCEEDED after a wait');
+    assert.deepEqual([failing.calls.Unary, good.calls('Unary')], [1, 0]);
+  });
+
   it('with the pool’s retry: { idempotent: true }, retries UNAVAILABLE of every method no entry names', events, async (t) => {
     const idempotent = await failingThenGood(t, 201, status.UNAVAILABLE, { retry: { idempotent: true, minDelayMs: 0, maxDelayMs: 1 } });
     assert.equal((await unary(idempotent.stub, { message: 'idempotent' })).pod.address, idempotent.good.key);
