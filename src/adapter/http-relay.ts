@@ -70,6 +70,14 @@ function replayable(body: Dispatcher.DispatchOptions['body']): boolean {
 }
 
 /**
+ * Where an attempt is: `queued` on the pod's `Client` (it never reached the pod, whatever fails
+ * it), `sent` once the `Client` called `onRequestStart` (it may have reached the pod), `dumping`
+ * a response of a retried status (read and thrown away), `answered` once the caller heard the
+ * response's head (nothing is sent again from then on).
+ */
+type Phase = 'queued' | 'sent' | 'dumping' | 'answered';
+
+/**
  * One request through the dispatcher. Toward the pod's undici `Client` it is a handler of
  * undici 8's API; toward the caller it is the controller, and it speaks whichever handler API
  * the caller's undici uses. Each attempt is one pool call, ended exactly once.
@@ -97,12 +105,9 @@ export class RequestRelay implements Dispatcher.DispatchHandler, Dispatcher.Disp
   #attempt = 0;
   /** The pod's controller, once its `Client` started the request. */
   #pod: Dispatcher.DispatchController | undefined = undefined;
-  /** This attempt reached `onRequestStart`: from then on it may have reached the pod. */
-  #sent = false;
-  /** The caller heard the response's head: nothing is sent again after that. */
-  #answered = false;
-  /** The attempt's response is read and thrown away, for a retry. */
-  #dumping = false;
+  /** Where the current attempt is; see {@link Phase}. */
+  #phase: Phase = 'queued';
+  /** Bytes of a dropped response read so far. */
   #dumped = 0;
   /** The error of the last attempt that failed with one, for the caller when no retry can be made. */
   #failure: Error | undefined = undefined;
@@ -127,6 +132,7 @@ export class RequestRelay implements Dispatcher.DispatchHandler, Dispatcher.Disp
   /** Sends the request on the pod's connection. */
   send(call: PoolCall<Dispatcher>): boolean {
     this.#call = call;
+    this.#phase = 'queued';
     return call.client.dispatch(this.#options, this);
   }
 
@@ -176,7 +182,7 @@ export class RequestRelay implements Dispatcher.DispatchHandler, Dispatcher.Disp
   }
 
   get paused(): boolean {
-    return this.#pod !== undefined && !this.#dumping ? this.#pod.paused : this.#paused;
+    return this.#pod !== undefined && this.#phase !== 'dumping' ? this.#pod.paused : this.#paused;
   }
 
   get reason(): Error | null {
@@ -210,19 +216,19 @@ export class RequestRelay implements Dispatcher.DispatchHandler, Dispatcher.Disp
 
   pause(): void {
     this.#paused = true;
-    if (this.#pod !== undefined && !this.#dumping) this.#pod.pause();
+    if (this.#pod !== undefined && this.#phase !== 'dumping') this.#pod.pause();
   }
 
   resume(): void {
     this.#paused = false;
-    if (this.#pod !== undefined && !this.#dumping) this.#pod.resume();
+    if (this.#pod !== undefined && this.#phase !== 'dumping') this.#pod.resume();
   }
 
   // ---- the handler, as the pod's Client sees it ----
 
   onRequestStart(controller: Dispatcher.DispatchController, context: unknown): void {
     this.#pod = controller;
-    this.#sent = true;
+    this.#phase = 'sent';
     if (this.#aborted) {
       controller.abort(this.#reason!);
       return;
@@ -232,7 +238,7 @@ export class RequestRelay implements Dispatcher.DispatchHandler, Dispatcher.Disp
   }
 
   onRequestUpgrade(controller: Dispatcher.DispatchController, statusCode: number, headers: IncomingHttpHeaders, socket: Duplex): void {
-    this.#answered = true;
+    this.#phase = 'answered';
     this.#finish(undefined);
     if (!this.#legacy) this.#caller.onRequestUpgrade?.(this, statusCode, headers, socket);
     else this.#caller.onUpgrade?.(statusCode, rawOf(controller.rawHeaders, headers), socket);
@@ -259,12 +265,12 @@ export class RequestRelay implements Dispatcher.DispatchHandler, Dispatcher.Disp
     this.#status = statusCode;
     if (this.#settings.statusCodes.has(statusCode) && this.#mayResend(true)) {
       // Read to its end and thrown away, so the connection carries the next request.
-      this.#dumping = true;
+      this.#phase = 'dumping';
       this.#dumped = 0;
       if (controller.paused) controller.resume();
       return;
     }
-    this.#answered = true;
+    this.#phase = 'answered';
     if (!this.#legacy) {
       this.#caller.onResponseStart?.(this, statusCode, headers, statusMessage);
       return;
@@ -276,7 +282,7 @@ export class RequestRelay implements Dispatcher.DispatchHandler, Dispatcher.Disp
   }
 
   onResponseData(controller: Dispatcher.DispatchController, chunk: Buffer): void {
-    if (this.#dumping) {
+    if (this.#phase === 'dumping') {
       this.#dumped += chunk.length;
       if (this.#dumped > DUMP_LIMIT) controller.abort(new undiciErrors.ResponseExceededMaxSizeError(`a ${this.#status} response dropped for a retry exceeded ${DUMP_LIMIT} bytes`));
       return;
@@ -286,7 +292,7 @@ export class RequestRelay implements Dispatcher.DispatchHandler, Dispatcher.Disp
   }
 
   onResponseEnd(controller: Dispatcher.DispatchController, trailers: IncomingHttpHeaders): void {
-    if (this.#dumping) {
+    if (this.#phase === 'dumping') {
       this.#resendAfterStatus();
       return;
     }
@@ -296,14 +302,14 @@ export class RequestRelay implements Dispatcher.DispatchHandler, Dispatcher.Disp
   }
 
   onResponseError(_controller: Dispatcher.DispatchController | null, error: Error): void {
-    if (this.#dumping) {
+    if (this.#phase === 'dumping') {
       // The dropped response's body failed (or was too long, or the caller aborted): the
       // status was the pod's answer, and the retry was decided on it.
       this.#resendAfterStatus();
       return;
     }
     this.#finish(error);
-    if (!this.#answered && this.#mayResend(this.#sent)) {
+    if (this.#phase !== 'answered' && this.#mayResend(this.#phase === 'sent')) {
       this.#failure = error;
       this.#resend();
       return;
@@ -332,7 +338,6 @@ export class RequestRelay implements Dispatcher.DispatchHandler, Dispatcher.Disp
   }
 
   #resendAfterStatus(): void {
-    this.#dumping = false;
     this.#finish(new ServerError(this.#status));
     // The caller never saw this response; if no pod takes the retry, it hears why from the wait.
     this.#failure = undefined;
@@ -348,8 +353,8 @@ export class RequestRelay implements Dispatcher.DispatchHandler, Dispatcher.Disp
     this.#attempt++;
     this.#pod = undefined;
     this.#status = 0;
-    const sent = this.#sent;
-    this.#sent = false;
+    // A dropped response was sent too.
+    const sent = this.#phase !== 'queued';
     if (!sent) {
       // Not from inside the Client that failed it: it may be failing its whole queue right now.
       queueMicrotask(() => this.#redispatch());
