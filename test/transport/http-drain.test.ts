@@ -15,6 +15,8 @@ import { startHttpPods, stopPods, type HttpPod } from '../../testkit/http-pods.t
 // replacement is open.
 
 const quickReconnect = { minMs: 5, maxMs: 20, factor: 2 };
+/** Every wait below is on an event; this only turns a broken feature's endless wait into a failure. */
+const events = { timeout: 20_000 };
 
 function endpointsOf(pods: readonly HttpPod[]) {
   return pods.map((p) => ({ address: p.address, port: p.port }));
@@ -77,7 +79,7 @@ async function startTerminatingPod(address: string) {
 }
 
 describe('httpTransport drains a pod that closes its connections', () => {
-  it('a server answering Connection: close on every 10th response: 0 failed requests, never lost', async (t) => {
+  it('a server answering Connection: close on every 10th response: 0 failed requests, never lost', events, async (t) => {
     const cleanup = cleanupAfter(t);
     const pods = await startHttpPods(3, {
       first: 201,
@@ -110,7 +112,7 @@ describe('httpTransport drains a pod that closes its connections', () => {
     );
   });
 
-  it('with connections: 2, a pod stays in the picks while one of its sockets is still open', async (t) => {
+  it('with connections: 2, a pod stays in the picks while one of its sockets is still open', events, async (t) => {
     const cleanup = cleanupAfter(t);
     const held: (() => void)[] = [];
     const [pod] = await startHttpPods(1, {
@@ -156,7 +158,7 @@ describe('httpTransport drains a pod that closes its connections', () => {
     assert.deepEqual([memberOf(pool, pod.key).failures, memberOf(pool, pod.key).connects], [0, 1]);
   });
 
-  it('a terminating pod (closes its sockets, stops listening) leaves ready before its port refuses the next connection', async (t) => {
+  it('a terminating pod (closes its sockets, stops listening) leaves ready before its port refuses the next connection', events, async (t) => {
     const cleanup = cleanupAfter(t);
     const pods = await startHttpPods(2, { first: 207 });
     const [other, victim] = pods;
@@ -188,7 +190,7 @@ describe('httpTransport drains a pod that closes its connections', () => {
     );
   });
 
-  it('under load, a pod terminating gracefully costs no idempotent request', async (t) => {
+  it('under load, a pod terminating gracefully costs no idempotent request', events, async (t) => {
     const cleanup = cleanupAfter(t);
     const pods = await startHttpPods(2, { first: 209 });
     const victim = await startTerminatingPod('127.0.0.211');
