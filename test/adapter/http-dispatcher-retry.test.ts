@@ -217,6 +217,23 @@ for (const caller of callers) {
       }
     });
 
+    it('sends POSTs queued behind a connection the pod dropped to the other pod; only those the pod read fail', events, async () => {
+      const { a, b, pool, dispatcher, close } = await setUp(dropAfterReading);
+      try {
+        const total = 20;
+        // Ten at once: several wait on pod A's one connection when A drops it.
+        const { failed } = await burst(total, 10, async () => void (await caller.send(dispatcher, { method: 'POST', path: '/post' })));
+        assert.ok(a.seen.length >= 1);
+        assert.equal(failed.length, a.seen.length, 'each POST pod A read failed, once');
+        assert.equal(a.seen.length + b.seen.length, total, 'no POST was sent twice');
+        const member = memberOf(pool, a);
+        assert.ok(member.requests > a.seen.length, 'some attempts on pod A never reached it, and were sent again');
+        assert.equal(member.failures, member.requests, 'every attempt on pod A counts against it');
+      } finally {
+        await close();
+      }
+    });
+
     it('sends again the methods its retry option names, and only those', events, async () => {
       const { a, b, pool, dispatcher, close } = await setUp(dropAfterReading, { dispatcher: { retry: { methods: ['POST'] } } });
       try {
