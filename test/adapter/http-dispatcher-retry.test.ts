@@ -78,6 +78,8 @@ interface Pod {
   readonly port: number;
   readonly server: Server;
   readonly seen: Seen[];
+  /** The client port of the connection each request of `seen` came on. */
+  readonly ports: number[];
 }
 
 type Handler = (pod: Pod, seen: Seen, req: IncomingMessage, res: ServerResponse) => void;
@@ -89,13 +91,14 @@ async function startPod(address: string, handler: Handler): Promise<Pod> {
   server.listen(0, address);
   await once(server, 'listening');
   const { port } = server.address() as AddressInfo;
-  const pod: Pod = { key: `${address}:${port}`, address, port, server, seen: [] };
+  const pod: Pod = { key: `${address}:${port}`, address, port, server, seen: [], ports: [] };
   server.on('request', (req: IncomingMessage, res: ServerResponse) => {
     const chunks: Buffer[] = [];
     req.on('data', (chunk: Buffer) => chunks.push(chunk));
     req.on('end', () => {
       const seen = { method: req.method!, url: req.url!, headers: req.headers, body: Buffer.concat(chunks).toString() };
       pod.seen.push(seen);
+      pod.ports.push(req.socket.remotePort!);
       handler(pod, seen, req, res);
     });
   });
@@ -261,6 +264,8 @@ for (const caller of callers) {
         assert.deepEqual(gets, Array.from({ length: 6 }, () => ({ status: 200, body: b.key })));
         assert.ok(a.seen.length >= 1);
         assert.equal(memberOf(pool, a).failures, a.seen.length, 'each 503 counts against pod A');
+        assert.ok(a.seen.length >= 2);
+        assert.equal(new Set(a.ports).size, 1, 'each dropped 503 was read to its end: its connection carried the next request');
 
         a.seen.length = 0;
         b.seen.length = 0;
@@ -268,6 +273,23 @@ for (const caller of callers) {
         assert.equal(posts.filter((o) => 'status' in o && o.status === 503 && o.body === 'busy').length, a.seen.length);
         assert.ok(a.seen.length >= 1);
         assert.equal(a.seen.length + b.seen.length, 6);
+      } finally {
+        await close();
+      }
+    });
+
+    it('aborts the attempt whose dropped 503 body runs past 1 MiB, and sends the GET again all the same', events, async () => {
+      const big = Buffer.alloc(2 * 1024 * 1024, 'x');
+      const { a, b, pool, dispatcher, close } = await setUp((_pod, _seen, _req, res) => {
+        res.statusCode = 503;
+        res.end(big);
+      });
+      try {
+        const gets = await oneByOne(6, pool, () => caller.send(dispatcher, { method: 'GET', path: '/get' }));
+        assert.deepEqual(gets, Array.from({ length: 6 }, () => ({ status: 200, body: b.key })));
+        assert.ok(a.seen.length >= 2);
+        assert.equal(memberOf(pool, a).failures, a.seen.length);
+        assert.equal(new Set(a.ports).size, a.seen.length, 'each aborted 503 cost its connection');
       } finally {
         await close();
       }
