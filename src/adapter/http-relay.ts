@@ -60,6 +60,12 @@ export interface RelaySettings {
 const DUMP_LIMIT = 1024 * 1024;
 
 /**
+ * undici's codes for a request its `Client` refused before sending it because of the request
+ * itself (a bad header, a body of the wrong length): any pod would refuse it the same way.
+ */
+const REQUEST_FAULTS = new Set(['UND_ERR_INVALID_ARG', 'UND_ERR_NOT_SUPPORTED', 'UND_ERR_REQ_CONTENT_LENGTH_MISMATCH']);
+
+/**
  * A request body that can be sent twice: the same bytes again. A stream or an (async) iterable
  * is consumed by the first attempt that starts writing it. Node's and undici's `fetch` pass
  * every body as an async iterable, so through `fetch` only a request without a body is sent
@@ -309,7 +315,7 @@ export class RequestRelay implements Dispatcher.DispatchHandler, Dispatcher.Disp
       return;
     }
     this.#finish(error);
-    if (this.#phase !== 'answered' && this.#mayResend(this.#phase === 'sent')) {
+    if (this.#phase !== 'answered' && this.#mayResend(this.#phase === 'sent', error)) {
       this.#failure = error;
       this.#resend();
       return;
@@ -324,13 +330,14 @@ export class RequestRelay implements Dispatcher.DispatchHandler, Dispatcher.Disp
   }
 
   /**
-   * Whether the attempt that just failed may be sent again: one that never reached the pod
-   * (`sent` false) always while attempts are left; one that may have, when its method and body
-   * allow and the budget has one to spare (taken from it here).
+   * Whether the attempt that just failed (with `error`, or a status) may be sent again: one that
+   * never reached the pod (`sent` false) while attempts are left, unless the request itself was
+   * at fault; one that may have, when its method and body allow and the budget has one to
+   * spare (taken from it here).
    */
-  #mayResend(sent: boolean): boolean {
+  #mayResend(sent: boolean, error?: Error): boolean {
     if (this.#aborted || this.#attempt >= this.#settings.retries) return false;
-    if (!sent) return true;
+    if (!sent) return !REQUEST_FAULTS.has((error as { code?: string } | undefined)?.code ?? '');
     const { methods, pool } = this.#settings;
     const method = this.#options.method;
     if (methods !== undefined && !methods.has(method) && !methods.has(method.toUpperCase())) return false;

@@ -431,6 +431,19 @@ describe('httpDispatcher retry options', () => {
     }
   });
 
+  it('does not send again a request its pod’s client refused for the request’s own fault', events, async () => {
+    const { a, b, pool, dispatcher, close } = await setUp(answer);
+    try {
+      // undici 8's request() leaves header values to the Client, which refuses a line break in one.
+      await assert.rejects(request8(`${URL_BASE}/bad`, { dispatcher, headers: { 'x-bad': 'a\r\nb' } }), { code: 'UND_ERR_INVALID_ARG' });
+      const attempts = pool.stats().members.reduce((sum, m) => sum + m.requests, 0);
+      assert.equal(attempts, 1, 'one attempt, not one per pod');
+      assert.deepEqual([a.seen.length, b.seen.length], [0, 0]);
+    } finally {
+      await close();
+    }
+  });
+
   it('with retry: false, sends no request twice, not even one refused at connect', events, async () => {
     const { a, b, pool, dispatcher, close } = await setUp(refuseAfterFirst, { dispatcher: { retry: false } });
     try {
