@@ -313,6 +313,125 @@ describe('a lost connection', () => {
   });
 });
 
+describe('a connection that can take no new calls for now', () => {
+  it('takes the member out of the picks, keeping its connection: calls in flight finish, broadcasts reach it, and it is back when it can', async (t) => {
+    const { source, transport, pool } = harness(t, { balancer: first() });
+    source.set([pod(1), pod(2)]);
+    await pool.ready({ minEndpoints: 2 });
+    const gate = Promise.withResolvers<string>();
+    const call = pool.use((client) => (assert.equal(client.key, k1), gate.promise));
+
+    const left = stateReached(pool, k1, 'connecting', () => pool.connectivity);
+    assert.equal(transport.unavailable(k1, new Error('its channel left READY (IDLE)')), 1);
+    const change = await left;
+    assert.equal(change.from, 'ready');
+    assert.equal((change.error as PodpoolError).code, ErrorCode.NOT_CONNECTED);
+    assert.match(change.error!.message, /10\.0\.0\.1:80 takes no new calls .*left READY/);
+    assert.equal(change.snapshot, 'ready', 'another pod is pickable');
+    assert.deepEqual(await picks(pool, 3), [k2, k2, k2]);
+    const result = await pool.broadcast((client) => client.connection);
+    assert.deepEqual(
+      result.delivered.map((d) => [d.endpoint.key, d.value]),
+      [
+        [k1, 1],
+        [k2, 2],
+      ],
+      'a broadcast still reaches it, on its connection',
+    );
+    gate.resolve('done');
+    assert.equal(await call, 'done');
+    assert.deepEqual(
+      [statsOf(pool, k1)?.state, statsOf(pool, k1)?.inFlight, statsOf(pool, k1)?.failures, transport.closes(k1)],
+      ['connecting', 0, 0, 0],
+    );
+
+    const back = stateReached(pool, k1, 'ready');
+    transport.available(k1);
+    assert.equal((await back).from, 'connecting');
+    assert.deepEqual(await picks(pool, 2), [k1, k1]);
+    assert.deepEqual([transport.attempts(k1), statsOf(pool, k1)?.connects], [1, 1], 'the same connection throughout');
+  });
+
+  it('the only member out of the picks makes the pool connecting: a call waits for it', async (t) => {
+    const { source, transport, pool } = harness(t);
+    source.set([pod(1)]);
+    await pool.ready();
+    const connectivity: string[] = [];
+    pool.on('connectivity', (c) => connectivity.push(c));
+    transport.unavailable(k1);
+    assert.equal(pool.connectivity, 'connecting');
+    let settled = false;
+    const waiting = pool.use((client) => client.connection).finally(() => (settled = true));
+    await microtasks();
+    assert.equal(settled, false, 'the call waits');
+    transport.available(k1);
+    assert.equal(await waiting, 1);
+    assert.deepEqual(connectivity, ['connecting', 'ready']);
+  });
+
+  it('lost while out of the picks: reconnected as any lost connection', async (t) => {
+    const { source, transport, pool } = harness(t);
+    source.set([pod(1), pod(2)]);
+    await pool.ready({ minEndpoints: 2 });
+    transport.unavailable(k1);
+    transport.hold(k1);
+    transport.lose(k1);
+    await transport.untilAttempts(k1, 2);
+    assert.equal(statsOf(pool, k1)?.state, 'connecting');
+    assert.equal((statsOf(pool, k1)?.lastError as PodpoolError).code, ErrorCode.CONNECTION_LOST);
+    assert.equal(transport.closes(k1), 1, 'the lost connection is closed');
+    const up = stateReached(pool, k1, 'ready');
+    transport.release(k1);
+    await up;
+    assert.equal(statsOf(pool, k1)?.connects, 2);
+    assert.deepEqual(new Set(await picks(pool, 4)), new Set([k1, k2]));
+  });
+
+  it('an ejected member whose connection can take no calls comes back from its ejection to connecting, and to ready when it can', async (t) => {
+    const timers = mockTimers(t);
+    const { source, transport, pool } = harness(t, {
+      balancer: first(),
+      ejection: { consecutiveFailures: 2, baseMs: 1_000, maxMs: 60_000, maxPercent: 50 },
+    });
+    source.set([pod(1), pod(2)]);
+    await pool.ready({ minEndpoints: 2 });
+    const changes: string[] = [];
+    pool.on('state', (c) => c.endpoint.key === k1 && changes.push(`${c.from}→${c.to}`));
+    for (let i = 0; i < 2; i++) {
+      await assert.rejects(
+        pool.use(() => {
+          throw new Error('500');
+        }),
+      );
+    }
+    assert.equal(statsOf(pool, k1)?.state, 'ejected');
+    transport.unavailable(k1);
+    assert.equal(statsOf(pool, k1)?.state, 'ejected', 'still ejected');
+    timers.tick(1_000);
+    assert.equal(statsOf(pool, k1)?.state, 'connecting', 'its ejection over, it still can take no call');
+    transport.available(k1);
+    assert.deepEqual(changes, ['ready→ejected', 'ejected→connecting', 'connecting→ready']);
+  });
+
+  it('a draining member revived while its connection takes no calls is connecting until it can', async (t) => {
+    const { source, transport, pool } = harness(t, { balancer: first() });
+    source.set([pod(1)]);
+    await pool.ready();
+    const gate = Promise.withResolvers<void>();
+    const call = pool.use(() => gate.promise);
+    transport.unavailable(k1);
+    source.set([]);
+    assert.equal(statsOf(pool, k1)?.state, 'draining');
+    source.set([pod(1)]);
+    assert.equal(statsOf(pool, k1)?.state, 'connecting');
+    transport.available(k1);
+    assert.equal(statsOf(pool, k1)?.state, 'ready');
+    gate.resolve();
+    await call;
+    assert.equal(transport.attempts(k1), 1);
+  });
+});
+
 describe('draining', () => {
   it('lets an in-flight call finish on a removed endpoint, picks it no more, then closes it', async (t) => {
     const { source, transport, pool } = harness(t, { balancer: first() });

@@ -88,6 +88,7 @@ export class MemoryTransport implements Transport<MemoryClient> {
   #default: ConnectBehaviour = 'accept';
   readonly #counts = new Map<string, Counts>();
   readonly #connections: MemoryConnection[] = [];
+  readonly #contexts = new WeakMap<MemoryConnection, ConnectContext>();
   readonly #held = new Set<Held>();
   readonly #waits: { key: string | undefined; what: keyof Counts; at: number; resolve: () => void }[] = [];
   /** Clients lent and not yet given back. */
@@ -148,6 +149,28 @@ export class MemoryTransport implements Transport<MemoryClient> {
     return n;
   }
 
+  /**
+   * Says every open connection to `key` takes no new calls for now (`unavailable`), or can again
+   * (`available`), as a gRPC channel out of READY would. Returns how many were told.
+   */
+  unavailable(key: string, reason: Error = new Error(`${key} is reconnecting`)): number {
+    return this.#tell(key, (context) => context.unavailable?.(reason));
+  }
+
+  available(key: string): number {
+    return this.#tell(key, (context) => context.available?.());
+  }
+
+  #tell(key: string, say: (context: ConnectContext) => void): number {
+    let n = 0;
+    for (const c of this.#connections) {
+      if (c.key !== key || c.dead) continue;
+      say(this.#contexts.get(c)!);
+      n++;
+    }
+    return n;
+  }
+
   /** Calls to `connect` for `key`, or for every endpoint. */
   attempts(key?: string): number {
     return this.#sum(key, 'attempts');
@@ -197,6 +220,7 @@ export class MemoryTransport implements Transport<MemoryClient> {
     const open = (): Connection<MemoryClient> => {
       const c = new MemoryConnection(key, this.#connections.length + 1, context.lost);
       this.#connections.push(c);
+      this.#contexts.set(c, context);
       this.#bump(key, 'connects');
       return this.#connectionOf(c);
     };
