@@ -24,7 +24,10 @@ export const ErrorCode = {
   ABORTED: 'PODPOOL_ABORTED',
   /** The pool (or source, or transport) was closed. */
   CLOSED: 'PODPOOL_CLOSED',
-  /** A broadcast could not reach a pod because its connection is down. */
+  /**
+   * A pod's connection can't take calls now: a broadcast could not reach it, or (a `state`
+   * event's error) its member left the picks until its connection is back.
+   */
   NOT_CONNECTED: 'PODPOOL_NOT_CONNECTED',
   /** Opening a connection to a pod failed. */
   CONNECT_FAILED: 'PODPOOL_CONNECT_FAILED',
@@ -145,7 +148,7 @@ export class ClosedError extends PodpoolError {
   }
 }
 
-/** `PODPOOL_NOT_CONNECTED`: a broadcast could not reach a pod whose connection is down. */
+/** `PODPOOL_NOT_CONNECTED`: a pod's connection can't take calls now (a broadcast's failure, or why a member left the picks). */
 export class NotConnectedError extends PodpoolError {
   declare readonly code: typeof ErrorCode.NOT_CONNECTED;
   constructor(message: string, options?: Options) {
