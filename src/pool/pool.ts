@@ -36,7 +36,7 @@ export interface PoolStats {
   readonly ready: number;
   /** Every member, in endpoint key order. */
   readonly members: readonly MemberStats[];
-  /** Calls sent again on another pod after an attempt failed (`use()`; adapters count their own). */
+  /** Calls sent again after an attempt failed: by `use()`, and by adapters (`begin()` with `avoid`). */
   readonly retries: number;
   /** Hedges sent: second attempts of calls slower than the hedge's delay. */
   readonly hedges: number;
@@ -247,6 +247,7 @@ export class Pool<C> extends EventEmitter<PoolEvents> implements AdapterPool<C> 
     const member = avoid === undefined ? this.#picker.pick(key) : this.#pickAvoiding(key, avoid);
     if (member === undefined) throw this.#waits.noEndpoints();
     if (avoid === undefined) this.#budget.deposit();
+    else this.#calls.retries++;
     return this.#calls.begin(member);
   }
 
@@ -282,6 +283,7 @@ export class Pool<C> extends EventEmitter<PoolEvents> implements AdapterPool<C> 
       const picked = (m: Member<C>): void => {
         try {
           if (avoid === undefined) this.#budget.deposit();
+          else this.#calls.retries++;
           resolve(this.#calls.begin(m));
         } catch (error) {
           reject(error);
