@@ -93,8 +93,10 @@ interface Dial {
  * HTTP keep-alive: per pod, an undici `Client` over one connection (or a `Pool` of
  * `connections`), the first opened before the member counts as ready. A connection the server
  * closes (keep-alive timeout, `maxRequestsPerSocket`, nginx's `keepalive_requests`) is replaced
- * at once without taking the pod out of rotation; requests queued on it go out on the new one.
- * The pod is lost (the pool reconnects with backoff) when a connect fails or a fresh connection
+ * at once, without losing the pod: requests queued on it go out on the new one, and only while
+ * no connection is open is the pod out of the picks (so a terminating pod is, before its port
+ * refuses the next connection). A request that failed before undici wrote it is one
+ * `wasNotSent` says never reached the pod. The pod is lost (the pool reconnects with backoff) when a connect fails or a fresh connection
  * is dropped unanswered. HTTP/1.1 by default; HTTP/2 with `http2: true`, over TLS (ALPN) or
  * cleartext (h2c). Callbacks get the pod's undici `Dispatcher`: `client.request(…)`.
  */
