@@ -102,7 +102,7 @@ export async function measure(cluster: Cluster, mode: Mode, options: MeasureOpti
     });
     stop.abort();
     const extra = (await during) ?? {};
-    const sent = sentAgain(callers);
+    const sent = sentAgain(callers.map((c) => c.stats?.()));
     const after = await cluster.counts();
     const names = cluster.pods.filter((p) => !goneBefore.has(p.name)).map((p) => p.name);
     const perPod = servedBetween(before, after, mode.wire, names);
@@ -140,14 +140,23 @@ export async function measure(cluster: Cluster, mode: Mode, options: MeasureOpti
   return measured!;
 }
 
-/** podpool's retries and hedges, summed over the clients' pools (`pool.stats()`): what a row sent beyond the calls it made. */
-function sentAgain(callers: readonly Caller[]): { retries?: number; hedges?: number } {
-  const sent: { retries?: number; hedges?: number } = {};
-  for (const caller of callers) {
-    const stats = caller.stats?.();
-    if (stats === undefined) continue;
-    sent.retries = (sent.retries ?? 0) + stats.retries;
-    sent.hedges = (sent.hedges ?? 0) + stats.hedges;
+/** What podpool sent beyond the calls made: retries and hedges, from `pool.stats()` or rows. */
+export interface SentAgain {
+  retries?: number;
+  hedges?: number;
+}
+
+/**
+ * Retries and hedges summed over clients' pools (`pool.stats()`), or over rows; absent where
+ * none counts them (kube-proxy, the peers).
+ */
+export function sentAgain(counts: readonly (SentAgain | undefined)[]): SentAgain {
+  const sent: SentAgain = {};
+  for (const count of counts) {
+    for (const key of ['retries', 'hedges'] as const) {
+      const n = count?.[key];
+      if (typeof n === 'number') sent[key] = (sent[key] ?? 0) + n;
+    }
   }
   return sent;
 }

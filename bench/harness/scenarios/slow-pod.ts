@@ -15,7 +15,7 @@ import type { PoolOptions } from '../../../src/index.ts';
 import { Cluster } from '../cluster.ts';
 import { grpcKubeProxy, grpcRoundRobin, podpoolMode, type Mode } from '../client-modes.ts';
 import { round } from '../load.ts';
-import { measure, type ModeResult } from '../measure.ts';
+import { measure, sentAgain, type ModeResult } from '../measure.ts';
 import { formatTable, reportHead, slowPodChart, type ScenarioReport } from '../report.ts';
 import type { ScenarioOptions, ScenarioOutput } from './options.ts';
 
@@ -169,18 +169,6 @@ function expected(rows: readonly { row: ModeResult; draw: Draw }[], weights: rea
   if (samples.length > 0) row.errorSamples = [...new Set(samples)].slice(0, 5);
   else delete row.errorSamples;
   return row;
-}
-
-/** Retries and hedges over every draw, for the rows that count them. */
-function sentAgain(rows: readonly ModeResult[]): { retries?: number; hedges?: number } {
-  const sent: { retries?: number; hedges?: number } = {};
-  for (const row of rows) {
-    for (const key of ['retries', 'hedges'] as const) {
-      const n = row[key];
-      if (typeof n === 'number') sent[key] = (sent[key] ?? 0) + n;
-    }
-  }
-  return sent;
 }
 
 function healthyFigures(r: ModeResult): string {
