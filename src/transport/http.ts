@@ -142,7 +142,7 @@ export function httpTransport(options: HttpTransportOptions = {}): Transport<Dis
       const undiciOptions = { ...clientOptions, pipelining, connect, allowH2: http2 };
       const client = connections === 1 ? new Client(origin, undiciOptions) : new UndiciPool(origin, { ...undiciOptions, connections });
       return {
-        client: tls === undefined ? client.compose(watchSending) : client.compose(withServername(tls.servername ?? endpoint.address), watchSending),
+        client: tls === undefined ? intercepted(client, watchSending) : intercepted(client, withServername(tls.servername ?? endpoint.address), watchSending),
         async close() {
           sockets.closing = true;
           await client.destroy().catch(() => {});
@@ -436,6 +436,19 @@ class PodSockets {
 function withServername(servername: string): Dispatcher.DispatcherComposeInterceptor {
   return (dispatch) => (options, handler) =>
     dispatch((options as { servername?: string }).servername === servername ? options : ({ ...options, servername } as Dispatcher.DispatchOptions), handler);
+}
+
+/**
+ * `client` with its `dispatch` passed through `interceptors`, as `client.compose(…)` makes it,
+ * without the copy of each request's options that `compose` makes to add an `origin` (some 200
+ * bytes a request when the caller gives none): neither interceptor here reads it, nor does the
+ * pod's `Client`.
+ */
+function intercepted(client: Dispatcher, ...interceptors: Dispatcher.DispatcherComposeInterceptor[]): Dispatcher {
+  let dispatch: Dispatcher['dispatch'] = client.dispatch.bind(client);
+  for (const interceptor of interceptors) dispatch = interceptor(dispatch);
+  // Methods read through the proxy (`request`, `stream`, …) call `this.dispatch`: this one.
+  return new Proxy(client, { get: (target, key) => (key === 'dispatch' ? dispatch : Reflect.get(target, key)) });
 }
 
 function originOf(endpoint: Endpoint, secure: boolean): string {
