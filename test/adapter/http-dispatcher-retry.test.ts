@@ -264,6 +264,7 @@ for (const caller of callers) {
         assert.deepEqual(gets, Array.from({ length: 6 }, () => ({ status: 200, body: b.key })));
         assert.ok(a.seen.length >= 1);
         assert.equal(memberOf(pool, a).failures, a.seen.length, 'each 503 counts against pod A');
+        assert.equal(pool.stats().retries, a.seen.length, 'the pool counts each GET sent again');
         assert.ok(a.seen.length >= 2);
         assert.equal(new Set(a.ports).size, 1, 'each dropped 503 was read to its end: its connection carried the next request');
 
