@@ -311,7 +311,8 @@ function watchChannel(
         });
       }
     }
-    channel.watchConnectivityState(state, Infinity, step);
+    // What the pool did on hearing it may have closed the channel already.
+    if (!done) channel.watchConnectivityState(state, Infinity, step);
   };
   step();
   return { stop };
