@@ -63,7 +63,7 @@ export async function serverRecycles(options: ScenarioOptions, cluster?: Cluster
       results,
       notes: [
         `recycling on: the pods' HTTP servers set keepAliveTimeout ${RECYCLING.keepAliveTimeoutMs} ms and maxRequestsPerSocket ${RECYCLING.maxRequestsPerSocket}; off: 2 min idle, any number of requests.`,
-        'each client runs twice in this run, recycling off then on, with the same connections per client, load and pods: only the servers\' setting differs.',
+        'each client runs twice in this run, recycling off then on, with the same connections per client, load and pods: only the servers\' setting differs. podpool and BalancedPool place their sockets evenly either way; kube-proxy\'s are placed by the ClusterIP at random, and with recycling on each reconnect is placed again, which evens its spread (cv).',
         `undici marks a socket for closing after a response when the server announces a keep-alive within its 2 s threshold: "sockets seen" (connections the pods accepted, per client) says how often each client reconnected. podpool's throughput on / off: ${ratio ?? '?'}.`,
       ],
     };
