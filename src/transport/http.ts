@@ -93,11 +93,11 @@ interface Dial {
  * HTTP keep-alive: per pod, an undici `Client` over one connection (or a `Pool` of
  * `connections`), the first opened before the member counts as ready. A connection the server
  * closes (keep-alive timeout, `maxRequestsPerSocket`, nginx's `keepalive_requests`) is replaced
- * at once, without losing the pod: requests queued on it go out on the new one, and only while
- * no connection is open is the pod out of the picks (so a terminating pod is, before its port
- * refuses the next connection). A request that failed before undici wrote it is one
- * `wasNotSent` says never reached the pod. The pod is lost (the pool reconnects with backoff) when a connect fails or a fresh connection
- * is dropped unanswered. HTTP/1.1 by default; HTTP/2 with `http2: true`, over TLS (ALPN) or
+ * at once, without losing the pod: requests queued on it go out on the new one, and only when no
+ * connection has been open for 50 ms (the replacement hangs) is the pod out of the picks. A
+ * request that failed before undici wrote it is one `wasNotSent` says never reached the pod. The
+ * pod is lost (the pool reconnects with backoff) when a connect fails (a terminating pod's port
+ * refuses the replacement) or a fresh connection is dropped unanswered. HTTP/1.1 by default; HTTP/2 with `http2: true`, over TLS (ALPN) or
  * cleartext (h2c). Callbacks get the pod's undici `Dispatcher`: `client.request(…)`.
  */
 export function httpTransport(options: HttpTransportOptions = {}): Transport<Dispatcher> {
@@ -264,6 +264,17 @@ const watchSending: Dispatcher.DispatcherComposeInterceptor = (dispatch) => (opt
  */
 const YOUNG_SOCKET_MS = 1_000;
 
+/**
+ * How long a pod may have no socket open (its last one closed, the replacement still
+ * connecting) before the pool stops picking it. A replacement to a healthy pod opens in well
+ * under this, so a server that recycles its connections (after every response, with a keep-alive
+ * timeout of 2 s or less) never moves its pod in and out of the picks; one that is refused makes
+ * the pod lost sooner; one that hangs (a black hole) takes the pod out of the picks after this.
+ * Requests picked meanwhile wait in undici for the replacement, and go to another pod (never
+ * sent) if it fails.
+ */
+const REPLACEMENT_GRACE_MS = 50;
+
 /** Socket errors that mean the pod, or the path to it, ended the connection. */
 const POD_RESETS = new Set(['ECONNRESET', 'EPIPE', 'ETIMEDOUT', 'EHOSTUNREACH', 'ENETUNREACH']);
 
@@ -271,10 +282,9 @@ const POD_RESETS = new Set(['ECONNRESET', 'EPIPE', 'ETIMEDOUT', 'EHOSTUNREACH', 
  * The sockets of one pod's undici client. A server closes keep-alive connections as a matter of
  * course (its keep-alive timeout, `maxRequestsPerSocket`, nginx's `keepalive_requests`): when one
  * closes, a replacement is opened at once, and undici, which re-dispatches the requests it had
- * queued but not written, takes it when it next connects. While the pod has no socket open (its
- * last one closed, the next not open yet) the pool does not pick it, so a pod that closes its
- * connections because it is terminating is out of the picks before its port refuses the next
- * one. The pod is lost (the pool backs off and reconnects) only when a connect fails, or the pod
+ * queued but not written, takes it when it next connects. When the pod has had no socket open for
+ * {@link REPLACEMENT_GRACE_MS} (its last one closed, the next still not open) the pool stops
+ * picking it until one is. The pod is lost (the pool backs off and reconnects) only when a connect fails, or the pod
  * drops a fresh socket before answering on it; a reset in the middle of a response fails that
  * request, which counts against the pod.
  */
@@ -288,6 +298,8 @@ class PodSockets {
   #down = false;
   /** The pool was told `unavailable`, and not `available` since. */
   #told = false;
+  /** Tells the pool `unavailable` when the grace passes with no socket open. */
+  #grace: NodeJS.Timeout | undefined = undefined;
   /** Aborts the replacements being opened when the connection closes. */
   readonly #abort = new AbortController();
   /** Opened, not yet given to undici. */
@@ -326,6 +338,7 @@ class PodSockets {
   /** Closes every socket (undici's client is destroyed first) and waits until they are gone. */
   async destroy(): Promise<void> {
     this.closing = true;
+    clearTimeout(this.#grace);
     this.#abort.abort(new ConnectionLostError(`the connection to ${this.#endpoint.key} is closed`));
     await Promise.allSettled(this.#dialling);
     // `socket.closed` turns true at destroy(), before the handle is freed: wait for the event.
@@ -384,22 +397,25 @@ class PodSockets {
     return opening;
   }
 
-  /** The pod has no socket open: no new calls until one is. */
+  /** The pod has no socket open: no new calls if none is open within the grace. */
   #unavailable(error: Error | undefined): void {
     if (this.#down) return;
     this.#down = true;
-    const reason = new Error(`its last connection closed${error ? ` (${error.message})` : ''}; a new one is opening`);
-    // After every 'close' listener has run, as #lose: undici has seen the socket go.
-    queueMicrotask(() => {
+    this.#grace = setTimeout(() => {
+      this.#grace = undefined;
       if (!this.#down || this.closing || this.#gone) return;
       this.#told = true;
-      this.#context.unavailable?.(reason);
-    });
+      this.#context.unavailable?.(
+        new Error(`its last connection closed${error ? ` (${error.message})` : ''} and no new one opened within ${REPLACEMENT_GRACE_MS} ms`),
+      );
+    }, REPLACEMENT_GRACE_MS);
   }
 
   #watch(socket: Socket): void {
     this.#sockets.add(socket);
     this.#down = false;
+    clearTimeout(this.#grace);
+    this.#grace = undefined;
     if (this.#told) {
       this.#told = false;
       this.#context.available?.();
@@ -420,6 +436,7 @@ class PodSockets {
   #lose(error: Error): void {
     if (this.closing || this.#gone) return;
     this.#gone = true;
+    clearTimeout(this.#grace);
     // After every 'close' listener has run: undici's own marks the socket closed, and a
     // Client.destroy() that the pool calls from lost() waits forever for a 'close' that is
     // being emitted right now unless undici has seen it.

@@ -31,7 +31,8 @@ function recordStates(pool: Pool<unknown>): StateChange[] {
 
 /**
  * Asserts that every state change was a member leaving the picks while it had no socket open
- * (`PODPOOL_NOT_CONNECTED`) and coming back: none lost, ejected or drained.
+ * past the grace (`PODPOOL_NOT_CONNECTED`; only on a machine stalled longer than it) and coming
+ * back: none lost, ejected or drained.
  */
 function assertOnlyBetweenSockets(changes: readonly StateChange[]): void {
   const byPod = new Map<string, StateChange[]>();
@@ -56,7 +57,7 @@ function nextConnection(pod: HttpPod): Promise<void> {
 }
 
 describe('httpTransport when servers close keep-alive connections', () => {
-  it('replaces a connection the server closed while idle: the pod is out of the picks only until the next socket is open', async (t) => {
+  it('replaces a connection the server closed while idle, without taking the pod out of the picks', async (t) => {
     const cleanup = cleanupAfter(t);
     // undici keeps an idle socket for the server's hint minus 2 s: 60 s, so every close here is the server's.
     const pods = await startHttpPods(3, { first: 141, keepAliveTimeoutMs: 60_000 });
@@ -77,8 +78,8 @@ describe('httpTransport when servers close keep-alive connections', () => {
     }
     for (let i = 0; i < 30; i++) await pool.use((client) => get(client));
 
+    // A replacement opens within the grace, unless the machine stalls: then only brief, well-formed flips.
     assertOnlyBetweenSockets(states);
-    assert.equal(states.length, pods.length * rounds * 2, 'each idle close took its pod out of the picks until the next socket was open');
     assert.deepEqual(
       pool.stats().members.map((m) => [m.state, m.requests, m.failures, m.connects]),
       pods.map(() => ['ready', (rounds + 1) * 10, 0, 1]),
@@ -199,8 +200,8 @@ describe('httpTransport when servers close keep-alive connections', () => {
     await pods[0].kill();
     const change = await down;
     assert.equal(change.from, 'ready');
-    // Out of the picks when its socket closed, before the replacement was refused.
-    assert.equal(change.error?.code, 'PODPOOL_NOT_CONNECTED');
+    // Lost as the replacement was refused.
+    assert.equal(change.error?.code, 'PODPOOL_CONNECTION_LOST');
     assert.match((await refused).message, /ECONNREFUSED/, 'the replacement is refused: the pod is lost, and the pool retries the connect');
     assert.equal(pool.stats().members[0].connects, 1);
 

@@ -295,8 +295,8 @@ describe('httpTransport against real HTTP servers on loopback', () => {
     await b.kill();
     const change = await down;
     assert.equal(change.from, 'ready');
-    // Out of the picks when its socket closed; lost when the replacement was refused.
-    assert.equal((change.error as PodpoolError).code, ErrorCode.NOT_CONNECTED);
+    // Lost when the replacement was refused.
+    assert.equal((change.error as PodpoolError).code, ErrorCode.CONNECTION_LOST);
     assert.match((await refused).message, /ECONNREFUSED/);
 
     const before = [a.requests, c.requests];
