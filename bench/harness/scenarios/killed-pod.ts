@@ -6,10 +6,10 @@
  * the others lose at most the calls that were in flight on that pod when it died.
  */
 import { setTimeout as sleep } from 'node:timers/promises';
-import { Cluster } from '../cluster.ts';
+import { Cluster, type PodInfo } from '../cluster.ts';
 import { grpcKubeProxy, httpKubeProxy, podpoolMode, type Mode } from '../client-modes.ts';
 import type { Caller } from '../load.ts';
-import { measure, type ModeResult } from '../measure.ts';
+import { measure, servedBetween, type ModeResult } from '../measure.ts';
 import { formatTable, reportHead, type ScenarioReport } from '../report.ts';
 import { agentSockets } from './balance.ts';
 import type { ScenarioOptions, ScenarioOutput } from './options.ts';
@@ -65,14 +65,21 @@ export async function killedPod(options: ScenarioOptions, cluster?: Cluster): Pr
         label: `killed-pod · ${mode.wire} · ${mode.client}`,
         holdForDuring: true,
         during: async ({ callers, gate }) => {
+          const before = await cluster!.counts();
           await sleep(durationMs * KILL_AT);
-          const victim = cluster!.readyPods()[0]!;
+          const served = servedBetween(before, await cluster!.counts(), mode.wire as 'http' | 'grpc', cluster!.readyPods().map((p) => p.name));
           // The kill is an IPC message away: no new call starts between the reading and the kill,
           // so the calls in flight at the kill are at most those read (fewer if some finish).
           const open = gate.close();
+          let victim: PodInfo;
           let inFlightAtKill: number | undefined;
           let unanswered: number;
           try {
+            // The pod with the most calls on it (podpool's count), or that served the most so far
+            // (kube-proxy's clients, pinned to a few pods): the kill always catches calls.
+            const pods = cluster!.readyPods();
+            const load = pods.map((p) => inFlightOn(callers, p.address) ?? served[p.name] ?? 0);
+            victim = pods[load.indexOf(Math.max(...load))]!;
             inFlightAtKill = inFlightOn(callers, victim.address);
             ({ unanswered } = await cluster!.killPod(victim.name));
           } finally {
@@ -92,7 +99,7 @@ export async function killedPod(options: ScenarioOptions, cluster?: Cluster): Pr
       removeAfterMs: REMOVE_AFTER_MS,
       results,
       notes: [
-        `one pod killed ${Math.round(KILL_AT * 100)} % into each run: its connections reset, its address refuses (RST, as a crashed container on a live node); it leaves DNS, the EndpointSlice and the ClusterIP ${REMOVE_AFTER_MS} ms later.`,
+        `one pod killed ${Math.round(KILL_AT * 100)} % into each run (the one with the most calls in flight, for podpool; for kube-proxy, the one that served the most so far): its connections reset, its address refuses (RST, as a crashed container on a live node); it leaves DNS, the EndpointSlice and the ClusterIP ${REMOVE_AFTER_MS} ms later.`,
         `"${IDEMPOTENT}": the pool's retry: { idempotent: true } (the bench's GET / Echo call is idempotent); other podpool rows keep the default: only calls that never reached a pod are sent again.`,
         '"in flight": podpool\'s pool.stats() inFlight on the killed pod, summed over clients, read just before the kill (the load loops start no call from the reading to the kill, a millisecond or so, so no call reaches the pod uncounted); "pod held": requests the pod had received and not answered when it died.',
       ],
