@@ -40,7 +40,12 @@ export interface HttpTransportOptions {
   tls?: ConnectionOptions;
   /** Gives up on a TCP (and TLS) handshake after this long. Default 10 s. */
   connectTimeoutMs?: number;
-  /** More undici `Client` options (`headersTimeout`, `bodyTimeout`, `maxResponseSize`, `maxConcurrentStreams`, …). */
+  /**
+   * More undici `Client` options (`headersTimeout`, `bodyTimeout`, `maxResponseSize`,
+   * `maxConcurrentStreams`, …). `headersTimeout` defaults to 30 s here (undici's own is 300 s),
+   * the pool's default call deadline: a request through `httpDispatcher` to a pod that accepts
+   * and never answers fails then (`UND_ERR_HEADERS_TIMEOUT`, counted against the pod).
+   */
   client?: Omit<Client.Options, 'connect' | 'pipelining' | 'connections' | 'allowH2' | 'useH2c'>;
 }
 
@@ -78,6 +83,9 @@ const WIRE_FAILURES = new Set([
   'ERR_HTTP2_SESSION_ERROR',
   'ERR_HTTP2_GOAWAY_SESSION',
 ]);
+
+/** How long a request waits for its response's headers unless `client.headersTimeout` says: the pool's default deadline. */
+const DEFAULT_HEADERS_TIMEOUT_MS = 30_000;
 
 /** undici's own default, which its `H2CClient` also uses for pipelining. */
 const DEFAULT_H2_STREAMS = 100;
@@ -139,7 +147,7 @@ export function httpTransport(options: HttpTransportOptions = {}): Transport<Dis
         );
       };
       const origin = originOf(endpoint, tls !== undefined);
-      const undiciOptions = { ...clientOptions, pipelining, connect, allowH2: http2 };
+      const undiciOptions = { headersTimeout: DEFAULT_HEADERS_TIMEOUT_MS, ...clientOptions, pipelining, connect, allowH2: http2 };
       const client = connections === 1 ? new Client(origin, undiciOptions) : new UndiciPool(origin, { ...undiciOptions, connections });
       return {
         client: tls === undefined ? intercepted(client, watchSending) : intercepted(client, withServername(tls.servername ?? endpoint.address), watchSending),
