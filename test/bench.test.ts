@@ -3,8 +3,10 @@
  * `podpool` command (so the namespace's life cycle is tested too). It asserts what is
  * deterministic, never timings: kube-proxy's C single-connection clients reach at most C pods,
  * podpool reaches all N, rows of a comparison hold the same connections, slow-pod's connection
- * draws land as they say, a pod added mid-run is reached by podpool, a broadcast reaches every
- * pod, and no namespace is left behind. test/bench-netns.test.ts runs this file again in a
+ * draws land as they say (and every row carries its healthy baseline), a pod added mid-run is
+ * reached by podpool, podpool loses no call through a rolling restart, servers that recycle
+ * their connections or a killed pod (idempotent calls; the others lose at most what was in
+ * flight on it), a broadcast reaches every pod, and no namespace is left behind. test/bench-netns.test.ts runs this file again in a
  * network namespace holding only loopback, on the userspace stand-in.
  */
 import assert from 'node:assert/strict';
