@@ -67,7 +67,7 @@ export async function killedPod(options: ScenarioOptions, cluster?: Cluster): Pr
         during: async ({ callers, gate }) => {
           const before = await cluster!.counts();
           await sleep(durationMs * KILL_AT);
-          const served = servedBetween(before, await cluster!.counts(), mode.wire as 'http' | 'grpc', cluster!.readyPods().map((p) => p.name));
+          const served = servedBetween(before, await cluster!.counts(), mode.wire, cluster!.readyPods().map((p) => p.name));
           // The kill is an IPC message away: no new call starts between the reading and the kill,
           // so the calls in flight at the kill are at most those read (fewer if some finish).
           const open = gate.close();
@@ -78,9 +78,11 @@ export async function killedPod(options: ScenarioOptions, cluster?: Cluster): Pr
             // The pod with the most calls on it (podpool's count), or that served the most so far
             // (kube-proxy's clients, pinned to a few pods): the kill always catches calls.
             const pods = cluster!.readyPods();
-            const load = pods.map((p) => inFlightOn(callers, p.address) ?? served[p.name] ?? 0);
-            victim = pods[load.indexOf(Math.max(...load))]!;
-            inFlightAtKill = inFlightOn(callers, victim.address);
+            const inFlight = pods.map((p) => inFlightOn(callers, p.address));
+            const load = pods.map((p, i) => inFlight[i] ?? served[p.name] ?? 0);
+            const busiest = load.indexOf(Math.max(...load));
+            victim = pods[busiest]!;
+            inFlightAtKill = inFlight[busiest];
             ({ unanswered } = await cluster!.killPod(victim.name));
           } finally {
             open();
