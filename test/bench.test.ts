@@ -281,9 +281,9 @@ test('killed-pod: idempotent calls never fail; others fail at most as many as we
     const name = `${row.transport} ${row.client}`;
     killed.add(row.killed as string);
     if (row.kind !== 'podpool') continue;
-    // podpool sends to every pod: the killed one held calls when it died.
-    assert.ok((row.podUnanswered as number) > 0, `${name}: the pod held no call when it was killed`);
-    assert.equal(typeof row.inFlightAtKill, 'number', name);
+    // The kill caught calls: the clients had calls in flight on the pod (the pod itself may not
+    // have read them yet on a busy machine, so its own count can be 0).
+    assert.ok((row.inFlightAtKill as number) > 0, `${name}: no call was in flight on the pod when it was killed`);
     if (row.client.endsWith('idempotent retry')) {
       assert.equal(row.errors, 0, `${name}: ${JSON.stringify(row.errorSamples)}`);
     } else {
