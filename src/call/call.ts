@@ -57,6 +57,11 @@ export interface CallPlan<T> {
 export interface CallRouter<C> {
   /** A pickable member other than `avoid` when there is one; `avoid` itself when it is the only one. */
   pickAnother(key: string | undefined, avoid: CallTarget<C>): CallTarget<C> | undefined;
+  /**
+   * A member once one is pickable, for a retry that found none: rejects when `timeoutMs`
+   * passes, `signal` aborts or the pool closes.
+   */
+  pickWhenReady(key: string | undefined, signal: AbortSignal | undefined, timeoutMs: number): Promise<CallTarget<C>>;
   /** Takes one retry or hedge from the budget; false when it is spent. */
   withdraw(): boolean;
   /** A call was made at `now` (not a retry nor a hedge): the budget grows by it. */
@@ -67,6 +72,9 @@ export interface CallRouter<C> {
 interface Deadline {
   expired: boolean;
 }
+
+/** The longest a retry waits for a pod to be pickable, as a call made with none waits by default. */
+const MAX_RETRY_WAIT_MS = 10_000;
 
 /** The reason a hedge's other attempt is cancelled with, once one attempt answered. */
 class HedgeLostError extends AbortedError {
@@ -338,8 +346,15 @@ export class Calls<C> {
         }
       }
     }
-    const next = this.#router.pickAnother(plan.key, last);
-    if (next === undefined) throw failure;
+    let next = this.#router.pickAnother(plan.key, last);
+    if (next === undefined) {
+      // Every pod is reconnecting or gone (a rolling restart outran discovery): the call waits
+      // for one, as a call made then would, within what is left of its deadline.
+      const left = Math.min(MAX_RETRY_WAIT_MS, plan.timeoutMs - (this.#clock() - callStarted));
+      if (!(left > 0)) throw failure;
+      next = await this.#router.pickWhenReady(plan.key, outer, left).catch(() => undefined);
+      if (next === undefined) throw failure;
+    }
     this.retries++;
     return this.#within(next, fn, plan, outer, callStarted, attempt + 1);
   }

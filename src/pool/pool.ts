@@ -103,6 +103,8 @@ export class Pool<C> extends EventEmitter<PoolEvents> implements AdapterPool<C> 
     this.#budget = budget;
     this.#calls = new Calls(transport, clock, random, {
       pickAnother: (key, avoid) => this.#pickAvoiding(key, avoid.endpoint),
+      pickWhenReady: (key, signal, timeoutMs) =>
+        new Promise((resolve, reject) => this.#waits.toPick(key, { signal, timeoutMs, failFast: false, what: 'a retry' }, resolve, reject)),
       withdraw: () => budget.withdraw(),
       deposit: (now) => budget.deposit(now),
     }, callTimeoutMs);

@@ -176,6 +176,23 @@ describe('use() retries', () => {
     assert.equal(calls, 2);
   });
 
+  test('a retry that finds no pod ready waits for one: a rolling restart that outran discovery loses nothing', async (t) => {
+    const { source, transport: memory, pool } = harness(t, { transport: transport() });
+    source.set([A]);
+    await pool.ready();
+    let calls = 0;
+    const reply = await pool.use((c: MemoryClient) => {
+      if (++calls === 1) {
+        // The only pod's connection goes as the call fails: nothing is pickable when it retries.
+        memory.lose(c.key);
+        throw new NotSent('queued on the connection that closed');
+      }
+      return `${c.key} #${c.connection}`;
+    });
+    assert.equal(reply, '10.0.0.1:80 #2', 'sent again on the new connection');
+    assert.equal(pool.stats().retries, 1);
+  });
+
   test('no retry once the caller aborted', async (t) => {
     const { source, pool } = harness(t, { transport: transport(), balancer: first() });
     source.set([A, B]);
