@@ -5,7 +5,7 @@ import { AbortedError, ErrorCode, NotSupportedError, PodpoolError, TimeoutError 
 import type { Connection, Transport } from '../transport/transport.ts';
 import { CohortCall, cohortFor, type Cohort, type CohortHost } from './deadline.ts';
 import { LatencyWindow, type HedgePolicy } from './hedge.ts';
-import { retryDelayMs, type RetryPolicy } from './retry.ts';
+import { RetryBudget, retryDelayMs, type RetryPolicy } from './retry.ts';
 
 /**
  * How a call ended, as far as the pod is concerned: it `answered` (a success, or a request the
@@ -113,6 +113,8 @@ export class Calls<C> {
   };
   /** Answered calls' latencies, kept once a call hedges at a percentile. */
   #latencies: LatencyWindow | undefined = undefined;
+  /** Percentile hedges' own budgets, by percentile: at most `100 - percentile` % of calls. */
+  readonly #hedgeBudgets = new Map<number, RetryBudget>();
   /** Attempts sent again after one failed, and hedges sent, since the pool started. */
   retries = 0;
   hedges = 0;
@@ -367,7 +369,12 @@ export class Calls<C> {
    */
   #hedged<T>(m: CallTarget<C>, fn: CallFn<C, T>, plan: CallPlan<T>, started: number): Promise<T> {
     const hedge = plan.hedge!;
-    const delay = hedge.delayMs ?? this.#latencies?.percentileMs(hedge.percentile!);
+    let budget: RetryBudget | undefined;
+    if (hedge.percentile !== undefined) {
+      budget = this.#hedgeBudgetFor(hedge.percentile);
+      budget.deposit(started);
+    }
+    const delay = hedge.delayMs ?? (this.#latencies ??= new LatencyWindow(this.#clock)).percentileMs(hedge.percentile!);
     if (delay === undefined || plan.signal?.aborted) return this.#within(m, fn, plan, plan.signal, started, 1);
     return new Promise<T>((resolve, reject) => {
       const attempts: { readonly m: CallTarget<C>; readonly controller: AbortController }[] = [];
@@ -412,11 +419,20 @@ export class Calls<C> {
         timer = undefined;
         if (done) return;
         const other = this.#router.pickAnother(plan.key, m);
-        if (other === undefined || other === m || !this.#router.withdraw()) return;
+        if (other === undefined || other === m || (budget !== undefined && !budget.withdraw()) || !this.#router.withdraw()) return;
         this.hedges++;
         launch(other, 2);
       }, delay);
     });
+  }
+
+  #hedgeBudgetFor(percentile: number): RetryBudget {
+    let budget = this.#hedgeBudgets.get(percentile);
+    if (budget === undefined) {
+      budget = new RetryBudget({ ratio: (100 - percentile) / 100, minPerSecond: 0 }, this.#clock);
+      this.#hedgeBudgets.set(percentile, budget);
+    }
+    return budget;
   }
 
   /** How a call that ended counts against its pod. */

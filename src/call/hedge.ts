@@ -1,8 +1,10 @@
 /**
  * Hedging (Dean and Barroso, "The Tail at Scale"): a call still unanswered after a delay is sent
  * to a second pod too; the first answer wins and the other attempt is cancelled. The delay is
- * fixed, or a percentile of the pool's recent latencies so that about `100 - percentile` % of
- * calls are hedged. Each hedge takes one from the retry budget.
+ * fixed, or a percentile of the pool's recent latencies; then, as Finagle's backup requests,
+ * hedges are also capped at `100 - percentile` % of the calls made (a budget of their own), so
+ * a percentile says both when to hedge and how much extra load it may cost. Each hedge also
+ * takes one from the retry budget.
  */
 import { checkNumber, checkOptions, invalidOption, optionNames } from '../options.ts';
 
@@ -12,7 +14,8 @@ export interface HedgeOptions {
   delayMs?: number;
   /**
    * Send the hedge once the call has taken longer than this percentile (50–99.9) of the pool's
-   * answered calls over the last 10 s; no hedge before 100 calls have been answered.
+   * answered calls over the last 5–10 s (none before 20 have answered), and to at most
+   * `100 - percentile` % of calls: `95` costs at most 5 % extra calls.
    */
   percentile?: number;
 }
@@ -49,7 +52,7 @@ const BUCKETS = 30 * SUB_BUCKETS;
 const WINDOW_MS = 5_000;
 /** A percentile is recomputed at most this often: reading it is then a field, not a scan. */
 const REFRESH_MS = 100;
-const MIN_SAMPLES = 100;
+const MIN_SAMPLES = 20;
 
 /**
  * Latencies of the pool's answered calls over the last 5–10 s, in log-spaced buckets (two
@@ -79,7 +82,7 @@ export class LatencyWindow {
     this.#currentSamples++;
   }
 
-  /** The latency at `percentile` over the window, or undefined with fewer than 100 samples. */
+  /** The latency at `percentile` over the window, or undefined with fewer than 20 samples. */
   percentileMs(percentile: number): number | undefined {
     const now = this.#clock();
     if (percentile === this.#cachedFor && now - this.#cachedAt < REFRESH_MS) return this.#cached;

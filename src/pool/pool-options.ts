@@ -60,7 +60,8 @@ export interface PoolOptions<C> {
   /**
    * Hedging for every `use()` call: after `delayMs`, or once a call is slower than `percentile`
    * of the pool's recent calls, the same call goes to a second pod; the first answer wins and the
-   * other is cancelled. Only for calls that may run twice (idempotent ones). Default: none.
+   * other is cancelled. A percentile also caps hedges at `100 - percentile` % of calls. Only
+   * for calls that may run twice (idempotent ones). Default: none.
    */
   hedge?: HedgeOptions;
   /**

@@ -330,19 +330,45 @@ describe('use() hedging', () => {
     assert.equal(pool.stats().hedges, 0);
   });
 
-  test('a percentile hedge waits for 100 answered calls before it hedges', async (t) => {
+  test('a percentile hedge waits for 20 answered calls before it hedges', async (t) => {
     const { source, pool } = harness(t, { transport: transport(), balancer: first(), hedge: { percentile: 90 } });
     source.set([A, B]);
     await pool.ready({ minEndpoints: 2 });
-    for (let i = 0; i < 99; i++) await pool.use((c: MemoryClient) => c.key);
+    for (let i = 0; i < 19; i++) await pool.use((c: MemoryClient) => c.key);
     assert.equal(pool.stats().hedges, 0);
-    // The 100th answered call gives the window its percentile; the next slow call is hedged.
+    // The 20th answered call gives the window its percentile; the next slow call is hedged.
     await pool.use((c: MemoryClient) => c.key);
     const reply = await pool.use((c: MemoryClient, _e, signal) =>
       c.key === '10.0.0.1:80' ? new Promise<string>((_, reject) => signal.addEventListener('abort', () => reject(signal.reason))) : c.key,
     );
     assert.equal(reply, '10.0.0.2:80');
     assert.equal(pool.stats().hedges, 1);
+  });
+
+  test('a percentile hedge sends at most 100 - percentile % of the calls made as hedges', async (t) => {
+    const { source, pool } = harness(t, { transport: transport(), balancer: first(), hedge: { percentile: 50 }, ejection: false });
+    source.set([A, B]);
+    await pool.ready({ minEndpoints: 2 });
+    for (let i = 0; i < 20; i++) await pool.use((c: MemoryClient) => c.key);
+    // Every call from now on is slow on A: each would be hedged, but only half of all calls may
+    // be. (The slow answers of those that are not stay under the median: it does not move.)
+    const slowOnA = (c: MemoryClient, _e: unknown, signal: AbortSignal): Promise<string> | string =>
+      c.key === '10.0.0.2:80'
+        ? c.key
+        : new Promise<string>((resolve, reject) => {
+            const timer = setTimeout(() => resolve(c.key), 20);
+            signal.addEventListener('abort', () => {
+              clearTimeout(timer);
+              reject(signal.reason);
+            });
+          });
+    const replies = new Map<string, number>();
+    for (let i = 0; i < 40; i++) {
+      const reply = await pool.use(slowOnA);
+      replies.set(reply, (replies.get(reply) ?? 0) + 1);
+    }
+    assert.equal(pool.stats().hedges, 30, 'half of 60 calls');
+    assert.deepEqual(Object.fromEntries(replies), { '10.0.0.2:80': 30, '10.0.0.1:80': 10 });
   });
 
   test('bad retry and hedge options fail at the door, naming the option', (t) => {
