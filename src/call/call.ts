@@ -365,7 +365,8 @@ export class Calls<C> {
    * A hedged call: the first attempt, and after the hedge's delay (when the budget allows and
    * another member is pickable) a second on another member. The first to answer wins; the other
    * is cancelled (its outcome `abandoned`) and whatever it returns later is discarded. A call
-   * fails only when every attempt failed.
+   * fails only when every attempt failed. A percentile hedge made before the pool knew its
+   * percentile is armed once it does.
    */
   #hedged<T>(m: CallTarget<C>, fn: CallFn<C, T>, plan: CallPlan<T>, started: number): Promise<T> {
     const hedge = plan.hedge!;
@@ -374,16 +375,19 @@ export class Calls<C> {
       budget = this.#hedgeBudgetFor(hedge.percentile);
       budget.deposit(started);
     }
-    const delay = hedge.delayMs ?? (this.#latencies ??= new LatencyWindow(this.#clock)).percentileMs(hedge.percentile!);
-    if (delay === undefined || plan.signal?.aborted) return this.#within(m, fn, plan, plan.signal, started, 1);
+    const latencies = hedge.delayMs === undefined ? (this.#latencies ??= new LatencyWindow(this.#clock)) : undefined;
+    const delay = hedge.delayMs ?? latencies!.percentileMs(hedge.percentile!);
+    if (plan.signal?.aborted) return this.#within(m, fn, plan, plan.signal, started, 1);
     return new Promise<T>((resolve, reject) => {
       const attempts: { readonly m: CallTarget<C>; readonly controller: AbortController }[] = [];
       let running = 0;
       let done = false;
       let timer: NodeJS.Timeout | undefined;
+      let stopWaiting: (() => void) | undefined;
       const finish = (): void => {
         done = true;
         clearTimeout(timer);
+        stopWaiting?.();
         plan.signal?.removeEventListener('abort', onAbort);
       };
       const onAbort = (): void => {
@@ -413,16 +417,26 @@ export class Calls<C> {
           },
         );
       };
-      plan.signal?.addEventListener('abort', onAbort, { once: true });
-      launch(m, 1);
-      timer = setTimeout(() => {
+      const hedgeNow = (): void => {
         timer = undefined;
         if (done) return;
         const other = this.#router.pickAnother(plan.key, m);
         if (other === undefined || other === m || (budget !== undefined && !budget.withdraw()) || !this.#router.withdraw()) return;
         this.hedges++;
         launch(other, 2);
-      }, delay);
+      };
+      plan.signal?.addEventListener('abort', onAbort, { once: true });
+      launch(m, 1);
+      if (delay !== undefined) timer = setTimeout(hedgeNow, delay);
+      else {
+        // Too few answers yet for a percentile (the pool just started): the hedge is armed once
+        // there are, for what is left of its delay.
+        stopWaiting = latencies!.whenKnown(() => {
+          stopWaiting = undefined;
+          const known = latencies!.percentileMs(hedge.percentile!);
+          if (!done && known !== undefined) timer = setTimeout(hedgeNow, Math.max(0, known - (this.#clock() - started)));
+        });
+      }
     });
   }
 

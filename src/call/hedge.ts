@@ -14,7 +14,8 @@ export interface HedgeOptions {
   delayMs?: number;
   /**
    * Send the hedge once the call has taken longer than this percentile (50–99.9) of the pool's
-   * answered calls over the last 5–10 s (none before 20 have answered), and to at most
+   * answered calls over the last 5–10 s (a call made before 20 have answered is hedged once they
+   * have, if it is still running past that percentile), and to at most
    * `100 - percentile` % of calls: `95` costs at most 5 % extra calls.
    */
   percentile?: number;
@@ -70,6 +71,8 @@ export class LatencyWindow {
   #cachedFor = NaN;
   #cached: number | undefined = undefined;
   #cachedAt = -Infinity;
+  /** Calls that started before the window knew enough, waiting to learn their hedge's delay. */
+  readonly #waiting = new Set<() => void>();
 
   constructor(clock: () => number) {
     this.#clock = clock;
@@ -80,6 +83,20 @@ export class LatencyWindow {
     if (now - this.#windowStart >= WINDOW_MS) this.#rotate(now);
     this.#current[bucketOf(latencyMs)]!++;
     this.#currentSamples++;
+    if (this.#waiting.size > 0 && this.#currentSamples + this.#previousSamples >= MIN_SAMPLES) {
+      const waiting = [...this.#waiting];
+      this.#waiting.clear();
+      for (const known of waiting) known();
+    }
+  }
+
+  /**
+   * Calls `known` once the window has enough samples for a percentile (a pool's first calls start
+   * before any has answered: they learn their hedge's delay then). Returns what cancels the wait.
+   */
+  whenKnown(known: () => void): () => void {
+    this.#waiting.add(known);
+    return () => this.#waiting.delete(known);
   }
 
   /** The latency at `percentile` over the window, or undefined with fewer than 20 samples. */

@@ -345,6 +345,19 @@ describe('use() hedging', () => {
     assert.equal(pool.stats().hedges, 1);
   });
 
+  test('a call made before the percentile was known is hedged once it is, if still running', async (t) => {
+    const { source, pool } = harness(t, { transport: transport(), balancer: first(), hedge: { percentile: 90 } });
+    source.set([A, B]);
+    await pool.ready({ minEndpoints: 2 });
+    // The pool's very first call: slow on A, and nothing has answered yet.
+    const early = pool.use((c: MemoryClient, _e, signal) =>
+      c.key === '10.0.0.1:80' ? new Promise<string>((_, reject) => signal.addEventListener('abort', () => reject(signal.reason))) : c.key,
+    );
+    for (let i = 0; i < 20; i++) await pool.use((c: MemoryClient) => c.key);
+    assert.equal(await early, '10.0.0.2:80', 'hedged to B once 20 calls had answered');
+    assert.equal(pool.stats().hedges, 1);
+  });
+
   test('a percentile hedge sends at most 100 - percentile % of the calls made as hedges', async (t) => {
     const { source, pool } = harness(t, { transport: transport(), balancer: first(), hedge: { percentile: 50 }, ejection: false });
     source.set([A, B]);
