@@ -443,7 +443,9 @@ export class Calls<C> {
   #hedgeBudgetFor(percentile: number): RetryBudget {
     let budget = this.#hedgeBudgets.get(percentile);
     if (budget === undefined) {
-      budget = new RetryBudget({ ratio: (100 - percentile) / 100, minPerSecond: 0 }, this.#clock);
+      // A floor of one a second, as the retry budget has its own: a pool's first calls (its
+      // balancer still blind, the slow pods not known) can be hedged before many calls paid for it.
+      budget = new RetryBudget({ ratio: (100 - percentile) / 100, minPerSecond: 1 }, this.#clock);
       this.#hedgeBudgets.set(percentile, budget);
     }
     return budget;

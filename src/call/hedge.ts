@@ -2,7 +2,7 @@
  * Hedging (Dean and Barroso, "The Tail at Scale"): a call still unanswered after a delay is sent
  * to a second pod too; the first answer wins and the other attempt is cancelled. The delay is
  * fixed, or a percentile of the pool's recent latencies; then, as Finagle's backup requests,
- * hedges are also capped at `100 - percentile` % of the calls made (a budget of their own), so
+ * hedges are also capped at `100 - percentile` % of the calls made plus one a second (a budget of their own), so
  * a percentile says both when to hedge and how much extra load it may cost. Each hedge also
  * takes one from the retry budget.
  */
@@ -16,7 +16,7 @@ export interface HedgeOptions {
    * Send the hedge once the call has taken longer than this percentile (50–99.9) of the pool's
    * answered calls over the last 5–10 s (a call made before 20 have answered is hedged once they
    * have, if it is still running past that percentile), and to at most
-   * `100 - percentile` % of calls: `95` costs at most 5 % extra calls.
+   * `100 - percentile` % of calls, plus one a second: `95` costs at most 5 % extra calls.
    */
   percentile?: number;
 }
