@@ -167,7 +167,9 @@ export class Member<C> implements Pickable, CallTarget<C> {
   /** Ends a call begun with `startCall()`, counting `outcome` against the pod or not. */
   endCall(outcome: CallOutcome, latencyMs: number, now: number, error?: unknown): void {
     if (outcome === 'answered') this.#load.answered(latencyMs, now);
-    else if (outcome === 'abandoned') this.#load.latency.observe(latencyMs, now);
+    // A hedge's loser ran this long and was cancelled: its pod is at least this slow, which
+    // says something only when it is slower than the pod is thought to be.
+    else if (outcome === 'abandoned' && latencyMs > this.#load.latency.at(now)) this.#load.latency.observe(latencyMs, now);
     else if (outcome === 'failed') this.countFailure(latencyMs, now, error);
     if (this.#load.settled() === 0 && this.#state === 'draining') this.#events.drained(this as Member<unknown>);
   }
