@@ -49,6 +49,8 @@ export interface CallPlan<T> {
   readonly failedResult: ResultCheck<T> | undefined;
   readonly retry: RetryPolicy;
   readonly hedge: HedgePolicy | undefined;
+  /** Whether a retry that finds no pod ready waits for one (`use()`'s `waitForReady`). */
+  readonly waitForReady: boolean;
   /** Names the call in errors (`use() on`), followed by the endpoint. */
   readonly what: string;
 }
@@ -353,7 +355,7 @@ export class Calls<C> {
       // Every pod is reconnecting or gone (a rolling restart outran discovery): the call waits
       // for one, as a call made then would, within what is left of its deadline.
       const left = Math.min(MAX_RETRY_WAIT_MS, plan.timeoutMs - (this.#clock() - callStarted));
-      if (!(left > 0)) throw failure;
+      if (!plan.waitForReady || !(left > 0)) throw failure;
       next = await this.#router.pickWhenReady(plan.key, outer, left).catch(() => undefined);
       if (next === undefined) throw failure;
     }

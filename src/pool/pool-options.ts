@@ -97,7 +97,8 @@ export interface UseOptions<T = unknown> {
    * When no member can be picked (the pool is starting, or every pod is reconnecting or ejected):
    * `true` (the default) waits for one, up to `timeoutMs`, or 10 s without it, or until `signal`
    * aborts, then fails with `PODPOOL_NO_ENDPOINTS`; `false` fails at once. As grpc-js queues
-   * a call while its channel connects.
+   * a call while its channel connects. A retry that finds no member to pick waits the same way
+   * (within the call's deadline), or with `false` lets the last failure stand.
    */
   waitForReady?: boolean;
   /**
@@ -178,7 +179,7 @@ export const DEFAULT_CALL_TIMEOUT_MS = 30_000;
 
 /** The plan of a `use()` call: the pool's `defaults` with the call's options over them. */
 export function callPlan<T>(defaults: CallPlan<unknown>, options: UseOptions<T>): CallPlan<T> {
-  const { key, signal, timeoutMs = defaults.timeoutMs, failedResult } = options;
+  const { key, signal, timeoutMs = defaults.timeoutMs, failedResult, waitForReady = true } = options;
   checkNumber('timeoutMs', timeoutMs, { min: 1, allowInfinity: true });
   if (failedResult !== undefined && typeof failedResult !== 'function') invalidOption('failedResult', 'a function (result) => boolean', failedResult);
   return {
@@ -188,6 +189,7 @@ export function callPlan<T>(defaults: CallPlan<unknown>, options: UseOptions<T>)
     failedResult,
     retry: options.retry === undefined ? defaults.retry : retryPolicy(options.retry, defaults.retry),
     hedge: options.hedge === undefined ? defaults.hedge : hedgePolicy(options.hedge),
+    waitForReady: waitForReady !== false,
     what: defaults.what,
   };
 }

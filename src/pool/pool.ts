@@ -109,7 +109,7 @@ export class Pool<C> extends EventEmitter<PoolEvents> implements AdapterPool<C> 
       deposit: (now) => budget.deposit(now),
     }, callTimeoutMs);
     if (hedge?.percentile !== undefined) this.#calls.keepLatencies();
-    this.#plan = Object.freeze({ key: undefined, signal: undefined, timeoutMs: callTimeoutMs, failedResult: undefined, retry, hedge, what: 'use() on' });
+    this.#plan = Object.freeze({ key: undefined, signal: undefined, timeoutMs: callTimeoutMs, failedResult: undefined, retry, hedge, waitForReady: true, what: 'use() on' });
     // A delivery is retried by the broadcast itself (its `retries`), on its own pod, never hedged.
     this.#broadcastPlan = Object.freeze({ ...this.#plan, retry: NO_RETRY, hedge: undefined, what: 'broadcast to' });
     this.retry = Object.freeze({
@@ -194,12 +194,12 @@ export class Pool<C> extends EventEmitter<PoolEvents> implements AdapterPool<C> 
       return Promise.reject(error);
     }
     // Only a call that finds nothing to pick pays for waiting.
-    if (member === undefined) return this.#useWhenPickable(fn, plan, options?.waitForReady);
+    if (member === undefined) return this.#useWhenPickable(fn, plan);
     return this.#calls.run(member, fn, plan);
   }
 
-  #useWhenPickable<T>(fn: CallFn<C, T>, plan: CallPlan<T>, waitForReady: boolean | undefined): Promise<T> {
-    if (waitForReady === false) return Promise.reject(this.#waits.noEndpoints());
+  #useWhenPickable<T>(fn: CallFn<C, T>, plan: CallPlan<T>): Promise<T> {
+    if (!plan.waitForReady) return Promise.reject(this.#waits.noEndpoints());
     const { signal, timeoutMs } = plan;
     const started = this.#clock();
     return new Promise<T>((resolve, reject) => {

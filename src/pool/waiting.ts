@@ -159,5 +159,7 @@ export class Waits<M> {
           }, timeoutMs);
     signal?.addEventListener('abort', onAbort, { once: true });
     this.#waiters.add(waiter);
+    // A look now, as a state change would: a wait begun as the pool closes must not outlive it.
+    waiter.check();
   }
 }
