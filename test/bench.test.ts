@@ -266,7 +266,7 @@ test('server-recycles: podpool loses nothing and uses every pod whether the serv
   assertNoNamespaceLeft(report);
 });
 
-test('killed-pod: idempotent calls never fail; others fail at most as many as were in flight on the pod', { timeout: 120_000 }, async () => {
+test('killed-pod: idempotent calls never fail; others fail at most as many as were on the pod as it died', { timeout: 120_000 }, async () => {
   const report = await bench('killed-pod', ['--pods', '3', '--clients', '2', '--duration', '0.6']);
   assert.deepEqual(report.results.map((r) => `${r.transport} ${r.client}`), [
     'http kube-proxy',
@@ -287,8 +287,10 @@ test('killed-pod: idempotent calls never fail; others fail at most as many as we
     if (row.client.endsWith('idempotent retry')) {
       assert.equal(row.errors, 0, `${name}: ${JSON.stringify(row.errorSamples)}`);
     } else {
-      const inFlight = row.inFlightAtKill as number;
-      assert.ok(row.errors <= inFlight, `${name}: ${row.errors} failed, ${inFlight} in flight: ${JSON.stringify(row.errorSamples)}`);
+      // On the pod as it died: in flight at the kill, or sent to it before the client heard of it
+      // (a gRPC call written to a connection the kernel had already reset may have reached it).
+      const onThePod = (row.inFlightAtKill as number) + (row.sentToDeadPod as number);
+      assert.ok(row.errors <= onThePod, `${name}: ${row.errors} failed, ${row.inFlightAtKill} in flight + ${row.sentToDeadPod} sent to the dead pod: ${JSON.stringify(row.errorSamples)}`);
     }
     // No call started between the pools' count and the kill: every call the pod held was counted.
     assert.ok((row.podUnanswered as number) <= (row.inFlightAtKill as number), `${name}: the pod held ${row.podUnanswered}, ${row.inFlightAtKill} counted`);

@@ -40,13 +40,13 @@ export function killedPodModes(options: { pods: number; inflight: number }): Mod
   ];
 }
 
-/** Calls podpool's clients had started on `address` and not finished: their pools' member stats, summed. */
-function inFlightOn(callers: readonly Caller[], address: string): number | undefined {
+/** A figure of podpool's clients' members on `address` (calls in flight, calls started), summed; undefined for other clients. */
+function memberSum(callers: readonly Caller[], address: string, figure: 'inFlight' | 'requests'): number | undefined {
   let sum: number | undefined;
   for (const caller of callers) {
     const stats = caller.stats?.();
     if (stats === undefined) continue;
-    for (const m of stats.members) if (m.endpoint.address === address) sum = (sum ?? 0) + m.inFlight;
+    for (const m of stats.members) if (m.endpoint.address === address) sum = (sum ?? 0) + m[figure];
   }
   return sum;
 }
@@ -73,23 +73,33 @@ export async function killedPod(options: ScenarioOptions, cluster?: Cluster): Pr
           const open = gate.close();
           let victim: PodInfo;
           let inFlightAtKill: number | undefined;
+          let startedAtKill: number | undefined;
           let unanswered: number;
           try {
             // The pod with the most calls on it (podpool's count), or that served the most so far
             // (kube-proxy's clients, pinned to a few pods): the kill always catches calls.
             const pods = cluster!.readyPods();
-            const inFlight = pods.map((p) => inFlightOn(callers, p.address));
+            const inFlight = pods.map((p) => memberSum(callers, p.address, 'inFlight'));
             const load = pods.map((p, i) => inFlight[i] ?? served[p.name] ?? 0);
             const busiest = load.indexOf(Math.max(...load));
             victim = pods[busiest]!;
             inFlightAtKill = inFlight[busiest];
+            startedAtKill = memberSum(callers, victim.address, 'requests');
             ({ unanswered } = await cluster!.killPod(victim.name));
           } finally {
             open();
           }
           await sleep(REMOVE_AFTER_MS);
+          // Calls the clients sent to the dead pod before they heard its connections reset (a
+          // reset is an event away): they too were on the pod when it was found dead.
+          const startedAfter = memberSum(callers, victim.address, 'requests');
           cluster!.removeFromSource(victim.name);
-          return { killed: victim.name, ...(inFlightAtKill !== undefined && { inFlightAtKill }), podUnanswered: unanswered };
+          return {
+            killed: victim.name,
+            ...(inFlightAtKill !== undefined && { inFlightAtKill }),
+            ...(startedAtKill !== undefined && startedAfter !== undefined && { sentToDeadPod: startedAfter - startedAtKill }),
+            podUnanswered: unanswered,
+          };
         },
       });
       results.push(row);
@@ -103,13 +113,14 @@ export async function killedPod(options: ScenarioOptions, cluster?: Cluster): Pr
       notes: [
         `one pod killed ${Math.round(KILL_AT * 100)} % into each run (the one with the most calls in flight, for podpool; for kube-proxy, the one that served the most so far): its connections reset, its address refuses (RST, as a crashed container on a live node); it leaves DNS, the EndpointSlice and the ClusterIP ${REMOVE_AFTER_MS} ms later.`,
         `"${IDEMPOTENT}": the pool's retry: { idempotent: true } (the bench's GET / Echo call is idempotent); other podpool rows keep the default: only calls that never reached a pod are sent again.`,
-        '"in flight": podpool\'s pool.stats() inFlight on the killed pod, summed over clients, read just before the kill (the load loops start no call from the reading to the kill, a millisecond or so, so no call reaches the pod uncounted); "pod held": requests the pod had received and not answered when it died.',
+        '"in flight": podpool\'s pool.stats() inFlight on the killed pod, summed over clients, read just before the kill (the load loops start no call from the reading to the kill, a millisecond or so, so no call reaches the pod uncounted); "sent to dead": calls the clients started on it after the kill, before they heard its connections reset (retries of never-sent calls included); "pod held": requests the pod had received and not answered when it died.',
       ],
     };
     return {
       report,
       table: formatTable(report, [
         ['in flight', (r) => (r.inFlightAtKill === undefined ? '-' : String(r.inFlightAtKill))],
+        ['sent to dead', (r) => (r.sentToDeadPod === undefined ? '-' : String(r.sentToDeadPod))],
         ['pod held', (r) => String(r.podUnanswered ?? '')],
         ['retries', (r) => (r.retries === undefined ? '-' : String(r.retries))],
       ]),
