@@ -1,10 +1,10 @@
 /**
  * The pool's default deadline, shared: calls that start on one member within a short window
  * join one cohort, with one timer and one `AbortSignal` between them, instead of a timer, a
- * controller and two listeners each (about 1.5 µs a call against 0.2 µs, three times the rest of `use()`). A
- * call's deadline is then `timeoutMs` plus at most a 32nd of it; a call that outlives it is
- * rejected and counted against its pod even when its callback ignores the signal, as with a
- * per-call `timeoutMs`.
+ * controller and two listeners each (about 0.2 µs a call against 1.5 µs, three times the rest
+ * of `use()`). A call's deadline is then `timeoutMs` plus at most a 32nd of it; a call that
+ * outlives it is rejected and counted against its pod even when its callback ignores the
+ * signal, as with a per-call `timeoutMs`.
  */
 import { TimeoutError } from '../errors.ts';
 
