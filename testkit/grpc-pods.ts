@@ -335,6 +335,12 @@ export interface GrpcPodsOptions {
   tls?: GrpcPodOptions['tls'];
 }
 
+/** One Unary call on a pod's client: its reply, or the error it failed with. A string is the message. */
+export function unary(client: EchoClient, request: EchoRequest | string): Promise<EchoReply> {
+  const message = typeof request === 'string' ? { message: request } : request;
+  return new Promise((resolve, reject) => client.unary(message, (error, reply) => (error ? reject(error) : resolve(reply!))));
+}
+
 /** Starts `count` pods on 127.0.0.11, 127.0.0.12, … (ports picked by the system). */
 export function startGrpcPods(count: number, options: GrpcPodsOptions = {}): Promise<GrpcPod[]> {
   const { first = 11, tls } = options;

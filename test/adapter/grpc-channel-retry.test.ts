@@ -42,6 +42,7 @@ import {
   type EchoRequest,
   type GrpcPod,
   type StreamRequest,
+  unary,
 } from '../../testkit/grpc-pods.ts';
 
 /** Every wait below is on an event; this only turns a broken feature's endless wait into a failure. */
@@ -217,10 +218,6 @@ async function failingThenGood(t: TestContext, at: number, code: number, options
   const { pool, stub, cleanup } = await poolOver(t, [failing.endpoint, ...pods.map((p) => p.endpoint)], options);
   cleanup.push(() => stopGrpcPods(pods), () => failing.close());
   return { failing, good: pods[0]!, pool, stub };
-}
-
-function unary(stub: EchoClient, request: EchoRequest): Promise<EchoReply> {
-  return new Promise((resolve, reject) => stub.unary(request, (error, reply) => (error ? reject(error) : resolve(reply!))));
 }
 
 /**

@@ -14,7 +14,7 @@ import { grpcTransport } from '../../src/transport/grpc.ts';
 import { cleanupAfter } from '../support/cleanup.ts';
 import { stateReached } from '../support/pool-events.ts';
 import { burst } from '../support/burst.ts';
-import { EchoClient, echoService, startGrpcPods, stopGrpcPods, type EchoReply, type EchoRequest } from '../../testkit/grpc-pods.ts';
+import { EchoClient, echoService, startGrpcPods, stopGrpcPods, type EchoReply, type EchoRequest, unary } from '../../testkit/grpc-pods.ts';
 
 // A pod's gRPC channel that leaves READY takes no new calls until it is READY again: the member
 // is out of the picks at once (calls go to the other pods, or wait for it when it is the only
@@ -23,12 +23,6 @@ import { EchoClient, echoService, startGrpcPods, stopGrpcPods, type EchoReply, t
 const quickReconnect = { minMs: 5, maxMs: 20, factor: 2 };
 /** Every wait below is on an event; this only turns a broken feature's endless wait into a failure. */
 const events = { timeout: 20_000 };
-
-function echo(client: EchoClient, message: string): Promise<EchoReply> {
-  return new Promise((resolve, reject) => {
-    client.unary({ message }, (error, reply) => (error ? reject(error) : resolve(reply!)));
-  });
-}
 
 function memberOf(pool: Pool<unknown>, key: string) {
   return pool.stats().members.find((m) => m.endpoint.key === key)!;
@@ -145,7 +139,7 @@ describe('grpcTransport readiness: a channel out of READY is not picked', () => 
     const load = burst(600, 6, async () => {
       const madeAfterDown = down;
       try {
-        const reply = await pool.use((client) => echo(client, 'x'));
+        const reply = await pool.use((client) => unary(client, 'x'));
         if (madeAfterDown) afterDown.push({ pod: reply.pod.address });
       } catch (error) {
         if (madeAfterDown) afterDown.push({ pod: '?', error });
@@ -168,7 +162,7 @@ describe('grpcTransport readiness: a channel out of READY is not picked', () => 
     await victim.restart();
     await up;
     victim.resetCalls();
-    for (let i = 0; i < 30; i++) await pool.use((client) => echo(client, 'back'));
+    for (let i = 0; i < 30; i++) await pool.use((client) => unary(client, 'back'));
     assert.equal(victim.calls('Unary'), 10, 'the pod is picked again once a server listens on its port');
   });
 
@@ -187,7 +181,7 @@ describe('grpcTransport readiness: a channel out of READY is not picked', () => 
     });
     cleanup.push(() => stopGrpcPods(pods), () => relay.close(), () => pool.close());
     await pool.ready({ minEndpoints: 3 });
-    assert.equal((await Promise.all([1, 2, 3].map(() => pool.use((client) => echo(client, 'up'))))).filter((r) => r.pod.address === behind.key).length, 1);
+    assert.equal((await Promise.all([1, 2, 3].map(() => pool.use((client) => unary(client, 'up'))))).filter((r) => r.pod.address === behind.key).length, 1);
 
     const left = stateReached(pool, key, 'connecting');
     relay.blackhole();
@@ -197,7 +191,7 @@ describe('grpcTransport readiness: a channel out of READY is not picked', () => 
     a.resetCalls();
     behind.resetCalls();
     c.resetCalls();
-    for (let i = 0; i < 30; i++) await pool.use((client) => echo(client, 'x'));
+    for (let i = 0; i < 30; i++) await pool.use((client) => unary(client, 'x'));
     assert.deepEqual([a.calls('Unary'), behind.calls('Unary'), c.calls('Unary')], [15, 0, 15], 'every call went to a pod that answers');
     assert.deepEqual([memberOf(pool, key).state, memberOf(pool, key).connects, memberOf(pool, key).inFlight], ['connecting', 1, 0], 'still reconnecting in place, nothing piled up on it');
   });
@@ -220,7 +214,7 @@ describe('grpcTransport readiness: a channel out of READY is not picked', () => 
     const left = stateReached(pool, key, 'connecting', () => pool.connectivity);
     relay.blackhole();
     assert.equal((await left).snapshot, 'connecting');
-    const waiting = pool.use((client) => echo(client, 'waited'));
+    const waiting = pool.use((client) => unary(client, 'waited'));
     // The channel's reconnect hangs in the black hole until connectTimeoutMs; the pool then
     // reconnects on its own, through the relay that forwards again.
     relay.restore();
@@ -273,7 +267,7 @@ describe('grpcTransport readiness: a channel out of READY is not picked', () => 
 
     other.resetCalls();
     const servedBefore = graceful.unary;
-    for (let i = 0; i < 20; i++) await pool.use((client) => echo(client, 'x'));
+    for (let i = 0; i < 20; i++) await pool.use((client) => unary(client, 'x'));
     assert.deepEqual([other.calls('Unary'), graceful.unary - servedBefore], [20, 0], 'every new call went to the other pod');
 
     next = new Promise<string>((resolve) => (reply = resolve));

@@ -11,14 +11,10 @@ import { grpcChannel } from '../../src/adapter/grpc-channel.ts';
 import { grpcTransport } from '../../src/transport/grpc.ts';
 import { makeCertificates } from '../support/certificates.ts';
 import { cleanupAfter } from '../support/cleanup.ts';
-import { EchoClient, startGrpcPods, stopGrpcPods, type EchoReply } from '../../testkit/grpc-pods.ts';
+import { EchoClient, startGrpcPods, stopGrpcPods, unary } from '../../testkit/grpc-pods.ts';
 
 const SERVICE = 'echo.podpool-test.svc.cluster.local';
 const events = { timeout: 20_000 };
-
-function unary(client: EchoClient, message: string): Promise<EchoReply> {
-  return new Promise((resolve, reject) => client.unary({ message }, (error, reply) => (error ? reject(error) : resolve(reply!))));
-}
 
 describe('grpcTransport with TLS', () => {
   it('connects to pod IPs whose certificate names the Service, with serverName', events, async (t) => {

@@ -18,8 +18,7 @@ import {
   GrpcPod,
   startGrpcPods,
   stopGrpcPods,
-  type EchoReply,
-  type EchoRequest,
+  unary,
 } from '../../testkit/grpc-pods.ts';
 import { stateReached } from '../support/pool-events.ts';
 import { activeResources, assertNothingLeft } from '../support/resources.ts';
@@ -27,12 +26,6 @@ import { activeResources, assertNothingLeft } from '../support/resources.ts';
 const quickReconnect = { minMs: 5, maxMs: 20, factor: 2 };
 /** Every wait below is on an event; this only turns a broken feature's endless wait into a failure. */
 const events = { timeout: 20_000 };
-
-function echo(client: EchoClient, request: EchoRequest): Promise<EchoReply> {
-  return new Promise((resolve, reject) => {
-    client.unary(request, (error, reply) => (error ? reject(error) : resolve(reply!)));
-  });
-}
 
 /**
  * A TCP server that accepts connections, reads what it is sent and never answers: a pod whose
@@ -163,7 +156,7 @@ describe('grpcTransport against real grpc-js servers on loopback', () => {
       assert.equal(options?.['grpc.use_local_subchannel_pool'], 1);
       assert.equal(options?.['grpc.primary_user_agent'], 'test');
     }
-    const replies = await pool.broadcast((client) => echo(client, { message: 'hi' }));
+    const replies = await pool.broadcast((client) => unary(client, { message: 'hi' }));
     assert.deepEqual(
       replies.delivered.map((d) => d.value.pod.address).sort(),
       pods.map((p) => p.key),
@@ -185,7 +178,7 @@ describe('grpcTransport against real grpc-js servers on loopback', () => {
     const reply = await pool.use((client, endpoint) => {
       assert.equal(endpoint.key, `[::1]:${pod.port}`);
       assert.equal(client.getChannel().getTarget(), `ipv6:[::1]:${pod.port}`);
-      return echo(client, { message: 'v6' });
+      return unary(client, { message: 'v6' });
     });
     assert.equal(reply.pod.address, `[::1]:${pod.port}`);
   });
@@ -200,7 +193,7 @@ describe('grpcTransport against real grpc-js servers on loopback', () => {
     const clients = new Map<string, Set<EchoClient>>();
     for (let i = 0; i < 30; i++) {
       await pool.use(async (client, endpoint) => {
-        const reply = await echo(client, { message: `call ${i}` });
+        const reply = await unary(client, { message: `call ${i}` });
         assert.equal(reply.pod.address, endpoint.key, 'the call went to the pod it was given');
         assert.equal(reply.message, `call ${i}`);
         clients.set(endpoint.key, (clients.get(endpoint.key) ?? new Set()).add(client));
@@ -239,9 +232,9 @@ describe('grpcTransport against real grpc-js servers on loopback', () => {
     cleanup.push(() => stopGrpcPods([pod]), () => pool.close());
     await pool.ready();
 
-    await assert.rejects(pool.use((client) => echo(client, { failWith: status.NOT_FOUND })), { code: status.NOT_FOUND });
+    await assert.rejects(pool.use((client) => unary(client, { failWith: status.NOT_FOUND })), { code: status.NOT_FOUND });
     assert.equal(pool.stats().members[0].failures, 0);
-    await assert.rejects(pool.use((client) => echo(client, { failWith: status.UNAVAILABLE })), { code: status.UNAVAILABLE });
+    await assert.rejects(pool.use((client) => unary(client, { failWith: status.UNAVAILABLE })), { code: status.UNAVAILABLE });
     assert.equal(pool.stats().members[0].failures, 1);
     assert.equal(pool.stats().members[0].requests, 2);
   });
@@ -287,14 +280,14 @@ describe('grpcTransport against real grpc-js servers on loopback', () => {
 
     a.resetCalls();
     c.resetCalls();
-    for (let i = 0; i < 30; i++) await pool.use((client) => echo(client, { message: 'x' }));
+    for (let i = 0; i < 30; i++) await pool.use((client) => unary(client, { message: 'x' }));
     assert.deepEqual([a.calls('Unary'), c.calls('Unary')], [15, 15], 'every call went to a live pod');
 
     const up = stateReached(pool, b.key, 'ready');
     await b.restart();
     await up;
     b.resetCalls();
-    for (let i = 0; i < 30; i++) await pool.use((client) => echo(client, { message: 'x' }));
+    for (let i = 0; i < 30; i++) await pool.use((client) => unary(client, { message: 'x' }));
     assert.equal(b.calls('Unary'), 10, 'the restarted pod takes its share again');
     assert.equal(pool.stats().members.find((m) => m.endpoint.key === b.key)?.connects, 2);
   });
@@ -323,7 +316,7 @@ describe('grpcTransport against real grpc-js servers on loopback', () => {
       'in and out of the picks, never lost',
     );
     assert.equal(pool.stats().members[0].connects, 1);
-    assert.equal((await pool.use((client) => echo(client, { message: 'still here' }))).message, 'still here');
+    assert.equal((await pool.use((client) => unary(client, { message: 'still here' }))).message, 'still here');
   });
 
   it('connect() waits for READY, honours its signal and its timeout, and leaves no socket behind', events, async (t) => {
@@ -372,7 +365,7 @@ describe('grpcTransport against real grpc-js servers on loopback', () => {
     cleanup.push(() => stopGrpcPods([pod]), () => relay.close(), () => pool.close());
     await pool.ready();
     const key = `127.0.0.123:${relay.port}`;
-    assert.equal((await pool.use((client) => echo(client, { message: 'up' }))).pod.address, pod.key);
+    assert.equal((await pool.use((client) => unary(client, { message: 'up' }))).pod.address, pod.key);
 
     const down = stateReached(pool, key, 'connecting');
     const lost = new Promise<void>((resolve) => pool.once('connectError', () => resolve()));
@@ -388,7 +381,7 @@ describe('grpcTransport against real grpc-js servers on loopback', () => {
     relay.thaw();
     await up;
     assert.equal(pool.stats().members[0].connects, 2, 'reconnected by the pool, once the channel was lost');
-    assert.equal((await pool.use((client) => echo(client, { message: 'back' }))).message, 'back');
+    assert.equal((await pool.use((client) => unary(client, { message: 'back' }))).message, 'back');
   });
 
   it('close() ends what still runs and leaves nothing behind', events, async (t) => {
@@ -403,7 +396,7 @@ describe('grpcTransport against real grpc-js servers on loopback', () => {
       drainTimeoutMs: 0,
     });
     await pool.ready({ minEndpoints: 2 });
-    for (let i = 0; i < 4; i++) await pool.use((client) => echo(client, { message: 'x' }));
+    for (let i = 0; i < 4; i++) await pool.use((client) => unary(client, { message: 'x' }));
     let opened!: () => void;
     const streamOpen = new Promise<void>((resolve) => (opened = resolve));
     const stream = pool.use(

@@ -10,7 +10,7 @@ import { grpcTransport } from '../../src/transport/grpc.ts';
 import { httpTransport } from '../../src/transport/http.ts';
 import type { Connection, Transport } from '../../src/transport/transport.ts';
 import { cleanupAfter } from '../support/cleanup.ts';
-import { EchoClient, startGrpcPods, stopGrpcPods, type EchoReply } from '../../testkit/grpc-pods.ts';
+import { EchoClient, startGrpcPods, stopGrpcPods, unary } from '../../testkit/grpc-pods.ts';
 
 // wasNotSent(error): a call that never reached its pod may be sent to another whatever its
 // idempotency; one that may have reached it must not be, unless the caller says so. Each side
@@ -155,12 +155,6 @@ describe('httpTransport.wasNotSent', () => {
     transport.discard!({ body: 'not a stream' });
   });
 });
-
-function unary(client: EchoClient, message: string): Promise<EchoReply> {
-  return new Promise((resolve, reject) => {
-    client.unary({ message }, (error, reply) => (error ? reject(error) : resolve(reply!)));
-  });
-}
 
 describe('grpcTransport.wasNotSent', () => {
   it('a call failed by a channel with no connection, or made on a closed client, was not sent', async (t) => {
