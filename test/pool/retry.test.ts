@@ -7,6 +7,7 @@ import { strict as assert } from 'node:assert';
 import { describe, test } from 'node:test';
 import { ErrorCode, PodpoolError } from '../../src/errors.ts';
 import { first } from '../support/first-balancer.ts';
+import { flush } from '../support/flush.ts';
 import { harness } from '../support/pool-harness.ts';
 import { MemoryTransport, type MemoryClient } from '../support/memory-transport.ts';
 
@@ -252,7 +253,7 @@ describe('use() deadline', () => {
     await assert.rejects(ignoring, (e: unknown) => e instanceof PodpoolError && e.code === ErrorCode.TIMEOUT);
     assert.equal(pool.stats().members[0]!.inFlight, 1, 'still counted in flight until it really ends');
     finish();
-    await new Promise((r) => setImmediate(r));
+    await flush();
     assert.equal(pool.stats().members[0]!.inFlight, 0);
     assert.equal(pool.stats().members[0]!.failures, 1, 'counted once, at the deadline');
   });
