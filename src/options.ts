@@ -69,6 +69,13 @@ export function checkNumber(
 /** Node's timers take at most 2^31 - 1 ms; a longer delay fires after 1 ms instead, which would spin a loop. */
 export const MAX_DELAY_MS = 2 ** 31 - 1;
 
+/**
+ * A deadline option: a delay a timer can hold (see {@link checkDelay}), or `Infinity` for none.
+ */
+export function checkDeadline(name: string, value: unknown, min = 1): number {
+  return value === Infinity ? Infinity : checkDelay(name, value, min);
+}
+
 /** Checks a delay option at the door: a number of ms from `min` to what a timer can hold. */
 export function checkDelay(name: string, value: unknown, min = 1): number {
   const ms = checkNumber(name, value, { min });

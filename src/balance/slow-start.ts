@@ -6,7 +6,7 @@
  * `max(minWeight, (age / windowMs) ^ (1 / aggression))`, else the balancer picks once more. A
  * call with an affinity key is never moved (the key's pod is the point of it).
  */
-import { checkNumber, checkOptions, invalidOption, optionNames } from '../options.ts';
+import { checkDelay, checkNumber, checkOptions, invalidOption, optionNames } from '../options.ts';
 import type { Pickable, Picker, PickerContext } from './balancer.ts';
 
 /** Options of the pool's `slowStart`. */
@@ -33,7 +33,7 @@ export function slowStartPolicy(options: SlowStartOptions | false | undefined): 
   if (options === undefined || options === false) return undefined;
   checkOptions(options, SLOW_START_OPTIONS, 'slowStart');
   const { windowMs, aggression = 1, minWeight = 0.1 } = options;
-  checkNumber('slowStart.windowMs', windowMs, { min: 1 });
+  checkDelay('slowStart.windowMs', windowMs);
   checkNumber('slowStart.aggression', aggression, { min: 0.1 });
   checkNumber('slowStart.minWeight', minWeight, { min: 0 });
   if (minWeight > 1) invalidOption('slowStart.minWeight', 'a fraction from 0 to 1', minWeight);

@@ -7,6 +7,7 @@
  * signal, as with a per-call `timeoutMs`.
  */
 import { TimeoutError } from '../errors.ts';
+import { MAX_DELAY_MS } from '../options.ts';
 
 /** What a cohort needs of a member: where it keeps its open cohort, and the signal of its connection. */
 export interface CohortHost {
@@ -65,7 +66,7 @@ export class Cohort {
     this.#connection.addEventListener('abort', this.#onConnectionClosed, { once: true });
     // One timer for the cohort's life, even once its calls have ended: cheaper than starting
     // and stopping one as they come and go. It must not keep the process alive by itself.
-    setTimeout(() => this.#expire(), timeoutMs + window).unref();
+    setTimeout(() => this.#expire(), Math.min(MAX_DELAY_MS, timeoutMs + window)).unref();
   }
 
   get signal(): AbortSignal {

@@ -6,7 +6,7 @@
  * a percentile says both when to hedge and how much extra load it may cost. Each hedge also
  * takes one from the retry budget.
  */
-import { checkNumber, checkOptions, invalidOption, optionNames } from '../options.ts';
+import { checkDelay, checkNumber, checkOptions, invalidOption, optionNames } from '../options.ts';
 
 /** Options of the pool's `hedge`, and of `use(fn, { hedge })`: exactly one of the two. */
 export interface HedgeOptions {
@@ -37,7 +37,7 @@ export function hedgePolicy(options: HedgeOptions | false | undefined, name = 'h
   if ((delayMs === undefined) === (percentile === undefined)) {
     invalidOption(name, 'an object with exactly one of delayMs and percentile', options);
   }
-  if (delayMs !== undefined) checkNumber(`${name}.delayMs`, delayMs, { min: 0 });
+  if (delayMs !== undefined) checkDelay(`${name}.delayMs`, delayMs, 0);
   if (percentile !== undefined) {
     checkNumber(`${name}.percentile`, percentile, { min: 50 });
     if (percentile > 99.9) invalidOption(`${name}.percentile`, 'a number from 50 to 99.9', percentile);

@@ -5,7 +5,7 @@
  * between attempts.
  */
 import { backoffMs, type BackoffPolicy } from '../backoff.ts';
-import { checkNumber, checkOptions, invalidOption, optionNames } from '../options.ts';
+import { checkDelay, checkNumber, checkOptions, invalidOption, optionNames } from '../options.ts';
 
 /** Options of the pool's `retry`, and of `use(fn, { retry })` per call. */
 export interface RetryOptions {
@@ -63,8 +63,8 @@ export function retryPolicy(options: RetryOptions | false | undefined, base: Ret
   const { minDelayMs = Math.min(base.backoff.minMs, typeof maxDelayMs === 'number' ? maxDelayMs : Infinity) } = options;
   checkNumber(`${name}.retries`, retries, { min: 0, integer: true });
   if (typeof idempotent !== 'boolean') invalidOption(`${name}.idempotent`, 'a boolean', idempotent);
-  checkNumber(`${name}.minDelayMs`, minDelayMs, { min: 0 });
-  checkNumber(`${name}.maxDelayMs`, maxDelayMs, { min: minDelayMs });
+  checkDelay(`${name}.minDelayMs`, minDelayMs, 0);
+  checkDelay(`${name}.maxDelayMs`, maxDelayMs, minDelayMs);
   return { retries, idempotent, backoff: { minMs: minDelayMs, maxMs: maxDelayMs, factor: 2 } };
 }
 

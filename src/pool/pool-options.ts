@@ -3,7 +3,7 @@ import type { Balancer } from '../balance/balancer.ts';
 import { slowStartPolicy, type SlowStartOptions, type SlowStartPolicy } from '../balance/slow-start.ts';
 import { roundRobin } from '../balance/round-robin.ts';
 import type { EndpointSource } from '../discovery/source.ts';
-import { checkNumber, checkOptions, invalidOption, optionNames } from '../options.ts';
+import { checkDeadline, checkNumber, checkOptions, invalidOption, optionNames } from '../options.ts';
 import type { CallPlan } from '../call/call.ts';
 import { hedgePolicy, type HedgeOptions, type HedgePolicy } from '../call/hedge.ts';
 import { retryPolicy, type RetryBudgetOptions, type RetryOptions, type RetryPolicy } from '../call/retry.ts';
@@ -167,7 +167,7 @@ export function checkPoolOptions<C>(options: PoolOptions<C>): PoolSettings<C> {
   if (typeof clock !== 'function') invalidOption('clock', 'a function returning milliseconds', clock);
   if (typeof random !== 'function') invalidOption('random', 'a function returning [0, 1)', random);
   const { callTimeoutMs = DEFAULT_CALL_TIMEOUT_MS } = options;
-  checkNumber('callTimeoutMs', callTimeoutMs, { min: 1, allowInfinity: true });
+  checkDeadline('callTimeoutMs', callTimeoutMs);
   const retry = retryPolicy(options.retry);
   const hedge = hedgePolicy(options.hedge);
   const slowStart = slowStartPolicy(options.slowStart);
@@ -180,7 +180,7 @@ export const DEFAULT_CALL_TIMEOUT_MS = 30_000;
 /** The plan of a `use()` call: the pool's `defaults` with the call's options over them. */
 export function callPlan<T>(defaults: CallPlan<unknown>, options: UseOptions<T>): CallPlan<T> {
   const { key, signal, timeoutMs = defaults.timeoutMs, failedResult, waitForReady = true } = options;
-  checkNumber('timeoutMs', timeoutMs, { min: 1, allowInfinity: true });
+  checkDeadline('timeoutMs', timeoutMs);
   if (failedResult !== undefined && typeof failedResult !== 'function') invalidOption('failedResult', 'a function (result) => boolean', failedResult);
   return {
     key,

@@ -270,12 +270,13 @@ describe('use() deadline', () => {
     await assert.rejects(aborted, (e: unknown) => e instanceof PodpoolError && e.code === ErrorCode.CONNECTION_LOST);
   });
 
-  test('timeoutMs: Infinity, per call or for the pool, sets no deadline', async (t) => {
+  test('timeoutMs: Infinity, per call or for the pool, sets no deadline; one past what a timer holds is refused', async (t) => {
     const { source, pool } = harness(t, { transport: transport(), callTimeoutMs: Infinity });
     source.set([A]);
     await pool.ready();
     assert.equal(await pool.use((c: MemoryClient) => c.key), '10.0.0.1:80');
     assert.equal(await pool.use((c: MemoryClient) => c.key, { timeoutMs: Infinity }), '10.0.0.1:80');
+    await assert.rejects(pool.use((c: MemoryClient) => c.key, { timeoutMs: 2 ** 31 }), (e: unknown) => e instanceof PodpoolError && e.code === ErrorCode.INVALID_OPTION);
   });
 
   test('retries stay within the deadline: none is sent after it passed', async (t) => {
@@ -392,5 +393,9 @@ describe('use() hedging', () => {
     assert.throws(() => harness(t, { transport: transport(), hedge: { percentile: 100 } }), /hedge\.percentile/);
     assert.throws(() => harness(t, { transport: transport(), retryBudget: { ratio: -1 } }), /retryBudget\.ratio/);
     assert.throws(() => harness(t, { transport: transport(), callTimeoutMs: 0 }), /callTimeoutMs/);
+    // Past what a timer holds (2^31 - 1 ms) Node fires it after 1 ms: refused, not a deadline of 1 ms.
+    assert.throws(() => harness(t, { transport: transport(), callTimeoutMs: 2 ** 31 }), /option callTimeoutMs must be a number of ms from 1 to 2147483647/);
+    assert.throws(() => harness(t, { transport: transport(), hedge: { delayMs: 2 ** 31 } }), /hedge\.delayMs/);
+    assert.throws(() => harness(t, { transport: transport(), slowStart: { windowMs: 2 ** 31 } }), /slowStart\.windowMs/);
   });
 });
