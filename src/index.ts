@@ -14,6 +14,8 @@ export type { MemberState, MemberStats } from './pool/member.ts';
 
 export { createEndpoint, endpointKey, EndpointSet } from './endpoint.ts';
 export type { Endpoint, EndpointInit, EndpointDiff } from './endpoint.ts';
+export { addressRange } from './address.ts';
+export type { AddressRange } from './address.ts';
 export {
   PodpoolError,
   ErrorCode,
