@@ -130,7 +130,7 @@ export interface Delivery {
   readonly writtenAt: number;
 }
 
-type Fault = { kind: 'status'; status: number } | { kind: 'stall'; beforeHeaders: boolean };
+type Fault = { kind: 'status'; status: number } | { kind: 'stall'; beforeHeaders: boolean } | { kind: 'body'; body: string };
 
 interface WatchEvent {
   type: 'ADDED' | 'MODIFIED' | 'DELETED' | 'BOOKMARK' | 'ERROR';
@@ -172,7 +172,8 @@ const PATH = /^\/apis\/discovery\.k8s\.io\/v1\/(?:namespaces\/([^/]+)\/)?endpoin
  * The fake API server. Start it with {@link FakeApiServer.start}, point a client at it with
  * {@link FakeApiServer.kubeConfig}, change slices with {@link FakeApiServer.apply} and
  * {@link FakeApiServer.remove}, and inject faults with `fail`, `stall`, `dropWatches`, `endWatches`,
- * `stallWatches` and `compact`. Emits `request` (a {@link RequestRecord}) for every request.
+ * `stallWatches` and `compact`; send what no API server should with `answerList`, `writeRaw` and
+ * `mangleNext`. Emits `request` (a {@link RequestRecord}) for every request.
  */
 export class FakeApiServer extends EventEmitter<{ request: [RequestRecord] }> {
   /** `http://127.0.0.1:<port>`. */
@@ -191,6 +192,7 @@ export class FakeApiServer extends EventEmitter<{ request: [RequestRecord] }> {
   readonly #continues = new Map<string, { items: EndpointSliceObject[]; rv: number }>();
   readonly #faults: Record<'list' | 'watch', Fault[]> = { list: [], watch: [] };
   readonly #maxPageSize: number;
+  #mangle: ((chunk: string) => string) | undefined;
   #rv = 1000;
   #compactedRv = 0;
   #forbidden = false;
@@ -330,6 +332,27 @@ export class FakeApiServer extends EventEmitter<{ request: [RequestRecord] }> {
     for (let i = 0; i < times; i++) this.#faults[kind].push({ kind: 'stall', beforeHeaders });
   }
 
+  /**
+   * The next `times` list requests are answered 200 with `body` as it is (`'{}'`, `'{"items":null}'`,
+   * JSON cut short): what a broken server or proxy in front of one might send.
+   */
+  answerList(body: string, { times = 1 }: { times?: number } = {}): void {
+    for (let i = 0; i < times; i++) this.#faults.list.push({ kind: 'body', body });
+  }
+
+  /** Writes `text` as it is to every open watch: lines that are not events, or half of one. */
+  writeRaw(text: string): Promise<Delivery> {
+    return this.#write(() => [], () => text);
+  }
+
+  /**
+   * The next chunk of events written to the watches goes through `transform` first (cut it short,
+   * garble it): the events are stored and replayed as usual, only that write is damaged.
+   */
+  mangleNext(transform: (chunk: string) => string): void {
+    this.#mangle = transform;
+  }
+
   /** Open watches go silent but stay open: later events are not written to them. */
   stallWatches(): number {
     for (const w of this.#watchers) w.stalled = true;
@@ -420,14 +443,23 @@ export class FakeApiServer extends EventEmitter<{ request: [RequestRecord] }> {
     return this.#write((w) => entries.filter((e) => matches(w, e)).map((e) => e.event));
   }
 
-  /** Writes each open, non-stalled watch its events in one chunk; resolves once all are written. */
-  async #write(eventsFor: (w: Watcher) => WatchEvent[]): Promise<Delivery> {
+  /**
+   * Writes each open, non-stalled watch its events in one chunk (or `raw`'s text); resolves once
+   * all are written.
+   */
+  async #write(eventsFor: (w: Watcher) => WatchEvent[], raw?: () => string): Promise<Delivery> {
     const writes: Promise<void>[] = [];
+    const mangle = raw === undefined ? this.#mangle : undefined;
+    let mangled = false;
     for (const w of this.#watchers) {
       if (w.stalled || w.res.writableEnded || w.res.destroyed) continue;
       const events = eventsFor(w);
-      if (events.length === 0) continue;
-      const chunk = events.map((e) => `${JSON.stringify(e)}\n`).join('');
+      if (events.length === 0 && raw === undefined) continue;
+      let chunk = raw?.() ?? events.map((e) => `${JSON.stringify(e)}\n`).join('');
+      if (mangle !== undefined) {
+        chunk = mangle(chunk);
+        mangled = true;
+      }
       // A connection that dies meanwhile may never call back; its close settles the write too.
       writes.push(
         new Promise((resolve) => {
@@ -439,6 +471,7 @@ export class FakeApiServer extends EventEmitter<{ request: [RequestRecord] }> {
         }),
       );
     }
+    if (mangled) this.#mangle = undefined;
     await Promise.all(writes);
     return { resourceVersion: String(this.#rv), watchers: writes.length, writtenAt: performance.now() };
   }
@@ -494,6 +527,12 @@ export class FakeApiServer extends EventEmitter<{ request: [RequestRecord] }> {
 
     const fault = this.#faults[record.kind as 'list' | 'watch'].shift();
     if (fault?.kind === 'status') return answer(fault.status, statusObject(fault.status, `injected fault ${fault.status}`));
+    if (fault?.kind === 'body' && !watch) {
+      record.status = 200;
+      res.writeHead(200, { 'Content-Type': 'application/json' });
+      res.end(fault.body);
+      return;
+    }
     if (fault?.kind === 'stall' && (fault.beforeHeaders || !watch)) {
       this.#held.add(res);
       return;

@@ -3,9 +3,12 @@
  * the client a watch uses, and what its failures mean in words that point at the fix.
  */
 import { existsSync } from 'node:fs';
+import { STATUS_CODES } from 'node:http';
 import { homedir } from 'node:os';
 import { delimiter, join } from 'node:path';
-import type { DiscoveryV1Api, KubeConfig, RequestContext, Watch } from '@kubernetes/client-node';
+import type { Readable } from 'node:stream';
+import type { KubeConfig } from '@kubernetes/client-node';
+import { request, type Dispatcher } from 'undici';
 import { messageOf } from '../abort.ts';
 import { InvalidOptionError } from '../errors.ts';
 import { invalidOption } from '../options.ts';
@@ -44,19 +47,43 @@ export function findCredentials(given: unknown): Credentials {
   );
 }
 
-/** The API client, built once per watch on first use (the client module alone takes most of a second to load). */
+/**
+ * The API server as a watch uses it, built once per watch on first use (the client module alone
+ * takes most of a second to load): authenticated GETs whose body the caller reads as it arrives.
+ *
+ * Lists and watches go through undici with the client's credentials and TLS (its dispatcher)
+ * rather than through the client's typed API and `Watch`: the typed API turns `{}` into a list
+ * without items and a malformed field into a default (`"conditions": "x"` reads as ready), and
+ * `Watch` drops a line that does not parse and buffers a line of any length. Discovery has to see
+ * what the server sent to tell a bad answer from an empty one.
+ */
 export interface Client {
-  readonly api: DiscoveryV1Api;
-  readonly watch: Watch;
   readonly server: string;
-  requestOptions(signal: AbortSignal): Parameters<DiscoveryV1Api['listNamespacedEndpointSlice']>[1];
+  /**
+   * Sends `GET path?query` and resolves with the body of a 200, a stream of bytes; rejects with an
+   * {@link ApiStatusError} for any other status, or undici's error when the server is not reached.
+   * `signal` aborts the request at any point, the body included.
+   */
+  get(path: string, query: Readonly<Record<string, string | number | boolean | undefined>>, signal: AbortSignal): Promise<Readable>;
 }
 
-/**
- * Loads the client module and the credentials, and builds the client a watch uses. `stallTimeoutMs`
- * becomes the watch's inactivity timeout.
- */
-export async function connect(credentials: Credentials, stallTimeoutMs: number): Promise<Client> {
+/** An answer other than 200: its status and (the start of) its body, a Status object as a rule. */
+export class ApiStatusError extends Error {
+  readonly statusCode: number;
+  readonly body: string;
+  constructor(statusCode: number, body: string) {
+    super(`HTTP ${statusCode}`);
+    this.name = 'ApiStatusError';
+    this.statusCode = statusCode;
+    this.body = body;
+  }
+}
+
+// An error status's body is a Status object, a few hundred bytes; only its start is kept.
+const MAX_STATUS_BODY = 64 * 1024;
+
+/** Loads the client module and the credentials, and builds the client a watch uses. */
+export async function connect(credentials: Credentials): Promise<Client> {
   const k8s = await import('@kubernetes/client-node');
   let kc: KubeConfig;
   if (credentials.kind === 'given') {
@@ -77,63 +104,75 @@ export async function connect(credentials: Credentials, stallTimeoutMs: number):
   }
   const cluster = kc.getCurrentCluster();
   if (cluster === null) throw new Error('the kubeconfig has no current context naming a cluster');
-  // The client gives each request its own connection pool and never closes it, so the idle socket
-  // of a watch the server ended cleanly would outlive close() by seconds. No request ever reuses
-  // that connection: asking the server to close it when the response ends costs nothing.
-  const watchConfig: KubeConfig = Object.create(kc, {
-    applySecurityAuthentication: {
-      async value(context: RequestContext): Promise<void> {
-        await kc.applySecurityAuthentication(context);
-        context.setHeaderParam('Connection', 'close');
-      },
-    },
-  });
-  const watch = new k8s.Watch(watchConfig);
-  // The client's own inactivity timeout (30 s, reset by any byte) would restart every quiet watch
-  // before the API server's first bookmark (about a minute); it becomes our stall timeout, and
-  // covers the wait for response headers too, which nothing else can interrupt.
-  (watch as unknown as { requestTimeoutMs: number }).requestTimeoutMs = stallTimeoutMs;
+  const server = cluster.server;
   return {
-    api: kc.makeApiClient(k8s.DiscoveryV1Api),
-    watch,
-    server: cluster.server,
-    requestOptions(signal) {
-      return {
-        middleware: [
-          {
-            pre(context) {
-              context.setSignal(signal);
-              // As for the watch: the list's connection pool is never closed nor reused.
-              context.setHeaderParam('Connection', 'close');
-              return new k8s.Observable(Promise.resolve(context));
-            },
-            post(response) {
-              return new k8s.Observable(Promise.resolve(response));
-            },
-          },
-        ],
-        middlewareMergeStrategy: 'append',
-      };
+    server,
+    async get(path, query, signal) {
+      const url = new URL(server.replace(/\/+$/, '') + path);
+      for (const [key, value] of Object.entries(query)) if (value !== undefined) url.searchParams.set(key, String(value));
+      // The client's own authentication: bearer token (refreshed by exec or OIDC plugins), basic
+      // auth, impersonation headers, and a dispatcher with the cluster's CA and client certificate.
+      const context = new k8s.RequestContext(url.toString(), k8s.HttpMethod.GET);
+      await kc.applySecurityAuthentication(context);
+      signal.throwIfAborted();
+      // The client gives each request its own connection pool and never closes it, so the idle
+      // socket of a watch the server ended cleanly would outlive close() by seconds. No request
+      // ever reuses that connection: asking the server to close it when the response ends costs nothing.
+      context.setHeaderParam('Connection', 'close');
+      const { statusCode, body } = await request(url, {
+        method: 'GET',
+        headers: { ...context.getHeaders(), Accept: 'application/json' },
+        ...(context.getDispatcher() !== undefined && { dispatcher: context.getDispatcher() as unknown as Dispatcher }),
+        signal,
+        // undici's own timers (300 s) would cut a watch the caller means to keep longer; the
+        // caller times the wait for headers and the silence between chunks itself.
+        headersTimeout: 0,
+        bodyTimeout: 0,
+      });
+      if (statusCode === 200) return body;
+      let text = '';
+      try {
+        for await (const chunk of body) {
+          text += String(chunk);
+          if (text.length >= MAX_STATUS_BODY) break;
+        }
+      } catch {
+        // The status says enough without its body.
+      }
+      body.destroy();
+      throw new ApiStatusError(statusCode, text.slice(0, MAX_STATUS_BODY));
     },
   };
 }
 
-/** The HTTP status of a failed list (`ApiException.code`) or watch (`statusCode`), if any. */
+/**
+ * A body read whole, as text; rejects (and ends the request) when it grows past `max` bytes, so a
+ * server gone wrong can't fill the memory.
+ */
+export async function readText(body: Readable, max: number): Promise<string> {
+  const parts: Buffer[] = [];
+  let size = 0;
+  for await (const chunk of body as AsyncIterable<Buffer>) {
+    size += chunk.length;
+    if (size > max) {
+      body.destroy();
+      throw new Error(`the answer grew past ${max} bytes`);
+    }
+    parts.push(chunk);
+  }
+  return Buffer.concat(parts).toString('utf8');
+}
+
+/** The HTTP status of a failed request, if any. */
 export function httpStatus(error: unknown): number | undefined {
-  if (error === null || typeof error !== 'object' || error instanceof DOMException) return undefined;
-  const { code, statusCode } = error as { code?: unknown; statusCode?: unknown };
-  if (typeof statusCode === 'number') return statusCode;
-  if (typeof code === 'number') return code;
-  return undefined;
+  return error instanceof ApiStatusError ? error.statusCode : undefined;
 }
 
-/** The watch's inactivity timeout fired (the client aborts with a `TimeoutError`). */
-export function isTimeout(error: unknown): boolean {
-  return error instanceof Error && error.name === 'TimeoutError';
-}
-
-/** What went wrong, in words that point at the fix. */
-export function explain(error: unknown, namespace: string): string {
+/**
+ * What went wrong, in words that point at the fix; `streaming` says the failure came while the
+ * body was being read (the connection broke) rather than before (the server was not reached).
+ */
+export function explain(error: unknown, namespace: string, { streaming = false }: { streaming?: boolean } = {}): string {
   const status = httpStatus(error);
   if (status === 401) {
     return 'HTTP 401 Unauthorized: the API server refused the credentials; the service account token (or the kubeconfig user) is missing, expired or wrong';
@@ -142,15 +181,15 @@ export function explain(error: unknown, namespace: string): string {
     return `HTTP 403 Forbidden: RBAC does not let this identity get, list and watch endpointslices (API group discovery.k8s.io) in namespace ${namespace}; bind it to a Role that does (see examples/kubernetes)`;
   }
   if (status !== undefined) {
-    const detail = statusMessage((error as { body?: unknown }).body) ?? (error instanceof Error && !error.message.startsWith('HTTP-Code') ? error.message : '');
+    const detail = statusMessage((error as ApiStatusError).body) ?? STATUS_CODES[status];
     return `HTTP ${status}${detail ? ` ${detail}` : ''}`;
   }
-  // undici's network failures: `fetch failed` before a response, `terminated` during one.
-  const cause = error instanceof Error ? (error.cause as { code?: unknown; message?: unknown } | undefined) : undefined;
-  if (error instanceof TypeError && cause !== undefined) {
-    const what = error.message === 'terminated' ? 'the connection to the API server broke' : 'cannot reach the API server';
-    return `${what} (${typeof cause.code === 'string' ? cause.code : String(cause.message)})`;
-  }
+  // Node's and undici's network failures carry a code (ECONNREFUSED, UND_ERR_SOCKET, a TLS code);
+  // undici's parser errors may not.
+  const code = error instanceof Error ? (error as { code?: unknown }).code : undefined;
+  const detail = `${typeof code === 'string' ? `${code}: ` : ''}${messageOf(error)}`;
+  if (streaming) return `the connection to the API server broke (${detail})`;
+  if (typeof code === 'string') return `cannot reach the API server (${detail})`;
   return messageOf(error);
 }
 

@@ -3,11 +3,12 @@ import { debuglog } from 'node:util';
 import type { KubeConfig } from '@kubernetes/client-node';
 import { messageOf } from '../abort.ts';
 import { backoffMs, jitterOf } from '../backoff.ts';
-import type { EndpointSet } from '../endpoint.ts';
-import { DiscoveryFailedError } from '../errors.ts';
+import { checkAllowAddresses, type AddressRange } from '../address.ts';
+import { DiscoveryFailedError, InvalidEndpointError } from '../errors.ts';
 import { checkDelay, checkFunction, checkNumber, checkOptions, invalidOption, optionNames } from '../options.ts';
-import { mergeEndpointSlices, type EndpointSliceLike } from './endpoint-slices.ts';
-import { connect, explain, findCredentials, httpStatus, isTimeout, type Client, type Credentials } from './kubernetes-api.ts';
+import { EndpointSliceMerge, noSlice, readSlice, sliceName, type ParsedSlice } from './endpoint-slices.ts';
+import { connect, explain, findCredentials, httpStatus, readText, type Client, type Credentials } from './kubernetes-api.ts';
+import { excerpt, LineSplitter, parseWatchLine } from './kubernetes-lines.ts';
 import type { EndpointSource, SourceSink, SourceWatch } from './source.ts';
 
 const debug = debuglog('podpool');
@@ -30,6 +31,13 @@ export interface KubernetesEndpointsOptions {
   clock?: () => number;
   /** Numbers in [0, 1) for the backoff's jitter and the watch's timeout; tests pin it. Default `Math.random`. */
   random?: () => number;
+  /**
+   * Address ranges to accept from EndpointSlices (default none: Kubernetes itself refuses loopback
+   * and link-local addresses in a slice, so one there is an error or an attack). An endpoint at a
+   * refused address is skipped and reported as `PODPOOL_INVALID_ENDPOINT`; a fake API server on
+   * loopback needs `['loopback']`.
+   */
+  allowAddresses?: readonly AddressRange[];
 }
 
 const DEFAULT_STALL_TIMEOUT_MS = 120_000;
@@ -37,8 +45,17 @@ const DEFAULT_BACKOFF_INITIAL_MS = 1_000;
 const DEFAULT_BACKOFF_MAX_MS = 30_000;
 // A Service has a handful of slices (100 endpoints each), so one page is the rule; the bound only
 // stops a server that keeps handing out continue tokens.
-const LIST_PAGE_SIZE = 500;
+const LIST_PAGE_SIZE = 100;
 const MAX_LIST_PAGES = 1_000;
+// etcd refuses objects over 1.5 MiB, so a page of 100 slices stays under 150 MiB; past this, the
+// server is broken (and a string this long would be near what V8 can hold).
+const MAX_LIST_PAGE_BYTES = 256 * 1024 * 1024;
+// Problems found in slices are reported once per slice version and at most this many in a burst,
+// then one per interval: a Service of broken slices must not flood the log on every relist.
+const REPORT_BURST = 10;
+const REPORT_INTERVAL_MS = 6_000;
+// How many of a slice's problems a report spells out.
+const PROBLEMS_SHOWN = 3;
 // As client-go's reflector does: the server ends each watch after 5 to 10 minutes, which moves
 // long-lived watches across API server replicas and bounds the life of a watch gone wrong.
 const MIN_WATCH_TIMEOUT_S = 300;
@@ -52,6 +69,7 @@ const OPTIONS = optionNames<KubernetesEndpointsOptions>({
   backoff: true,
   clock: true,
   random: true,
+  allowAddresses: true,
 });
 const BACKOFF_OPTIONS = optionNames<NonNullable<KubernetesEndpointsOptions['backoff']>>({ initialMs: true, maxMs: true });
 
@@ -84,9 +102,10 @@ export function kubernetesEndpoints(options: KubernetesEndpointsOptions): Endpoi
   const { clock = performance.now.bind(performance), random = Math.random } = options;
   checkFunction('clock', clock, 'a function returning milliseconds');
   checkFunction('random', random, 'a function returning numbers in [0, 1)');
+  const allowed = checkAllowAddresses(options.allowAddresses, []);
   const credentials = findCredentials(options.kubeConfig);
 
-  const config: WatchConfig = { service, namespace, port, stallTimeoutMs, initialMs, maxMs, credentials, clock, random };
+  const config: WatchConfig = { service, namespace, port, stallTimeoutMs, initialMs, maxMs, credentials, clock, random, allowed };
   return {
     kind: 'kubernetes',
     watch(sink) {
@@ -105,6 +124,7 @@ interface WatchConfig {
   readonly credentials: Credentials;
   readonly clock: () => number;
   readonly random: () => number;
+  readonly allowed: ReadonlySet<AddressRange>;
 }
 
 /** Why a session ended badly: what the operator reads, and the original error. */
@@ -121,7 +141,14 @@ interface SessionEnd {
 
 /**
  * One running discovery: list the slices, watch them from the list's resourceVersion, and start
- * over (re-watch, or relist after 410 Gone or an error status) with backoff, until closed.
+ * over (re-watch, or relist after 410 Gone, an error status or an event it could not read) with
+ * backoff, until closed.
+ *
+ * What the server sends is checked, never trusted: a list without items, a line that is not an
+ * event, an object that is no EndpointSlice end the session with `PODPOOL_DISCOVERY_FAILED` and a
+ * relist; an endpoint that can't be dialled is skipped and reported as `PODPOOL_INVALID_ENDPOINT`.
+ * Neither ever removes what was known: a slice that can't be read as a whole keeps its last good
+ * version.
  */
 class EndpointSliceWatch implements SourceWatch {
   readonly #config: WatchConfig;
@@ -131,12 +158,16 @@ class EndpointSliceWatch implements SourceWatch {
   readonly #path: string;
   readonly #name: string;
   readonly #done: Promise<void>;
+  readonly #merge = new EndpointSliceMerge();
+  /** The problems last reported for each slice, so the same ones are not reported again. */
+  readonly #reported = new Map<string, string>();
+  #reportTokens = REPORT_BURST;
+  #reportsRefilledAt: number;
+  #reportsHeld = 0;
   #client: Client | undefined;
-  #slices = new Map<string, EndpointSliceLike>();
   #resourceVersion = '';
   #needList = true;
   #listed = false;
-  #last: EndpointSet | undefined;
   #flushTimer: NodeJS.Immediate | undefined;
 
   constructor(config: WatchConfig, sink: SourceSink) {
@@ -145,6 +176,7 @@ class EndpointSliceWatch implements SourceWatch {
     this.#labelSelector = `kubernetes.io/service-name=${config.service}`;
     this.#path = `/apis/discovery.k8s.io/v1/namespaces/${config.namespace}/endpointslices`;
     this.#name = `${config.namespace}/${config.service}`;
+    this.#reportsRefilledAt = config.clock();
     this.#done = this.#run();
   }
 
@@ -162,7 +194,14 @@ class EndpointSliceWatch implements SourceWatch {
     // Each turn waits on the API server or sleeps; close() ends the loop at either.
     while (!signal.aborted) {
       const started = clock();
-      const end = await this.#session();
+      let end: SessionEnd;
+      try {
+        end = await this.#session();
+      } catch (error) {
+        // A fault of ours must not end discovery for good: start again from a fresh list.
+        this.#needList = true;
+        end = { progressed: false, failure: { message: `discovery failed unexpectedly: ${messageOf(error)}`, cause: error } };
+      }
       if (signal.aborted) return;
       if (end.progressed) failures = 0;
       // A watch that ran a while and ended cleanly (the server's timeout) restarts at once;
@@ -178,7 +217,7 @@ class EndpointSliceWatch implements SourceWatch {
       } else {
         const server = this.#client === undefined ? '' : ` at ${this.#client.server}`;
         const keeping = this.#listed ? 'keeping the last endpoints' : 'no endpoints known yet';
-        const message = `kubernetes discovery of Service ${this.#name} through the API server${server}: ${end.failure.message}; ${keeping}, retrying in ${delay} ms`;
+        const message = `kubernetes discovery of Service ${this.#name} through the API server${server}: ${end.failure.message}; ${keeping}, retrying in ${delay} ms${this.#needList && this.#listed ? ' with a fresh list' : ''}`;
         debug('%s', message);
         this.#sink.error(new DiscoveryFailedError(message, { cause: end.failure.cause }));
       }
@@ -190,16 +229,16 @@ class EndpointSliceWatch implements SourceWatch {
     }
   }
 
-  /** One list (when needed) and one watch; never throws. */
+  /** One list (when needed) and one watch. */
   async #session(): Promise<SessionEnd> {
     let client: Client;
     try {
-      client = this.#client ??= await connect(this.#config.credentials, this.#config.stallTimeoutMs);
+      client = this.#client ??= await connect(this.#config.credentials);
     } catch (error) {
       return { progressed: false, failure: { message: `could not load the Kubernetes client configuration: ${messageOf(error)}`, cause: error } };
     }
     if (this.#needList) {
-      let list: { slices: EndpointSliceLike[]; resourceVersion: string };
+      let list: { slices: ParsedSlice[]; resourceVersion: string };
       try {
         list = await this.#list(client);
       } catch (error) {
@@ -208,7 +247,9 @@ class EndpointSliceWatch implements SourceWatch {
       if (this.#closing.signal.aborted) return { progressed: false };
       // Only a complete list replaces the picture, all at once: a relist leaves no ghosts, and a
       // failed one leaves the last good picture standing.
-      this.#slices = new Map(list.slices.map((s) => [s.metadata?.name ?? '', s]));
+      const names = new Set(list.slices.map((s) => s.name));
+      for (const name of [...this.#merge.names()]) if (!names.has(name)) this.#delete(name);
+      for (const slice of list.slices) this.#set(slice);
       this.#resourceVersion = list.resourceVersion;
       this.#needList = false;
       this.#listed = true;
@@ -221,29 +262,46 @@ class EndpointSliceWatch implements SourceWatch {
     return this.#watch(client);
   }
 
-  async #list(client: Client): Promise<{ slices: EndpointSliceLike[]; resourceVersion: string }> {
-    // The client sets no deadline on a list; a server that never answers must not hold discovery.
+  /** Every page of the list, read and checked; throws when any page is not a list of EndpointSlices. */
+  async #list(client: Client): Promise<{ slices: ParsedSlice[]; resourceVersion: string }> {
+    const { stallTimeoutMs, port, allowed } = this.#config;
+    // A server that never answers must not hold discovery.
     const deadline = new AbortController();
-    const timer = setTimeout(() => deadline.abort(), this.#config.stallTimeoutMs);
+    const timer = setTimeout(() => deadline.abort(), stallTimeoutMs);
     const signal = AbortSignal.any([this.#closing.signal, deadline.signal]);
     try {
-      const slices: EndpointSliceLike[] = [];
+      const slices: ParsedSlice[] = [];
       let resourceVersion = '';
       let next: string | undefined;
       for (let page = 0; page < MAX_LIST_PAGES; page++) {
-        const list = await client.api.listNamespacedEndpointSlice(
-          { namespace: this.#config.namespace, labelSelector: this.#labelSelector, limit: LIST_PAGE_SIZE, _continue: next },
-          client.requestOptions(signal),
-        );
-        for (const slice of list.items ?? []) if (typeof slice.metadata?.name === 'string') slices.push(slice);
-        resourceVersion = list.metadata?.resourceVersion ?? '';
-        next = list.metadata?._continue || undefined;
+        const query = { labelSelector: this.#labelSelector, limit: LIST_PAGE_SIZE, continue: next };
+        const text = await readText(await client.get(this.#path, query, signal), MAX_LIST_PAGE_BYTES);
+        let list: unknown;
+        try {
+          list = JSON.parse(text);
+        } catch {
+          throw new Error(`the answer is not JSON: ${excerpt(text)}`);
+        }
+        const { items, metadata } = (list ?? {}) as { items?: unknown; metadata?: { resourceVersion?: unknown; continue?: unknown } };
+        // `{}` or `"items": null` is not an empty Service (that is `"items": []`): taking it for one
+        // would empty the pool.
+        if (list === null || typeof list !== 'object' || !Array.isArray(items)) {
+          throw new Error(`the answer is not a list of EndpointSlices (items is ${items === null ? 'null' : Array.isArray(list) ? 'a bare list' : typeof items})`);
+        }
+        for (const item of items as unknown[]) {
+          const slice = readSlice(item, port, allowed);
+          if (typeof slice === 'string') throw new Error(`the list holds something that is no EndpointSlice: ${slice}`);
+          slices.push(slice);
+        }
+        const meta = metadata !== null && typeof metadata === 'object' ? metadata : {};
+        resourceVersion = typeof meta.resourceVersion === 'string' ? meta.resourceVersion : '';
+        next = typeof meta.continue === 'string' && meta.continue !== '' ? meta.continue : undefined;
         if (next === undefined) return { slices, resourceVersion };
       }
       throw new Error(`the list did not end after ${MAX_LIST_PAGES} pages`);
     } catch (error) {
       if (deadline.signal.aborted && !this.#closing.signal.aborted) {
-        throw new Error(`no answer within ${this.#config.stallTimeoutMs} ms`, { cause: error });
+        throw new Error(`no answer within ${stallTimeoutMs} ms`, { cause: error });
       }
       throw error;
     } finally {
@@ -251,105 +309,106 @@ class EndpointSliceWatch implements SourceWatch {
     }
   }
 
-  #watch(client: Client): Promise<SessionEnd> {
-    const { signal } = this.#closing;
-    return new Promise<SessionEnd>((resolve) => {
-      let progressed = false;
-      let ended = false;
-      let controller: AbortController | undefined;
-      // Set when we end the watch ourselves, and why.
-      let stopped: { gone: true } | { failure: Failure } | undefined;
-      const stop = (why: NonNullable<typeof stopped>) => {
-        stopped ??= why;
-        controller?.abort();
-      };
-      const finish = (end: SessionEnd) => {
-        if (ended) return;
-        ended = true;
-        signal.removeEventListener('abort', onClose);
-        resolve(end);
-      };
-      // A watch still waiting for its response headers can't be aborted yet (the client hands out
-      // its controller only once they arrive): close() does not wait for it, the `then` below
-      // aborts it when it comes.
-      const onClose = () => {
-        controller?.abort();
-        finish({ progressed });
-      };
-      signal.addEventListener('abort', onClose, { once: true });
-
-      const onEvent = (type: string, object: unknown) => {
-        if (ended || stopped !== undefined) return;
-        const event = this.#apply(type, object);
-        if (event === 'progress') progressed = true;
-        else if (event === 'gone') stop({ gone: true });
-        else if (event !== 'ignored') stop({ failure: event });
-      };
-      const onDone = (error: unknown) => {
-        if (ended) return;
-        if (signal.aborted) return finish({ progressed });
-        if (stopped !== undefined) {
-          if ('gone' in stopped) {
-            debug('kubernetes %s: resourceVersion %s is gone (410), relisting', this.#name, this.#resourceVersion);
-            this.#needList = true;
-            return finish({ progressed });
+  /** One watch, until the server ends it, it fails, goes silent, or sends what can't be applied. */
+  async #watch(client: Client): Promise<SessionEnd> {
+    const { stallTimeoutMs, random, namespace } = this.#config;
+    // The stall timer covers the wait for the response headers and each silence after them.
+    const stall = new AbortController();
+    const timer = setTimeout(() => stall.abort(), stallTimeoutMs);
+    const signal = AbortSignal.any([this.#closing.signal, stall.signal]);
+    let progressed = false;
+    let streaming = false;
+    const query = {
+      watch: true,
+      labelSelector: this.#labelSelector,
+      resourceVersion: this.#resourceVersion || undefined,
+      allowWatchBookmarks: true,
+      timeoutSeconds: MIN_WATCH_TIMEOUT_S + Math.floor(jitterOf(random) * MIN_WATCH_TIMEOUT_S),
+    };
+    debug('kubernetes %s: watching from resourceVersion %s', this.#name, this.#resourceVersion);
+    try {
+      const body = await client.get(this.#path, query, signal);
+      streaming = true;
+      timer.refresh();
+      const lines = new LineSplitter();
+      for await (const chunk of body as AsyncIterable<Buffer>) {
+        timer.refresh();
+        let complete: string[];
+        try {
+          complete = lines.push(chunk);
+        } catch (error) {
+          body.destroy();
+          this.#needList = true;
+          return { progressed, failure: { message: `watching EndpointSlices failed: ${messageOf(error)}`, cause: error } };
+        }
+        for (const line of complete) {
+          const outcome = this.#apply(line);
+          if (outcome === 'progress') {
+            progressed = true;
+            continue;
           }
+          if (outcome === 'ignored') continue;
+          // Gone, an ERROR event, or an event that could not be read: what the server meant is
+          // unknown from here on, and only a fresh list tells.
+          body.destroy();
           this.#needList = true;
-          return finish({ progressed, failure: stopped.failure });
+          if (outcome === 'gone') debug('kubernetes %s: resourceVersion %s is gone (410), relisting', this.#name, this.#resourceVersion);
+          return outcome === 'gone' ? { progressed } : { progressed, failure: outcome };
         }
-        if (error === null || error === undefined) return finish({ progressed });
-        const status = httpStatus(error);
-        if (status === 410) {
-          debug('kubernetes %s: watch answered 410 Gone, relisting', this.#name);
-          this.#needList = true;
-          return finish({ progressed });
-        }
-        if (isTimeout(error)) {
-          return finish({
-            progressed,
-            failure: { message: `the watch brought no event nor bookmark for ${this.#config.stallTimeoutMs} ms`, cause: error },
-          });
-        }
-        // An error status says the server's view of us changed; start again from a fresh list.
-        if (status !== undefined) this.#needList = true;
-        finish({ progressed, failure: { message: `watching EndpointSlices failed: ${explain(error, this.#config.namespace)}`, cause: error } });
-      };
-
-      const query = {
-        labelSelector: this.#labelSelector,
-        resourceVersion: this.#resourceVersion || undefined,
-        allowWatchBookmarks: true,
-        timeoutSeconds: MIN_WATCH_TIMEOUT_S + Math.floor(jitterOf(this.#config.random) * MIN_WATCH_TIMEOUT_S),
-      };
-      debug('kubernetes %s: watching from resourceVersion %s', this.#name, this.#resourceVersion);
-      client.watch.watch(this.#path, query, onEvent, onDone).then(
-        (c) => {
-          controller = c;
-          if (ended || stopped !== undefined) c.abort();
-        },
-        onDone,
-      );
-    });
+      }
+      if (lines.pending > 0 && !this.#closing.signal.aborted) {
+        this.#needList = true;
+        return { progressed, failure: { message: `watching EndpointSlices failed: the watch ended in the middle of an event (${lines.pending} bytes of a line cut short)` } };
+      }
+      return { progressed };
+    } catch (error) {
+      if (this.#closing.signal.aborted) return { progressed };
+      if (stall.signal.aborted) {
+        return { progressed, failure: { message: `the watch brought no event nor bookmark for ${stallTimeoutMs} ms`, cause: error } };
+      }
+      const status = httpStatus(error);
+      if (status === 410) {
+        debug('kubernetes %s: watch answered 410 Gone, relisting', this.#name);
+        this.#needList = true;
+        return { progressed };
+      }
+      // An error status says the server's view of us changed; start again from a fresh list. A
+      // broken connection only needs the watch again: the server replays from our resourceVersion.
+      if (status !== undefined) this.#needList = true;
+      return { progressed, failure: { message: `watching EndpointSlices failed: ${explain(error, namespace, { streaming })}`, cause: error } };
+    } finally {
+      clearTimeout(timer);
+    }
   }
 
-  /** Applies one watch event to the slices; says what it meant for the watch. */
-  #apply(type: string, object: unknown): 'progress' | 'gone' | 'ignored' | Failure {
-    const o = (object ?? {}) as EndpointSliceLike & { code?: number; reason?: string; message?: string };
+  /** Applies one line of the watch; says what it meant for the watch. */
+  #apply(line: string): 'progress' | 'gone' | 'ignored' | Failure {
+    const event = parseWatchLine(line);
+    if (event === undefined) return 'ignored';
+    if ('problem' in event) return { message: `watching EndpointSlices failed: ${event.problem}` };
+    const { type, object } = event;
     if (type === 'ERROR') {
-      if (o.code === 410) return 'gone';
-      return { message: `the watch sent an error: ${o.code ?? ''} ${o.reason ?? ''} ${o.message ?? ''}`.replace(/\s+/g, ' ').trim() };
+      const { code, reason, message } = object;
+      if (code === 410) return 'gone';
+      const words = [code, reason, message].filter((w) => typeof w === 'string' || typeof w === 'number').map((w) => excerpt(String(w), 200));
+      return { message: `the watch sent an error: ${words.join(' ').replace(/\s+/g, ' ').trim()}` };
     }
-    const name = o.metadata?.name;
-    const resourceVersion = o.metadata?.resourceVersion;
-    if (typeof resourceVersion === 'string' && resourceVersion !== '') this.#resourceVersion = resourceVersion;
-    if (type === 'BOOKMARK') return 'progress';
-    if (typeof name !== 'string') {
-      debug('kubernetes %s: ignored a %s event without a name', this.#name, type);
-      return 'ignored';
+    const metadata = object.metadata;
+    const resourceVersion = metadata !== null && typeof metadata === 'object' ? (metadata as { resourceVersion?: unknown }).resourceVersion : undefined;
+    if (typeof resourceVersion !== 'string' || resourceVersion === '') {
+      return { message: `watching EndpointSlices failed: a ${type} event has no metadata.resourceVersion` };
     }
-    if (type === 'ADDED' || type === 'MODIFIED') this.#slices.set(name, o);
-    else if (type === 'DELETED') this.#slices.delete(name);
-    else return 'ignored';
+    if (type === 'BOOKMARK') {
+      this.#resourceVersion = resourceVersion;
+      return 'progress';
+    }
+    // An event whose slice can't be named can't be applied to any slice: nothing is removed, and
+    // the relist that follows finds out what changed. A deleted slice needs nothing but its name.
+    const name = sliceName(object);
+    if (name === undefined) return { message: `watching EndpointSlices failed: a ${type} event carries no usable object: ${noSlice(object)}` };
+    if (type === 'DELETED') this.#delete(name);
+    else this.#set(readSlice(object, this.#config.port, this.#config.allowed) as ParsedSlice);
+    this.#resourceVersion = resourceVersion;
     // Events that arrive together (a pod moving from one slice to another is a removal and an
     // addition) are folded into one snapshot, so a pod does not blink out between them.
     this.#flushTimer ??= setImmediate(() => {
@@ -359,15 +418,69 @@ class EndpointSliceWatch implements SourceWatch {
     return 'progress';
   }
 
+  /** Takes a new version of a slice, unless it can't be read as a whole and a good one is known. */
+  #set(slice: ParsedSlice): void {
+    const previous = this.#merge.get(slice.name);
+    const keep = slice.unusable && previous !== undefined && !previous.unusable;
+    this.#reportProblems(slice, keep);
+    if (!keep) this.#merge.set(slice);
+  }
+
+  #delete(name: string): void {
+    this.#merge.delete(name);
+    this.#reported.delete(name);
+  }
+
+  /** Reports what a slice version skipped, unless the same was reported for its last version. */
+  #reportProblems(slice: ParsedSlice, kept: boolean): void {
+    if (slice.problems.length === 0) {
+      this.#reported.delete(slice.name);
+      return;
+    }
+    const signature = slice.problems.join('\n');
+    if (this.#reported.get(slice.name) === signature) return;
+    this.#reported.set(slice.name, signature);
+    const { problems } = slice;
+    const shown = problems.slice(0, PROBLEMS_SHOWN).join('; ');
+    const more = problems.length > PROBLEMS_SHOWN ? `; and ${problems.length - PROBLEMS_SHOWN} more` : '';
+    const outcome = !slice.unusable
+      ? `its ${slice.candidates.length} other endpoints are used`
+      : kept
+        ? 'nothing in it is usable, so its last good version stands'
+        : 'nothing in it is usable, and no good version of it is known';
+    let message = `kubernetes discovery of Service ${this.#name}: EndpointSlice ${slice.name}: ${shown}${more} (${outcome})`;
+    debug('%s', message);
+    if (!this.#takeReportToken()) {
+      this.#reportsHeld += 1;
+      return;
+    }
+    if (this.#reportsHeld > 0) {
+      message += `; ${this.#reportsHeld} such reports were held back before this one (NODE_DEBUG=podpool logs each)`;
+      this.#reportsHeld = 0;
+    }
+    this.#sink.error(new InvalidEndpointError(message));
+  }
+
+  /** A token bucket: {@link REPORT_BURST} reports at once, then one per {@link REPORT_INTERVAL_MS}. */
+  #takeReportToken(): boolean {
+    const now = this.#config.clock();
+    const earned = Math.floor((now - this.#reportsRefilledAt) / REPORT_INTERVAL_MS);
+    if (earned > 0) {
+      this.#reportTokens = Math.min(REPORT_BURST, this.#reportTokens + earned);
+      this.#reportsRefilledAt += earned * REPORT_INTERVAL_MS;
+    }
+    if (this.#reportTokens === 0) return false;
+    this.#reportTokens -= 1;
+    return true;
+  }
+
   #flush(): void {
     clearImmediate(this.#flushTimer);
     this.#flushTimer = undefined;
     if (this.#closing.signal.aborted || !this.#listed) return;
-    const next = mergeEndpointSlices(this.#slices.values(), this.#config.port);
-    if (this.#last !== undefined && next.equals(this.#last)) return;
-    this.#last = next;
-    debug('kubernetes %s: %d endpoints (%d ready)', this.#name, next.size, next.ready().length);
+    const next = this.#merge.snapshot();
+    if (next === undefined) return;
+    debug('kubernetes %s: %d endpoints', this.#name, next.size);
     this.#sink.snapshot(next);
   }
 }
-

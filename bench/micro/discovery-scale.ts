@@ -1,0 +1,171 @@
+// The Kubernetes source at 10,000 endpoints (100 EndpointSlices × 100, as the EndpointSlice
+// controller cuts them), against the fake API server on loopback:
+//   first set   from watch() to the first snapshot (list of 100 slices, parse, merge);
+//   one slice   an event that changes one endpoint of one slice, until the snapshot shows it;
+//   swap        one new slice of 10,000 other pods, then the 100 old slices deleted, until the
+//               snapshot is the new pods only.
+// Each figure is the median of --rounds, with the longest event-loop block seen during it; "after
+// write" is the median from the server's last write to the snapshot (the fake server's own work
+// of cloning and serialising the slices, in this process, left out).
+// `--pool` runs the same with a pool over an in-memory transport (every connect succeeds at
+// once), timed to the pool's `change` event (the pool's reconcile included).
+//
+//   node --conditions=podpool-source bench/micro/discovery-scale.ts [--rounds 5] [--events 20] [--pool]
+//
+// Loopback only; bounded by the round and event counts.
+import { monitorEventLoopDelay, performance } from 'node:perf_hooks';
+import { parseArgs } from 'node:util';
+import { createPool, kubernetesEndpoints, type EndpointSet, type EndpointSource, type Transport } from '../../src/index.ts';
+import type { PodpoolError } from '../../src/errors.ts';
+import { endpointSlice, FakeApiServer, podIp, slicesFor, type SliceEndpointInit } from '../../testkit/fake-apiserver.ts';
+
+const { values } = parseArgs({
+  options: {
+    rounds: { type: 'string', default: '5' },
+    events: { type: 'string', default: '20' },
+    pool: { type: 'boolean', default: false },
+  },
+});
+const rounds = Math.max(1, Math.min(20, Number(values.rounds)));
+const events = Math.max(1, Math.min(200, Number(values.events)));
+const SIZE = 10_000;
+const SERVICE = 'bench';
+
+function pods(from: number, to: number, ready = true): SliceEndpointInit[] {
+  const out: SliceEndpointInit[] = [];
+  for (let i = from; i < to; i++) out.push({ ip: podIp(i), pod: `bench-${i}`, ready });
+  return out;
+}
+
+/** Snapshots as they come, wherever they come from (a sink, or a pool's `change` event). */
+class Snapshots {
+  last: EndpointSet | undefined;
+  readonly errors: PodpoolError[] = [];
+  #waiters: { match: (s: EndpointSet) => boolean; resolve: (at: number) => void }[] = [];
+
+  seen(set: EndpointSet): void {
+    const at = performance.now();
+    this.last = set;
+    this.#waiters = this.#waiters.filter((w) => {
+      if (!w.match(set)) return true;
+      w.resolve(at);
+      return false;
+    });
+  }
+
+  /** When the first snapshot `match` accepts arrives (from now on). */
+  next(match: (s: EndpointSet) => boolean): Promise<number> {
+    return new Promise((resolve) => this.#waiters.push({ match, resolve }));
+  }
+}
+
+/** A connection per endpoint that opens at once and carries nothing: the pool's own cost only. */
+const memoryTransport: Transport<object> = {
+  name: 'memory',
+  async connect() {
+    return { client: {}, async close() {} };
+  },
+};
+
+function start(source: EndpointSource, snapshots: Snapshots): () => Promise<void> {
+  if (values.pool) {
+    const pool = createPool({ source, transport: memoryTransport });
+    pool.on('change', (set) => snapshots.seen(set));
+    pool.on('sourceError', (e) => snapshots.errors.push(e));
+    return () => pool.close();
+  }
+  const watch = source.watch({ snapshot: (s) => snapshots.seen(s), error: (e) => snapshots.errors.push(e) });
+  return () => watch.close();
+}
+
+interface Figure {
+  ms: number;
+  /** From the moment the server handed the last event to the socket: the client's share. */
+  afterWriteMs: number;
+  blockedMs: number;
+}
+
+/**
+ * Runs `step` with an event-loop delay histogram around it; `step` resolves with when the
+ * snapshot came and (for events) when the server wrote the last one.
+ */
+async function timed(step: () => Promise<{ seen: number; written?: number }>): Promise<Figure> {
+  const h = monitorEventLoopDelay({ resolution: 5 });
+  h.enable();
+  const started = performance.now();
+  const { seen, written = started } = await step();
+  h.disable();
+  return { ms: seen - started, afterWriteMs: seen - written, blockedMs: h.max / 1e6 };
+}
+
+const figures: Record<'first' | 'slice' | 'swap', Figure[]> = { first: [], slice: [], swap: [] };
+for (let round = 0; round < rounds; round++) {
+  const api = await FakeApiServer.start({ token: 'bench-token' });
+  const snapshots = new Snapshots();
+  let close: (() => Promise<void>) | undefined;
+  try {
+    await api.apply(...slicesFor(SERVICE, pods(0, SIZE)));
+    const source = kubernetesEndpoints({
+      service: SERVICE,
+      namespace: 'default',
+      port: 'http',
+      kubeConfig: api.kubeConfig(),
+    });
+    figures.first.push(
+      await timed(async () => {
+        const first = snapshots.next((s) => s.size === SIZE);
+        close = start(source, snapshots);
+        return { seen: await first };
+      }),
+    );
+    // Wait for the watch to be open, so events are events and not part of a relist.
+    while (api.openWatches === 0) await new Promise((resolve) => setImmediate(resolve));
+    for (let e = 0; e < events; e++) {
+      // Pod e·7 in slice e turns not ready (each event a different slice).
+      const s = e % 100;
+      const target = s * 100 + ((e * 7) % 100);
+      const key = `${podIp(target)}:8080`;
+      const list = pods(s * 100, s * 100 + 100).map((p, i) => (s * 100 + i === target ? { ...p, ready: false } : p));
+      figures.slice.push(
+        await timed(async () => {
+          const seen = snapshots.next((x) => x.get(key)?.ready === false);
+          const { writtenAt } = await api.apply(endpointSlice({ name: `${SERVICE}-${s}`, service: SERVICE, endpoints: list }));
+          return { seen: await seen, written: writtenAt };
+        }),
+      );
+    }
+    const first = `${podIp(SIZE)}:8080`;
+    figures.swap.push(
+      await timed(async () => {
+        const swapped = snapshots.next((x) => x.size === SIZE && x.has(first) && !x.has(`${podIp(0)}:8080`));
+        await api.apply(endpointSlice({ name: `${SERVICE}-all`, service: SERVICE, endpoints: pods(SIZE, 2 * SIZE) }));
+        const { writtenAt } = await api.remove(Array.from({ length: 100 }, (_, i) => `${SERVICE}-${i}`));
+        return { seen: await swapped, written: writtenAt };
+      }),
+    );
+    if (snapshots.errors.length > 0) console.error(`round ${round}: ${snapshots.errors.length} errors, first: ${snapshots.errors[0].message}`);
+  } finally {
+    await close?.();
+    await api.close();
+  }
+}
+
+function median(xs: number[]): number {
+  const s = [...xs].sort((a, b) => a - b);
+  return s.length % 2 ? s[(s.length - 1) / 2] : (s[s.length / 2 - 1] + s[s.length / 2]) / 2;
+}
+
+console.log(
+  `kubernetesEndpoints at ${SIZE} endpoints (100 slices × 100), ${values.pool ? 'pool over an in-memory transport' : 'source only'} (node ${process.version})`,
+);
+console.log(
+  `${'step'.padEnd(44)} ${'runs'.padStart(5)} ${'median ms'.padStart(10)} ${'max ms'.padStart(9)} ${'after write'.padStart(12)} ${'max block ms'.padStart(13)}`,
+);
+const names = { first: 'first set (list 100 slices)', slice: 'one event changing one slice', swap: 'swap to one slice of 10,000 other pods' };
+for (const [step, list] of Object.entries(figures) as [keyof typeof figures, Figure[]][]) {
+  const ms = list.map((f) => f.ms);
+  const after = step === 'first' ? '' : median(list.map((f) => f.afterWriteMs)).toFixed(1);
+  console.log(
+    `${names[step].padEnd(44)} ${String(list.length).padStart(5)} ${median(ms).toFixed(1).padStart(10)} ${Math.max(...ms).toFixed(1).padStart(9)} ${after.padStart(12)} ${Math.max(...list.map((f) => f.blockedMs)).toFixed(1).padStart(13)}`,
+  );
+}
