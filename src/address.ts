@@ -40,6 +40,10 @@ const RANGES: readonly (readonly [AddressRange, BlockList])[] = (
 
 /** The range `address` (an IP address) falls in, or undefined for an ordinary unicast address. */
 export function addressRange(address: string): AddressRange | undefined {
+  // Most answers are ordinary IPv4 addresses, whose first octet rules every range out; BlockList
+  // costs about 2 µs an address, which a Service of 10,000 pods would pay on every relist.
+  const first = address.includes(':') ? NaN : Number(address.slice(0, address.indexOf('.')));
+  if (first > 0 && first < 224 && first !== 127 && first !== 169) return undefined;
   const family = address.includes(':') ? 'ipv6' : 'ipv4';
   for (const [range, list] of RANGES) if (list.check(address, family)) return range;
   return undefined;

@@ -273,7 +273,8 @@ export class Cluster {
       await this.#apiPublished;
     }
     const name = (Object.entries(SERVICE_PORTS).find(([, p]) => p.targetPort === port)?.[0]) ?? port;
-    return kubernetesEndpoints({ service: 'backend', namespace: 'default', port: name, kubeConfig: this.#api.kubeConfig() });
+    // Pods on loopback where the stand-in has no namespace; a real cluster's slices never hold one.
+    return kubernetesEndpoints({ service: 'backend', namespace: 'default', port: name, kubeConfig: this.#api.kubeConfig(), allowAddresses: ['loopback'] });
   }
 
   /** DNS, kube-proxy and the API server learn the ready (and terminating) pods. */
