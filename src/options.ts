@@ -45,7 +45,20 @@ export function invalidOption(name: string, expected: string, got: unknown): nev
  * datagram's sender), what it must be and (unless it may be a secret) what it got.
  */
 export function invalidArgument(name: string, expected: string, got: unknown): never {
-  throw new InvalidArgumentError(`argument ${name} must be ${expected}, got ${describe(name, got)}`);
+  throw invalidArgumentError(name, expected, got);
+}
+
+/** The error {@link invalidArgument} throws, for a caller that reports it instead (a source's bad snapshot). */
+export function invalidArgumentError(name: string, expected: string, got: unknown): InvalidArgumentError {
+  return new InvalidArgumentError(`argument ${name} must be ${expected}, got ${describe(name, got)}`);
+}
+
+/**
+ * Checks an option that must be an `AbortSignal` when given: a wrong one would fail later, in
+ * a timer or a listener, where nobody can catch it.
+ */
+export function checkSignal(name: string, value: unknown): asserts value is AbortSignal | undefined {
+  if (value !== undefined && !(value instanceof AbortSignal)) invalidOption(name, 'an AbortSignal', value);
 }
 
 /** Checks a numeric option at the door: finite, at least `min` (and integral when asked). */
@@ -88,28 +101,62 @@ export function checkFunction(name: string, value: unknown, expected = 'a functi
   if (typeof value !== 'function') invalidOption(name, expected, value);
 }
 
-// Names whose values may be credentials: an error message (and so every log it reaches) shows
-// only what kind of value it was. `key` alone, not every name holding it: `keyFn` is no secret.
-const SECRET = /(^|\.)(key|cert|pfx|ca|passphrase|password|secret|token|credentials?|tls|headers?|authorization|cookie)$/i;
-const SECRET_FIELD = /^(key|cert|pfx|passphrase|password|secret|token|authorization|cookie|proxy-authorization)$/i;
+// What an error message shows of a value it got, so that it (and every log it reaches) never
+// holds a credential: for an option whose name says it may hold one (`tls.key`, `headers`,
+// `apiKey`, `x-api-key`, `privateKey`, `auth`, …), only what kind of value it was; elsewhere the
+// value, with every field of such a name, every byte array and every string that looks like a
+// credential (a PEM block, `Bearer …`, `token=…`, a JWT) or is too long to read replaced by its
+// kind, at any depth. Over-redacting is cheap (`keyFn` prints "a function" either way).
+const SECRET_NAME = /key|cert|pfx|^cas?$|pass|pwd|secret|token|credential|^tls$|header|auth|bearer|cookie|session|signature|jwt|private/i;
+/** Options whose every value is sensitive, whatever the field's own name (`headers['x-tenant']`). */
+const SECRET_CONTAINER = /^(?:headers?|credentials?|secrets?|auth|tls|cookies?)$/i;
+const SECRET_VALUE =
+  /-----BEGIN|\b(?:bearer|basic|digest|negotiate)\s+\S|\beyJ[\w-]{8,}\.[\w-]{8,}|(?:token|key|secret|passw(?:or)?d|pwd|auth|sig(?:nature)?|credential|session)[\w-]*\s*[=:]/i;
+/** Longer strings are shown by their kind: an opaque value that long is more likely a secret than a slip. */
+const MAX_SHOWN_STRING = 64;
+/** A message shows at most this much of an object. */
+const MAX_SHOWN = 200;
+
+/** Whether the option `name` (`tls.key`, `headers['x-api-key']`, `channelOptions`) may hold a secret. */
+function isSecretName(name: string): boolean {
+  const segments = name.split(/[.[\]'"]+/).filter((s) => s !== '');
+  const last = segments.at(-1) ?? name;
+  return SECRET_NAME.test(last) || segments.some((s) => SECRET_CONTAINER.test(s));
+}
+
+function isBytes(value: unknown): boolean {
+  return ArrayBuffer.isView(value) || value instanceof ArrayBuffer || value instanceof SharedArrayBuffer;
+}
+
+/** Whether a value shown inside a message must be replaced by its kind. */
+function hidden(value: unknown): boolean {
+  return isBytes(value) || (typeof value === 'string' && (value.length > MAX_SHOWN_STRING || SECRET_VALUE.test(value)));
+}
 
 function describe(name: string, value: unknown): string {
-  if (SECRET.test(name)) return kindOf(value);
+  if (isSecretName(name) || hidden(value)) return kindOf(value);
   if (typeof value === 'string') return JSON.stringify(value);
   if (typeof value === 'function') return 'a function';
   if (value === null || typeof value !== 'object') return String(value);
+  let shown: string | undefined;
   try {
-    // A secret can hide one level down too (`{ authorization: … }` passed where it should not be).
-    return JSON.stringify(value, (field, v: unknown) => (field !== '' && SECRET_FIELD.test(field) ? `(${kindOf(v)})` : v));
+    shown = JSON.stringify(value, function (this: Record<string, unknown>, field: string, v: unknown): unknown {
+      if (field === '') return v;
+      // `this[field]`, not `v`: JSON.stringify has already turned a Buffer into { type, data } by now.
+      const original = this[field];
+      return SECRET_NAME.test(field) || hidden(original) ? `(${kindOf(original)})` : v;
+    });
   } catch {
-    return Object.prototype.toString.call(value);
+    // A cycle, a BigInt: the kind of object is what there is to say.
   }
+  if (shown === undefined) return Object.prototype.toString.call(value);
+  return shown.length > MAX_SHOWN ? `${shown.slice(0, MAX_SHOWN)}…` : shown;
 }
 
 function kindOf(value: unknown): string {
   if (value === null) return 'null';
   if (Array.isArray(value)) return `an array of ${value.length}`;
-  if (value instanceof Uint8Array) return `${value.length} bytes`;
+  if (ArrayBuffer.isView(value) || value instanceof ArrayBuffer || value instanceof SharedArrayBuffer) return `${value.byteLength} bytes`;
   if (typeof value === 'string') return `a string of ${Buffer.byteLength(value)} bytes`;
   if (typeof value === 'object') return 'an object';
   if (typeof value === 'function') return 'a function';
@@ -119,8 +166,8 @@ function kindOf(value: unknown): string {
 /**
  * The known name closest to `key` when it is close enough to be a slip: the case ignored,
  * within one edit for short names and a third of the length for longer ones, or the start of a
- * name left without its unit (`ballancer` finds `balancer`, `decay` finds `decayMs`, `port`
- * does not find `path`).
+ * name left without its unit, or its singular for its plural (`ballancer` finds `balancer`,
+ * `decay` finds `decayMs`, `retry` finds `retries`, `port` does not find `path`).
  */
 function closest(key: string, known: OptionNames): string | undefined {
   const lower = key.toLowerCase();
@@ -128,13 +175,19 @@ function closest(key: string, known: OptionNames): string | undefined {
   let bestDistance = Math.max(1, Math.floor(key.length / 3)) + 1;
   for (const name of known) {
     const other = name.toLowerCase();
-    const d = lower.length >= 3 && other.startsWith(lower) ? 1 : distance(lower, other);
+    const d = (lower.length >= 3 && other.startsWith(lower)) || singular(lower) === singular(other) ? 1 : distance(lower, other);
     if (d < bestDistance) {
       best = name;
       bestDistance = d;
     }
   }
   return best;
+}
+
+/** `retries` → `retry`, `choices` → `choice`: a plural for a singular is a slip, however many letters it takes. */
+function singular(name: string): string {
+  if (name.endsWith('ies')) return `${name.slice(0, -3)}y`;
+  return name.endsWith('s') ? name.slice(0, -1) : name;
 }
 
 /** Edit distance counting a swap of two neighbours as one edit (optimal string alignment). */

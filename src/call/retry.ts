@@ -92,7 +92,7 @@ export class RetryBudget {
   #slot = 0;
 
   constructor(options: RetryBudgetOptions | undefined, clock: () => number) {
-    checkOptions(options ?? {}, BUDGET_OPTIONS, 'retryBudget');
+    if (options !== undefined) checkOptions(options, BUDGET_OPTIONS, 'retryBudget');
     const { ratio = 0.2, minPerSecond = 10, windowMs = 10_000 } = options ?? {};
     checkNumber('retryBudget.ratio', ratio, { min: 0 });
     checkNumber('retryBudget.minPerSecond', minPerSecond, { min: 0 });

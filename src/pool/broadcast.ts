@@ -1,7 +1,7 @@
 import pRetry from 'p-retry';
 import type { Endpoint } from '../endpoint.ts';
-import { InvalidOptionError, NotConnectedError, TimeoutError, abortError } from '../errors.ts';
-import { checkNumber } from '../options.ts';
+import { NotConnectedError, TimeoutError, abortError } from '../errors.ts';
+import { checkDelay, checkNumber, checkOptions, checkSignal, invalidOption, optionNames } from '../options.ts';
 import { byEndpointKey, type Member } from './member.ts';
 
 /** Options of `pool.broadcast()`. */
@@ -58,15 +58,25 @@ export interface FanOutPlan {
   readonly signal: AbortSignal | undefined;
 }
 
+const BROADCAST_OPTIONS = optionNames<BroadcastOptions>({ concurrency: true, timeoutMs: true, retries: true, signal: true, id: true });
+
+/**
+ * A broadcast's retries per pod: its backoff reaches its 2 s ceiling by the sixth, so 100 keep
+ * trying a pod for over three minutes; more, without a `timeoutMs`, would hold the broadcast on
+ * one dead pod for days.
+ */
+const MAX_RETRIES = 100;
+
 /** Checks broadcast options at the door. */
 export function planBroadcast(options: BroadcastOptions | undefined): FanOutPlan {
+  if (options !== undefined) checkOptions(options, BROADCAST_OPTIONS);
   const { concurrency = Infinity, timeoutMs, retries = 0, signal, id = crypto.randomUUID() } = options ?? {};
   checkNumber('concurrency', concurrency, { min: 1, integer: true, allowInfinity: true });
-  if (timeoutMs !== undefined) checkNumber('timeoutMs', timeoutMs, { min: 1 });
+  if (timeoutMs !== undefined) checkDelay('timeoutMs', timeoutMs);
   checkNumber('retries', retries, { min: 0, integer: true });
-  if (typeof id !== 'string' || id === '') {
-    throw new InvalidOptionError(`option id must be a non-empty string, got ${String(id)}`);
-  }
+  if (retries > MAX_RETRIES) invalidOption('retries', `an integer from 0 to ${MAX_RETRIES}`, retries);
+  checkSignal('signal', signal);
+  if (typeof id !== 'string' || id === '') invalidOption('id', 'a non-empty string', id);
   return { id, concurrency, timeoutMs, retries, signal };
 }
 

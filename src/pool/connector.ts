@@ -3,7 +3,7 @@ import { debuglog } from 'node:util';
 import { messageOf } from '../abort.ts';
 import { backoffMs, type BackoffPolicy } from '../backoff.ts';
 import { ConnectFailedError, ConnectionLostError, NotConnectedError, type PodpoolError } from '../errors.ts';
-import { checkNumber, checkOptions, optionNames } from '../options.ts';
+import { checkDelay, checkNumber, checkOptions, optionNames } from '../options.ts';
 import type { ConnectContext, Connection, Transport } from '../transport/transport.ts';
 import type { Member } from './member.ts';
 
@@ -28,8 +28,8 @@ const RECONNECT_OPTIONS = optionNames<ReconnectOptions>({ minMs: true, maxMs: tr
 export function reconnectPolicy(options: ReconnectOptions): ReconnectPolicy {
   checkOptions(options, RECONNECT_OPTIONS, 'reconnect');
   const { minMs = 100, maxMs = 10_000, factor = 2 } = options;
-  checkNumber('reconnect.minMs', minMs, { min: 1 });
-  checkNumber('reconnect.maxMs', maxMs, { min: minMs });
+  checkDelay('reconnect.minMs', minMs);
+  checkDelay('reconnect.maxMs', maxMs, minMs);
   checkNumber('reconnect.factor', factor, { min: 1 });
   return { minMs, maxMs, factor };
 }

@@ -1,5 +1,5 @@
 import { EjectedError, type PodpoolError } from '../errors.ts';
-import { checkNumber, checkOptions, invalidOption, optionNames } from '../options.ts';
+import { checkDelay, checkNumber, checkOptions, invalidOption, optionNames } from '../options.ts';
 
 /**
  * Outlier ejection, as Envoy's `consecutive_5xx`: a member whose calls fail this many times in a
@@ -36,8 +36,10 @@ export function ejectionPolicy(options: EjectionOptions | false | undefined): Ej
   if (options !== undefined) checkOptions(options, OPTIONS, 'ejection');
   const { consecutiveFailures = 5, baseMs = 10_000, maxMs = 300_000, maxPercent = 50 } = options ?? {};
   checkNumber('ejection.consecutiveFailures', consecutiveFailures, { min: 1, integer: true });
-  checkNumber('ejection.baseMs', baseMs, { min: 1 });
-  checkNumber('ejection.maxMs', maxMs, { min: baseMs });
+  // Each checked against what a timer holds before maxMs is checked against baseMs: a baseMs of
+  // 2^32 is the option to blame, not the default maxMs below it.
+  checkDelay('ejection.baseMs', baseMs);
+  checkDelay('ejection.maxMs', maxMs, baseMs);
   checkNumber('ejection.maxPercent', maxPercent, { min: 0 });
   if (maxPercent > 100) invalidOption('ejection.maxPercent', 'a number from 0 to 100', maxPercent);
   return { consecutiveFailures, baseMs, maxMs, maxPercent };

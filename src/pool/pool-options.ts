@@ -3,11 +3,12 @@ import type { Balancer } from '../balance/balancer.ts';
 import { slowStartPolicy, type SlowStartOptions, type SlowStartPolicy } from '../balance/slow-start.ts';
 import { roundRobin } from '../balance/round-robin.ts';
 import type { EndpointSource } from '../discovery/source.ts';
-import { checkDeadline, checkNumber, checkOptions, invalidOption, optionNames } from '../options.ts';
+import { checkDeadline, checkDelay, checkNumber, checkOptions, checkSignal, invalidOption, optionNames } from '../options.ts';
 import type { CallPlan } from '../call/call.ts';
 import { hedgePolicy, type HedgeOptions, type HedgePolicy } from '../call/hedge.ts';
 import { retryPolicy, type RetryBudgetOptions, type RetryOptions, type RetryPolicy } from '../call/retry.ts';
 import type { Transport } from '../transport/transport.ts';
+import type { BeginOptions } from './adapter-pool.ts';
 import { reconnectPolicy, type ReconnectOptions, type ReconnectPolicy } from './connector.ts';
 import { ejectionPolicy, type EjectionOptions, type EjectionPolicy } from './ejection.ts';
 
@@ -76,6 +77,18 @@ export interface PoolOptions<C> {
   /** Random numbers in [0, 1) for balancers; default `Math.random`. */
   random?: () => number;
 }
+
+const USE_OPTIONS = optionNames<UseOptions>({
+  key: true,
+  signal: true,
+  timeoutMs: true,
+  waitForReady: true,
+  failedResult: true,
+  retry: true,
+  hedge: true,
+});
+const READY_OPTIONS = optionNames<ReadyOptions>({ minEndpoints: true, signal: true, timeoutMs: true });
+const BEGIN_OPTIONS = optionNames<BeginOptions>({ key: true, signal: true, timeoutMs: true, failFast: true, avoid: true });
 
 /** Options of `pool.use()`. */
 export interface UseOptions<T = unknown> {
@@ -159,7 +172,7 @@ export function checkPoolOptions<C>(options: PoolOptions<C>): PoolSettings<C> {
   if (balancer === null || typeof balancer !== 'object' || typeof balancer.picker !== 'function') {
     invalidOption('balancer', 'a balancer (roundRobin(), leastLoaded(), …)', balancer);
   }
-  checkNumber('drainTimeoutMs', drainTimeoutMs, { min: 0 });
+  checkDelay('drainTimeoutMs', drainTimeoutMs, 0);
   const reconnectBackoff = reconnectPolicy(reconnect);
   const ejection = ejectionPolicy(options.ejection);
   const clock = options.clock ?? performance.now.bind(performance);
@@ -179,9 +192,13 @@ export const DEFAULT_CALL_TIMEOUT_MS = 30_000;
 
 /** The plan of a `use()` call: the pool's `defaults` with the call's options over them. */
 export function callPlan<T>(defaults: CallPlan<unknown>, options: UseOptions<T>): CallPlan<T> {
+  checkOptions(options, USE_OPTIONS);
   const { key, signal, timeoutMs = defaults.timeoutMs, failedResult, waitForReady = true } = options;
+  checkKey(key);
+  checkSignal('signal', signal);
   checkDeadline('timeoutMs', timeoutMs);
   if (failedResult !== undefined && typeof failedResult !== 'function') invalidOption('failedResult', 'a function (result) => boolean', failedResult);
+  if (typeof waitForReady !== 'boolean') invalidOption('waitForReady', 'a boolean', waitForReady);
   return {
     key,
     signal,
@@ -189,7 +206,34 @@ export function callPlan<T>(defaults: CallPlan<unknown>, options: UseOptions<T>)
     failedResult,
     retry: options.retry === undefined ? defaults.retry : retryPolicy(options.retry, defaults.retry),
     hedge: options.hedge === undefined ? defaults.hedge : hedgePolicy(options.hedge),
-    waitForReady: waitForReady !== false,
+    waitForReady,
     what: defaults.what,
   };
+}
+
+/** An affinity key: a string, which `ringHash()` hashes (a number would hash as nothing at all). */
+function checkKey(key: unknown): void {
+  if (key !== undefined && typeof key !== 'string') invalidOption('key', 'a string', key);
+}
+
+/**
+ * Checks `ready()`'s options; returns its wait's limit (`undefined`: none, as for `Infinity`).
+ */
+export function checkReadyOptions(options: ReadyOptions): { minEndpoints: number; signal: AbortSignal | undefined; timeoutMs: number | undefined } {
+  checkOptions(options, READY_OPTIONS);
+  const { minEndpoints = 1, signal, timeoutMs } = options;
+  checkNumber('minEndpoints', minEndpoints, { min: 1, integer: true });
+  checkSignal('signal', signal);
+  const limit = timeoutMs === undefined ? Infinity : checkDeadline('timeoutMs', timeoutMs, 0);
+  return { minEndpoints, signal, timeoutMs: limit === Infinity ? undefined : limit };
+}
+
+/** Checks `beginWhenReady()`'s options, as an adapter passes them (or a caller of its own). */
+export function checkBeginOptions(options: BeginOptions): void {
+  checkOptions(options, BEGIN_OPTIONS);
+  const { key, signal, timeoutMs, failFast } = options;
+  checkKey(key);
+  checkSignal('signal', signal);
+  if (timeoutMs !== undefined) checkDelay('timeoutMs', timeoutMs, 0);
+  if (failFast !== undefined && typeof failFast !== 'boolean') invalidOption('failFast', 'a boolean', failFast);
 }

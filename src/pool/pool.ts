@@ -1,13 +1,14 @@
 import { EventEmitter } from 'node:events';
 import { debuglog } from 'node:util';
+import { messageOf } from '../abort.ts';
 import type { Balancer, Picker, PickerContext } from '../balance/balancer.ts';
 import { slowStartPicker, type SlowStartPolicy } from '../balance/slow-start.ts';
 import { Calls, type CallFn, type CallPlan, type PoolCall } from '../call/call.ts';
 import { NO_RETRY, RetryBudget, retryDelayMs, type RetryGate, type RetryPolicy } from '../call/retry.ts';
-import type { EndpointSource, SourceWatch } from '../discovery/source.ts';
-import type { Endpoint, EndpointSet } from '../endpoint.ts';
-import { abortError, type PodpoolError } from '../errors.ts';
-import { checkNumber } from '../options.ts';
+import type { EndpointSource, SourceSink, SourceWatch } from '../discovery/source.ts';
+import { EndpointSet, type Endpoint } from '../endpoint.ts';
+import { DiscoveryFailedError, PodpoolError, abortError } from '../errors.ts';
+import { invalidArgument, invalidArgumentError } from '../options.ts';
 import type { Transport } from '../transport/transport.ts';
 import type { AdapterPool, BeginOptions, PoolConnectivity } from './adapter-pool.ts';
 import { broadcastTargets, fanOut, notConnected, planBroadcast, type BroadcastOptions, type BroadcastResult, type Delivery } from './broadcast.ts';
@@ -16,7 +17,7 @@ import { Ejection } from './ejection.ts';
 import { Membership } from './membership.ts';
 import { byEndpointKey, type Member, type MemberEvents, type MemberState, type MemberStats } from './member.ts';
 import { emitGuarded, type PoolEvents } from './events.ts';
-import { DEFAULT_READY_WAIT_MS, callPlan, checkPoolOptions, type PoolOptions, type ReadyOptions, type UseOptions } from './pool-options.ts';
+import { DEFAULT_READY_WAIT_MS, callPlan, checkBeginOptions, checkPoolOptions, checkReadyOptions, type PoolOptions, type ReadyOptions, type UseOptions } from './pool-options.ts';
 import { Waits, closedError } from './waiting.ts';
 
 const debug = debuglog('podpool');
@@ -132,15 +133,55 @@ export class Pool<C> extends EventEmitter<PoolEvents> implements AdapterPool<C> 
       situation: (waited) => this.#membership.situation(waited),
     });
     this.#picker = balancer.picker(this.#pickable, this.#context);
-    this.#watch = source.watch({
-      snapshot: (endpoints) => this.#reconcile(endpoints),
-      error: (error) => {
-        this.#membership.discoveryFailed(error);
-        debug('source %s: %s', source.kind, error.message);
-        this.#emit('sourceError', error);
-        this.#waits.wake();
+    this.#watch = this.#startWatch(source);
+  }
+
+  /**
+   * Starts discovery, holding the source to its contract: a snapshot that is not an
+   * `EndpointSet`, an error that is not a `PodpoolError`, a `watch()` that throws or returns no
+   * handle to close are reported as `sourceError`s (the last good set stays), never thrown
+   * into the source or out of `close()`.
+   */
+  #startWatch(source: EndpointSource): SourceWatch {
+    const { kind } = source;
+    const sink: SourceSink = {
+      snapshot: (endpoints) => {
+        if (endpoints instanceof EndpointSet) this.#reconcile(endpoints);
+        else this.#sourceFailed(invalidArgumentError(`snapshot of the ${kind} source`, 'an EndpointSet (the pool keeps its last good set)', endpoints));
       },
-    });
+      error: (error) => {
+        this.#sourceFailed(
+          error instanceof PodpoolError
+            ? error
+            : new DiscoveryFailedError(`the ${kind} source failed: ${messageOf(error)}`, { cause: error }),
+        );
+      },
+    };
+    let watch: unknown;
+    try {
+      watch = source.watch(sink);
+    } catch (error) {
+      return this.#noWatch(new DiscoveryFailedError(`the ${kind} source's watch() threw: ${messageOf(error)}`, { cause: error }));
+    }
+    if (watch === null || typeof watch !== 'object' || typeof (watch as SourceWatch).close !== 'function') {
+      return this.#noWatch(
+        new DiscoveryFailedError(`the ${kind} source's watch() returned ${watch === null || typeof watch !== 'object' ? String(watch) : 'an object without close()'}, not a handle to stop it with: the pool can't stop its discovery`),
+      );
+    }
+    return watch as SourceWatch;
+  }
+
+  /** A watch that could not be started (or can't be stopped): reported once listeners can hear it. */
+  #noWatch(error: PodpoolError): SourceWatch {
+    queueMicrotask(() => this.#sourceFailed(error));
+    return { close: () => Promise.resolve() };
+  }
+
+  #sourceFailed(error: PodpoolError): void {
+    this.#membership.discoveryFailed(error);
+    debug('source %s: %s', this.#source.kind, error.message);
+    this.#emit('sourceError', error);
+    this.#waits.wake();
   }
 
   /** The source's kind (`static`, `dns`, `kubernetes`), as `stats().source` reports it. */
@@ -167,9 +208,7 @@ export class Pool<C> extends EventEmitter<PoolEvents> implements AdapterPool<C> 
    * `PODPOOL_TIMEOUT` (saying what is missing), `PODPOOL_ABORTED` or `PODPOOL_CLOSED`.
    */
   async ready(options: ReadyOptions = {}): Promise<void> {
-    const { minEndpoints = 1, signal, timeoutMs } = options;
-    checkNumber('minEndpoints', minEndpoints, { min: 1, integer: true });
-    if (timeoutMs !== undefined) checkNumber('timeoutMs', timeoutMs, { min: 0 });
+    const { minEndpoints, signal, timeoutMs } = checkReadyOptions(options);
     if (this.#closing) throw closedError('ready()');
     if (signal?.aborted) throw abortError(signal, 'ready()');
     if (this.#pickable.length >= minEndpoints) return;
@@ -186,6 +225,7 @@ export class Pool<C> extends EventEmitter<PoolEvents> implements AdapterPool<C> 
     let member: Member<C> | undefined;
     let plan: CallPlan<T>;
     try {
+      if (typeof fn !== 'function') invalidArgument('fn', 'a function (client, endpoint, signal) => result', fn);
       if (this.#closing) throw closedError('use()');
       // Checked before the pick: a bad option is the caller's bug whether or not a pod is ready.
       plan = options === undefined ? (this.#plan as CallPlan<T>) : callPlan(this.#plan, options);
@@ -228,6 +268,7 @@ export class Pool<C> extends EventEmitter<PoolEvents> implements AdapterPool<C> 
     fn: (client: C, endpoint: Endpoint, delivery: Delivery) => T | PromiseLike<T>,
     options?: BroadcastOptions,
   ): Promise<BroadcastResult<T>> {
+    if (typeof fn !== 'function') invalidArgument('fn', 'a function (client, endpoint, { id, attempt, signal }) => result', fn);
     const plan = planBroadcast(options);
     if (this.#closing) throw closedError('broadcast()');
     const targets = broadcastTargets(this.#membership.values());
@@ -278,8 +319,12 @@ export class Pool<C> extends EventEmitter<PoolEvents> implements AdapterPool<C> 
    * pickable; it never polls.
    */
   beginWhenReady(options: BeginOptions = {}): Promise<PoolCall<C>> {
+    try {
+      checkBeginOptions(options);
+    } catch (error) {
+      return Promise.reject(error);
+    }
     const { key, signal, timeoutMs, failFast = false, avoid } = options;
-    if (timeoutMs !== undefined) checkNumber('timeoutMs', timeoutMs, { min: 0 });
     if (this.#closing) return Promise.reject(closedError('beginWhenReady()'));
     return new Promise((resolve, reject) => {
       const picked = (m: Member<C>): void => {
@@ -324,13 +369,22 @@ export class Pool<C> extends EventEmitter<PoolEvents> implements AdapterPool<C> 
 
   async #shutdown(): Promise<void> {
     clearTimeout(this.#warmTimer);
-    const watchClosed = this.#watch.close();
+    const watchClosed = this.#closeWatch();
     this.#waits.failAll(closedError('the wait'));
     const members = [...this.#membership.values()];
     for (const m of members) this.#membership.drain(m);
     await Promise.all([watchClosed, ...members.map((m) => m.closed.promise)]);
     await this.#connector.settled();
     debug('pool closed');
+  }
+
+  /** Stops discovery; a watch whose close() throws or rejects is reported, and the pool still closes. */
+  async #closeWatch(): Promise<void> {
+    try {
+      await this.#watch.close();
+    } catch (error) {
+      this.#sourceFailed(new DiscoveryFailedError(`stopping the ${this.#source.kind} source failed: ${messageOf(error)}`, { cause: error }));
+    }
   }
 
   // ---- state changes -----------------------------------------------------------------------
