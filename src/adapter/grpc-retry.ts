@@ -107,8 +107,9 @@ export function methodRetries(serviceConfig: unknown, fallback: MethodRetry | un
   if (typeof config === 'string') {
     try {
       config = JSON.parse(config) as unknown;
-    } catch (error) {
-      invalidOption('serviceConfig', `a service config object or its JSON (${(error as Error).message})`, serviceConfig);
+    } catch {
+      // Not JSON.parse's message: it quotes the text around the fault, which may hold anything.
+      invalidOption('serviceConfig', 'a service config object or its JSON (this string does not parse as JSON)', serviceConfig);
     }
   }
   checkOptions(config, CONFIG_KEYS, 'serviceConfig');

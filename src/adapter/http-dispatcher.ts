@@ -1,6 +1,6 @@
 import { Dispatcher } from 'undici';
 import { ClosedError, ErrorCode, PodpoolError } from '../errors.ts';
-import { checkNumber, checkOptions, invalidOption, optionNames } from '../options.ts';
+import { checkDelay, checkNumber, checkOptions, invalidOption, optionNames } from '../options.ts';
 import type { PoolCall } from '../call/call.ts';
 import type { AdapterPool } from '../pool/adapter-pool.ts';
 import { RequestRelay, type CallerHandler, type RelaySettings } from './http-relay.ts';
@@ -102,7 +102,7 @@ export class PoolDispatcher extends Dispatcher {
     checkOptions(options, DISPATCHER_OPTIONS);
     const { waitForReady = true, readyTimeoutMs = 10_000 } = options;
     if (typeof waitForReady !== 'boolean') invalidOption('waitForReady', 'a boolean', waitForReady);
-    checkNumber('readyTimeoutMs', readyTimeoutMs, { min: 1 });
+    checkDelay('readyTimeoutMs', readyTimeoutMs);
     this.#settings = Object.freeze({ pool, waitForReady, readyTimeoutMs, ...retrySettings(pool, options.retry) });
   }
 

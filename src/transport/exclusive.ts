@@ -2,7 +2,7 @@ import genericPool, { type Pool as GenericPool } from 'generic-pool';
 import { debuglog } from 'node:util';
 import type { Endpoint } from '../endpoint.ts';
 import { ClosedError, ConnectFailedError, ErrorCode, PodpoolError, TimeoutError, abortError } from '../errors.ts';
-import { checkFunction, checkNumber, checkOptions, invalidOption, optionNames } from '../options.ts';
+import { checkDelay, checkFunction, checkNumber, checkOptions, invalidOption, optionNames } from '../options.ts';
 import { messageOf, reasonOf, untilAborted } from '../abort.ts';
 import type { ConnectContext, Connection, Transport } from './transport.ts';
 
@@ -76,6 +76,7 @@ export function exclusiveTransport<C>(factory: ExclusiveFactory<C>, options: Exc
   checkNumber('perEndpoint', perEndpoint, { min: 1, integer: true });
   // Finite on purpose: without acquireTimeoutMillis a generic-pool caller can wait forever.
   checkNumber('acquireTimeoutMs', acquireTimeoutMs, { min: 1, integer: true });
+  checkDelay('acquireTimeoutMs', acquireTimeoutMs);
 
   return {
     name: 'exclusive',

@@ -10,7 +10,8 @@ import {
   type ClientOptions,
 } from '@grpc/grpc-js';
 import { endpointKey, type Endpoint } from '../endpoint.ts';
-import { checkNumber, checkOptions, invalidOption, optionNames } from '../options.ts';
+import { InvalidOptionError } from '../errors.ts';
+import { MAX_DELAY_MS, checkDelay, checkNumber, checkOptions, invalidOption, optionNames } from '../options.ts';
 import { OwnSockets } from './grpc-sockets.ts';
 import type { ConnectContext, Connection, Transport } from './transport.ts';
 
@@ -138,14 +139,12 @@ export function grpcTransport<C extends Client>(
   for (const name of ['channelOverride', 'channelFactoryOverride'] as const) {
     if (name in channelOptions) invalidOption(`channelOptions.${name}`, 'left out: podpool makes one channel per pod', '(set)');
   }
-  for (const name of KEEPALIVE_OPTIONS) {
-    if (name in channelOptions) checkNumber(`channelOptions['${name}']`, channelOptions[name], { min: 1, integer: true });
-  }
+  checkChannelOptions(channelOptions);
   const permit = channelOptions['grpc.keepalive_permit_without_calls'];
   if (permit !== undefined && permit !== 0 && permit !== 1) {
     invalidOption("channelOptions['grpc.keepalive_permit_without_calls']", '0 or 1', permit);
   }
-  checkNumber('connectTimeoutMs', connectTimeoutMs, { min: 1 });
+  checkDelay('connectTimeoutMs', connectTimeoutMs);
 
   const clientOptions: ClientOptions = {
     ...CHANNEL_DEFAULTS,
@@ -192,6 +191,32 @@ export function grpcTransport<C extends Client>(
       return code === status.UNAVAILABLE && typeof details === 'string' && NO_CONNECTION.test(details);
     },
   };
+}
+
+/** The `channelOptions` keys that are not grpc-js channel arguments (`grpc.…`, `grpc-node.…`). */
+const CLIENT_KEYS: ReadonlySet<string> = new Set(['interceptors', 'interceptor_providers', 'callInvocationTransformer']);
+
+/**
+ * Checks `channelOptions` as far as grpc-js would not: it ignores a name it does not know (a
+ * `keepalive_time_ms` without its `grpc.`), and hands an `…_ms` value to a timer as it is, where
+ * one past 2^31 - 1 ms fires after 1 ms.
+ */
+function checkChannelOptions(channelOptions: object): void {
+  for (const [key, value] of Object.entries(channelOptions)) {
+    const name = `channelOptions['${key}']`;
+    if (!CLIENT_KEYS.has(key) && !key.startsWith('grpc.') && !key.startsWith('grpc-node.')) {
+      throw new InvalidOptionError(
+        `unknown option ${name}${/^[a-z0-9_.]+$/.test(key) ? ` (did you mean channelOptions['grpc.${key}']?)` : ''}; grpc-js channel options are named grpc.… or grpc-node.…, besides ${[...CLIENT_KEYS].join(', ')}`,
+      );
+    }
+    if ((KEEPALIVE_OPTIONS as readonly string[]).includes(key)) {
+      checkNumber(name, value, { min: 1, integer: true });
+      checkDelay(name, value);
+    } else if (key.endsWith('_ms') && (typeof value !== 'number' || Number.isNaN(value) || value > MAX_DELAY_MS)) {
+      // Below 0 is grpc-js's own "none" for some of them (-1).
+      invalidOption(name, `a number of ms up to ${MAX_DELAY_MS}`, value);
+    }
+  }
 }
 
 /** `ipv4:10.0.0.1:50051` / `ipv6:[fd00::1]:50051`: dialled as is, with no DNS resolver behind it. */

@@ -3,7 +3,10 @@ import type { Duplex } from 'node:stream';
 import type { ConnectionOptions } from 'node:tls';
 import { Client, Dispatcher, Pool as UndiciPool, type buildConnector } from 'undici';
 import type { Endpoint } from '../endpoint.ts';
-import { checkNumber, checkOptions, invalidOption, optionNames } from '../options.ts';
+import { messageOf } from '../abort.ts';
+import { InvalidOptionError } from '../errors.ts';
+import { checkDelay, checkNumber, checkOptions, invalidOption, optionNames } from '../options.ts';
+import { checkTls } from './tls.ts';
 import { PodSockets, openSocket, type Dial } from './http-sockets.ts';
 import type { Connection, Transport } from './transport.ts';
 
@@ -56,6 +59,61 @@ const TRANSPORT_OPTIONS = optionNames<HttpTransportOptions>({
   client: true,
 });
 
+type ClientOptions = NonNullable<HttpTransportOptions['client']>;
+
+/**
+ * undici's options for dialling, which it ignores once it is given a `connect` function, as
+ * every pod's `Client` is: the transport opens the sockets, with `tls` and `connectTimeoutMs`.
+ */
+const DIAL_OPTIONS = ['connectTimeout', 'socketPath', 'localAddress', 'maxCachedSessions', 'autoSelectFamily', 'autoSelectFamilyAttemptTimeout', 'tls'] as const;
+
+/**
+ * undici's `Client` options that take effect on a pod's `Client`, for telling a misspelled one
+ * (`headerTimeout`) from a real one: not the ones undici 8 removed (it refuses them), nor those
+ * for dialling ({@link DIAL_OPTIONS}).
+ */
+const CLIENT_OPTIONS = optionNames<Omit<ClientOptions, 'socketTimeout' | 'requestTimeout' | 'idleTimeout' | 'keepAlive' | 'maxKeepAliveTimeout' | (typeof DIAL_OPTIONS)[number]>>({
+  maxHeaderSize: true,
+  headersTimeout: true,
+  bodyTimeout: true,
+  keepAliveTimeout: true,
+  keepAliveMaxTimeout: true,
+  keepAliveTimeoutThreshold: true,
+  strictContentLength: true,
+  maxRequestsPerClient: true,
+  maxResponseSize: true,
+  webSocket: true,
+  eventSource: true,
+  maxConcurrentStreams: true,
+  initialWindowSize: true,
+  connectionWindowSize: true,
+  pingInterval: true,
+  h2Options: true,
+  useMilo: true,
+});
+
+/** `client` options undici reads as timers: refused past what a timer holds, as podpool's own. */
+const CLIENT_DELAYS = ['headersTimeout', 'bodyTimeout', 'keepAliveTimeout', 'keepAliveMaxTimeout', 'keepAliveTimeoutThreshold', 'pingInterval'] as const;
+
+/** Checks `client` at the door: known names, timers a timer holds, nothing silently ignored. */
+function checkClientOptions(client: unknown): asserts client is ClientOptions {
+  if (client === null || typeof client !== 'object' || Array.isArray(client)) invalidOption('client', 'undici Client options', client);
+  for (const name of ['allowH2', 'useH2c'] as const) {
+    if (name in client) invalidOption(`client.${name}`, 'left out: use the http2 option', (client as Record<string, unknown>)[name]);
+  }
+  for (const name of ['connect', 'pipelining', 'connections'] as const) {
+    if (name in client) invalidOption(`client.${name}`, `left out: ${name === 'connect' ? 'the transport opens the sockets (see tls and connectTimeoutMs)' : `use the transport's ${name} option`}`, (client as Record<string, unknown>)[name]);
+  }
+  for (const name of DIAL_OPTIONS) {
+    if (name in client) invalidOption(`client.${name}`, 'left out: the transport opens the sockets itself (see its tls and connectTimeoutMs options)', (client as Record<string, unknown>)[name]);
+  }
+  checkOptions(client, CLIENT_OPTIONS, 'client');
+  for (const name of CLIENT_DELAYS) {
+    const value = (client as Record<string, unknown>)[name];
+    if (value !== undefined) checkDelay(`client.${name}`, value, 0);
+  }
+}
+
 /**
  * An HTTP status that counts against the pod that sent it: a 5xx (it failed) or a 429 (it is
  * overloaded and says so). A 4xx otherwise is the request's fault.
@@ -102,24 +160,27 @@ const DEFAULT_H2_STREAMS = 100;
  */
 export function httpTransport(options: HttpTransportOptions = {}): Transport<Dispatcher> {
   checkOptions(options, TRANSPORT_OPTIONS);
-  const { connections = 1, http2 = false, tls, connectTimeoutMs = 10_000, client: clientOptions = {} } = options;
+  const { connections = 1, http2 = false, connectTimeoutMs = 10_000, client: clientOptions = {} } = options;
   checkNumber('connections', connections, { min: 1, integer: true });
   if (typeof http2 !== 'boolean') invalidOption('http2', 'a boolean', http2);
   if (http2 && options.pipelining !== undefined) {
     invalidOption('pipelining', 'left out with http2: HTTP/2 carries concurrent requests as streams (client.maxConcurrentStreams)', options.pipelining);
   }
-  checkNumber('connectTimeoutMs', connectTimeoutMs, { min: 1 });
-  if (tls !== undefined && (tls === null || typeof tls !== 'object')) invalidOption('tls', 'TLS connection options', tls);
-  if (clientOptions === null || typeof clientOptions !== 'object') invalidOption('client', 'undici Client options', clientOptions);
-  for (const name of ['allowH2', 'useH2c'] as const) {
-    if (name in clientOptions) invalidOption(`client.${name}`, 'left out: use the http2 option', (clientOptions as Record<string, unknown>)[name]);
-  }
+  checkDelay('connectTimeoutMs', connectTimeoutMs);
+  const tls = options.tls === undefined ? undefined : checkTls(options.tls);
+  checkClientOptions(clientOptions);
   // Over HTTP/2, undici counts `pipelining` until the first connection says it speaks HTTP/2;
   // as many as the streams keeps a burst of first requests on one connection.
   const { maxConcurrentStreams = DEFAULT_H2_STREAMS } = clientOptions as { maxConcurrentStreams?: number };
   const pipelining = http2 ? maxConcurrentStreams : (options.pipelining ?? 1);
-  checkNumber('pipelining', pipelining, { min: 1, integer: true });
+  checkNumber(http2 ? 'client.maxConcurrentStreams' : 'pipelining', pipelining, { min: 1, integer: true });
   const dial: Dial = { tls, http2, timeoutMs: connectTimeoutMs };
+  // What undici itself would refuse when the first pod connects, refused here instead.
+  try {
+    void new Client('http://127.0.0.1:1', { ...clientOptions, pipelining, connect: () => {}, allowH2: http2 }).destroy().catch(() => {});
+  } catch (error) {
+    throw new InvalidOptionError(`option client must be undici Client options: ${messageOf(error)}`, { cause: error });
+  }
 
   return {
     name: 'http',

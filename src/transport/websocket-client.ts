@@ -7,7 +7,7 @@ import { WebSocket, type RawData } from 'ws';
 import { reasonOf } from '../abort.ts';
 import type { Endpoint } from '../endpoint.ts';
 import { BackpressureError, ConnectionLostError, MessageRejectedError, TimeoutError, type PodpoolError } from '../errors.ts';
-import { checkDelay } from '../options.ts';
+import { checkDelay, checkOptions, checkSignal, optionNames } from '../options.ts';
 import { decodeRemoteError, encodeRequest, parseFrame } from '../wire/request-frame.ts';
 
 const debug = debuglog('podpool');
@@ -19,6 +19,8 @@ export interface WebSocketRequestOptions {
   /** Stops waiting for the answer (the pod may still act on the request). */
   signal?: AbortSignal;
 }
+
+const REQUEST_OPTIONS = optionNames<WebSocketRequestOptions>({ timeoutMs: true, signal: true });
 
 /**
  * Rejects every request still waiting on a client: its socket is gone, or going. Only the
@@ -93,7 +95,11 @@ export class WebSocketClient {
     const signal = options?.signal;
     const id = this.#nextId++;
     try {
-      if (options?.timeoutMs !== undefined) checkDelay('timeoutMs', timeoutMs);
+      if (options !== undefined) {
+        checkOptions(options, REQUEST_OPTIONS);
+        if (options.timeoutMs !== undefined) checkDelay('timeoutMs', timeoutMs);
+        checkSignal('signal', signal);
+      }
       if (signal?.aborted) throw reasonOf(signal, `request ${id} to ${this.endpoint.key}`);
       this.#write(encodeRequest(id, data));
     } catch (error) {

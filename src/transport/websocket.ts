@@ -1,8 +1,10 @@
-import { createSecureContext, type ConnectionOptions } from 'node:tls';
+import { validateHeaderName, validateHeaderValue } from 'node:http';
+import type { ConnectionOptions } from 'node:tls';
 import { WebSocket, type ClientOptions, type PerMessageDeflateOptions } from 'ws';
 import { urlHost, type Endpoint } from '../endpoint.ts';
-import { ClosedError, ConnectionLostError, ErrorCode, InvalidOptionError, TimeoutError } from '../errors.ts';
+import { ClosedError, ConnectionLostError, ErrorCode, TimeoutError } from '../errors.ts';
 import { checkDelay, checkNumber, checkOptions, invalidOption, optionNames } from '../options.ts';
+import { checkTls } from './tls.ts';
 import type { Connection, Transport } from './transport.ts';
 import { failPending, wasNotWritten, WebSocketClient } from './websocket-client.ts';
 
@@ -101,9 +103,7 @@ export function webSocketTransport(options: WebSocketTransportOptions = {}): Tra
   if (!Array.isArray(protocolList) || !protocolList.every((p) => typeof p === 'string' && p !== '')) {
     invalidOption('protocols', 'a subprotocol name or an array of them', protocols);
   }
-  if (headers === null || typeof headers !== 'object' || !Object.values(headers).every((v) => typeof v === 'string')) {
-    invalidOption('headers', 'an object of string header values', headers);
-  }
+  checkHeaders(headers);
   checkDelay('heartbeatMs', heartbeatMs);
   checkNumber('highWaterMark', highWaterMark, { min: 1 });
   checkDelay('requestTimeoutMs', requestTimeoutMs);
@@ -240,36 +240,29 @@ class WebSocketConnection implements Connection<WebSocketClient> {
   }
 }
 
-function urlOf(scheme: 'ws' | 'wss', endpoint: Endpoint, path: string): string {
-  return `${scheme}://${urlHost(endpoint.address)}:${endpoint.port}${path}`;
+/**
+ * Checks the upgrade's headers as Node's HTTP client will (a name it refuses, a value with a
+ * line break) at the door, not at every connect; no message shows a header's value.
+ */
+function checkHeaders(headers: unknown): void {
+  if (headers === null || typeof headers !== 'object' || Array.isArray(headers)) invalidOption('headers', 'an object of string header values', headers);
+  for (const [name, value] of Object.entries(headers)) {
+    try {
+      validateHeaderName(name);
+    } catch {
+      invalidOption('headers', `an object of string header values, with valid header names (not ${JSON.stringify(name)})`, headers);
+    }
+    if (typeof value !== 'string') invalidOption(`headers[${JSON.stringify(name)}]`, 'a string', value);
+    try {
+      validateHeaderValue(name, value);
+    } catch {
+      invalidOption(`headers[${JSON.stringify(name)}]`, 'a header value without line breaks or NUL', value);
+    }
+  }
 }
 
-/**
- * Loads the CA, certificate and key once, here: a PEM Node can't read fails at the door (its
- * message names the problem, never the bytes), and reconnects don't parse them again.
- */
-function checkTls(tls: unknown): ConnectionOptions {
-  if (tls === null || typeof tls !== 'object' || Array.isArray(tls)) invalidOption('tls', 'TLS connection options ({ ca, servername, cert, key, … })', tls);
-  const options = tls as ConnectionOptions;
-  const { servername } = options;
-  if (servername !== undefined && (typeof servername !== 'string' || servername === '')) {
-    invalidOption('tls.servername', 'the DNS name the pods\' certificate holds, such as "backend.default.svc.cluster.local"', servername);
-  }
-  if ((options.cert === undefined) !== (options.key === undefined)) {
-    // Not invalidOption: the one given may be a key, which no message prints.
-    throw new InvalidOptionError(
-      `option tls must have cert and key together (a client certificate and its private key), got only ${options.cert === undefined ? 'key' : 'cert'}`,
-    );
-  }
-  if (options.secureContext !== undefined) return { ...options };
-  try {
-    return { ...options, secureContext: createSecureContext(options) };
-  } catch (error) {
-    throw new InvalidOptionError(
-      `option tls must hold a CA, certificate and key Node can load (PEM or DER): ${(error as Error).message}`,
-      { cause: error },
-    );
-  }
+function urlOf(scheme: 'ws' | 'wss', endpoint: Endpoint, path: string): string {
+  return `${scheme}://${urlHost(endpoint.address)}:${endpoint.port}${path}`;
 }
 
 /** Codes of a pod certificate that no CA in `tls.ca` (or the system's) signed. */

@@ -74,6 +74,16 @@ describe('createPool options', () => {
     ['ejection.maxMs', { ejection: { baseMs: 100, maxMs: 99 } }, '99'],
     ['ejection.maxPercent', { ejection: { maxPercent: 101 } }, '101'],
     ['ejection.maxPercent', { ejection: { maxPercent: -1 } }, '-1'],
+    ['ejection.baseMs', { ejection: { baseMs: 2 ** 32 } }, '4294967296'],
+    ['ejection.maxMs', { ejection: { maxMs: 2 ** 31 } }, '2147483648'],
+    ['drainTimeoutMs', { drainTimeoutMs: 2 ** 31 }, '2147483648'],
+    ['reconnect.minMs', { reconnect: { minMs: 2 ** 31, maxMs: 2 ** 32 } }, '2147483648'],
+    ['reconnect.maxMs', { reconnect: { maxMs: 2 ** 31 } }, '2147483648'],
+    ['callTimeoutMs', { callTimeoutMs: 2 ** 31 }, '2147483648'],
+    ['retry.maxDelayMs', { retry: { maxDelayMs: 2 ** 31 } }, '2147483648'],
+    ['hedge.delayMs', { hedge: { delayMs: 2 ** 31 } }, '2147483648'],
+    ['slowStart.windowMs', { slowStart: { windowMs: 2 ** 31 } }, '2147483648'],
+    ['retryBudget', { retryBudget: null }, 'null'],
     ['clock', { clock: 0 }, '0'],
     ['random', { random: 'x' }, '"x"'],
   ];
@@ -93,6 +103,8 @@ describe('createPool options', () => {
       createPool({ ...base(), drainTimeoutMs: 0, reconnect: { minMs: 1, maxMs: 1, factor: 1 }, ejection: false }),
       createPool({ ...base(), ejection: { consecutiveFailures: 1, baseMs: 1, maxMs: 1, maxPercent: 0 } }),
       createPool({ ...base(), ejection: { maxPercent: 100 } }),
+      // The longest delays a timer holds.
+      createPool({ ...base(), drainTimeoutMs: 2 ** 31 - 1, reconnect: { maxMs: 2 ** 31 - 1 }, ejection: { baseMs: 2 ** 31 - 1, maxMs: 2 ** 31 - 1 } }),
     ];
     await Promise.all(pools.map((p) => p.close()));
   });
@@ -132,6 +144,58 @@ describe('per-call options', () => {
     await assert.rejects(pool.broadcast(fn, { timeoutMs: 0 }), invalid('timeoutMs', '0'));
     await assert.rejects(pool.broadcast(fn, { id: '' }), { code: ErrorCode.INVALID_OPTION, message: /option id/ });
     assert.equal(pool.stats().members[0].requests, 0);
+  });
+
+  it('use() refuses what is not a function, and a signal, key or waitForReady of the wrong kind, before any pick', async (t) => {
+    const pool = readyPool(t);
+    await pool.ready();
+    for (const fn of [null, undefined, 'fn', {}]) {
+      await assert.rejects(pool.use(fn as never), { name: 'InvalidArgumentError', code: ErrorCode.INVALID_ARGUMENT, message: /^argument fn must be a function/ });
+    }
+    // Each of these used to fail later, from a timer or a listener: a TypeError nobody could catch.
+    await assert.rejects(pool.use(() => 1, { signal: 'x' } as never), invalid('signal', '"x"'));
+    await assert.rejects(pool.use(() => 1, { signal: {} } as never), invalid('signal', '{}'));
+    await assert.rejects(pool.use(() => 1, { signal: new AbortController() } as never), invalid('signal', '{}'));
+    await assert.rejects(pool.use(() => 1, { key: 5 } as never), invalid('key', '5'));
+    await assert.rejects(pool.use(() => 1, { waitForReady: 'no' } as never), invalid('waitForReady', '"no"'));
+    await assert.rejects(pool.use(() => 1, null as never), invalid('options', 'null'));
+    await assert.rejects(pool.use(() => 1, { timeoutMs: 2 ** 31 }), invalid('timeoutMs', '2147483648'));
+    assert.equal(pool.stats().members[0].requests, 0);
+    // A real signal, and the longest deadline a timer holds, still work.
+    assert.equal(await pool.use(() => 1, { signal: new AbortController().signal, timeoutMs: 2 ** 31 - 1 }), 1);
+  });
+
+  it('broadcast() refuses what is not a function, and a signal of the wrong kind, before it delivers anything', async (t) => {
+    const pool = readyPool(t);
+    await pool.ready();
+    let ran = 0;
+    await assert.rejects(pool.broadcast(null as never), { code: ErrorCode.INVALID_ARGUMENT, message: /^argument fn must be a function/ });
+    await assert.rejects(pool.broadcast(() => ran++, { signal: 'x' } as never), invalid('signal', '"x"'));
+    await assert.rejects(pool.broadcast(() => ran++, { timeoutMs: 2 ** 31 }), invalid('timeoutMs', '2147483648'));
+    await assert.rejects(pool.broadcast(() => ran++, { retries: 101 }), invalid('retries', '101'));
+    await assert.rejects(pool.broadcast(() => ran++, { id: 5 } as never), invalid('id', '5'));
+    assert.equal(ran, 0);
+  });
+
+  it('ready() refuses a signal of the wrong kind at once, not from its timer', async (t) => {
+    const source = new ManualSource();
+    const pool = createPool({ source, transport: new MemoryTransport() });
+    t.after(() => pool.close());
+    await assert.rejects(pool.ready({ signal: 'x', timeoutMs: 10 } as never), invalid('signal', '"x"'));
+    await assert.rejects(pool.ready({ timeoutMs: 2 ** 31 }), invalid('timeoutMs', '2147483648'));
+    await assert.rejects(pool.ready(null as never), invalid('options', 'null'));
+    // Infinity waits as long as no timeoutMs does.
+    const ready = pool.ready({ timeoutMs: Infinity });
+    source.set([pod(1)]);
+    await ready;
+  });
+
+  it('beginWhenReady() refuses a bad signal, timeoutMs or key before it waits', async (t) => {
+    const pool = readyPool(t);
+    await assert.rejects(pool.beginWhenReady({ signal: 'x' } as never), invalid('signal', '"x"'));
+    await assert.rejects(pool.beginWhenReady({ timeoutMs: 2 ** 31 }), invalid('timeoutMs', '2147483648'));
+    await assert.rejects(pool.beginWhenReady({ key: 1 } as never), invalid('key', '1'));
+    await assert.rejects(pool.beginWhenReady({ failFast: 'yes' } as never), invalid('failFast', '"yes"'));
   });
 
   it('broadcast() checks its options before it looks for pods', async (t) => {
@@ -206,6 +270,26 @@ describe('unknown options', () => {
     }
   });
 
+  it('per-call options refuse a key they do not know, naming the one meant', async (t) => {
+    const pool = readyPool(t);
+    await pool.ready();
+    const cases: [() => Promise<unknown>, string][] = [
+      [() => pool.use(() => 1, { timeout: 5 } as never), 'unknown option timeout (did you mean timeoutMs?); the options are key, signal, timeoutMs, waitForReady, failedResult, retry, hedge'],
+      [() => pool.use(() => 1, { hedge: { delay: 5 } } as never), 'unknown option hedge.delay (did you mean hedge.delayMs?); the options are hedge.delayMs, hedge.percentile'],
+      [() => pool.broadcast(() => 1, { retry: 2 } as never), 'unknown option retry (did you mean retries?); the options are concurrency, timeoutMs, retries, signal, id'],
+      [() => pool.ready({ minEndpoint: 2 } as never), 'unknown option minEndpoint (did you mean minEndpoints?); the options are minEndpoints, signal, timeoutMs'],
+      [() => pool.beginWhenReady({ failfast: true } as never), 'unknown option failfast (did you mean failFast?); the options are key, signal, timeoutMs, failFast, avoid'],
+    ];
+    for (const [call, message] of cases) await assert.rejects(call(), { code: ErrorCode.INVALID_OPTION, message });
+    assert.equal(pool.stats().members[0].requests, 0);
+  });
+
+  it('nested pool options refuse a key they do not know, naming the one meant', () => {
+    refuses(() => createPool({ ...base(), retry: { retry: 2 } } as never), 'unknown option retry.retry (did you mean retry.retries?); the options are retry.retries, retry.idempotent, retry.minDelayMs, retry.maxDelayMs');
+    refuses(() => createPool({ ...base(), retryBudget: { ratioo: 1 } } as never), 'unknown option retryBudget.ratioo (did you mean retryBudget.ratio?); the options are retryBudget.ratio, retryBudget.minPerSecond, retryBudget.windowMs');
+    refuses(() => createPool({ ...base(), slowStart: { window: 5 } } as never), 'unknown option slowStart.window (did you mean slowStart.windowMs?); the options are slowStart.windowMs, slowStart.aggression, slowStart.minWeight');
+  });
+
   it('suggests only what is a slip away', () => {
     refuses(() => leastLoaded({ strategy: 'p2c' } as never), 'unknown option strategy; the options are choices');
     refuses(() => udpTransport({ Port: 9 } as never), 'unknown option Port (did you mean port?); the options are port, repeat, senderId');
@@ -215,7 +299,7 @@ describe('unknown options', () => {
     refuses(() => webSocketTransport({ headers: 'Bearer s3cret' } as never), 'option headers must be an object of string header values, got a string of 13 bytes');
     refuses(
       () => webSocketTransport({ headers: { authorization: ['Bearer s3cret'] } } as never),
-      'option headers must be an object of string header values, got an object',
+      'option headers["authorization"] must be a string, got an array of 1',
     );
   });
 });
