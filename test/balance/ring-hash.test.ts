@@ -197,6 +197,28 @@ describe('ringHash', () => {
     );
   });
 
+  it('bounds a ring at 2^18 points: past it every member keeps its first floor(2^18 / members) points', () => {
+    // 2,000 members × 160 points would be 320,000; the ring holds 131 a member.
+    const members = membersOf(Array.from({ length: 2_000 }, (_, i) => i + 1));
+    const capped = ringHash().picker(members, context);
+    const fewer = ringHash({ replicas: Math.floor(2 ** 18 / 2_000) }).picker(members, context);
+    for (const key of keys) assert.equal(capped.pick(key), fewer.pick(key), key);
+    // Under the cap the replicas asked for are all there: 160 points place keys unlike 131 do.
+    const few = membersOf([1, 2, 3]);
+    const full = ringHash().picker(few, context);
+    const less = ringHash({ replicas: 131 }).picker(few, context);
+    assert.ok(keys.some((key) => full.pick(key) !== less.pick(key)));
+  });
+
+  it('rejects more than 10,000 replicas, which only cost rebuilds', () => {
+    ringHash({ replicas: 10_000 });
+    assert.throws(() => ringHash({ replicas: 10_001 }), {
+      code: ErrorCode.INVALID_OPTION,
+      message: 'option replicas must be an integer from 1 to 10000, got 10001',
+    });
+    assert.throws(() => ringHash({ replicas: 1e6 }), { code: ErrorCode.INVALID_OPTION });
+  });
+
   it('rejects a replica count that is not a positive integer', () => {
     for (const replicas of [0, -1, 1.5, Number.NaN, Infinity, '160']) {
       assert.throws(
