@@ -10,7 +10,7 @@ export interface BroadcastOptions {
   concurrency?: number;
   /** Deadline for the whole broadcast; pods not reached by then fail with `PODPOOL_TIMEOUT`. */
   timeoutMs?: number;
-  /** Extra attempts per pod after a failed one (jittered exponential backoff). Default 0. */
+  /** Extra attempts per pod after a failed one (jittered exponential backoff, 50 ms to 2 s), at most 100. Default 0. */
   retries?: number;
   /** Aborts the broadcast; pods not reached by then fail with `PODPOOL_ABORTED`. */
   signal?: AbortSignal;

@@ -137,7 +137,7 @@ export interface ReadyOptions {
   /** Members that must be ready. Default 1. */
   minEndpoints?: number;
   signal?: AbortSignal;
-  /** Fails with `PODPOOL_TIMEOUT` (saying what is missing) after this long. */
+  /** Fails with `PODPOOL_TIMEOUT` (saying what is missing) after this long. Default, or `Infinity`: no limit. */
   timeoutMs?: number;
 }
 

@@ -36,7 +36,8 @@ export interface GrpcTransportOptions {
   serverName?: string;
   /**
    * More grpc-js channel options, over podpool's defaults (keepalive, a connection of its own per
-   * pod); `interceptors` too.
+   * pod); `interceptors` too. A name without its `grpc.` or `grpc-node.` (which grpc-js would
+   * ignore) and an `…_ms` value past 2^31 - 1 throw `PODPOOL_INVALID_OPTION`.
    */
   channelOptions?: Omit<ClientOptions, 'channelOverride' | 'channelFactoryOverride'>;
   /**

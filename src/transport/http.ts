@@ -37,7 +37,10 @@ export interface HttpTransportOptions {
    * knowledge (h2c), as gRPC speaks it. Default false: HTTP/1.1.
    */
   http2?: boolean;
-  /** Connect with TLS, with these options (`ca`, `servername` naming the Service, …). */
+  /**
+   * Connect with TLS, with these options (`ca`, `servername` naming the Service, …). Loaded once,
+   * at the door: a CA, certificate or key Node can't load throws `PODPOOL_INVALID_OPTION` here.
+   */
   tls?: ConnectionOptions;
   /** Gives up on a TCP (and TLS) handshake after this long. Default 10 s. */
   connectTimeoutMs?: number;
@@ -45,7 +48,10 @@ export interface HttpTransportOptions {
    * More undici `Client` options (`headersTimeout`, `bodyTimeout`, `maxResponseSize`,
    * `maxConcurrentStreams`, …). `headersTimeout` defaults to 30 s here (undici's own is 300 s),
    * the pool's default call deadline: a request through `httpDispatcher` to a pod that accepts
-   * and never answers fails then (`UND_ERR_HEADERS_TIMEOUT`, counted against the pod).
+   * and never answers fails then (`UND_ERR_HEADERS_TIMEOUT`, counted against the pod). Checked
+   * at the door: an unknown name, a timer past 2^31 - 1 ms, a value undici refuses, and the
+   * dialling options undici ignores here (`connectTimeout`, `socketPath`, `localAddress`, …:
+   * the transport opens the sockets) throw `PODPOOL_INVALID_OPTION`.
    */
   client?: Omit<Client.Options, 'connect' | 'pipelining' | 'connections' | 'allowH2' | 'useH2c'>;
 }
