@@ -42,6 +42,7 @@ export type { RejectReason } from './errors.ts';
 
 export type { EndpointSource, SourceSink, SourceWatch } from './discovery/source.ts';
 export { staticEndpoints } from './discovery/static.ts';
+export type { StaticEndpointsOptions } from './discovery/static.ts';
 export { dnsEndpoints } from './discovery/dns.ts';
 export type { DnsEndpointsOptions } from './discovery/dns.ts';
 export { kubernetesEndpoints } from './discovery/kubernetes.ts';
@@ -82,7 +83,7 @@ export type { GrpcChannelOptions } from './adapter/grpc-channel.ts';
 export type { GrpcServiceConfig, GrpcMethodConfig, GrpcRetryPolicy } from './adapter/grpc-retry.ts';
 
 export { dedupFilter } from './receive/dedup.ts';
-export type { DedupFilter, DedupOptions } from './receive/dedup.ts';
+export type { DedupFilter, DedupOptions, ReplayMemory, KeepOutcome } from './receive/dedup.ts';
 export { datagramReceiver } from './receive/datagram.ts';
 export type {
   DatagramReceiver,
