@@ -204,9 +204,10 @@ export class NameNotFoundError extends PodpoolError {
 
 /**
  * Why a message was refused: by `verifyMessage` (`malformed`, `signature`, `stale`, `future`,
- * `replay`), or by the pod's handler of a WebSocket request (`handler`).
+ * `replay`, or `overload`: its memory of accepted ids is full of ones it must keep), or by the
+ * pod's handler of a WebSocket request (`handler`).
  */
-export type RejectReason = 'malformed' | 'signature' | 'stale' | 'future' | 'replay' | 'handler';
+export type RejectReason = 'malformed' | 'signature' | 'stale' | 'future' | 'replay' | 'overload' | 'handler';
 
 /** `PODPOOL_MESSAGE_REJECTED`, with the `reason` to branch on (`replay` is often harmless: a retry). */
 export class MessageRejectedError extends PodpoolError {

@@ -41,10 +41,13 @@ export async function startPod(address: string, options: PodOptions): Promise<Ca
   const cache = new Map<string, Row>();
   const applied = new Map<string, number>();
   const rejected = new Map<string, number>();
-  // Remembers accepted message ids for 2 × maxAgeMs, so a retry (or a replayed capture) of a
-  // message is recognised for as long as its timestamp would pass.
+  // verifyMessage keeps each accepted id until its message would be stale (timestamp + maxAgeMs),
+  // so a retry (or a replayed capture) is recognised for as long as its timestamp would pass; a
+  // filter full of such ids refuses new messages ('overload', answered 503 below) rather than
+  // forget one. notBefore: a replay of what this pod accepted before it restarted is refused too.
   const maxAgeMs = 30_000;
-  const seen = dedupFilter({ max: 100_000, ttlMs: 2 * maxAgeMs });
+  const seen = dedupFilter({ max: 100_000 });
+  const startedAt = Date.now();
 
   const server: Server = createServer(async (req, res) => {
     try {
@@ -69,7 +72,7 @@ export async function startPod(address: string, options: PodOptions): Promise<Ca
               signature: header(req, HEADERS.signature),
               body,
             },
-            { secret, seen, maxAgeMs },
+            { secret, seen, maxAgeMs, notBefore: startedAt, maxBodyBytes: MAX_BODY },
           );
         } catch (error) {
           if (!(error instanceof MessageRejectedError)) throw error;
@@ -77,6 +80,8 @@ export async function startPod(address: string, options: PodOptions): Promise<Ca
           // A replay of a message already applied is a retry whose first answer got lost: the
           // work is done, so say so, and do it no second time.
           if (error.reason === 'replay') return reply(res, 200, { status: 'duplicate' });
+          // Too many messages to remember at once: not applied, so the writer should retry later.
+          if (error.reason === 'overload') return reply(res, 503, { rejected: error.reason, message: error.message });
           return reply(res, 401, { rejected: error.reason, message: error.message });
         }
         const { key } = JSON.parse(body.toString()) as { key: string };

@@ -93,16 +93,153 @@ describe('signMessage / verifyMessage', () => {
     );
     assert.throws(() => verifyMessage(signedAt(T0), { secret, seen: dedupFilter(), maxAgeMS: 5 } as never), {
       code: ErrorCode.INVALID_OPTION,
-      message: 'unknown option maxAgeMS (did you mean maxAgeMs?); the options are secret, seen, maxAgeMs, clock',
+      message: 'unknown option maxAgeMS (did you mean maxAgeMs?); the options are secret, seen, maxAgeMs, notBefore, maxBodyBytes, maxIdBytes, clock',
     });
     assert.throws(() => signMessage({ id: '', body: 'y' }, { secret }), { code: ErrorCode.INVALID_ARGUMENT, message: /argument id/ });
     assert.throws(() => signMessage({ id: 'x', body: 5 as never }, { secret }), { code: ErrorCode.INVALID_ARGUMENT, message: /argument body/ });
     const message = signedAt(T0);
     assert.throws(() => verifyMessage(message, { secret, seen: undefined as never }), /option seen must be a dedup filter/);
-    assert.throws(
-      () => verifyMessage(message, { secret, seen: dedupFilter({ ttlMs: 60_000 }), maxAgeMs: 60_000 }),
-      /remembers ids for at least 2 × maxAgeMs \(120000 ms\)/,
-    );
+    assert.throws(() => verifyMessage(message, { secret, seen: { add: () => true } as never }), /option seen must be a dedup filter \(dedupFilter\(\)\) or another object with keep/);
+    assert.throws(() => verifyMessage(message, { secret, seen: dedupFilter(), notBefore: 'start' as never }), /option notBefore/);
+    assert.throws(() => verifyMessage(message, { secret, seen: dedupFilter(), maxBodyBytes: -1 }), /option maxBodyBytes/);
+    assert.throws(() => verifyMessage(message, { secret, seen: dedupFilter(), maxIdBytes: 0 }), /option maxIdBytes/);
     assert.throws(() => verifyMessage(message, { secret, seen: dedupFilter(), maxAgeMs: 0 }), { code: ErrorCode.INVALID_OPTION });
+  });
+});
+
+describe('verifyMessage: sizes', () => {
+  it('refuses a body over maxBodyBytes (default 1 MiB) as malformed, before the HMAC runs', () => {
+    const body = Buffer.alloc(64 * 1024 * 1024);
+    const signed = signMessage({ id: 'big', body }, { secret, clock: () => T0, maxBodyBytes: body.length });
+    assert.equal(rejection({ ...signed, body }), 'malformed', 'a 64 MiB body, however well signed');
+    // Malformed, not a bad signature: the size is looked at first.
+    assert.equal(rejection({ ...signed, body, signature: 'A'.repeat(43) }), 'malformed');
+    assert.equal(rejection({ ...signed, body: body.toString('latin1') }), 'malformed', 'as a string too');
+    assert.equal(rejection({ ...signed, body }, { maxBodyBytes: body.length }), 'accepted', 'unless the receiver allows it');
+    const limit = Buffer.alloc(1024 * 1024);
+    assert.equal(rejection({ ...signMessage({ id: 'limit', body: limit }, { secret, clock: () => T0 }), body: limit }), 'accepted', 'exactly 1 MiB');
+  });
+
+  it('measures a string body in UTF-8 bytes', () => {
+    const body = 'é'.repeat(600); // 1,200 bytes in 600 characters
+    const signed = { ...signMessage({ id: 'x', body }, { secret, clock: () => T0 }), body };
+    assert.equal(rejection(signed, { maxBodyBytes: 1_199 }), 'malformed');
+    assert.equal(rejection(signed, { maxBodyBytes: 1_200 }), 'accepted');
+  });
+
+  it('refuses an id over maxIdBytes (default 256) as malformed, without echoing it', () => {
+    const longId = 'i'.repeat(10_000);
+    let error: unknown;
+    try {
+      verifyMessage({ id: longId, timestamp: T0, signature: 'A'.repeat(43), body: '' }, { secret, seen: dedupFilter(), clock: () => T0 });
+    } catch (e) {
+      error = e;
+    }
+    assert.ok(error instanceof MessageRejectedError && error.reason === 'malformed');
+    assert.ok(!error.message.includes('iiii'), error.message);
+    const id = 'é'.repeat(129);
+    const signed = { ...signMessage({ id, body: 'x' }, { secret, clock: () => T0, maxIdBytes: 258 }), body: 'x' };
+    assert.equal(rejection(signed), 'malformed', '258 bytes in 129 characters');
+    assert.equal(rejection(signed, { maxIdBytes: 258 }), 'accepted');
+    assert.equal(rejection(signedAt(T0, 'x', 'é'.repeat(128))), 'accepted', 'exactly 256 bytes');
+  });
+
+  it('signMessage refuses what a receiver with the same limits would, with PODPOOL_INVALID_ARGUMENT naming the size', () => {
+    assert.throws(() => signMessage({ id: 'x', body: Buffer.alloc(1024 * 1024 + 1) }, { secret }), {
+      code: ErrorCode.INVALID_ARGUMENT,
+      message: 'argument body is 1048577 bytes; at most 1048576 are signed (maxBodyBytes)',
+    });
+    assert.throws(() => signMessage({ id: 'x'.repeat(257), body: '' }, { secret }), {
+      code: ErrorCode.INVALID_ARGUMENT,
+      message: 'argument id is 257 bytes; at most 256 are signed (maxIdBytes)',
+    });
+    assert.doesNotThrow(() => signMessage({ id: 'x'.repeat(300), body: 'y'.repeat(2_000_000) }, { secret, maxIdBytes: 300, maxBodyBytes: 2_000_000 }));
+    assert.throws(() => signMessage({ id: 'x', body: '' }, { secret, maxBodyBytes: 1.5 }), { code: ErrorCode.INVALID_OPTION });
+  });
+});
+
+describe('verifyMessage: replays', () => {
+  it('never forgets an id a replay could still pass: dedupFilter({ max: 100 }) refuses the 101st (overload) rather than forget the first', () => {
+    const seen = dedupFilter({ max: 100, clock: () => T0 });
+    const messages = Array.from({ length: 101 }, (_, i) => signedAt(T0, `body ${i}`, `msg-${i}`));
+    for (const message of messages.slice(0, 100)) assert.equal(rejection(message, { seen }), 'accepted');
+    assert.equal(rejection(messages[100], { seen }), 'overload');
+    assert.equal(rejection(messages[0], { seen }), 'replay', 'the first one, replayed after 100 newer ones');
+    assert.equal(seen.refused, 1);
+  });
+
+  it('makes room as the ids kept fall due: a message refused for overload passes once older ones are stale', () => {
+    let now = T0;
+    const seen = dedupFilter({ max: 2, clock: () => now });
+    const verifyAt = (message: ReceivedMessage) => rejection(message, { seen, clock: () => now });
+    assert.equal(verifyAt(signedAt(T0, 'a', 'a')), 'accepted');
+    assert.equal(verifyAt(signedAt(T0, 'b', 'b')), 'accepted');
+    assert.equal(verifyAt(signedAt(T0, 'c', 'c')), 'overload');
+    now = T0 + 60_001;
+    assert.equal(verifyAt(signedAt(T0 + 60_001, 'c', 'c')), 'accepted');
+    assert.equal(verifyAt(signedAt(T0, 'a', 'a')), 'stale', 'a itself is stale by now');
+  });
+
+  it('remembers a message dated maxAgeMs ahead until the last instant it is acceptable, that instant included', () => {
+    let now = T0;
+    const seen = dedupFilter({ clock: () => now });
+    const ahead = signedAt(T0 + 60_000);
+    const verifyAt = (at: number) => {
+      now = at;
+      return rejection(ahead, { seen, clock: () => now });
+    };
+    assert.equal(verifyAt(T0), 'accepted');
+    assert.equal(verifyAt(T0 + 119_999), 'replay');
+    assert.equal(verifyAt(T0 + 120_000), 'replay', 'exactly 2 × maxAgeMs later: still acceptable by age, so a replay');
+    assert.equal(verifyAt(T0 + 120_001), 'stale');
+  });
+
+  it('keeps ids long enough whatever the filter ttlMs (a short one is no longer a hole)', () => {
+    let now = T0;
+    const seen = dedupFilter({ ttlMs: 1_000, clock: () => now });
+    const message = signedAt(T0);
+    assert.equal(rejection(message, { seen, clock: () => now }), 'accepted');
+    now = T0 + 59_999;
+    assert.equal(rejection(message, { seen, clock: () => now }), 'replay');
+  });
+
+  it('keeps a retry re-signed later until its own timestamp is stale', () => {
+    let now = T0;
+    const seen = dedupFilter({ clock: () => now });
+    assert.equal(rejection(signedAt(T0), { seen, clock: () => now }), 'accepted');
+    now = T0 + 30_000;
+    const retry = signedAt(T0 + 30_000);
+    assert.equal(rejection(retry, { seen, clock: () => now }), 'replay');
+    now = T0 + 90_000; // the first copy is stale, the retry is not
+    assert.equal(rejection(retry, { seen, clock: () => now }), 'replay');
+  });
+
+  it('is restart-safe with notBefore: a receiver restarted with an empty memory refuses what was signed before it started', () => {
+    const message = signedAt(T0);
+    assert.equal(rejection(message, { seen: dedupFilter() }), 'accepted');
+    // The receiver restarts 5 s later; its memory is gone.
+    const startedAt = T0 + 5_000;
+    const after = { clock: () => startedAt + 1 };
+    assert.equal(rejection(message, { seen: dedupFilter(), ...after }), 'accepted', 'the hole notBefore closes');
+    assert.equal(rejection(message, { seen: dedupFilter(), ...after, notBefore: startedAt }), 'stale');
+    assert.equal(rejection(signedAt(startedAt), { seen: dedupFilter(), ...after, notBefore: startedAt }), 'accepted', 'signed since the start');
+  });
+
+  it('takes a memory of its own (keep(id, forMs)), which can outlive a restart', () => {
+    const store = new Map<string, number>(); // stands for a shared or persistent store
+    let now = T0;
+    const persistent = {
+      keep(id: string, forMs: number) {
+        if ((store.get(id) ?? -Infinity) >= now) return 'duplicate' as const;
+        store.set(id, now + forMs);
+        return 'new' as const;
+      },
+    };
+    const message = signedAt(T0);
+    assert.equal(rejection(message, { seen: persistent, clock: () => now }), 'accepted');
+    assert.equal(store.get('msg-1'), T0 + 60_000, 'asked to keep it until its message is stale');
+    now = T0 + 5_000; // "restarted": same store
+    assert.equal(rejection(message, { seen: persistent, clock: () => now }), 'replay');
+    assert.equal(rejection(signedAt(T0, 'x', 'other'), { seen: { keep: () => 'full' }, clock: () => now }), 'overload');
   });
 });
