@@ -4,13 +4,20 @@ import { isIP } from 'node:net';
 import { hostname } from 'node:os';
 import { setImmediate } from 'node:timers/promises';
 import { untilAborted } from '../abort.ts';
-import { ConnectionLostError, abortError } from '../errors.ts';
+import { ClosedError, ConnectionLostError, InvalidArgumentError, NotConnectedError, abortError } from '../errors.ts';
 import { checkNumber, checkOptions, invalidArgument, invalidOption, optionNames } from '../options.ts';
-import { encodeDatagram } from '../wire/datagram.ts';
+import { datagramBytes, frameDatagram } from '../wire/datagram.ts';
+import { checkSecret, type Secret } from '../wire/secret.ts';
 import type { Connection, Transport } from './transport.ts';
 
 /** Broadcast ids remembered to give their retries the sequence of the first attempt. */
 const REMEMBERED_IDS = 1024;
+
+/**
+ * The most a UDP datagram carries, podpool's header included: 65,535 bytes less the UDP header
+ * (8) and, over IPv4, the IP header (20). Larger is refused before it is sent.
+ */
+const MAX_DATAGRAM_BYTES: Readonly<Record<SocketType, number>> = { udp4: 65_507, udp6: 65_527 };
 
 /** Options of {@link udpTransport}. */
 export interface UdpTransportOptions {
@@ -24,6 +31,12 @@ export interface UdpTransportOptions {
    * duplicates). Default: host name, pid and a random suffix.
    */
   senderId?: string;
+  /**
+   * Signs every datagram (HMAC-SHA256 with a timestamp, datagram version 2) with this secret
+   * shared with the pods, whose `datagramReceiver({ secret })` then drops anything unsigned or
+   * badly signed. At least 16 bytes.
+   */
+  secret?: Secret;
 }
 
 /** What a send says: how many copies went out, and that nobody confirmed anything. */
@@ -46,12 +59,15 @@ export interface UdpClient {
    * Sends `body` to the pod, `repeat` times. Pass the broadcast's delivery (or any `{ id }`) so
    * every pod and every retry of that broadcast gets the same sequence number:
    * `pool.broadcast((client, _endpoint, delivery) => client.send(body, delivery))`. Without an id,
-   * each send takes the next sequence number.
+   * each send takes the next sequence number. A body that makes the datagram larger than UDP
+   * carries (65,507 bytes to an IPv4 pod, 65,527 to an IPv6 one, header included) is refused
+   * with `PODPOOL_INVALID_ARGUMENT`, not counted against the pod; a send the kernel refuses
+   * (no route, a firewall) fails with `PODPOOL_NOT_CONNECTED`, the kernel's error as its cause.
    */
   send(body: string | Uint8Array, message?: { readonly id: string; readonly signal?: AbortSignal }): Promise<UdpSendResult>;
 }
 
-const OPTIONS = optionNames<UdpTransportOptions>({ port: true, repeat: true, senderId: true });
+const OPTIONS = optionNames<UdpTransportOptions>({ port: true, repeat: true, senderId: true, secret: true });
 
 /** One bound socket, shared by every member of one address family. */
 interface SharedSocket {
@@ -72,7 +88,7 @@ interface SharedSocket {
  */
 export function udpTransport(options: UdpTransportOptions = {}): Transport<UdpClient> {
   checkOptions(options, OPTIONS);
-  const { port, repeat = 1, senderId = `${hostname()}/${process.pid}/${randomUUID().slice(0, 8)}` } = options;
+  const { port, repeat = 1, senderId = `${hostname()}/${process.pid}/${randomUUID().slice(0, 8)}`, secret } = options;
   if (port !== undefined && (!Number.isInteger(port) || port < 1 || port > 65535)) {
     invalidOption('port', 'an integer from 1 to 65535', port);
   }
@@ -80,6 +96,8 @@ export function udpTransport(options: UdpTransportOptions = {}): Transport<UdpCl
   if (typeof senderId !== 'string' || Buffer.byteLength(senderId) < 1 || Buffer.byteLength(senderId) > 255) {
     invalidOption('senderId', 'a string of 1 to 255 UTF-8 bytes', senderId);
   }
+  if (secret !== undefined) checkSecret(secret);
+  const sender = Buffer.from(senderId, 'utf8');
 
   const sockets = new Map<SocketType, SharedSocket>();
   /** Errors thrown by a send, the only ones that say something about the path to a pod. */
@@ -172,7 +190,8 @@ export function udpTransport(options: UdpTransportOptions = {}): Transport<UdpCl
         await release();
         throw error;
       }
-      const target = { address: endpoint.address, port: port ?? endpoint.port };
+      const target = { key: endpoint.key, address: endpoint.address, port: port ?? endpoint.port };
+      const maxBytes = MAX_DATAGRAM_BYTES[type];
       const client: UdpClient = {
         senderId,
         async send(body, message) {
@@ -182,8 +201,15 @@ export function udpTransport(options: UdpTransportOptions = {}): Transport<UdpCl
           }
           if (message?.signal?.aborted) throw abortError(message.signal, `a send to ${endpoint.key}`);
           if (!open) throw new ConnectionLostError(`the UDP sender for ${endpoint.key} is closed`);
+          const bytes = datagramBytes(sender.length, typeof body === 'string' ? Buffer.byteLength(body) : body.byteLength, secret !== undefined);
+          if (bytes > maxBytes) {
+            // The message's fault, not the pod's: refused before it takes a sequence number.
+            throw new InvalidArgumentError(
+              `argument body makes a datagram of ${bytes} bytes (header included); UDP carries at most ${maxBytes} to ${endpoint.key}: send less per datagram`,
+            );
+          }
           const sequence = sequenceFor(message?.id);
-          const datagram = encodeDatagram({ sender: senderId, sequence, body });
+          const datagram = frameDatagram(sender, sequence, body, secret, Date.now());
           for (let copy = 0; copy < repeat; copy++) {
             await sendOnce(entry.socket, datagram, target, sendErrors);
           }
@@ -196,9 +222,7 @@ export function udpTransport(options: UdpTransportOptions = {}): Transport<UdpCl
       };
     },
     isPodFailure(error) {
-      if (error === null || typeof error !== 'object' || !sendErrors.has(error)) return false;
-      // Too big a datagram is the message's fault, not the pod's.
-      return (error as { code?: unknown }).code !== 'EMSGSIZE';
+      return error !== null && typeof error === 'object' && sendErrors.has(error);
     },
   };
 }
@@ -213,17 +237,26 @@ async function handleGone(): Promise<void> {
   await setImmediate();
 }
 
-function sendOnce(socket: Socket, datagram: Buffer, target: { address: string; port: number }, sendErrors: WeakSet<object>): Promise<void> {
+/**
+ * Sends one copy. The kernel's errors come back as PodpoolErrors, the original as the cause: a
+ * datagram too big for the path (EMSGSIZE) is the message's fault; any other (no route, a
+ * firewall's EPERM, EACCES for a broadcast address) says the pod can't be reached from here, and
+ * counts against it.
+ */
+function sendOnce(socket: Socket, datagram: Buffer, target: { key: string; address: string; port: number }, sendErrors: WeakSet<object>): Promise<void> {
   return new Promise((resolve, reject) => {
-    const fail = (error: Error): void => {
-      sendErrors.add(error);
-      reject(error);
+    const fail = (error: NodeJS.ErrnoException): void => {
+      const what = `sending a datagram of ${datagram.length} bytes to ${target.key} failed (${error.code ?? error.message})`;
+      if (error.code === 'EMSGSIZE') return reject(new InvalidArgumentError(`${what}: the message is too big for the path; send less per datagram`, { cause: error }));
+      const wrapped = new NotConnectedError(`${what}: the pod can't be reached from here`, { cause: error });
+      sendErrors.add(wrapped);
+      reject(wrapped);
     };
     try {
       socket.send(datagram, target.port, target.address, (error) => (error ? fail(error) : resolve()));
     } catch (error) {
       // The socket closed under us (ERR_SOCKET_DGRAM_NOT_RUNNING): ours to report, not the pod's.
-      reject(error);
+      reject(new ClosedError(`the UDP socket sending to ${target.key} closed under the send`, { cause: error }));
     }
   });
 }

@@ -292,7 +292,7 @@ describe('unknown options', () => {
 
   it('suggests only what is a slip away', () => {
     refuses(() => leastLoaded({ strategy: 'p2c' } as never), 'unknown option strategy; the options are choices');
-    refuses(() => udpTransport({ Port: 9 } as never), 'unknown option Port (did you mean port?); the options are port, repeat, senderId');
+    refuses(() => udpTransport({ Port: 9 } as never), 'unknown option Port (did you mean port?); the options are port, repeat, senderId, secret');
   });
 
   it('never prints the value of an option that may be a secret', () => {

@@ -6,10 +6,12 @@ import { setImmediate } from 'node:timers/promises';
 import { staticEndpoints } from '../../src/discovery/static.ts';
 import { ErrorCode } from '../../src/errors.ts';
 import { createPool } from '../../src/pool/pool.ts';
-import { datagramReceiver, type DatagramGap } from '../../src/receive/datagram.ts';
+import { datagramReceiver, type DatagramDrop, type DatagramGap, type DatagramReceiverOptions } from '../../src/receive/datagram.ts';
 import { udpTransport } from '../../src/transport/udp.ts';
-import { decodeDatagram } from '../../src/wire/datagram.ts';
+import { decodeDatagram, encodeDatagram } from '../../src/wire/datagram.ts';
 import { resourceNames } from '../support/resources.ts';
+
+type ReceiverOptions = Omit<DatagramReceiverOptions, 'onMessage' | 'onGap' | 'onDrop'>;
 
 /** A pod's UDP socket on its own loopback address, with the dedup receiver in front of it. */
 class UdpPod extends EventEmitter<{ datagram: [] }> {
@@ -20,15 +22,19 @@ class UdpPod extends EventEmitter<{ datagram: [] }> {
   /** What the receiver delivered: one entry per message. */
   readonly messages: { sender: string; sequence: number; body: string }[] = [];
   readonly gaps: DatagramGap[] = [];
-  readonly receiver = datagramReceiver({
-    onMessage: (m) => this.messages.push({ sender: m.sender, sequence: m.sequence, body: Buffer.from(m.body).toString() }),
-    onGap: (gap) => this.gaps.push(gap),
-  });
+  readonly drops: DatagramDrop[] = [];
+  readonly receiver;
 
-  constructor(socket: Socket, address: string) {
+  constructor(socket: Socket, address: string, options: ReceiverOptions) {
     super();
     this.socket = socket;
     this.address = address;
+    this.receiver = datagramReceiver({
+      ...options,
+      onMessage: (m) => this.messages.push({ sender: m.sender, sequence: m.sequence, body: Buffer.from(m.body).toString() }),
+      onGap: (gap) => this.gaps.push(gap),
+      onDrop: (drop) => this.drops.push(drop),
+    });
     socket.on('message', (datagram) => {
       this.raw.push(datagram);
       this.receiver.accept(datagram);
@@ -36,11 +42,16 @@ class UdpPod extends EventEmitter<{ datagram: [] }> {
     });
   }
 
-  static async start(address: string): Promise<UdpPod> {
+  static async start(address: string, options: ReceiverOptions = {}): Promise<UdpPod> {
     const socket = createSocket(address.includes(':') ? 'udp6' : 'udp4');
     socket.bind(0, address);
     await once(socket, 'listening');
-    return new UdpPod(socket, address);
+    try {
+      return new UdpPod(socket, address, options);
+    } catch (error) {
+      socket.close();
+      throw error;
+    }
   }
 
   get port(): number {
@@ -96,7 +107,10 @@ describe('udpTransport with real dgram sockets on loopback', { timeout: 20_000 }
         `${pod.key} got each message once, in order, with the same sequence as every other pod`,
       );
       assert.equal(pod.raw.length, 15, 'three copies of each arrived');
-      assert.deepEqual(pod.receiver.stats(), { senders: 1, accepted: 5, duplicates: 10, stale: 0, malformed: 0, missing: 0 });
+      assert.deepEqual(pod.receiver.stats(), {
+        ...{ senders: 1, accepted: 5, duplicates: 10, stale: 0, malformed: 0, missing: 0 },
+        ...{ jumps: 0, resyncs: 0, full: 0, evicted: 0, badSignatures: 0, expired: 0 },
+      });
       assert.deepEqual(pod.gaps, []);
     }
   });
@@ -176,7 +190,12 @@ describe('udpTransport with real dgram sockets on loopback', { timeout: 20_000 }
     cleanup.push(() => pool.close());
     await pool.ready();
 
-    await assert.rejects(pool.use((client) => client.send('x')), { code: 'EACCES' });
+    await assert.rejects(pool.use((client) => client.send('x')), (error: Error & { code?: string; cause?: { code?: string } }) => {
+      assert.equal(error.code, ErrorCode.NOT_CONNECTED);
+      assert.equal(error.cause?.code, 'EACCES', "the kernel's error is the cause");
+      assert.match(error.message, /^sending a datagram of \d+ bytes to 127\.255\.255\.255:9 failed \(EACCES\)/);
+      return true;
+    });
     assert.equal(pool.stats().members[0].failures, 1, 'a send error counts');
     await assert.rejects(
       pool.use(() => {
@@ -184,7 +203,7 @@ describe('udpTransport with real dgram sockets on loopback', { timeout: 20_000 }
       }),
       /the application failed/,
     );
-    await assert.rejects(pool.use((client) => client.send(Buffer.alloc(70_000))), { code: 'EMSGSIZE' });
+    await assert.rejects(pool.use((client) => client.send(Buffer.alloc(70_000))), { code: ErrorCode.INVALID_ARGUMENT });
     assert.equal(pool.stats().members[0].failures, 1, 'an application error and an oversized message do not');
 
     const transport = udpTransport();
@@ -244,5 +263,169 @@ describe('udpTransport with real dgram sockets on loopback', { timeout: 20_000 }
     assert.throws(() => udpTransport({ port: 70_000 }), /option port must be an integer from 1 to 65535/);
     assert.throws(() => udpTransport({ senderId: '' }), { code: ErrorCode.INVALID_OPTION });
     assert.throws(() => udpTransport({ senderId: 'x'.repeat(256) }), /option senderId/);
+    assert.throws(
+      () => udpTransport({ secret: 'too short' }),
+      (error: Error & { code?: string }) => error.code === ErrorCode.INVALID_OPTION && /option secret .* got a string of 9 bytes$/.test(error.message) && !error.message.includes('short'),
+    );
+  });
+});
+
+/** A socket of no pod: what someone else on the network sends, forged as they like. */
+async function spoofer(type: 'udp4' | 'udp6' = 'udp4'): Promise<{ send(datagram: Uint8Array, pod: UdpPod): Promise<void>; close(): Promise<void> }> {
+  const socket = createSocket(type);
+  socket.bind(0, type === 'udp4' ? '127.0.0.1' : '::1');
+  await once(socket, 'listening');
+  return {
+    send: (datagram, pod) =>
+      new Promise<void>((resolve, reject) => socket.send(datagram, pod.port, pod.address, (error) => (error ? reject(error) : resolve()))),
+    async close() {
+      socket.close();
+      await once(socket, 'close');
+    },
+  };
+}
+
+describe('udpTransport and datagramReceiver against forged datagrams, on real sockets', { timeout: 60_000 }, () => {
+  const cleanup: (() => Promise<void>)[] = [];
+  afterEach(async () => {
+    for (const c of cleanup.splice(0).reverse()) await c();
+  });
+
+  it('delivers the real sender\'s next 100 datagrams after one forged with sequence 2^53 - 1 (before: all 100 dropped as stale)', async () => {
+    const pod = await UdpPod.start('127.0.0.161');
+    cleanup.push(() => pod.close());
+    const forger = await spoofer();
+    cleanup.push(() => forger.close());
+    const pool = createPool({ source: staticEndpoints([pod]), transport: udpTransport({ senderId: 'writer-s' }) });
+    cleanup.push(() => pool.close());
+    await pool.ready();
+
+    await pool.use((client) => client.send('first'));
+    await pod.received(1);
+    await forger.send(encodeDatagram({ sender: 'writer-s', sequence: Number.MAX_SAFE_INTEGER, body: 'forged' }), pod);
+    await pod.received(2);
+    for (let m = 1; m <= 100; m++) await pool.use((client) => client.send(`real ${m}`));
+    await pod.received(102);
+
+    assert.equal(pod.messages.length, 101);
+    assert.deepEqual(pod.messages.at(-1), { sender: 'writer-s', sequence: 101, body: 'real 100' });
+    assert.deepEqual(
+      pod.drops.map((d) => [d.reason, d.sequence]),
+      [['jump', Number.MAX_SAFE_INTEGER]],
+    );
+  });
+
+  it('delivers each of 50 real datagrams once while 1,024 forged sender ids arrive between its copies (before: 50 of 50 twice)', async () => {
+    const pod = await UdpPod.start('127.0.0.162');
+    cleanup.push(() => pod.close());
+    const forger = await spoofer();
+    cleanup.push(() => forger.close());
+    const pool = createPool({ source: staticEndpoints([pod]), transport: udpTransport({ senderId: 'writer-f' }) });
+    cleanup.push(() => pool.close());
+    await pool.ready();
+    const forged = Array.from({ length: 1_024 }, (_, i) => encodeDatagram({ sender: `forged-${i}`, sequence: 1, body: 'x' }));
+
+    let arrived = 0;
+    for (let m = 1; m <= 50; m++) {
+      // The same id twice: a broadcast retried, so both copies carry the same sequence.
+      await pool.use((client) => client.send(`real ${m}`, { id: `message-${m}` }));
+      await pod.received(++arrived);
+      // In batches the pod reads before the next: the socket's buffer would drop a burst of 1,024.
+      for (let batch = 0; batch < forged.length; batch += 64) {
+        for (const datagram of forged.slice(batch, batch + 64)) await forger.send(datagram, pod);
+        arrived += Math.min(64, forged.length - batch);
+        await pod.received(arrived);
+      }
+      await pool.use((client) => client.send(`real ${m}`, { id: `message-${m}` }));
+      await pod.received(++arrived);
+    }
+
+    const real = pod.messages.filter((message) => message.sender === 'writer-f');
+    assert.deepEqual(
+      real.map((message) => message.body),
+      Array.from({ length: 50 }, (_, i) => `real ${i + 1}`),
+      'each real message once',
+    );
+    const stats = pod.receiver.stats();
+    assert.equal(stats.senders, 1_024, 'the table stays bounded');
+    assert.equal(stats.duplicates, 50 + 49 * 1_023, "each real message's second copy, and every forged sender's datagram after the first round");
+    assert.equal(stats.full, 50, 'the one forged sender that found no room, each round');
+    assert.equal(stats.evicted, 0, 'no sender was forgotten: none was silent for senderIdleMs');
+  });
+
+  it('with a secret, takes what the pool signed and drops forged, unsigned and replayed datagrams', async () => {
+    const secret = 'the secret the writer and the pods share';
+    const pod = await UdpPod.start('127.0.0.163', { secret });
+    cleanup.push(() => pod.close());
+    const forger = await spoofer();
+    cleanup.push(() => forger.close());
+    const pool = createPool({ source: staticEndpoints([pod]), transport: udpTransport({ senderId: 'writer-k', secret }) });
+    cleanup.push(() => pool.close());
+    await pool.ready();
+
+    await pool.use((client) => client.send('signed 1'));
+    await pod.received(1);
+    const captured = pod.raw[0];
+    assert.equal(decodeDatagram(captured, { secret })?.signature, 'valid');
+    await forger.send(encodeDatagram({ sender: 'writer-k', sequence: 2, body: 'unsigned' }), pod);
+    await forger.send(encodeDatagram({ sender: 'writer-k', sequence: 2, body: 'forged' }, { secret: 'a guess at the secret, long enough' }), pod);
+    await forger.send(encodeDatagram({ sender: 'writer-k', sequence: 9_000_000, body: 'jump' }), pod);
+    await forger.send(captured, pod);
+    await pool.use((client) => client.send('signed 2'));
+    await pod.received(6);
+
+    assert.deepEqual(
+      pod.messages.map((m) => m.body),
+      ['signed 1', 'signed 2'],
+    );
+    assert.deepEqual(
+      pod.drops.map((d) => d.reason),
+      ['signature', 'signature', 'signature', 'duplicate'],
+    );
+  });
+
+  for (const [address, limit] of [
+    ['127.0.0.164', 65_507],
+    ['::1', 65_527],
+  ] as const) {
+    it(`sends a datagram of exactly ${limit} bytes to ${address}, and refuses one byte more before sending, not counting it against the pod`, async () => {
+      const pod = await UdpPod.start(address);
+      cleanup.push(() => pod.close());
+      const pool = createPool({ source: staticEndpoints([pod]), transport: udpTransport({ senderId: 'big' }), ejection: false });
+      cleanup.push(() => pool.close());
+      await pool.ready();
+      const header = 12 + 'big'.length;
+
+      const sent = await pool.use((client) => client.send(Buffer.alloc(limit - header, 1)));
+      assert.equal(sent.bytes, limit);
+      await pod.received(1);
+      assert.equal(pod.raw[0].length, limit);
+
+      for (const size of [limit - header + 1, 70_000]) {
+        await assert.rejects(pool.use((client) => client.send(Buffer.alloc(size))), {
+          code: ErrorCode.INVALID_ARGUMENT,
+          message: `argument body makes a datagram of ${size + header} bytes (header included); UDP carries at most ${limit} to ${pod.key}: send less per datagram`,
+        });
+      }
+      assert.equal(pool.stats().members[0].failures, 0, "too big is the message's fault, not the pod's");
+      const next = await pool.use((client) => client.send('small'));
+      assert.equal(next.sequence, 2, 'a refused body takes no sequence number');
+    });
+  }
+
+  it("counts a signed datagram's trailer against the limit", async () => {
+    const pod = await UdpPod.start('127.0.0.165', { secret: 'the secret the writer and the pods share' });
+    cleanup.push(() => pod.close());
+    const pool = createPool({
+      source: staticEndpoints([pod]),
+      transport: udpTransport({ senderId: 'big', secret: 'the secret the writer and the pods share' }),
+    });
+    cleanup.push(() => pool.close());
+    await pool.ready();
+    const overhead = 12 + 'big'.length + 40;
+    await pool.use((client) => client.send(Buffer.alloc(65_507 - overhead)));
+    await pod.received(1);
+    assert.equal(pod.messages.length, 1);
+    await assert.rejects(pool.use((client) => client.send(Buffer.alloc(65_507 - overhead + 1))), { code: ErrorCode.INVALID_ARGUMENT, message: /65508 bytes/ });
   });
 });
