@@ -2,7 +2,8 @@
  * A small authoritative DNS server on loopback, built on `dns-packet`: the tests' (and the
  * bench's stand-in cluster's) answer to "what does cluster DNS say about this headless name".
  * It serves A, AAAA and SRV records that the caller changes at run time, fails on demand
- * (SERVFAIL, REFUSED, silence, NXDOMAIN, NODATA), can answer slowly, and counts what it was asked
+ * (SERVFAIL, REFUSED, silence, NXDOMAIN, NODATA), answers what no zone would (records of another
+ * name, bytes that do not parse) when told to, can answer slowly, and counts what it was asked
  * so a test waits for "the next poll" on an event instead of sleeping.
  *
  * UDP first, as resolvers do; an answer too large for the datagram goes out truncated (TC) and the
@@ -30,6 +31,14 @@ export interface DnsRecords {
 
 /** The record types this server answers. */
 export type DnsRecordType = 'A' | 'AAAA' | 'SRV';
+
+/**
+ * An answer no zone would give, for one name and type (see {@link DnsServer.answer}): records put
+ * in the answer section exactly as given (any owner name, type or data: records of another name,
+ * a CNAME chain), or a function building the whole response from the query, to send bytes that
+ * are malformed on purpose.
+ */
+export type RawAnswer = readonly dnsPacket.Answer[] | ((query: dnsPacket.DecodedPacket) => Uint8Array);
 
 /**
  * How to fail: an rcode (`servfail`, `refused`, `nxdomain`), an empty NOERROR answer (`nodata`),
@@ -141,6 +150,7 @@ export class DnsServer {
   #held: (() => void)[] = [];
   #holding = false;
   readonly #records = new Map<string, DnsRecords>();
+  readonly #raw = new Map<string, RawAnswer>();
   readonly #counts = new Map<string, number>();
   readonly #listeners = new Set<(query: DnsQuery) => void>();
   #rules: Rule[] = [];
@@ -202,6 +212,25 @@ export class DnsServer {
   /** Removes `name`: it answers NXDOMAIN from now on. */
   delete(name: string): void {
     this.#records.delete(normalize(name));
+  }
+
+  /**
+   * Answers every query for `name` and `type` with `answer` from now on (NOERROR, whatever the
+   * records of `name` say; failure rules still come first), or as the records say again when
+   * `answer` is undefined. Throws at once for records `dns-packet` can't encode.
+   */
+  answer(name: string, type: string, answer: RawAnswer | undefined): void {
+    const key = `${normalize(name)} ${type.toUpperCase()}`;
+    if (answer === undefined) {
+      this.#raw.delete(key);
+      return;
+    }
+    if (typeof answer !== 'function') {
+      // Encoded here, where the caller sees the error, not in the socket's handler where it would crash the process.
+      dnsPacket.encode({ type: 'response', id: 0, questions: [{ type: 'A', name }], answers: [...answer] });
+      answer = answer.map((record) => ({ ...record }));
+    }
+    this.#raw.set(key, answer);
   }
 
   /** Fails matching queries as `mode` says; the earliest rule that matches a query wins. */
@@ -345,7 +374,13 @@ export class DnsServer {
 
     const mode = this.#takeRule(name, type);
     if (mode === 'timeout') return;
-    const response = dnsPacket.encode(this.#answer(query, name, type, mode));
+    const raw = mode === undefined ? this.#raw.get(key) : undefined;
+    let response: Buffer;
+    try {
+      response = typeof raw === 'function' ? Buffer.from(raw(query)) : dnsPacket.encode(this.#answer(query, name, type, mode, raw));
+    } catch {
+      return; // a builder that throws is the test's bug; its query goes unanswered rather than crash the process
+    }
 
     this.#outstanding++;
     this.#maxOutstanding = Math.max(this.#maxOutstanding, this.#outstanding);
@@ -377,7 +412,13 @@ export class DnsServer {
     return rule.mode;
   }
 
-  #answer(query: dnsPacket.DecodedPacket, name: string, type: string, mode: DnsFailure | undefined): dnsPacket.Packet {
+  #answer(
+    query: dnsPacket.DecodedPacket,
+    name: string,
+    type: string,
+    mode: DnsFailure | undefined,
+    raw: readonly dnsPacket.Answer[] | undefined,
+  ): dnsPacket.Packet {
     const base = {
       type: 'response' as const,
       id: query.id,
@@ -387,6 +428,7 @@ export class DnsServer {
     };
     if (mode === 'servfail') return { ...base, flags: base.flags | RCODE.SERVFAIL };
     if (mode === 'refused') return { ...base, flags: base.flags | RCODE.REFUSED };
+    if (raw !== undefined) return { ...base, answers: [...raw] };
     const records = this.#records.get(name);
     if (mode === 'nxdomain' || records === undefined) return { ...base, flags: base.flags | RCODE.NXDOMAIN };
     if (mode === 'nodata') return base;

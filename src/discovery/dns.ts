@@ -1,10 +1,11 @@
 import { NODATA, NOTFOUND } from 'node:dns';
 import { Resolver } from 'node:dns/promises';
 import { debuglog } from 'node:util';
+import { checkAllowAddresses, refusedAddress, type AddressRange } from '../address.ts';
 import { jitterOf } from '../backoff.ts';
 import { createEndpoint, EndpointSet, type Endpoint } from '../endpoint.ts';
 import { DiscoveryFailedError, InvalidEndpointError, NameNotFoundError, PodpoolError } from '../errors.ts';
-import { checkFunction, checkNumber, checkOptions, invalidOption, optionNames } from '../options.ts';
+import { checkDelay, checkFunction, checkNumber, checkOptions, invalidOption, MAX_DELAY_MS, optionNames } from '../options.ts';
 import { checkHost, notFoundAdvice } from './dns-names.ts';
 import type { EndpointSource, SourceSink, SourceWatch } from './source.ts';
 
@@ -29,10 +30,19 @@ export interface DnsEndpointsOptions {
   servers?: readonly string[];
   /** How long a server has to answer one try of a query (c-ares waits at least ~250 ms). Default 2000. */
   timeoutMs?: number;
-  /** Tries per query and server; a silent server fails a poll after about tries × timeoutMs. Default 2. */
+  /** Tries per query and server, 1 to 100; a silent server fails a poll after about tries × timeoutMs. Default 2. */
   tries?: number;
   /** Numbers in [0, 1) for the jitter; tests pin it. Default `Math.random`. */
   random?: () => number;
+  /**
+   * Address ranges an answer may hold besides ordinary unicast addresses. Default none: an answer
+   * of `127.0.0.1` or `0.0.0.0` would send requests to the client's own host (DNS rebinding) and
+   * `169.254.169.254` to the cloud's metadata service, and Kubernetes never publishes such pod
+   * addresses. A refused address is skipped and reported (`PODPOOL_INVALID_ENDPOINT`, once while
+   * it keeps coming back); the other endpoints are used. `['loopback']` for a test DNS server
+   * whose records point at 127.x pods.
+   */
+  allowAddresses?: readonly AddressRange[];
 }
 
 // Clients of one Deployment start together and would otherwise poll CoreDNS in lockstep, every
@@ -43,15 +53,28 @@ const JITTER = 0.2;
 const TARGET_LOOKUPS = 8;
 // Past this, setTimeout's 32-bit delay overflows to 1 ms and the source would hammer DNS.
 const MAX_REFRESH_MS = 86_400_000;
+// c-ares takes up to 2^31 - 1, but a poll can last tries × timeoutMs: past a few tries a silent
+// server would hold a poll (and the last good set's staleness) for ever.
+const MAX_TRIES = 100;
 // Kubernetes port names are RFC 6335 service names: ≤ 15 letters, digits and single hyphens,
 // at least one letter. Anything else (`'8080'`, `'_grpc'`) can never match an SRV record.
 const SERVICE_NAME = /^(?=.{1,15}$)(?=.*[a-z])[a-z0-9]+(?:-[a-z0-9]+)*$/i;
-const OPTIONS = optionNames<DnsEndpointsOptions>({ host: true, port: true, refreshMs: true, servers: true, timeoutMs: true, tries: true, random: true });
+const OPTIONS = optionNames<DnsEndpointsOptions>({
+  host: true,
+  port: true,
+  refreshMs: true,
+  servers: true,
+  timeoutMs: true,
+  tries: true,
+  random: true,
+  allowAddresses: true,
+});
 
 /**
  * Discovers the pods behind a headless Service by polling DNS: A and AAAA of `host` for a port
  * number, SRV for a port name. Keeps the last good answer through failures and through a single
  * empty answer; reports a name that does not exist (NXDOMAIN) as `PODPOOL_NAME_NOT_FOUND`;
+ * skips and reports (once while it keeps coming) an address `allowAddresses` does not accept;
  * throws `PODPOOL_INVALID_OPTION` for a bad option or a `host` that can't be asked as written.
  */
 export function dnsEndpoints(options: DnsEndpointsOptions): EndpointSource {
@@ -65,27 +88,32 @@ export function dnsEndpoints(options: DnsEndpointsOptions): EndpointSource {
   }
   const refreshMs = checkNumber('refreshMs', options.refreshMs ?? 5000, { min: 1 });
   if (refreshMs > MAX_REFRESH_MS) invalidOption('refreshMs', `a number from 1 to ${MAX_REFRESH_MS}`, refreshMs);
-  const timeoutMs = checkNumber('timeoutMs', options.timeoutMs ?? 2000, { min: 1, integer: true });
+  // c-ares takes 32-bit integers: a larger value would throw from watch(), inside the pool.
+  const timeoutMs = checkDelay('timeoutMs', options.timeoutMs ?? 2000);
+  if (!Number.isInteger(timeoutMs)) invalidOption('timeoutMs', `an integer number of ms from 1 to ${MAX_DELAY_MS}`, timeoutMs);
   const tries = checkNumber('tries', options.tries ?? 2, { min: 1, integer: true });
+  if (tries > MAX_TRIES) invalidOption('tries', `an integer from 1 to ${MAX_TRIES}`, tries);
   const random = options.random ?? Math.random;
   checkFunction('random', random, 'a function returning numbers in [0, 1)');
   const servers = options.servers === undefined ? undefined : checkServers(options.servers);
+  const allowed = checkAllowAddresses(options.allowAddresses, []);
 
   const asked = typeof port === 'number' ? host : `_${port}._tcp.${host}`;
   const serverList = servers ? servers.join(', ') : 'those of /etc/resolv.conf';
 
-  const lookup = async (resolver: Resolver): Promise<Answer> => {
+  const lookup = async (resolver: Resolver, memory: Memory): Promise<Answer> => {
     try {
-      let found: Found[];
-      let missing: boolean;
       if (typeof port === 'number') {
-        const answer = await addressesOf(resolver, host);
-        found = answer.addresses.map((address) => ({ address, port, from: host }));
-        missing = answer.missing;
-      } else {
-        ({ found, missing } = await srvTargets(resolver, asked));
+        const answer = await addressesOf(resolver, host, memory.get(host));
+        return {
+          ok: true,
+          missing: answer.missing,
+          found: answer.addresses.map((address) => ({ address, port, from: host })),
+          failed: answer.failed,
+          memory: new Map([[host, answer.families]]),
+        };
       }
-      return { ok: true, missing, ...validate(found, asked) };
+      return { ok: true, ...(await srvTargets(resolver, asked, memory)) };
     } catch (error) {
       return { ok: false, error: error as Error };
     }
@@ -103,6 +131,17 @@ export function dnsEndpoints(options: DnsEndpointsOptions): EndpointSource {
         notFoundAdvice(host, port),
     );
   };
+  const familyFailed = ({ name, type, error, kept }: FamilyFailure): PodpoolError => {
+    const [family, other] = type === 'A' ? ['IPv4', 'IPv6'] : ['IPv6', 'IPv4'];
+    const of = name === asked ? '' : ` of ${name}`;
+    const using = kept === undefined || kept === 0 ? `using the ${other} addresses alone` : `keeping the last ${kept} ${family} addresses${of}`;
+    return new DiscoveryFailedError(
+      `DNS lookup of ${asked}: the ${type} query${of} failed (${error.message}) while ${type === 'A' ? 'AAAA' : 'A'} answered; ${using}. ` +
+        `Reported once until ${type} answers again. Some resolvers refuse ${type} for a name without ${family} addresses; ` +
+        `if the Service has ${family} pods, check the DNS servers (${serverList})`,
+      { cause: error },
+    );
+  };
 
   return {
     kind: 'dns',
@@ -117,9 +156,26 @@ export function dnsEndpoints(options: DnsEndpointsOptions): EndpointSource {
       let polling: Promise<void> | undefined;
       let reported: EndpointSet | undefined;
       let emptyPolls = 0;
+      // Each name's last good addresses per family, from the last poll that answered.
+      let memory: Memory = new Map();
+      // What was reported as it kept coming back, poll after poll (a family that fails, a record
+      // skipped): reported again only once it went away and came back, so a resolver that always
+      // refuses AAAA, or a record of 0.0.0.0 left in a zone, is one report and not one a poll.
+      let failing = new Set<string>();
+      let skipping = new Set<string>();
+
+      /** Reports what is new in `now` compared with `before`; returns `now`'s keys as the new `before`. */
+      const reportNew = (before: ReadonlySet<string>, now: readonly { key: string; error: () => PodpoolError }[]): Set<string> => {
+        const keys = new Set<string>();
+        for (const { key, error } of now) {
+          keys.add(key);
+          if (!before.has(key) && !closed) sink.error(error());
+        }
+        return keys;
+      };
 
       const poll = async (): Promise<void> => {
-        const answer = await lookup(resolver);
+        const answer = await lookup(resolver, memory);
         // close() cancels the queries, which then fail with ECANCELLED: not news for anybody.
         if (closed) return;
         if (!answer.ok) {
@@ -137,11 +193,23 @@ export function dnsEndpoints(options: DnsEndpointsOptions): EndpointSource {
           );
           return;
         }
-        for (const skipped of answer.skipped) {
-          if (closed) return;
-          sink.error(skipped);
+        memory = answer.memory;
+        failing = reportNew(
+          failing,
+          answer.failed.map((failure) => ({ key: `${failure.name} ${failure.type}`, error: () => familyFailed(failure) })),
+        );
+        const { endpoints, skipped } = validate(answer.found, asked, allowed);
+        skipping = reportNew(skipping, skipped);
+        if (closed) return;
+        if (endpoints.length === 0 && answer.found.length > 0) {
+          // Every record was refused or malformed: that is no news about the pods (a resolver that
+          // answers 0.0.0.0 for names it blocks, say), so it neither empties the set nor counts
+          // towards doing so.
+          emptyPolls = 0;
+          debug('dns %s: every address skipped, keeping the set', asked);
+          return;
         }
-        if (answer.endpoints.length === 0) {
+        if (endpoints.length === 0) {
           // Kubernetes answers NXDOMAIN/NODATA when no pod is ready, but so does a DNS server that
           // restarts or a record caught mid-update: only a second empty answer in a row is believed.
           // NXDOMAIN is such an empty answer (cluster DNS gives it for a headless Service with no
@@ -162,7 +230,7 @@ export function dnsEndpoints(options: DnsEndpointsOptions): EndpointSource {
         } else {
           emptyPolls = 0;
         }
-        const set = new EndpointSet(answer.endpoints);
+        const set = new EndpointSet(endpoints);
         if (closed || reported?.equals(set)) return;
         reported = set;
         debug('dns %s: %d endpoints', asked, set.size);
@@ -202,8 +270,33 @@ export function dnsEndpoints(options: DnsEndpointsOptions): EndpointSource {
   };
 }
 
+/** The two families, with the record type that asks for each. */
+type RecordType = 'A' | 'AAAA';
+
+/** One name's last good addresses per record type; a type never answered yet is absent. */
+type Families = Readonly<Partial<Record<RecordType, readonly string[]>>>;
+
+/** Families by name (lower case for SRV targets): the host's, or each SRV target's. */
+type Memory = ReadonlyMap<string, Families>;
+
+/** One family of one name that failed while the other answered. */
+interface FamilyFailure {
+  readonly name: string;
+  readonly type: RecordType;
+  readonly error: Error;
+  /** How many of its last good addresses were kept; undefined when it never answered. */
+  readonly kept: number | undefined;
+}
+
 type Answer =
-  | { readonly ok: true; readonly missing: boolean; readonly endpoints: Endpoint[]; readonly skipped: PodpoolError[] }
+  | {
+      readonly ok: true;
+      readonly missing: boolean;
+      readonly found: readonly Found[];
+      readonly failed: readonly FamilyFailure[];
+      /** Replaces the watch's memory: only the names asked this time, so it never grows. */
+      readonly memory: Memory;
+    }
   | { readonly ok: false; readonly error: Error };
 
 interface Found {
@@ -226,47 +319,79 @@ function isNoSuchName(error: unknown): boolean {
 
 /**
  * A and AAAA of one name. An IPv4-only cluster answers AAAA with NODATA (and an IPv6-only one A),
- * so an empty family is normal; any other failure of either family fails the whole lookup, since a
- * dual-stack set that lost one family for one poll would churn every connection of that family.
+ * so an empty family is normal. Some resolvers refuse or drop AAAA for an IPv4-only name, so one
+ * family failing must not void the other's answer; but a dual-stack set that lost one family for
+ * one poll would churn every connection of that family. So a family that fails is taken as its
+ * last good answer (`before`), the other as it answered now; with no last good answer, the other
+ * family alone, unless that says nothing either (NODATA): then the lookup fails, as it does when
+ * both fail. NXDOMAIN from the other family covers both: the name itself does not exist.
  */
-async function addressesOf(resolver: Resolver, name: string): Promise<{ addresses: string[]; missing: boolean }> {
+async function addressesOf(
+  resolver: Resolver,
+  name: string,
+  before: Families | undefined,
+): Promise<{ addresses: string[]; missing: boolean; families: Families; failed: FamilyFailure[] }> {
   // allSettled, not all: a poll returns only when both queries are over, so none outlives it.
   const results = await Promise.allSettled([resolver.resolve4(name), resolver.resolve6(name)]);
+  const types = ['A', 'AAAA'] as const;
+  const noSuchName = results.some((r) => r.status === 'rejected' && isNoSuchName(r.reason));
+  const families: Partial<Record<RecordType, readonly string[]>> = {};
   const addresses: string[] = [];
-  let missing = false;
-  for (const result of results) {
-    if (result.status === 'fulfilled') addresses.push(...result.value);
-    else if (!isEmptyAnswer(result.reason)) throw result.reason;
-    else missing ||= isNoSuchName(result.reason);
+  const failed: FamilyFailure[] = [];
+  for (let i = 0; i < 2; i++) {
+    const result = results[i];
+    const type = types[i];
+    let list: readonly string[] | undefined;
+    if (result.status === 'fulfilled') list = result.value;
+    else if (isEmptyAnswer(result.reason) || noSuchName) list = [];
+    else {
+      list = before?.[type];
+      failed.push({ name, type, error: result.reason as Error, kept: list?.length });
+    }
+    if (list === undefined) continue;
+    families[type] = list;
+    addresses.push(...list);
   }
-  return { addresses, missing: missing && addresses.length === 0 };
+  if (failed.length === 2) throw failed[0].error;
+  if (failed.length === 1 && failed[0].kept === undefined && addresses.length === 0 && !noSuchName) throw failed[0].error;
+  return { addresses, missing: noSuchName && addresses.length === 0, families, failed };
 }
 
 /**
  * Every (address, port) an SRV name points to. Priority and weight are ignored: Kubernetes gives
  * every pod the same, and balancing is the pool's job. A target that no longer resolves (its pod
  * went between the two queries) is left out; a target whose lookup failed fails the poll, so a
- * transient error never drops a pod.
+ * transient error never drops a pod; a target one of whose families failed is taken as
+ * {@link addressesOf} says.
  */
-async function srvTargets(resolver: Resolver, srvName: string): Promise<{ found: Found[]; missing: boolean }> {
+async function srvTargets(
+  resolver: Resolver,
+  srvName: string,
+  memory: Memory,
+): Promise<{ found: Found[]; missing: boolean; failed: FamilyFailure[]; memory: Memory }> {
   let records: { name: string; port: number }[];
   try {
     records = await resolver.resolveSrv(srvName);
   } catch (error) {
-    if (isEmptyAnswer(error)) return { found: [], missing: isNoSuchName(error) };
+    if (isEmptyAnswer(error)) return { found: [], missing: isNoSuchName(error), failed: [], memory: new Map() };
     throw error;
   }
   const targets = [...new Set(records.map((r) => r.name.toLowerCase()))];
   const addresses = new Map<string, string[]>();
+  const next = new Map<string, Families>();
+  const failed: FamilyFailure[] = [];
   let failure: unknown;
-  let next = 0;
+  let taken = 0;
   const worker = async (): Promise<void> => {
     // Each turn takes one target, so this ends after targets.length turns at most; after a
     // failure the poll is lost anyway, so no new lookup starts.
-    while (failure === undefined && next < targets.length) {
-      const target = targets[next++];
+    while (failure === undefined && taken < targets.length) {
+      const target = targets[taken++];
       try {
-        addresses.set(target, (await addressesOf(resolver, target)).addresses);
+        const answer = await addressesOf(resolver, target, memory.get(target));
+        addresses.set(target, answer.addresses);
+        next.set(target, answer.families);
+        failed.push(...answer.failed);
       } catch (error) {
         failure ??= error;
       }
@@ -281,24 +406,50 @@ async function srvTargets(resolver: Resolver, srvName: string): Promise<{ found:
     if (list.length === 0) debug('dns %s: target %s has no address, skipped', srvName, target);
     for (const address of list) found.push({ address, port: record.port, from: target });
   }
-  return { found, missing: false };
+  return { found, missing: false, failed, memory: next };
 }
 
-/** Builds endpoints; a bad record (an SRV port of 0, say) is set aside to be reported, never thrown. */
-function validate(found: readonly Found[], asked: string): { endpoints: Endpoint[]; skipped: PodpoolError[] } {
+/** A record left out of the set, with the key that tells it from others across polls. */
+interface Skipped {
+  readonly key: string;
+  readonly error: () => PodpoolError;
+}
+
+/**
+ * Builds endpoints; a bad record (an SRV port of 0, say) or an address `allowed` does not accept
+ * is set aside to be reported, never thrown.
+ */
+function validate(found: readonly Found[], asked: string, allowed: ReadonlySet<AddressRange>): { endpoints: Endpoint[]; skipped: Skipped[] } {
   const endpoints: Endpoint[] = [];
-  const skipped: PodpoolError[] = [];
+  const skipped: Skipped[] = [];
   for (const { address, port, from } of found) {
+    let endpoint: Endpoint;
     try {
-      endpoints.push(createEndpoint({ address, port }));
+      endpoint = createEndpoint({ address, port });
     } catch (error) {
-      skipped.push(
-        new InvalidEndpointError(
-          `DNS lookup of ${asked}: skipped the record of ${from} (${(error as Error).message}); fix the record, the other endpoints are used`,
-          { cause: error },
-        ),
-      );
+      skipped.push({
+        key: `${from} ${address} ${port}`,
+        error: () =>
+          new InvalidEndpointError(
+            `DNS lookup of ${asked}: skipped the record of ${from} (${(error as Error).message}); fix the record, the other endpoints are used`,
+            { cause: error },
+          ),
+      });
+      continue;
     }
+    const refused = refusedAddress(address, allowed);
+    if (refused === undefined) {
+      endpoints.push(endpoint);
+      continue;
+    }
+    skipped.push({
+      key: `${from} ${address}`,
+      error: () =>
+        new InvalidEndpointError(
+          `DNS lookup of ${asked}: skipped the address of ${from}: ${refused}; the other endpoints are used, ` +
+            'and this is not reported again while the record stays',
+        ),
+    });
   }
   return { endpoints, skipped };
 }
