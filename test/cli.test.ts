@@ -70,6 +70,28 @@ describe('podpool endpoints', () => {
     );
   });
 
+  it('reports addresses it refuses, and lists them with --allow-addresses', async (t) => {
+    const dns = await DnsServer.start();
+    t.after(() => dns.close());
+    dns.set('backend.default.svc.cluster.local', { A: ['10.1.0.7', '127.0.0.5', '0.0.0.0'] });
+    const args = ['endpoints', '--dns', 'backend.default.svc.cluster.local', '--port', '8080', '--server', `127.0.0.1:${dns.port}`];
+
+    const refused = await podpool(t, args);
+    assert.equal(refused.code, 0, refused.stderr);
+    assert.deepEqual(columns(refused.stdout).slice(1).map((row) => row.split(' ')[0]), ['10.1.0.7']);
+    assert.match(refused.stderr, /PODPOOL_INVALID_ENDPOINT: .*127\.0\.0\.5 is a loopback address/);
+    assert.match(refused.stderr, /PODPOOL_INVALID_ENDPOINT: .*0\.0\.0\.0 is an unspecified address/);
+
+    const allowed = await podpool(t, [...args, '--allow-addresses', 'loopback']);
+    assert.equal(allowed.code, 0, allowed.stderr);
+    assert.deepEqual(columns(allowed.stdout).slice(1).map((row) => row.split(' ')[0]), ['10.1.0.7', '127.0.0.5']);
+    assert.doesNotMatch(allowed.stderr, /127\.0\.0\.5/);
+
+    const bad = await podpool(t, [...args, '--allow-addresses', 'localhost']);
+    assert.equal(bad.code, 2);
+    assert.match(bad.stderr, /--allow-addresses takes unspecified, loopback, link-local, multicast, broadcast, got "localhost"/);
+  });
+
   it('says why it found nothing, and exits 1', async (t) => {
     const dns = await DnsServer.start();
     t.after(() => dns.close());

@@ -118,10 +118,18 @@ export const DNS_REFRESH_MS = 1_000;
 
 /**
  * The headless name through cluster DNS, whose server is named (as a pod's resolv.conf would):
- * the machine's own resolver never hears of the bench's names.
+ * the machine's own resolver never hears of the bench's names. The userspace stand-in's pods are
+ * on 127.x, which dnsEndpoints refuses unless told (the iptables stand-in's are on 10.244.x, in
+ * the bench's namespace, and need nothing).
  */
 export const dnsSource: SourceFactory = (cluster, port) =>
-  dnsEndpoints({ host: HEADLESS_NAME, port, refreshMs: DNS_REFRESH_MS, servers: [cluster.dnsServer] });
+  dnsEndpoints({
+    host: HEADLESS_NAME,
+    port,
+    refreshMs: DNS_REFRESH_MS,
+    servers: [cluster.dnsServer],
+    ...(cluster.standIn === 'userspace' && { allowAddresses: ['loopback'] }),
+  });
 
 /**
  * The discovery sources podpool can use in the stand-in cluster, by report name: cluster DNS and

@@ -3,6 +3,7 @@
  * user can check DNS or RBAC before wiring a pool. With `--watch` it prints every new snapshot.
  */
 import { parseArgs } from 'node:util';
+import { ADDRESS_RANGES, type AddressRange } from '../address.ts';
 import { EndpointSet, type Endpoint } from '../endpoint.ts';
 import type { EndpointSource } from '../discovery/source.ts';
 import { dnsEndpoints } from '../discovery/dns.ts';
@@ -12,6 +13,8 @@ import { PodpoolError } from '../errors.ts';
 export const ENDPOINTS_USAGE = `podpool endpoints flags:
   --dns <host> --port <number|name> [--server <ip[:port]>]       a headless Service's DNS name (A/AAAA; SRV for a port name)
   --kubernetes <service> --namespace <ns> --port <name|number>   EndpointSlices through the API server
+  --allow-addresses <ranges>  also accept these address ranges, comma-separated (${ADDRESS_RANGES.join(', ')});
+                            refused by default, and reported instead of listed
   --watch                   keep printing snapshots until Ctrl-C (default: the first one, then exit)
   --timeout <s>             give up waiting for the first snapshot after this long (default 10)
   --json                    one JSON array per snapshot
@@ -32,17 +35,27 @@ export function formatEndpoints(endpoints: EndpointSet): string {
   return [header, ...rows].map((r) => r.map((c, i) => c.padEnd(widths[i]!)).join('  ').trimEnd()).join('\n');
 }
 
+/** `--allow-addresses loopback,link-local` as the sources' allowAddresses option. */
+function allowAddressesOf(value: string | boolean | undefined): { allowAddresses?: AddressRange[] } {
+  if (typeof value !== 'string') return {};
+  const ranges = value.split(',').map((range) => range.trim()).filter((range) => range !== '');
+  const unknown = ranges.find((range) => !ADDRESS_RANGES.includes(range as AddressRange));
+  if (unknown !== undefined) throw usage(`--allow-addresses takes ${ADDRESS_RANGES.join(', ')}, got ${JSON.stringify(unknown)}`);
+  return { allowAddresses: ranges as AddressRange[] };
+}
+
 function sourceOf(values: Record<string, string | boolean | undefined>): EndpointSource {
   const port = values.port;
   if (typeof port !== 'string') throw usage('--port is required');
   const portValue = /^\d+$/.test(port) ? Number(port) : port;
+  const allow = allowAddressesOf(values['allow-addresses']);
   if (typeof values.dns === 'string') {
     const servers = typeof values.server === 'string' ? [values.server] : undefined;
-    return dnsEndpoints({ host: values.dns, port: portValue, ...(servers && { servers }) });
+    return dnsEndpoints({ host: values.dns, port: portValue, ...(servers && { servers }), ...allow });
   }
   if (typeof values.kubernetes === 'string') {
     if (typeof values.namespace !== 'string') throw usage('--kubernetes needs --namespace');
-    return kubernetesEndpoints({ service: values.kubernetes, namespace: values.namespace, port: portValue });
+    return kubernetesEndpoints({ service: values.kubernetes, namespace: values.namespace, port: portValue, ...allow });
   }
   throw usage('say where to look: --dns <host> or --kubernetes <service>');
 }
@@ -62,6 +75,7 @@ export async function runEndpoints(args: string[]): Promise<number> {
       kubernetes: { type: 'string' },
       namespace: { type: 'string' },
       port: { type: 'string' },
+      'allow-addresses': { type: 'string' },
       watch: { type: 'boolean' },
       timeout: { type: 'string' },
       json: { type: 'boolean' },

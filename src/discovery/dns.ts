@@ -446,7 +446,7 @@ function validate(found: readonly Found[], asked: string, allowed: ReadonlySet<A
       key: `${from} ${address}`,
       error: () =>
         new InvalidEndpointError(
-          `DNS lookup of ${asked}: skipped the address of ${from}: ${refused}; the other endpoints are used, ` +
+          `DNS lookup of ${asked}: skipped an address${from === asked ? '' : ` of ${from}`}: ${refused}; the other endpoints are used, ` +
             'and this is not reported again while the record stays',
         ),
     });

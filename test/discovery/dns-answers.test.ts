@@ -131,7 +131,7 @@ describe('dnsEndpoints and the answers it gets', () => {
       await sink.until((s) => s.snapshots.length === 1 && s.errors.length === 1);
       assert.deepEqual(sink.keys, [`${POD_A}:50051`]);
       assert.equal(sink.errors[0].code, ErrorCode.INVALID_ENDPOINT);
-      assert.match(sink.errors[0].message, new RegExp(`skipped the address of metadata\\.${HOST.replaceAll('.', '\\.')}: 169\\.254\\.169\\.254 is a link-local address`));
+      assert.match(sink.errors[0].message, new RegExp(`skipped an address of metadata\\.${HOST.replaceAll('.', '\\.')}: 169\\.254\\.169\\.254 is a link-local address`));
     });
   });
 
