@@ -53,8 +53,8 @@ const JITTER = 0.2;
 const TARGET_LOOKUPS = 8;
 // Past this, setTimeout's 32-bit delay overflows to 1 ms and the source would hammer DNS.
 const MAX_REFRESH_MS = 86_400_000;
-// c-ares takes up to 2^31 - 1, but a poll can last tries × timeoutMs: past a few tries a silent
-// server would hold a poll (and the last good set's staleness) for ever.
+// c-ares takes up to 2^31 - 1 (and throws past it, inside watch()); a silent server holds a poll
+// for tries × timeoutMs, so more than a hundred tries is a slip, not a policy.
 const MAX_TRIES = 100;
 // Kubernetes port names are RFC 6335 service names: ≤ 15 letters, digits and single hyphens,
 // at least one letter. Anything else (`'8080'`, `'_grpc'`) can never match an SRV record.
