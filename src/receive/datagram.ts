@@ -1,5 +1,5 @@
 import type { RemoteInfo, Socket } from 'node:dgram';
-import { checkDelay, checkFunction, checkNumber, checkOptions, invalidOption, optionNames } from '../options.ts';
+import { checkDelay, checkFunction, checkNumber, checkOptions, invalidArgument, invalidOption, optionNames } from '../options.ts';
 import { decodeDatagram, type Datagram } from '../wire/datagram.ts';
 import { checkSecret, type Secret } from '../wire/secret.ts';
 
@@ -123,7 +123,7 @@ export interface DatagramReceiver {
    * is dropped, never thrown.
    */
   accept(datagram: Uint8Array, from?: RemoteInfo): DatagramOutcome;
-  /** Feeds it every datagram `socket` receives; returns a function that stops. */
+  /** Feeds it every datagram `socket` receives; returns a function that stops. `PODPOOL_INVALID_ARGUMENT` when `socket` is not one. */
   listen(socket: Socket): () => void;
   stats(): DatagramReceiverStats;
 }
@@ -294,6 +294,9 @@ export function datagramReceiver(options: DatagramReceiverOptions): DatagramRece
   return {
     accept,
     listen(socket) {
+      if (socket === null || typeof socket !== 'object' || typeof socket.on !== 'function' || typeof socket.off !== 'function') {
+        invalidArgument('socket', 'a dgram Socket', socket);
+      }
       const onDatagram = (datagram: Buffer, from: RemoteInfo): void => {
         accept(datagram, from);
       };

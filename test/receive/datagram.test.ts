@@ -157,6 +157,11 @@ describe('datagramReceiver: bad input', () => {
     assert.deepEqual(receiver.stats(), { senders: 0, accepted: 0, duplicates: 0, stale: 0, malformed: 0, missing: 0, ...NONE });
   });
 
+  it('refuses to listen() to what is not a socket', () => {
+    const { receiver } = recorder();
+    for (const bad of [undefined, null, 'udp4', {}]) assert.throws(() => receiver.listen(bad as never), { code: ErrorCode.INVALID_ARGUMENT, message: /argument socket must be a dgram Socket/ });
+  });
+
   it('drops every truncation of a good datagram as malformed, never throws', () => {
     const { receiver } = recorder();
     const good = encodeDatagram({ sender: 'abc', sequence: 3, body: 'x' });
