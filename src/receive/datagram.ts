@@ -13,13 +13,15 @@ export interface DatagramReceiverOptions {
    */
   window?: number;
   /**
-   * The furthest one datagram may move a sender ahead. Default: the window, so a single forged
-   * datagram can't push the sender's real ones out of the window. A datagram further ahead is
-   * dropped (`jump`) and remembered; the next one from that sender at or after it (within
-   * `maxJump`) confirms the sender really moved, and is taken: a sender that jumped loses the one
-   * datagram (inside the gap then reported), none when it sends each one twice (`repeat: 2`).
-   * Without a `secret`, two datagrams in a row behind the window confirm a sender that went
-   * back the same way (so two forged datagrams can't wedge a sender for good either).
+   * The furthest one datagram may move a sender ahead. Default 65,536 (or the window, when
+   * larger): the sequence space is shared by every pod, so a pod sees a sender jump by the
+   * datagrams it sent other pods in between. A datagram further ahead is dropped (`jump`) and
+   * remembered; the next one from that sender at or after it (within `maxJump`) confirms the
+   * sender really moved, and is taken: a sender that jumped loses the one datagram (inside the
+   * gap then reported), none when it sends each one twice (`repeat: 2`). Without a `secret`, two
+   * datagrams in a row behind the window likewise confirm a sender that went back: a forged
+   * datagram that pushed a sender ahead costs it one real datagram, never all the ones after.
+   * Set it to the window to cost nothing at all, if no pod falls that far behind its senders.
    */
   maxJump?: number;
   /** Senders tracked at once. Default 1024. */
@@ -141,6 +143,8 @@ interface SenderWindow {
   candidate: number;
 }
 
+const DEFAULT_MAX_JUMP = 65_536;
+
 const OPTIONS = optionNames<DatagramReceiverOptions>({
   window: true,
   maxJump: true,
@@ -164,7 +168,7 @@ const OPTIONS = optionNames<DatagramReceiverOptions>({
  *
  * Without a `secret`, anyone who can send to the pod can forge a datagram; the bounds on jumps
  * and on the sender table keep one forged datagram (or a flood of forged senders) from costing
- * real senders more than a datagram. With a `secret`, forged datagrams are dropped unread, and
+ * real senders more than a datagram each. With a `secret`, forged datagrams are dropped unread, and
  * replays are bounded by the window, `maxAgeMs` and `notBefore`.
  */
 export function datagramReceiver(options: DatagramReceiverOptions): DatagramReceiver {
@@ -189,7 +193,7 @@ export function datagramReceiver(options: DatagramReceiverOptions): DatagramRece
   if (onDrop !== undefined) checkFunction('onDrop', onDrop);
   const words = Math.ceil(window / 32);
   const size = words * 32;
-  const maxJump = options.maxJump ?? size;
+  const maxJump = options.maxJump ?? Math.max(size, DEFAULT_MAX_JUMP);
   checkNumber('maxJump', maxJump, { min: 1, integer: true });
   // Going back on two datagrams' word would let a replay of two old signed ones reopen the window.
   const mayGoBack = secret === undefined;

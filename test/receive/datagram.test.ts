@@ -170,7 +170,7 @@ describe('datagramReceiver: bad input', () => {
 });
 
 describe('datagramReceiver: how far a sequence may jump', () => {
-  it('drops one datagram far ahead of its sender (maxJump, default the window), so the real ones after it still arrive', () => {
+  it('drops one datagram far ahead of its sender (further than maxJump, default 65,536), so the real ones after it still arrive', () => {
     const { receiver, messages, drops, send } = recorder();
     for (let seq = 1; seq <= 10; seq++) send('writer', seq);
     // One forged datagram: before the bound, every real one after it was stale.
@@ -190,7 +190,7 @@ describe('datagramReceiver: how far a sequence may jump', () => {
   });
 
   it('follows a sender that really jumped once its next datagram confirms it, reporting the datagram it dropped inside the gap', () => {
-    const { receiver, messages, gaps, send } = recorder({ window: 32 });
+    const { receiver, messages, gaps, send } = recorder({ window: 32, maxJump: 32 });
     send('a', 1);
     send('a', 2);
     // A pod away for a while: the sender is 10,000 further on.
@@ -203,7 +203,7 @@ describe('datagramReceiver: how far a sequence may jump', () => {
   });
 
   it('loses nothing of a confirmed jump when every datagram is sent twice (repeat: 2)', () => {
-    const { messages, send } = recorder({ window: 32 });
+    const { messages, send } = recorder({ window: 32, maxJump: 32 });
     send('a', 1);
     assert.equal(send('a', 5_000), 'jump');
     assert.equal(send('a', 5_000), 'accepted', 'the second copy confirms, and is delivered');
@@ -212,12 +212,27 @@ describe('datagramReceiver: how far a sequence may jump', () => {
   });
 
   it('forgets a far datagram once a datagram inside reach is accepted: two forgeries between real ones confirm nothing', () => {
-    const { send } = recorder({ window: 32 });
+    const { send } = recorder({ window: 32, maxJump: 32 });
     send('a', 1);
     assert.equal(send('a', 1_000_000), 'jump');
     assert.equal(send('a', 2), 'accepted');
     assert.equal(send('a', 1_000_001), 'jump', 'not confirmed: the real sender spoke in between');
     assert.equal(send('a', 3), 'accepted');
+  });
+
+  it('takes the jumps of a pod that gets one datagram in thousands of its sender (the sequence is shared by every pod)', () => {
+    const { receiver, send } = recorder();
+    for (let seq = 1; seq <= 1_000_000; seq += 50_000) assert.equal(send('a', seq), 'accepted', `${seq}`);
+    assert.equal(receiver.stats().jumps, 0);
+  });
+
+  it('without a secret, costs a sender one real datagram for a forged one within maxJump ahead, which pushed its window away', () => {
+    const { messages, send } = recorder({ window: 32 });
+    send('a', 1);
+    assert.equal(send('a', 65_537, 'forged'), 'accepted', 'within reach: taken (nothing tells it from a real one)');
+    assert.equal(send('a', 2), 'stale');
+    assert.equal(send('a', 3), 'accepted', 'the second real one in a row brings the sender back');
+    assert.deepEqual(messages, ['a#1:m1', 'a#65537:forged', 'a#3:m3']);
   });
 
   it('without a secret, gets a sender back from a confirmed forgery: two real datagrams in a row behind the window move it back', () => {
