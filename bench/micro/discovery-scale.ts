@@ -8,7 +8,8 @@
 // write" is the median from the server's last write to the snapshot (the fake server's own work
 // of cloning and serialising the slices, in this process, left out).
 // `--pool` runs the same with a pool over an in-memory transport (every connect succeeds at
-// once), timed to the pool's `change` event (the pool's reconcile included).
+// once), timed to the pool's `change` event (the pool's reconcile included); its swap takes tens
+// of seconds today (the pool's reconcile of 20,000 members), so run it with --rounds 1.
 //
 //   node --conditions=podpool-source bench/micro/discovery-scale.ts [--rounds 5] [--events 20] [--pool]
 //
