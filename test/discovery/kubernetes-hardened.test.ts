@@ -11,53 +11,21 @@ import { readSlice, type ParsedSlice } from '../../src/discovery/endpoint-slices
 import { kubernetesEndpoints, type KubernetesEndpointsOptions } from '../../src/discovery/kubernetes.ts';
 import { LineSplitter, parseWatchLine } from '../../src/discovery/kubernetes-lines.ts';
 import { ErrorCode, PodpoolError } from '../../src/errors.ts';
-import { endpointSlice, FakeApiServer, podIp, type EndpointSliceObject, type SliceEndpointInit } from '../../testkit/fake-apiserver.ts';
-import { RecordingSink } from '../support/recording-sink.ts';
+import { FakeApiServer, podIp, type EndpointSliceObject } from '../../testkit/fake-apiserver.ts';
+import { discover, pods, SERVICE, slice, startServer } from '../support/kubernetes-discovery.ts';
+import type { RecordingSink } from '../support/recording-sink.ts';
 
 const TIMEOUT = { timeout: 20_000 };
-const SERVICE = 'backend';
-
-function pods(from: number, to: number): SliceEndpointInit[] {
-  const out: SliceEndpointInit[] = [];
-  for (let i = from; i < to; i++) out.push({ ip: podIp(i), pod: `backend-${i}` });
-  return out;
-}
-
-function slice(name: string, endpoints: SliceEndpointInit[], extra: Partial<Parameters<typeof endpointSlice>[0]> = {}): EndpointSliceObject {
-  return endpointSlice({ name, service: SERVICE, endpoints, ...extra });
-}
 
 /** A slice with some fields replaced by anything (null, a string, a number) as JSON may carry them. */
 function broken(name: string, patch: Record<string, unknown>, endpoints = pods(0, 2)): EndpointSliceObject {
   return { ...slice(name, endpoints), ...patch } as EndpointSliceObject;
 }
 
-async function startServer(t: TestContext): Promise<FakeApiServer> {
-  const server = await FakeApiServer.start();
-  t.after(() => server.close());
-  return server;
-}
-
-function discover(t: TestContext, server: FakeApiServer, options: Partial<KubernetesEndpointsOptions> = {}): RecordingSink {
-  const source = kubernetesEndpoints({
-    service: SERVICE,
-    namespace: 'default',
-    port: 'http',
-    kubeConfig: server.kubeConfig(),
-    stallTimeoutMs: 10_000,
-    backoff: { initialMs: 5, maxMs: 40 },
-    ...options,
-  });
-  const recorder = new RecordingSink();
-  const watch = source.watch(recorder);
-  t.after(() => watch.close());
-  return recorder;
-}
-
 /** Discovery with its first snapshot in and its watch open. */
 async function watching(t: TestContext, server: FakeApiServer, options: Partial<KubernetesEndpointsOptions> = {}): Promise<RecordingSink> {
   const open = server.nextRequest((r) => r.kind === 'watch');
-  const recorder = discover(t, server, options);
+  const { recorder } = discover(t, server, options);
   await recorder.snapshotWhere(() => true);
   await open;
   return recorder;
@@ -110,7 +78,7 @@ describe('kubernetesEndpoints: a list that is not a list', () => {
     const server = await startServer(t);
     await server.apply(slice('backend-a', pods(0, 2)));
     server.answerList('{}', { times: 2 });
-    const recorder = discover(t, server);
+    const { recorder } = discover(t, server);
     await recorder.snapshotWhere(() => true);
     assert.equal(recorder.errors.length, 2);
     for (const e of recorder.errors) assert.match(e.message, /no endpoints known yet/);
@@ -383,7 +351,7 @@ describe('kubernetesEndpoints: malformed slices through the API server', () => {
     const server = await startServer(t);
     const withBad = (n: number) => broken('backend-a', { endpoints: [...slice('x', pods(0, n)).endpoints!, { addresses: ['not-an-ip'] }] });
     await server.apply(withBad(2));
-    const recorder = discover(t, server);
+    const { recorder } = discover(t, server);
     const first = await recorder.snapshotWhere(() => true);
     assert.equal(first.size, 2);
     const error = await recorder.errorWhere();
@@ -407,7 +375,7 @@ describe('kubernetesEndpoints: malformed slices through the API server', () => {
     const clock = () => now;
     const bad = (i: number) => broken(`backend-${i}`, { endpoints: [{ addresses: [podIp(i)] }, { addresses: [`bad-${i}`] }] });
     await server.apply(...Array.from({ length: 15 }, (_, i) => bad(i)));
-    const recorder = discover(t, server, { clock });
+    const { recorder } = discover(t, server, { clock });
     const first = await recorder.snapshotWhere(() => true);
     assert.equal(first.size, 15, 'every good endpoint is used');
     assert.equal(recorder.errors.length, 10);

@@ -16,26 +16,14 @@ import {
   FakeApiServer,
   podIp,
   slicesFor,
-  type EndpointSliceObject,
   type RequestRecord,
   type SliceEndpointInit,
 } from '../../testkit/fake-apiserver.ts';
+import { discover, pods, SERVICE, slice, startServer } from '../support/kubernetes-discovery.ts';
 import { RecordingSink } from '../support/recording-sink.ts';
 
 // A broken feature shows up as a wait that never ends; this turns it into a failure.
 const TIMEOUT = { timeout: 20_000 };
-
-const SERVICE = 'backend';
-
-function pods(from: number, to: number, init: Partial<SliceEndpointInit> = {}): SliceEndpointInit[] {
-  const out: SliceEndpointInit[] = [];
-  for (let i = from; i < to; i++) out.push({ ip: podIp(i), pod: `backend-${i}`, ...init });
-  return out;
-}
-
-function slice(name: string, endpoints: SliceEndpointInit[], extra: Partial<Parameters<typeof endpointSlice>[0]> = {}): EndpointSliceObject {
-  return endpointSlice({ name, service: SERVICE, endpoints, ...extra });
-}
 
 function addresses(set: EndpointSet): string[] {
   return set.toArray().map((e) => e.key);
@@ -47,39 +35,6 @@ function readyCount(set: EndpointSet): number {
 
 function byPod(set: EndpointSet, pod: string): Endpoint | undefined {
   return set.toArray().find((e) => e.podName === pod);
-}
-
-async function startServer(t: TestContext, options?: Parameters<typeof FakeApiServer.start>[0]): Promise<FakeApiServer> {
-  const server = await FakeApiServer.start(options);
-  t.after(() => server.close());
-  return server;
-}
-
-/** Starts discovery against the fake server with test-sized timings; closes it after the test. */
-function discover(
-  t: TestContext,
-  server: FakeApiServer,
-  options: Partial<KubernetesEndpointsOptions> = {},
-): { recorder: RecordingSink; close: () => Promise<void> } {
-  const source = kubernetesEndpoints({
-    service: SERVICE,
-    namespace: 'default',
-    port: 'http',
-    kubeConfig: server.kubeConfig(),
-    stallTimeoutMs: 10_000,
-    backoff: { initialMs: 5, maxMs: 40 },
-    ...options,
-  });
-  const recorder = new RecordingSink();
-  const watch = source.watch(recorder);
-  let closed = false;
-  const close = async () => {
-    if (closed) return;
-    closed = true;
-    await watch.close();
-  };
-  t.after(close);
-  return { recorder, close };
 }
 
 /** Starts discovery and waits until its first snapshot is in and its watch is open. */
