@@ -58,8 +58,11 @@ export class Membership<C> {
     this.#sourceError = error;
   }
 
-  /** Brings the members in line with a snapshot; returns what changed since the last one. */
-  reconcile(endpoints: EndpointSet): EndpointDiff {
+  /**
+   * Brings the members in line with a snapshot (with subsetting, the endpoints of `subset` only);
+   * returns what changed since the last snapshot.
+   */
+  reconcile(endpoints: EndpointSet, subset?: ReadonlySet<string>): EndpointDiff {
     const diff = endpoints.diff(this.#endpoints);
     this.#endpoints = endpoints;
     this.#hasSnapshot = true;
@@ -67,7 +70,8 @@ export class Membership<C> {
       const m = this.#members.get(e.key);
       // Discovery's readiness (the pod passes its probe, and is not terminating) decides whether
       // the pod has a member at all; the member's own state `ready` (connected) whether it is picked.
-      const inService = e.ready && !e.terminating;
+      // With subsetting, only the pods of this client's subset have members.
+      const inService = e.ready && !e.terminating && (subset === undefined || subset.has(e.key));
       if (m !== undefined) m.updateEndpoint(e);
       if (inService) {
         if (m === undefined) this.#add(e);

@@ -2,6 +2,8 @@ import { performance } from 'node:perf_hooks';
 import type { Balancer } from '../balance/balancer.ts';
 import { slowStartPolicy, type SlowStartOptions, type SlowStartPolicy } from '../balance/slow-start.ts';
 import { roundRobin } from '../balance/round-robin.ts';
+import { subsetPolicy, type SubsetOptions, type SubsetPolicy } from '../balance/subset.ts';
+import { zonePolicy, type ZoneOptions, type ZonePolicy } from '../balance/zone.ts';
 import type { EndpointSource } from '../discovery/source.ts';
 import { checkDeadline, checkDelay, checkNumber, checkOptions, checkSignal, invalidOption, optionNames } from '../options.ts';
 import type { CallPlan } from '../call/call.ts';
@@ -24,6 +26,8 @@ const POOL_OPTIONS = optionNames<PoolOptions<unknown>>({
   retryBudget: true,
   hedge: true,
   slowStart: true,
+  subset: true,
+  zone: true,
   clock: true,
   random: true,
 });
@@ -72,6 +76,14 @@ export interface PoolOptions<C> {
    * once. Calls with an affinity key are not moved. Default: none.
    */
   slowStart?: SlowStartOptions;
+  /**
+   * Deterministic subsetting: connect to `size` of the pods only, chosen from this client's
+   * `clientId` among `clientCount` clients so every pod gets about as many clients as another.
+   * Default: every pod.
+   */
+  subset?: SubsetOptions;
+  /** Zone-aware routing: prefer the pods of the client's own `zone` while it has capacity. Default: none. */
+  zone?: ZoneOptions;
   /** Time in ms for latency and timers' bookkeeping; default `performance.now`. */
   clock?: () => number;
   /** Random numbers in [0, 1) for balancers; default `Math.random`. */
@@ -155,6 +167,10 @@ export interface PoolSettings<C> {
   readonly retryBudget: RetryBudgetOptions | undefined;
   readonly hedge: HedgePolicy | undefined;
   readonly slowStart: SlowStartPolicy | undefined;
+  /** `undefined`: every pod (full mesh). */
+  readonly subset: SubsetPolicy | undefined;
+  /** `undefined`: no zone preference. */
+  readonly zone: ZonePolicy | undefined;
   readonly clock: () => number;
   readonly random: () => number;
 }
@@ -184,7 +200,9 @@ export function checkPoolOptions<C>(options: PoolOptions<C>): PoolSettings<C> {
   const retry = retryPolicy(options.retry);
   const hedge = hedgePolicy(options.hedge);
   const slowStart = slowStartPolicy(options.slowStart);
-  return { source, transport, balancer, drainTimeoutMs, reconnect: reconnectBackoff, ejection, callTimeoutMs, retry, retryBudget: options.retryBudget, hedge, slowStart, clock, random };
+  const subset = subsetPolicy(options.subset);
+  const zone = zonePolicy(options.zone);
+  return { source, transport, balancer, drainTimeoutMs, reconnect: reconnectBackoff, ejection, callTimeoutMs, retry, retryBudget: options.retryBudget, hedge, slowStart, subset, zone, clock, random };
 }
 
 /** The deadline of a call that sets none: long enough for any request, short of forever. */

@@ -3,6 +3,8 @@ import { debuglog } from 'node:util';
 import { messageOf } from '../abort.ts';
 import type { Balancer, Picker, PickerContext } from '../balance/balancer.ts';
 import { slowStartPicker, type SlowStartPolicy } from '../balance/slow-start.ts';
+import type { SubsetPolicy } from '../balance/subset.ts';
+import { zonePicker, type ZoneCounts, type ZonePolicy } from '../balance/zone.ts';
 import { Calls, type CallFn, type CallPlan, type PoolCall } from '../call/call.ts';
 import { NO_RETRY, RetryBudget, retryDelayMs, type RetryGate, type RetryPolicy } from '../call/retry.ts';
 import type { EndpointSource, SourceSink, SourceWatch } from '../discovery/source.ts';
@@ -41,6 +43,8 @@ export interface PoolStats {
   readonly retries: number;
   /** Hedges sent: second attempts of calls slower than the hedge's delay. */
   readonly hedges: number;
+  /** With the `zone` option: the client's zone, and the calls picked inside and outside it. */
+  readonly zone?: { readonly zone: string; readonly local: number; readonly remote: number };
 }
 
 /**
@@ -66,6 +70,9 @@ export class Pool<C> extends EventEmitter<PoolEvents> implements AdapterPool<C> 
   /** The retry policy and budget, as adapters read them. */
   readonly retry: RetryGate;
   readonly #slowStart: SlowStartPolicy | undefined;
+  readonly #subset: SubsetPolicy | undefined;
+  readonly #zone: ZonePolicy | undefined;
+  readonly #zoneCounts: ZoneCounts = { local: 0, remote: 0 };
   /** Rebuilds the picker when the next warming member is warm (slow start). */
   #warmTimer: NodeJS.Timeout | undefined = undefined;
   #picker: Picker<Member<C>>;
@@ -78,8 +85,10 @@ export class Pool<C> extends EventEmitter<PoolEvents> implements AdapterPool<C> 
   /** @internal Use {@link createPool}. */
   constructor(options: PoolOptions<C>) {
     super();
-    const { source, transport, balancer, drainTimeoutMs, reconnect, ejection, callTimeoutMs, retry, retryBudget, hedge, slowStart, clock, random } = checkPoolOptions(options);
+    const { source, transport, balancer, drainTimeoutMs, reconnect, ejection, callTimeoutMs, retry, retryBudget, hedge, slowStart, subset, zone, clock, random } = checkPoolOptions(options);
     this.#slowStart = slowStart;
+    this.#subset = subset;
+    this.#zone = zone;
     this.#source = source;
     this.#transport = transport;
     this.#balancer = balancer;
@@ -352,6 +361,7 @@ export class Pool<C> extends EventEmitter<PoolEvents> implements AdapterPool<C> 
       members: [...this.#membership.values()].sort(byEndpointKey).map((m) => m.stats(now)),
       retries: this.#calls.retries,
       hedges: this.#calls.hedges,
+      ...(this.#zone !== undefined && { zone: { zone: this.#zone.zone, ...this.#zoneCounts } }),
     };
   }
 
@@ -391,7 +401,7 @@ export class Pool<C> extends EventEmitter<PoolEvents> implements AdapterPool<C> 
 
   #reconcile(endpoints: EndpointSet): void {
     if (this.#closing) return;
-    const diff = this.#membership.reconcile(endpoints);
+    const diff = this.#membership.reconcile(endpoints, this.#subset?.select(endpoints));
     debug('snapshot: %d endpoints, +%d -%d ~%d', endpoints.size, diff.added.length, diff.removed.length, diff.changed.length);
     this.#emit('change', endpoints, diff);
     // A snapshot that changed nothing about pickable members still settles waiters that count on it.
@@ -411,7 +421,8 @@ export class Pool<C> extends EventEmitter<PoolEvents> implements AdapterPool<C> 
     for (const m of this.#membership.values()) if (m.state === 'ready') pickable.push(m);
     pickable.sort(byEndpointKey);
     this.#pickable = pickable;
-    this.#picker = this.#withSlowStart(this.#balancer.picker(pickable, this.#context), pickable);
+    const picker = this.#zone === undefined ? this.#balancer.picker(pickable, this.#context) : zonePicker(this.#balancer, pickable, this.#context, this.#zone, this.#zoneCounts);
+    this.#picker = this.#withSlowStart(picker, pickable);
     this.#waits.wake();
   }
 

@@ -220,7 +220,7 @@ describe('unknown options', () => {
     const options = base();
     refuses(
       () => createPool({ ...options, ballancer: roundRobin() } as never),
-      'unknown option ballancer (did you mean balancer?); the options are source, transport, balancer, drainTimeoutMs, reconnect, ejection, callTimeoutMs, retry, retryBudget, hedge, slowStart, clock, random',
+      'unknown option ballancer (did you mean balancer?); the options are source, transport, balancer, drainTimeoutMs, reconnect, ejection, callTimeoutMs, retry, retryBudget, hedge, slowStart, subset, zone, clock, random',
     );
     assert.equal((options.source as ManualSource).watches, 0);
     refuses(() => createPool({ ...base(), reconnect: { maxMS: 10 } } as never), 'unknown option reconnect.maxMS (did you mean reconnect.maxMs?); the options are reconnect.minMs, reconnect.maxMs, reconnect.factor');
@@ -230,7 +230,7 @@ describe('unknown options', () => {
     );
     refuses(
       () => createPool({ ...base(), drainTimeout: 5 } as never),
-      'unknown option drainTimeout (did you mean drainTimeoutMs?); the options are source, transport, balancer, drainTimeoutMs, reconnect, ejection, callTimeoutMs, retry, retryBudget, hedge, slowStart, clock, random',
+      'unknown option drainTimeout (did you mean drainTimeoutMs?); the options are source, transport, balancer, drainTimeoutMs, reconnect, ejection, callTimeoutMs, retry, retryBudget, hedge, slowStart, subset, zone, clock, random',
     );
   });
 
