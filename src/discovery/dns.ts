@@ -1,5 +1,4 @@
 import { NODATA, NOTFOUND } from 'node:dns';
-import { Resolver } from 'node:dns/promises';
 import { debuglog } from 'node:util';
 import { checkAllowAddresses, refusedAddress, type AddressRange } from '../address.ts';
 import { jitterOf } from '../backoff.ts';
@@ -7,6 +6,7 @@ import { createEndpoint, EndpointSet, type Endpoint } from '../endpoint.ts';
 import { DiscoveryFailedError, InvalidEndpointError, NameNotFoundError, PodpoolError } from '../errors.ts';
 import { checkDelay, checkFunction, checkNumber, checkOptions, invalidOption, MAX_DELAY_MS, optionNames } from '../options.ts';
 import { checkHost, notFoundAdvice } from './dns-names.ts';
+import { DnsClient, parseServers, type DnsServerAddress } from './dns-query.ts';
 import type { EndpointSource, SourceSink, SourceWatch } from './source.ts';
 
 const debug = debuglog('podpool');
@@ -28,7 +28,7 @@ export interface DnsEndpointsOptions {
   refreshMs?: number;
   /** DNS servers to ask, `'10.96.0.10'`, `'127.0.0.1:5353'`, `'[::1]:53'`. Default: the system's. */
   servers?: readonly string[];
-  /** How long a server has to answer one try of a query (c-ares waits at least ~250 ms). Default 2000. */
+  /** How long a server has to answer one try of a query. Default 2000. */
   timeoutMs?: number;
   /** Tries per query and server, 1 to 100; a silent server fails a poll after about tries × timeoutMs. Default 2. */
   tries?: number;
@@ -53,8 +53,8 @@ const JITTER = 0.2;
 const TARGET_LOOKUPS = 8;
 // Past this, setTimeout's 32-bit delay overflows to 1 ms and the source would hammer DNS.
 const MAX_REFRESH_MS = 86_400_000;
-// c-ares takes up to 2^31 - 1 (and throws past it, inside watch()); a silent server holds a poll
-// for tries × timeoutMs, so more than a hundred tries is a slip, not a policy.
+// A silent server holds a poll for tries × timeoutMs, so more than a hundred tries is a slip,
+// not a policy.
 const MAX_TRIES = 100;
 // Kubernetes port names are RFC 6335 service names: ≤ 15 letters, digits and single hyphens,
 // at least one letter. Anything else (`'8080'`, `'_grpc'`) can never match an SRV record.
@@ -88,7 +88,7 @@ export function dnsEndpoints(options: DnsEndpointsOptions): EndpointSource {
   }
   const refreshMs = checkNumber('refreshMs', options.refreshMs ?? 5000, { min: 1 });
   if (refreshMs > MAX_REFRESH_MS) invalidOption('refreshMs', `a number from 1 to ${MAX_REFRESH_MS}`, refreshMs);
-  // c-ares takes 32-bit integers: a larger value would throw from watch(), inside the pool.
+  // A timer past 2^31 - 1 ms fires at once; whole milliseconds, as the option always took.
   const timeoutMs = checkDelay('timeoutMs', options.timeoutMs ?? 2000);
   if (!Number.isInteger(timeoutMs)) invalidOption('timeoutMs', `an integer number of ms from 1 to ${MAX_DELAY_MS}`, timeoutMs);
   const tries = checkNumber('tries', options.tries ?? 2, { min: 1, integer: true });
@@ -99,9 +99,9 @@ export function dnsEndpoints(options: DnsEndpointsOptions): EndpointSource {
   const allowed = checkAllowAddresses(options.allowAddresses, []);
 
   const asked = typeof port === 'number' ? host : `_${port}._tcp.${host}`;
-  const serverList = servers ? servers.join(', ') : 'those of /etc/resolv.conf';
+  const serverList = servers ? (options.servers as readonly string[]).join(', ') : 'those of /etc/resolv.conf';
 
-  const lookup = async (resolver: Resolver, memory: Memory): Promise<Answer> => {
+  const lookup = async (resolver: DnsClient, memory: Memory): Promise<Answer> => {
     try {
       if (typeof port === 'number') {
         const answer = await addressesOf(resolver, host, memory.get(host));
@@ -146,11 +146,9 @@ export function dnsEndpoints(options: DnsEndpointsOptions): EndpointSource {
   return {
     kind: 'dns',
     watch(sink: SourceSink): SourceWatch {
-      // One resolver per watch: cancel() on close must not cut another pool's queries short.
-      // maxTimeout: c-ares would otherwise double the wait on each retry (up to 5 s, and cut a
-      // longer timeoutMs to 5 s), so the time a silent server costs would not be timeoutMs × tries.
-      const resolver = new Resolver({ timeout: timeoutMs, tries, maxTimeout: timeoutMs });
-      if (servers !== undefined) resolver.setServers(servers);
+      // One client per watch: cancel() on close must not cut another pool's queries short. Our
+      // own client, not Node's Resolver: c-ares keeps records of other names than the one asked.
+      const resolver = new DnsClient({ servers, timeoutMs, tries });
       let closed = false;
       let timer: NodeJS.Timeout | undefined;
       let polling: Promise<void> | undefined;
@@ -327,7 +325,7 @@ function isNoSuchName(error: unknown): boolean {
  * both fail. NXDOMAIN from the other family covers both: the name itself does not exist.
  */
 async function addressesOf(
-  resolver: Resolver,
+  resolver: DnsClient,
   name: string,
   before: Families | undefined,
 ): Promise<{ addresses: string[]; missing: boolean; families: Families; failed: FamilyFailure[] }> {
@@ -365,7 +363,7 @@ async function addressesOf(
  * {@link addressesOf} says.
  */
 async function srvTargets(
-  resolver: Resolver,
+  resolver: DnsClient,
   srvName: string,
   memory: Memory,
 ): Promise<{ found: Found[]; missing: boolean; failed: FamilyFailure[]; memory: Memory }> {
@@ -454,17 +452,15 @@ function validate(found: readonly Found[], asked: string, allowed: ReadonlySet<A
   return { endpoints, skipped };
 }
 
-/** Copies and checks `servers` with Node's own parser, so a bad entry fails here and not in watch(). */
-function checkServers(servers: unknown): string[] {
+/** Parses `servers` here, so a bad entry fails at the door and not in watch(). */
+function checkServers(servers: unknown): DnsServerAddress[] {
   const expected = 'a non-empty array of IP addresses with optional ports, like ["127.0.0.1:5353", "[::1]:53"]';
   if (!Array.isArray(servers) || servers.length === 0 || !servers.every((s) => typeof s === 'string')) {
     invalidOption('servers', expected, servers);
   }
-  const copy = [...(servers as string[])];
   try {
-    new Resolver().setServers(copy);
+    return parseServers(servers as string[]);
   } catch {
     invalidOption('servers', expected, servers);
   }
-  return copy;
 }
