@@ -13,7 +13,7 @@ export type { ReconnectOptions } from './pool/connector.ts';
 export type { MemberState, MemberStats } from './pool/member.ts';
 export type { SubsetOptions } from './balance/subset.ts';
 export { statefulSetOrdinal } from './balance/subset.ts';
-export type { ZoneOptions } from './balance/zone.ts';
+export type { ZoneMode, ZoneOptions, ZoneStats } from './balance/zone.ts';
 
 export { createEndpoint, endpointKey, EndpointSet } from './endpoint.ts';
 export type { Endpoint, EndpointInit, EndpointDiff } from './endpoint.ts';

@@ -4,7 +4,7 @@ import { messageOf } from '../abort.ts';
 import type { Balancer, Picker, PickerContext } from '../balance/balancer.ts';
 import { slowStartPicker, type SlowStartPolicy } from '../balance/slow-start.ts';
 import type { SubsetPolicy } from '../balance/subset.ts';
-import { zonePicker, type ZoneCounts, type ZonePolicy } from '../balance/zone.ts';
+import { zonePicker, type ZoneCounts, type ZonePolicy, type ZoneStats } from '../balance/zone.ts';
 import { Calls, type CallFn, type CallPlan, type PoolCall } from '../call/call.ts';
 import { NO_RETRY, RetryBudget, retryDelayMs, type RetryGate, type RetryPolicy } from '../call/retry.ts';
 import type { EndpointSource, SourceSink, SourceWatch } from '../discovery/source.ts';
@@ -43,8 +43,8 @@ export interface PoolStats {
   readonly retries: number;
   /** Hedges sent: second attempts of calls slower than the hedge's delay. */
   readonly hedges: number;
-  /** With the `zone` option: the client's zone, and the calls picked inside and outside it. */
-  readonly zone?: { readonly zone: string; readonly local: number; readonly remote: number };
+  /** With the `zone` option: the client's zone, the calls picked inside and outside it, and how the picker routes now. */
+  readonly zone?: ZoneStats;
 }
 
 /**
@@ -72,7 +72,9 @@ export class Pool<C> extends EventEmitter<PoolEvents> implements AdapterPool<C> 
   readonly #slowStart: SlowStartPolicy | undefined;
   readonly #subset: SubsetPolicy | undefined;
   readonly #zone: ZonePolicy | undefined;
-  readonly #zoneCounts: ZoneCounts = { local: 0, remote: 0 };
+  readonly #zoneCounts: ZoneCounts = { local: 0, remote: 0, mode: 'all', localShare: 0 };
+  /** With subsetting, the keys of the last snapshot's subset: the zone plan counts only those. */
+  #subsetKeys: ReadonlySet<string> | undefined = undefined;
   /** Rebuilds the picker when the next warming member is warm (slow start). */
   #warmTimer: NodeJS.Timeout | undefined = undefined;
   #picker: Picker<Member<C>>;
@@ -401,8 +403,13 @@ export class Pool<C> extends EventEmitter<PoolEvents> implements AdapterPool<C> 
 
   #reconcile(endpoints: EndpointSet): void {
     if (this.#closing) return;
-    const diff = this.#membership.reconcile(endpoints, this.#subset?.select(endpoints));
+    const subset = this.#subset?.select(endpoints);
+    this.#subsetKeys = subset;
+    const diff = this.#membership.reconcile(endpoints, subset);
     debug('snapshot: %d endpoints, +%d -%d ~%d', endpoints.size, diff.added.length, diff.removed.length, diff.changed.length);
+    // The zone plan counts every pod of the snapshot, ready or not, and reads their hints: a
+    // change to any of them may move it, not only a member entering or leaving `ready`.
+    if (this.#zone !== undefined && (diff.added.length > 0 || diff.removed.length > 0 || diff.changed.length > 0)) this.#rebuild();
     this.#emit('change', endpoints, diff);
     // A snapshot that changed nothing about pickable members still settles waiters that count on it.
     this.#waits.wake();
@@ -421,7 +428,7 @@ export class Pool<C> extends EventEmitter<PoolEvents> implements AdapterPool<C> 
     for (const m of this.#membership.values()) if (m.state === 'ready') pickable.push(m);
     pickable.sort(byEndpointKey);
     this.#pickable = pickable;
-    const picker = this.#zone === undefined ? this.#balancer.picker(pickable, this.#context) : zonePicker(this.#balancer, pickable, this.#context, this.#zone, this.#zoneCounts);
+    const picker = this.#zone === undefined ? this.#balancer.picker(pickable, this.#context) : zonePicker(this.#balancer, pickable, this.#context, this.#zone, this.#zoneCounts, this.#membership.endpoints, this.#subsetKeys);
     this.#picker = this.#withSlowStart(picker, pickable);
     this.#waits.wake();
   }
