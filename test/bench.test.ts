@@ -327,3 +327,32 @@ test('overhead: podpool and the plain client serve the same pods', { timeout: 90
   }
   assertNoNamespaceLeft(report);
 });
+
+test('subset: deterministic subsets give every pod ⌊C·k/N⌋..⌈C·k/N⌉ clients, with the connections of random subsets and a fifth of full mesh\'s', { timeout: 90_000 }, async () => {
+  // 3 clients × 6 pods, subsets of ⌈6/5⌉ = 2: C·k/N = 1, so exactly one client per pod.
+  const report = await bench('subset', ['--pods', '6', '--clients', '3', '--duration', '0.3']);
+  assert.deepEqual(report.results.map((r) => r.client), [
+    'podpool round-robin, full mesh',
+    'podpool round-robin, random subsets of 2',
+    'podpool round-robin, deterministic subsets of 2',
+  ]);
+  const [mesh, random, deterministic] = report.results as [Row, Row, Row];
+  for (const row of report.results) {
+    assert.equal(row.errors, 0, `${row.client}: ${JSON.stringify(row.errorSamples)}`);
+    assert.equal(row.pods, 6, row.client);
+    // What the pods accepted: never more sockets than the pools hold.
+    assert.ok(typeof row.socketsSeen === 'number' && row.socketsSeen <= (row === mesh ? 6 : 2), `${row.client}: ${row.socketsSeen} sockets per client`);
+  }
+  assert.equal(mesh.connections, '1 per pod (6)');
+  assert.equal(mesh.connectionsTotal, 18);
+  assert.deepEqual(mesh.clientsPerPod, { min: 3, max: 3 });
+  assert.equal(random.connections, '2 of 6');
+  assert.equal(random.connectionsTotal, 6);
+  assert.equal(deterministic.connections, '2 of 6');
+  assert.equal(deterministic.connectionsTotal, 6);
+  assert.deepEqual(deterministic.clientsPerPod, { min: 1, max: 1 });
+  // Each pod's one client sends it half its calls: every pod serves.
+  assert.equal(deterministic.podsUsed, 6);
+  assert.ok((report.churnOnePodAdded as { maxPerClient: number }).maxPerClient <= 2);
+  assertNoNamespaceLeft(report);
+});

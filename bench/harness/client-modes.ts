@@ -35,6 +35,8 @@ export type Wire = 'http' | 'grpc' | 'ws';
 export interface ModeOptions {
   /** Requests in flight per client. */
   inflight: number;
+  /** This client's number in its row, from 0 (a subset's clientId). */
+  client?: number;
 }
 
 /** Who balances in a row: the ClusterIP (kube-proxy), podpool, or another client-side balancer. */
@@ -333,13 +335,15 @@ export interface PodpoolModeOptions {
   pool?: Partial<PoolOptions<unknown>>;
   /** Added to the row's name: `podpool round-robin, <label>`. */
   label?: string;
+  /** Members the client waits for before the load; default every ready pod (a subset holds fewer). */
+  ready?: number;
 }
 
 /**
  * podpool over `wire` with one balancer, configured the same for every wire: the scenario's
  * source and balancer, quick reconnects, and ready once every pod is.
  */
-export function podpoolMode(wire: Wire, balancer: string, { source = dnsSource, agent, pool: extra, label }: PodpoolModeOptions = {}): Mode {
+export function podpoolMode(wire: Wire, balancer: string, { source = dnsSource, agent, pool: extra, label, ready }: PodpoolModeOptions = {}): Mode {
   const how = PODPOOL_WIRES[wire] as PodpoolWire<unknown>;
   return {
     client: label === undefined ? `podpool ${balancer}` : `podpool ${balancer}, ${label}`,
@@ -356,7 +360,7 @@ export function podpoolMode(wire: Wire, balancer: string, { source = dnsSource, 
         ...extra,
       });
       try {
-        await pool.ready({ minEndpoints: cluster.readyPods().length, timeoutMs: 10_000 });
+        await pool.ready({ minEndpoints: ready ?? cluster.readyPods().length, timeoutMs: 10_000 });
       } catch (error) {
         await pool.close();
         throw error;

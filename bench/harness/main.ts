@@ -40,6 +40,7 @@ function scenarioOptions(values: Record<string, string | boolean | undefined>, d
     pods: Math.round(number('pods', defaults.pods ?? DEFAULTS.pods, 1)),
     podsGiven: values.pods !== undefined,
     clients: Math.round(number('clients', defaults.clients ?? DEFAULTS.clients, 1)),
+    clientsGiven: values.clients !== undefined,
     durationS: number('duration', defaults.durationS ?? DEFAULTS.durationS, 0.1),
     inflight: Math.round(number('inflight', defaults.inflight ?? DEFAULTS.inflight, 1)),
     concurrency: Math.round(number('concurrency', defaults.concurrency ?? DEFAULTS.concurrency, 1)),

@@ -190,7 +190,7 @@ const MAX_PLACE_TRIES = 200;
 /** Opens client `index`, again and again until `place` accepts the pod its connection reached. */
 async function openPlaced(cluster: Cluster, mode: Mode, inflight: number, index: number, place: MeasureOptions['place']): Promise<Caller> {
   for (let tries = 0; tries < MAX_PLACE_TRIES; tries++) {
-    const caller = await mode.open(cluster, { inflight });
+    const caller = await mode.open(cluster, { inflight, client: index });
     if (!place) return caller;
     let pod: string;
     try {

@@ -7,6 +7,7 @@ import { broadcast } from './broadcast.ts';
 import { overhead } from './overhead.ts';
 import { serverRecycles } from './server-recycles.ts';
 import { killedPod } from './killed-pod.ts';
+import { subset } from './subset.ts';
 import type { Cluster } from '../cluster.ts';
 
 /** Every scenario `podpool bench` runs, by name. */
@@ -19,4 +20,6 @@ export const SCENARIOS: Record<string, (options: ScenarioOptions, cluster?: Clus
   'killed-pod': killedPod,
   broadcast: (options, cluster) => broadcast(options.podsGiven ? { ...options, sizes: [options.pods] } : options, cluster),
   overhead,
+  // The issue's shape (20 clients × 50 pods) unless told otherwise.
+  subset: (options, cluster) => subset({ ...options, ...(!options.podsGiven && { pods: 50 }), ...(!options.clientsGiven && { clients: 20 }) }, cluster),
 };
