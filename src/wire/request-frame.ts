@@ -14,6 +14,7 @@
  */
 import type { RawData } from 'ws';
 import { messageOf } from '../abort.ts';
+import { InvalidArgumentError } from '../errors.ts';
 
 /** The fields a frame may carry; which ones say what it is (see the table above). */
 export interface RequestFrame {
@@ -29,9 +30,16 @@ export interface RemoteError extends Error {
   readonly code?: string;
 }
 
-/** A request (`id` a number) or a one-way message (`id` undefined) carrying `data`. */
+/**
+ * A request (`id` a number) or a one-way message (`id` undefined) carrying `data`; throws
+ * `PODPOOL_INVALID_ARGUMENT` for data JSON can't carry (a BigInt, a cycle), never the value itself.
+ */
 export function encodeRequest(id: number | undefined, data: unknown): string {
-  return JSON.stringify(id === undefined ? { data } : { id, data });
+  try {
+    return JSON.stringify(id === undefined ? { data } : { id, data });
+  } catch (error) {
+    throw new InvalidArgumentError(`argument data must be a value JSON can carry (${messageOf(error)})`, { cause: error });
+  }
 }
 
 /**

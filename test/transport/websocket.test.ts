@@ -264,6 +264,26 @@ describe('webSocketTransport in a pool', () => {
     }
   });
 
+  it('data JSON cannot carry (a BigInt, a cycle) is refused with PODPOOL_INVALID_ARGUMENT, not sent, and the socket serves on', async () => {
+    const pods = await startPods(1);
+    const [pod] = pods;
+    const pool = poolOver(pods);
+    try {
+      await pool.ready({ timeoutMs: 10_000 });
+      const cycle: Record<string, unknown> = {};
+      cycle.self = cycle;
+      const refused = (error: unknown) => error instanceof PodpoolError && error.code === ErrorCode.INVALID_ARGUMENT && /JSON/.test(error.message);
+      await assert.rejects(pool.use((ws) => ws.send(1n)), refused);
+      await assert.rejects(pool.use((ws) => ws.request(cycle)), refused);
+      assert.deepEqual(await pool.use((ws) => ws.request('after')), { pod: pod.key, data: 'after' });
+      assert.equal(pod.messages, 1, 'only the good request reached the pod');
+      assert.equal(pool.stats().members[0].consecutiveFailures, 0, "the caller's bad data is not the pod's failure");
+    } finally {
+      await pool.close();
+      await closePods(pods);
+    }
+  });
+
   it('an error reply rejects with PODPOOL_MESSAGE_REJECTED and does not count against the pod; a timeout does', async () => {
     const late = Promise.withResolvers<string>();
     const pods = await startPods(1, {
