@@ -90,13 +90,39 @@ export interface EndpointDiff {
 }
 
 /**
+ * A set known to differ from `base` by exactly `delta`, over `byKey` (which the caller hands
+ * over and never touches again): for sources that track their changes (the Kubernetes source's
+ * slice merge), so that the pool reconciles a snapshot in the time of its changes. Internal: not
+ * exported from the package.
+ */
+export let deriveEndpointSet: (base: EndpointSet, byKey: Map<string, Endpoint>, delta: EndpointDiff) => EndpointSet;
+
+/**
  * An immutable snapshot of every endpoint a source knows, keyed by `address:port`. Sources emit
  * whole snapshots, never deltas, so a relist can't leave ghosts behind.
  */
 export class EndpointSet implements Iterable<Endpoint> {
   static readonly empty: EndpointSet = new EndpointSet([]);
 
-  readonly #byKey: ReadonlyMap<string, Endpoint>;
+  // Not `readonly`: deriveEndpointSet sets them on a set it has just made (freezing a set does
+  // not reach its private fields).
+  #byKey: ReadonlyMap<string, Endpoint>;
+  /**
+   * The set this one was derived from, and what changed since: `diff()` against it costs the
+   * changes, not the size. Held weakly, so the newest snapshot does not keep a chain of old ones alive.
+   */
+  #base: WeakRef<EndpointSet> | undefined = undefined;
+  #delta: EndpointDiff | undefined = undefined;
+
+  static {
+    deriveEndpointSet = (base, byKey, delta) => {
+      const set = new EndpointSet([]);
+      set.#byKey = byKey;
+      set.#base = new WeakRef(base);
+      set.#delta = delta;
+      return set;
+    };
+  }
 
   /** Builds a set; a key given twice keeps the last one (sources merge before they build). */
   constructor(endpoints: Iterable<Endpoint | EndpointInit>) {
@@ -137,6 +163,7 @@ export class EndpointSet implements Iterable<Endpoint> {
 
   /** What is new, gone and changed in this set compared with `previous`. */
   diff(previous: EndpointSet): EndpointDiff {
+    if (this.#delta !== undefined && this.#base?.deref() === previous) return this.#delta;
     const added: Endpoint[] = [];
     const changed: (readonly [Endpoint, Endpoint])[] = [];
     const removed: Endpoint[] = [];
@@ -166,6 +193,7 @@ function isEndpoint(e: Endpoint | EndpointInit): e is Endpoint {
 
 /** Same key, conditions and metadata. */
 export function sameEndpoint(a: Endpoint, b: Endpoint): boolean {
+  if (a === b) return true;
   return (
     a.key === b.key &&
     a.ready === b.ready &&
@@ -174,6 +202,15 @@ export function sameEndpoint(a: Endpoint, b: Endpoint): boolean {
     a.podName === b.podName &&
     a.nodeName === b.nodeName &&
     a.zone === b.zone &&
-    (a.hintZones ?? []).join(',') === (b.hintZones ?? []).join(',')
+    sameZones(a.hintZones, b.hintZones)
   );
+}
+
+/** Compared in place: a snapshot diff compares every endpoint, and a join would allocate for each. */
+function sameZones(a: readonly string[] | undefined, b: readonly string[] | undefined): boolean {
+  if (a === b) return true;
+  const n = a?.length ?? 0;
+  if (n !== (b?.length ?? 0)) return false;
+  for (let i = 0; i < n; i++) if (a![i] !== b![i]) return false;
+  return true;
 }

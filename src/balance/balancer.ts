@@ -44,7 +44,10 @@ export interface Balancer {
   readonly latencyDecayMs?: number;
   /**
    * A picker over `members`: the pickable members in a stable order (by endpoint key). The
-   * array is not modified afterwards; the picker may keep it.
+   * array is not modified afterwards; the picker may keep it. `previous`, when given, is the
+   * picker this balancer built for the same pool before: a balancer whose build is costly may
+   * start from it (ring-hash merges the ring's changes instead of sorting it again), and must
+   * then build what a fresh build over `members` would.
    */
-  picker<M extends Pickable>(members: readonly M[], context: PickerContext): Picker<M>;
+  picker<M extends Pickable>(members: readonly M[], context: PickerContext, previous?: Picker<M>): Picker<M>;
 }

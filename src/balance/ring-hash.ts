@@ -41,60 +41,105 @@ export function ringHash(options: RingHashOptions = {}): Balancer {
   if (replicas > MAX_REPLICAS) invalidOption('replicas', `an integer from 1 to ${MAX_REPLICAS}`, replicas);
   return Object.freeze({
     name: 'ring-hash',
-    picker<M extends Pickable>(members: readonly M[], _context: PickerContext): Picker<M> {
-      return new RingHashPicker(members, replicas);
+    picker<M extends Pickable>(members: readonly M[], _context: PickerContext, previous?: Picker<M>): Picker<M> {
+      // The ring of the last build, changed by the members that came and went: what a fresh
+      // build would make, for the cost of a merge instead of hashing and sorting every point.
+      if (previous instanceof RingHashPicker && previous.replicas === replicas) {
+        const updated = (previous as RingHashPicker<M>).updated(members);
+        if (updated !== undefined) return updated;
+      }
+      return RingHashPicker.build(members, replicas);
     },
   });
 }
 
-class RingHashPicker<M extends Pickable> implements Picker<M> {
+/** Points each of `n` members gets: `replicas`, fewer once the ring would pass its cap. */
+function pointsPerMember(replicas: number, n: number): number {
+  return Math.min(replicas, Math.max(1, Math.floor(MAX_RING_POINTS / n)));
+}
+
+class RingHashPicker<M extends Pickable> {
+  /** The balancer's points per member, before the cap. */
+  readonly replicas: number;
+  readonly #perMember: number;
   readonly #members: readonly M[];
-  /** Ring positions, ascending. */
+  /** Ring positions, ascending; on a tie, in member order. */
   readonly #points: Uint32Array;
   /** `#owners[i]` is the index in `#members` of the member at `#points[i]`. */
   readonly #owners: Uint32Array;
 
-  constructor(members: readonly M[], replicas: number) {
+  constructor(members: readonly M[], replicas: number, perMember: number, points: Uint32Array, owners: Uint32Array) {
+    this.replicas = replicas;
+    this.#perMember = perMember;
     this.#members = members;
-    const n = members.length;
-    const perMember = Math.min(replicas, Math.max(1, Math.floor(MAX_RING_POINTS / n)));
-    const size = n * perMember;
-    let points = new Uint32Array(size);
-    let owners = new Uint32Array(size);
-    for (let m = 0, i = 0; m < n; m++) {
-      // From the endpoint key alone, so every client process builds the same ring and sends a
-      // key to the same pod.
-      const seed = murmur3(members[m].endpoint.key, 0);
-      for (let r = 0; r < perMember; r++, i++) {
-        points[i] = replica(seed, r);
-        owners[i] = m;
-      }
-    }
-    // LSD radix sort, 11 bits a pass: a 1,000-member ring sorts in a few ms where the built-in
-    // sort takes 10-15, and the build is paid on every membership change. Being stable, it leaves
-    // the rare colliding points in member order, so a collision resolves the same way in a ring
-    // without some other member: removal then moves only the removed member's keys.
-    let nextPoints = new Uint32Array(size);
-    let nextOwners = new Uint32Array(size);
-    const counts = new Uint32Array(RADIX);
-    for (let shift = 0; shift < 32; shift += RADIX_BITS) {
-      counts.fill(0);
-      for (let i = 0; i < size; i++) counts[(points[i] >>> shift) & RADIX_MASK]++;
-      for (let d = 0, at = 0; d < RADIX; d++) {
-        const c = counts[d];
-        counts[d] = at;
-        at += c;
-      }
-      for (let i = 0; i < size; i++) {
-        const to = counts[(points[i] >>> shift) & RADIX_MASK]++;
-        nextPoints[to] = points[i];
-        nextOwners[to] = owners[i];
-      }
-      [points, nextPoints] = [nextPoints, points];
-      [owners, nextOwners] = [nextOwners, owners];
-    }
     this.#points = points;
     this.#owners = owners;
+  }
+
+  static build<M extends Pickable>(members: readonly M[], replicas: number): RingHashPicker<M> {
+    const perMember = pointsPerMember(replicas, members.length);
+    const indices = new Uint32Array(members.length);
+    for (let m = 0; m < members.length; m++) indices[m] = m;
+    const [points, owners] = sortRing(...memberPoints(members, indices, perMember));
+    return new RingHashPicker(members, replicas, perMember, points, owners);
+  }
+
+  /**
+   * This ring over `members` instead (in endpoint key order, as this one's): the points of members
+   * that left are dropped, those of members that came are hashed, sorted and merged in. Undefined
+   * when each member's share of points changes (the ring's cap), which takes a fresh build.
+   */
+  updated(members: readonly M[]): RingHashPicker<M> | undefined {
+    const perMember = pointsPerMember(this.replicas, members.length);
+    if (perMember !== this.#perMember) return undefined;
+    const old = this.#members;
+    // Both lists are in key order: one walk tells each old member's new index (-1: gone) and the new ones.
+    const remap = new Int32Array(old.length);
+    const added: number[] = [];
+    let i = 0;
+    let j = 0;
+    let removed = 0;
+    while (i < old.length && j < members.length) {
+      const a = old[i].endpoint.key;
+      const b = members[j].endpoint.key;
+      if (a === b) remap[i++] = j++;
+      else if (a < b) {
+        remap[i++] = -1;
+        removed++;
+      } else added.push(j++);
+    }
+    for (; i < old.length; i++, removed++) remap[i] = -1;
+    for (; j < members.length; j++) added.push(j);
+    const oldPoints = this.#points;
+    const oldOwners = this.#owners;
+    // Same members: the same ring (its owners index the same places).
+    if (removed === 0 && added.length === 0) return new RingHashPicker(members, this.replicas, perMember, oldPoints, oldOwners);
+    const [newPoints, newOwners] = sortRing(...memberPoints(members, Uint32Array.from(added), perMember));
+    const size = members.length * perMember;
+    const points = new Uint32Array(size);
+    const owners = new Uint32Array(size);
+    let x = 0;
+    let y = 0;
+    let k = 0;
+    const olds = oldPoints.length;
+    const news = newPoints.length;
+    for (;;) {
+      while (x < olds && remap[oldOwners[x]] < 0) x++;
+      if (x === olds) break;
+      const owner = remap[oldOwners[x]];
+      // Ties as a fresh build orders them: by member index.
+      while (y < news && (newPoints[y] < oldPoints[x] || (newPoints[y] === oldPoints[x] && newOwners[y] < owner))) {
+        points[k] = newPoints[y];
+        owners[k++] = newOwners[y++];
+      }
+      points[k] = oldPoints[x++];
+      owners[k++] = owner;
+    }
+    for (; y < news; y++, k++) {
+      points[k] = newPoints[y];
+      owners[k] = newOwners[y];
+    }
+    return new RingHashPicker(members, this.replicas, perMember, points, owners);
   }
 
   pick(key?: string): M | undefined {
@@ -117,6 +162,54 @@ class RingHashPicker<M extends Pickable> implements Picker<M> {
     }
     return this.#members[this.#owners[lo === size ? 0 : lo]];
   }
+}
+
+/** The points of the members at `indices` (ascending), `perMember` each, with their owners, in member order. */
+function memberPoints(members: readonly Pickable[], indices: Uint32Array, perMember: number): [Uint32Array, Uint32Array] {
+  const size = indices.length * perMember;
+  const points = new Uint32Array(size);
+  const owners = new Uint32Array(size);
+  for (let n = 0, i = 0; n < indices.length; n++) {
+    const m = indices[n];
+    // From the endpoint key alone, so every client process builds the same ring and sends a
+    // key to the same pod. A member past the cap keeps its first points.
+    const seed = murmur3(members[m].endpoint.key, 0);
+    for (let r = 0; r < perMember; r++, i++) {
+      points[i] = replica(seed, r);
+      owners[i] = m;
+    }
+  }
+  return [points, owners];
+}
+
+/**
+ * Sorts points ascending, owners alongside. LSD radix sort, 11 bits a pass: a 1,000-member ring
+ * sorts in a few ms where the built-in sort takes 10-15. Being stable, it leaves the rare
+ * colliding points in member order, so a collision resolves the same way in a ring without some
+ * other member: removal then moves only the removed member's keys.
+ */
+function sortRing(points: Uint32Array, owners: Uint32Array): [Uint32Array, Uint32Array] {
+  const size = points.length;
+  let nextPoints: Uint32Array = new Uint32Array(size);
+  let nextOwners: Uint32Array = new Uint32Array(size);
+  const counts = new Uint32Array(RADIX);
+  for (let shift = 0; shift < 32; shift += RADIX_BITS) {
+    counts.fill(0);
+    for (let i = 0; i < size; i++) counts[(points[i] >>> shift) & RADIX_MASK]++;
+    for (let d = 0, at = 0; d < RADIX; d++) {
+      const c = counts[d];
+      counts[d] = at;
+      at += c;
+    }
+    for (let i = 0; i < size; i++) {
+      const to = counts[(points[i] >>> shift) & RADIX_MASK]++;
+      nextPoints[to] = points[i];
+      nextOwners[to] = owners[i];
+    }
+    [points, nextPoints] = [nextPoints, points];
+    [owners, nextOwners] = [nextOwners, owners];
+  }
+  return [points, owners];
 }
 
 /** MurmurHash3 x86_32 of a string's UTF-16LE bytes, read from char codes so it allocates nothing. */

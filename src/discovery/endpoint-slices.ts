@@ -6,7 +6,7 @@
  */
 import { isIP } from 'node:net';
 import { refusedAddress, type AddressRange } from '../address.ts';
-import { createEndpoint, EndpointSet, sameEndpoint, type Endpoint } from '../endpoint.ts';
+import { createEndpoint, deriveEndpointSet, EndpointSet, sameEndpoint, type Endpoint } from '../endpoint.ts';
 
 /** One endpoint a slice offers for the port, with what the merge needs to choose between slices. */
 interface Candidate {
@@ -201,6 +201,11 @@ export class EndpointSliceMerge {
   readonly #visible = new Map<string, Endpoint>();
   readonly #dirty = new Set<string>();
   #changed = true;
+  /** The last snapshot made, and what the next one changes: the pool reconciles only that. */
+  #last = EndpointSet.empty;
+  #added: Endpoint[] = [];
+  #removed: Endpoint[] = [];
+  #updated: (readonly [Endpoint, Endpoint])[] = [];
 
   /** The slice of that name, as last set. */
   get(name: string): ParsedSlice | undefined {
@@ -263,7 +268,12 @@ export class EndpointSliceMerge {
     this.#dirty.clear();
     if (!this.#changed) return undefined;
     this.#changed = false;
-    return new EndpointSet(this.#visible.values());
+    const delta = { added: this.#added, removed: this.#removed, changed: this.#updated };
+    this.#added = [];
+    this.#removed = [];
+    this.#updated = [];
+    this.#last = deriveEndpointSet(this.#last, new Map(this.#visible), delta);
+    return this.#last;
   }
 
   #show(key: string): void {
@@ -271,8 +281,14 @@ export class EndpointSliceMerge {
     const shown = c === undefined || (!c.ipv4 && c.pod !== undefined && this.#podIPv4.has(c.pod)) ? undefined : c.endpoint;
     const was = this.#visible.get(key);
     if (shown === was || (shown !== undefined && was !== undefined && sameEndpoint(shown, was))) return;
-    if (shown === undefined) this.#visible.delete(key);
-    else this.#visible.set(key, shown);
+    if (shown === undefined) {
+      this.#visible.delete(key);
+      this.#removed.push(was!);
+    } else {
+      this.#visible.set(key, shown);
+      if (was === undefined) this.#added.push(shown);
+      else this.#updated.push([was, shown]);
+    }
     this.#changed = true;
   }
 

@@ -2,9 +2,19 @@ import type { Pickable } from '../balance/balancer.ts';
 import type { CallOutcome, CallTarget } from '../call/call.ts';
 import type { Cohort } from '../call/deadline.ts';
 import type { Endpoint } from '../endpoint.ts';
-import type { PodpoolError } from '../errors.ts';
+import { ClosedError, type PodpoolError } from '../errors.ts';
 import type { Connection } from '../transport/transport.ts';
 import { Load } from './load.ts';
+
+/** The signal of a member that never connected: no call runs on it, so it never aborts. */
+const NO_CONNECTION_YET = new AbortController().signal;
+
+/**
+ * Why a connect loop stops (the member drains or closes): one reason for all, since an abort
+ * without one makes a DOMException with a stack trace, 20 µs each, and nobody reads it (the loop
+ * ends quietly when its signal aborts).
+ */
+const LOOP_STOPPED = new ClosedError('the member stopped connecting: its endpoint is gone or the pool is closing');
 
 /**
  * A member's life: `connecting → ready ⇄ ejected → draining → closed`. `connecting` is also
@@ -70,9 +80,10 @@ export class Member<C> implements Pickable, CallTarget<C> {
   /**
    * Aborted when the pool closes the connection the current calls run on (lost, drained, pool
    * closed); its signal is what `use()` callbacks get when the caller passed none, so a call
-   * learns that its connection is gone without an allocation per call. A new one per connection.
+   * learns that its connection is gone without an allocation per call. A new one per connection,
+   * none before the first (a controller costs a member more than the rest of it).
    */
-  #connectionClosed = new AbortController();
+  #connectionClosed: AbortController | undefined = undefined;
   /** The call layer's open deadline cohort (src/call/deadline.ts): kept here, found without a lookup. */
   cohort: Cohort | undefined = undefined;
   /** Pending drain timer. */
@@ -150,7 +161,7 @@ export class Member<C> implements Pickable, CallTarget<C> {
 
   /** Aborts when the connection under the current calls closes. */
   get connectionClosedSignal(): AbortSignal {
-    return this.#connectionClosed.signal;
+    return this.#connectionClosed?.signal ?? NO_CONNECTION_YET;
   }
 
   /** Discovery's newer view of the same endpoint (readiness, zone, …). */
@@ -228,7 +239,7 @@ export class Member<C> implements Pickable, CallTarget<C> {
     if (this.#connection !== connection) return false;
     this.#connection = undefined;
     this.#available = true;
-    this.#connectionClosed.abort(error);
+    this.#connectionClosed?.abort(error);
     this.#lastError = error;
     this.#flaps = now - this.#connectedAt < stableMs ? this.#flaps + 1 : 0;
     return true;
@@ -257,7 +268,7 @@ export class Member<C> implements Pickable, CallTarget<C> {
   drain(timeoutMs: number, expired: () => void): boolean {
     clearTimeout(this.#drainTimer);
     this.#drainTimer = undefined;
-    if (this.#connection === undefined) this.#connectLoop.abort();
+    if (this.#connection === undefined) this.#connectLoop.abort(LOOP_STOPPED);
     this.#moveTo('draining');
     if (this.#connection === undefined || this.#load.inFlight === 0) return false;
     this.#drainTimer = setTimeout(expired, timeoutMs);
@@ -284,10 +295,12 @@ export class Member<C> implements Pickable, CallTarget<C> {
   close(error: (() => PodpoolError) | undefined): Connection<C> | undefined {
     clearTimeout(this.#drainTimer);
     this.#drainTimer = undefined;
-    this.#connectLoop.abort();
+    // A member with a connection has no connect loop running (the loop ends once it connects):
+    // aborting would only make an event nobody hears, 10,000 times when a big pool closes.
+    if (this.#connection === undefined) this.#connectLoop.abort(LOOP_STOPPED);
     const connection = this.#connection;
     this.#connection = undefined;
-    if (connection !== undefined && this.#load.inFlight > 0 && error !== undefined) this.#connectionClosed.abort(error());
+    if (connection !== undefined && this.#load.inFlight > 0 && error !== undefined) this.#connectionClosed?.abort(error());
     this.#moveTo('closed');
     return connection;
   }

@@ -7,6 +7,14 @@ import { Member, type MemberEvents, type MemberState } from './member.ts';
 const debug = debuglog('podpool');
 
 /**
+ * New members a turn of the event loop: past it, a snapshot's new endpoints get theirs in later
+ * turns. A member and its connect cost 10-25 µs of this thread (more with a transport that does
+ * real work), so 500 keep a turn within a few ms where 20,000 at once held the loop for half a
+ * second; and a big Service's pods are not all dialled in the same instant.
+ */
+const ADDS_PER_TURN = 500;
+
+/**
  * Who is in the pool: reconciles each snapshot from discovery against the members (a new
  * endpoint is added and connected, a gone or unready one drained, one that comes back while it
  * drains revived) and closes a drained member once its calls end or its drain time is up. It
@@ -22,6 +30,14 @@ export class Membership<C> {
   readonly #latencyDecayMs: number;
   readonly #drainTimeoutMs: number;
   readonly #events: MemberEvents;
+  /** The last snapshot's subset, for endpoints whose member waits for a later turn. */
+  #subset: ReadonlySet<string> | undefined = undefined;
+  /** Members added in this turn; reset by `#nextTurn`. */
+  #addedThisTurn = 0;
+  /** Endpoint keys that wait for a member (past {@link ADDS_PER_TURN}), in snapshot order. */
+  #waiting: string[] = [];
+  #nextTurn: NodeJS.Immediate | undefined = undefined;
+  #stopped = false;
 
   constructor(sourceKind: string, connector: Connector<C>, latencyDecayMs: number, drainTimeoutMs: number, events: MemberEvents) {
     this.#sourceKind = sourceKind;
@@ -60,30 +76,46 @@ export class Membership<C> {
 
   /**
    * Brings the members in line with a snapshot (with subsetting, the endpoints of `subset` only);
-   * returns what changed since the last snapshot.
+   * returns what changed since the last snapshot. Without a subset it looks only at what
+   * changed: an endpoint the snapshot left as it was has its member as the last one left it.
    */
   reconcile(endpoints: EndpointSet, subset?: ReadonlySet<string>): EndpointDiff {
     const diff = endpoints.diff(this.#endpoints);
     this.#endpoints = endpoints;
     this.#hasSnapshot = true;
-    for (const e of endpoints) {
-      const m = this.#members.get(e.key);
-      // Discovery's readiness (the pod passes its probe, and is not terminating) decides whether
-      // the pod has a member at all; the member's own state `ready` (connected) whether it is picked.
-      // With subsetting, only the pods of this client's subset have members.
-      const inService = e.ready && !e.terminating && (subset === undefined || subset.has(e.key));
-      if (m !== undefined) m.updateEndpoint(e);
-      if (inService) {
-        if (m === undefined) this.#add(e);
-        else if (m.state === 'draining') this.#revive(m);
-      } else if (m !== undefined) {
-        this.drain(m);
+    this.#subset = subset;
+    if (subset === undefined) {
+      for (const e of diff.added) this.#place(e, undefined);
+      for (const [, e] of diff.changed) this.#place(e, undefined);
+      for (const e of diff.removed) {
+        const m = this.#members.get(e.key);
+        if (m !== undefined) this.drain(m);
       }
+      return diff;
     }
-    for (const m of [...this.#members.values()]) {
+    // The subset may move with any change (it depends on every endpoint): every endpoint is looked at.
+    for (const e of endpoints) this.#place(e, subset);
+    // Draining may close a member, which leaves the map; a Map's iterator allows that.
+    for (const m of this.#members.values()) {
       if (!endpoints.has(m.endpoint.key)) this.drain(m);
     }
     return diff;
+  }
+
+  /** One endpoint of a snapshot: a member added, updated, revived or drained to match it. */
+  #place(e: Endpoint, subset: ReadonlySet<string> | undefined): void {
+    const m = this.#members.get(e.key);
+    // Discovery's readiness (the pod passes its probe, and is not terminating) decides whether
+    // the pod has a member at all; the member's own state `ready` (connected) whether it is picked.
+    // With subsetting, only the pods of this client's subset have members.
+    const inService = e.ready && !e.terminating && (subset === undefined || subset.has(e.key));
+    if (m !== undefined) m.updateEndpoint(e);
+    if (inService) {
+      if (m === undefined) this.#add(e);
+      else if (m.state === 'draining') this.#revive(m);
+    } else if (m !== undefined) {
+      this.drain(m);
+    }
   }
 
   /**
@@ -109,7 +141,8 @@ export class Membership<C> {
     const states = [...counts].map(([state, n]) => `${n} ${state}`).join(', ') || 'no members';
     let lastError: Error | undefined;
     for (const m of this.#members.values()) lastError = m.lastError ?? lastError;
-    return `${this.#endpoints.size} endpoint(s) discovered, ${states}${lastError ? `; last error: ${lastError.message}` : ''}`;
+    const waiting = this.#waiting.length > 0 ? `, ${this.#waiting.length} waiting for a member` : '';
+    return `${this.#endpoints.size} endpoint(s) discovered, ${states}${waiting}${lastError ? `; last error: ${lastError.message}` : ''}`;
   }
 
   /** No new picks; closes once in-flight calls end, or after the drain timeout. */
@@ -129,7 +162,51 @@ export class Membership<C> {
     else void this.#connector.closeConnection(connection).then(() => m.closed.resolve());
   }
 
+  /** The pool closes: endpoints still waiting for a member get none. */
+  stop(): void {
+    this.#stopped = true;
+    clearImmediate(this.#nextTurn);
+    this.#nextTurn = undefined;
+    this.#waiting = [];
+  }
+
+  /** Endpoints that wait for a later turn to get a member. */
+  get waiting(): number {
+    return this.#waiting.length;
+  }
+
+  /** A member for `endpoint` now, or in a later turn once this one has added its share. */
   #add(endpoint: Endpoint): void {
+    if (this.#addedThisTurn >= ADDS_PER_TURN) {
+      this.#waiting.push(endpoint.key);
+      return;
+    }
+    if (this.#addedThisTurn++ === 0) this.#nextTurn = setImmediate(() => this.#turn());
+    this.#create(endpoint);
+  }
+
+  /**
+   * A new turn: the endpoints that waited get members, as many as a turn takes, each as the
+   * latest snapshot has it (one gone, out of service or given a member meanwhile gets none).
+   */
+  #turn(): void {
+    this.#nextTurn = undefined;
+    this.#addedThisTurn = 0;
+    if (this.#stopped || this.#waiting.length === 0) return;
+    const waiting = this.#waiting;
+    this.#waiting = [];
+    let i = 0;
+    for (; i < waiting.length && this.#addedThisTurn < ADDS_PER_TURN; i++) {
+      const e = this.#endpoints.get(waiting[i]);
+      if (e === undefined || this.#members.has(e.key) || !e.ready || e.terminating || (this.#subset !== undefined && !this.#subset.has(e.key))) continue;
+      this.#add(e);
+    }
+    // Kept ahead of any that a snapshot queued during this turn.
+    if (i < waiting.length) this.#waiting = i === 0 ? waiting : waiting.slice(i).concat(this.#waiting);
+    if (this.#waiting.length > 0 && this.#nextTurn === undefined) this.#nextTurn = setImmediate(() => this.#turn());
+  }
+
+  #create(endpoint: Endpoint): void {
     const m = new Member<C>(endpoint, this.#latencyDecayMs, this.#events);
     this.#members.set(endpoint.key, m);
     debug('%s: new member', endpoint.key);

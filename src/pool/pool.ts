@@ -25,6 +25,9 @@ import { Waits, closedError } from './waiting.ts';
 const debug = debuglog('podpool');
 
 export type { PoolOptions, ReadyOptions, UseOptions } from './pool-options.ts';
+
+/** Members `close()` drains in one turn of the event loop (each costs a few µs, more with real connections). */
+const DRAINS_PER_TURN = 1_000;
 export type { PoolEvents, StateChange } from './events.ts';
 
 /** `pool.stats()`. */
@@ -78,8 +81,18 @@ export class Pool<C> extends EventEmitter<PoolEvents> implements AdapterPool<C> 
   /** Rebuilds the picker when the next warming member is warm (slow start). */
   #warmTimer: NodeJS.Timeout | undefined = undefined;
   #picker: Picker<Member<C>>;
-  /** The members in state `ready`, which the picker picks from; rebuilt when one enters or leaves it. */
+  /** The balancer's own picker inside `#picker` (no slow start; with `zone`, the zone picker), which the next build may start from. */
+  #balancerPicker: Picker<Member<C>> | undefined = undefined;
+  /** The members `#picker` picks from, in endpoint key order: those in state `ready` when it was built. */
   #pickable: readonly Member<C>[] = [];
+  /** Members in state `ready` now; the picker catches up at its next build. */
+  #readyCount = 0;
+  /** Members that entered `ready` since the picker was built (and have not left it since). */
+  #entered = new Set<Member<C>>();
+  /** A member left `ready` since the picker was built. */
+  #left = false;
+  /** The picker is behind the members' states; a build is queued. */
+  #stale = false;
   #closing: Promise<void> | undefined = undefined;
   /** The connectivity last announced with a `connectivity` event. */
   #announced: PoolConnectivity = 'connecting';
@@ -135,12 +148,12 @@ export class Pool<C> extends EventEmitter<PoolEvents> implements AdapterPool<C> 
         return pool.#closing !== undefined;
       },
       get pickable() {
-        return pool.#pickable.length;
+        return pool.#readyCount;
       },
       get failing() {
         return pool.connectivity === 'failing';
       },
-      pick: (key) => this.#picker.pick(key),
+      pick: (key) => this.#pick(key),
       situation: (waited) => this.#membership.situation(waited),
     });
     this.#picker = balancer.picker(this.#pickable, this.#context);
@@ -208,8 +221,9 @@ export class Pool<C> extends EventEmitter<PoolEvents> implements AdapterPool<C> 
   /** Where the pool stands, as a grpc-js channel reports its connectivity state. */
   get connectivity(): PoolConnectivity {
     if (this.#closing) return 'closed';
-    if (this.#pickable.length > 0) return 'ready';
+    if (this.#readyCount > 0) return 'ready';
     if (!this.#membership.hasSnapshot) return this.#membership.sourceError === undefined ? 'connecting' : 'failing';
+    if (this.#membership.waiting > 0) return 'connecting';
     for (const m of this.#membership.values()) if (m.state === 'connecting' && !m.connectFailed) return 'connecting';
     return 'failing';
   }
@@ -222,7 +236,7 @@ export class Pool<C> extends EventEmitter<PoolEvents> implements AdapterPool<C> 
     const { minEndpoints, signal, timeoutMs } = checkReadyOptions(options);
     if (this.#closing) throw closedError('ready()');
     if (signal?.aborted) throw abortError(signal, 'ready()');
-    if (this.#pickable.length >= minEndpoints) return;
+    if (this.#readyCount >= minEndpoints) return;
     await this.#waits.untilPickable(minEndpoints, signal, timeoutMs);
   }
 
@@ -240,7 +254,7 @@ export class Pool<C> extends EventEmitter<PoolEvents> implements AdapterPool<C> 
       if (this.#closing) throw closedError('use()');
       // Checked before the pick: a bad option is the caller's bug whether or not a pod is ready.
       plan = options === undefined ? (this.#plan as CallPlan<T>) : callPlan(this.#plan, options);
-      member = this.#picker.pick(plan.key);
+      member = this.#pick(plan.key);
     } catch (error) {
       return Promise.reject(error);
     }
@@ -298,7 +312,7 @@ export class Pool<C> extends EventEmitter<PoolEvents> implements AdapterPool<C> 
    */
   begin(key?: string, avoid?: Endpoint): PoolCall<C> {
     if (this.#closing) throw closedError('begin()');
-    const member = avoid === undefined ? this.#picker.pick(key) : this.#pickAvoiding(key, avoid);
+    const member = avoid === undefined ? this.#pick(key) : this.#pickAvoiding(key, avoid);
     if (member === undefined) throw this.#waits.noEndpoints();
     if (avoid === undefined) this.#budget.deposit();
     else this.#calls.retries++;
@@ -312,6 +326,8 @@ export class Pool<C> extends EventEmitter<PoolEvents> implements AdapterPool<C> 
    */
   #pickAvoiding(key: string | undefined, avoid: Endpoint): Member<C> | undefined {
     if (this.#closing) return undefined;
+    // The fallback below walks the picker's members: they must be the ready ones.
+    if (this.#stale) this.#rebuild();
     const first = this.#picker.pick(key);
     if (first === undefined || first.endpoint.key !== avoid.key) return first;
     const pickable = this.#pickable;
@@ -359,7 +375,7 @@ export class Pool<C> extends EventEmitter<PoolEvents> implements AdapterPool<C> 
       balancer: this.#balancer.name,
       transport: this.#transport.name,
       endpoints: this.#membership.endpoints.size,
-      ready: this.#pickable.length,
+      ready: this.#readyCount,
       members: [...this.#membership.values()].sort(byEndpointKey).map((m) => m.stats(now)),
       retries: this.#calls.retries,
       hedges: this.#calls.hedges,
@@ -383,8 +399,13 @@ export class Pool<C> extends EventEmitter<PoolEvents> implements AdapterPool<C> 
     clearTimeout(this.#warmTimer);
     const watchClosed = this.#closeWatch();
     this.#waits.failAll(closedError('the wait'));
+    this.#membership.stop();
     const members = [...this.#membership.values()];
-    for (const m of members) this.#membership.drain(m);
+    for (let i = 0; i < members.length; i++) {
+      // A few thousand at a time: 10,000 drains in one go held the event loop for 50 ms and more.
+      if (i > 0 && i % DRAINS_PER_TURN === 0) await new Promise((resolve) => setImmediate(resolve));
+      this.#membership.drain(members[i]);
+    }
     await Promise.all([watchClosed, ...members.map((m) => m.closed.promise)]);
     await this.#connector.settled();
     debug('pool closed');
@@ -409,7 +430,7 @@ export class Pool<C> extends EventEmitter<PoolEvents> implements AdapterPool<C> 
     debug('snapshot: %d endpoints, +%d -%d ~%d', endpoints.size, diff.added.length, diff.removed.length, diff.changed.length);
     // The zone plan counts every pod of the snapshot, ready or not, and reads their hints: a
     // change to any of them may move it, not only a member entering or leaving `ready`.
-    if (this.#zone !== undefined && (diff.added.length > 0 || diff.removed.length > 0 || diff.changed.length > 0)) this.#rebuild();
+    if (this.#zone !== undefined && (diff.added.length > 0 || diff.removed.length > 0 || diff.changed.length > 0)) this.#queueRebuild();
     this.#emit('change', endpoints, diff);
     // A snapshot that changed nothing about pickable members still settles waiters that count on it.
     this.#waits.wake();
@@ -418,17 +439,73 @@ export class Pool<C> extends EventEmitter<PoolEvents> implements AdapterPool<C> 
   #transitioned(m: Member<C>, from: MemberState, to: MemberState, error: PodpoolError | undefined): void {
     this.#ejection?.moved(m, from, to);
     debug('%s: %s → %s%s', m.endpoint.key, from, to, error ? ` (${error.message})` : '');
-    if (from === 'ready' || to === 'ready') this.#rebuild();
+    if (to === 'ready') {
+      this.#readyCount++;
+      this.#entered.add(m);
+      this.#queueRebuild();
+    } else if (from === 'ready') {
+      this.#readyCount--;
+      // It may have entered since the last build; then it is simply not added.
+      if (!this.#entered.delete(m)) this.#left = true;
+      this.#queueRebuild();
+    }
     this.#emit('state', { endpoint: m.endpoint, from, to, ...(error !== undefined && { error }) });
   }
 
-  /** A member entered or left `ready`: a new picker over the pickable members. */
+  /**
+   * A member entered or left `ready`: the picker is rebuilt once for the whole burst (a snapshot
+   * of N new pods, a close, a node's pods all lost at once), at the first pick after it or in a
+   * microtask, whichever comes first. A pick never sees a stale picker, and whatever awaits the
+   * change (`ready()`, a waiting call) finds the new one built. A closing pool picks nothing, so
+   * it builds nothing.
+   */
+  #queueRebuild(): void {
+    if (this.#stale || this.#closing) return;
+    this.#stale = true;
+    queueMicrotask(() => {
+      if (this.#stale && !this.#closing) this.#rebuild();
+    });
+  }
+
+  /** The pick every call makes: one flag read more than the picker's own. */
+  #pick(key: string | undefined): Member<C> | undefined {
+    if (this.#stale) this.#rebuild();
+    return this.#picker.pick(key);
+  }
+
+  /**
+   * A new picker over the members in `ready`: the last one's members that are still ready,
+   * merged (in endpoint key order) with those that entered since. It costs a pass over the ready
+   * members and a sort of the new ones, not a sort of all.
+   */
   #rebuild(): void {
-    const pickable: Member<C>[] = [];
-    for (const m of this.#membership.values()) if (m.state === 'ready') pickable.push(m);
-    pickable.sort(byEndpointKey);
+    this.#stale = false;
+    const old = this.#pickable;
+    let pickable: Member<C>[];
+    if (this.#left) {
+      pickable = [];
+      for (const m of old) if (m.state === 'ready') pickable.push(m);
+    } else {
+      pickable = old as Member<C>[];
+    }
+    if (this.#entered.size > 0) {
+      const entered = [...this.#entered].sort(byEndpointKey);
+      pickable = mergeByKey(pickable, entered);
+    } else if (!this.#left) {
+      // Nothing moved (slow start's timer): the same members, a fresh array all the same, as the contract wants.
+      pickable = [...old];
+    }
+    this.#entered.clear();
+    this.#left = false;
     this.#pickable = pickable;
-    const picker = this.#zone === undefined ? this.#balancer.picker(pickable, this.#context) : zonePicker(this.#balancer, pickable, this.#context, this.#zone, this.#zoneCounts, this.#membership.endpoints, this.#subsetKeys);
+    let picker: Picker<Member<C>>;
+    if (this.#zone === undefined) {
+      picker = this.#balancer.picker(pickable, this.#context, this.#balancerPicker);
+      this.#balancerPicker = picker;
+    } else {
+      picker = zonePicker(this.#balancer, pickable, this.#context, this.#zone, this.#zoneCounts, this.#membership.endpoints, this.#subsetKeys, this.#balancerPicker);
+      this.#balancerPicker = picker;
+    }
     this.#picker = this.#withSlowStart(picker, pickable);
     this.#waits.wake();
   }
@@ -470,6 +547,17 @@ export class Pool<C> extends EventEmitter<PoolEvents> implements AdapterPool<C> 
     this.#announced = connectivity;
     this.#emit('connectivity', connectivity);
   }
+}
+
+/** Two arrays in endpoint key order, merged into a new one in that order. */
+function mergeByKey<M extends { endpoint: Endpoint }>(a: readonly M[], b: readonly M[]): M[] {
+  const out: M[] = [];
+  let i = 0;
+  let j = 0;
+  while (i < a.length && j < b.length) out.push(byEndpointKey(b[j], a[i]) < 0 ? b[j++] : a[i++]);
+  while (i < a.length) out.push(a[i++]);
+  while (j < b.length) out.push(b[j++]);
+  return out;
 }
 
 /**
