@@ -15,8 +15,8 @@ import { randomInt } from 'node:crypto';
 import { getServers } from 'node:dns';
 import { createSocket, type Socket as UdpSocket } from 'node:dgram';
 import { connect, isIP, type Socket as TcpSocket } from 'node:net';
-import { setImmediate } from 'node:timers/promises';
 import { debuglog } from 'node:util';
+import { handlesFreed } from '../handles.ts';
 
 const debug = debuglog('podpool:dns');
 
@@ -421,7 +421,7 @@ export class DnsClient {
           socket.destroy();
         }
         void Promise.all(closing)
-          .then(closePhase)
+          .then(handlesFreed)
           .then(() => resolve(outcome));
       };
       const endWith = (code: string): void => end({ code });
@@ -486,15 +486,6 @@ export class DnsClient {
       });
     });
   }
-}
-
-/**
- * Resolves once libuv has run its close phase: Node calls a socket's close callback on nextTick,
- * before the handle is really gone, and two check phases later it is.
- */
-async function closePhase(): Promise<void> {
-  await setImmediate();
-  await setImmediate();
 }
 
 /** The system's servers, as c-ares read them from resolv.conf when Node started. */

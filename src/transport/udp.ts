@@ -2,8 +2,8 @@ import { randomUUID } from 'node:crypto';
 import { createSocket, type Socket, type SocketType } from 'node:dgram';
 import { isIP } from 'node:net';
 import { hostname } from 'node:os';
-import { setImmediate } from 'node:timers/promises';
 import { untilAborted } from '../abort.ts';
+import { handlesFreed } from '../handles.ts';
 import { ClosedError, ConnectionLostError, InvalidArgumentError, NotConnectedError, abortError } from '../errors.ts';
 import { checkNumber, checkOptions, invalidArgument, invalidOption, optionNames } from '../options.ts';
 import { datagramBytes, frameDatagram } from '../wire/datagram.ts';
@@ -124,7 +124,7 @@ export function udpTransport(options: UdpTransportOptions = {}): Transport<UdpCl
     const entry: SharedSocket = {
       socket,
       users: new Set(),
-      closed: new Promise<void>((resolve) => socket.once('close', () => resolve(handleGone()))),
+      closed: new Promise<void>((resolve) => socket.once('close', () => resolve(handlesFreed()))),
       closing: false,
       bound: new Promise<void>((resolve, reject) => {
         const onError = (error: Error): void => reject(error);
@@ -225,16 +225,6 @@ export function udpTransport(options: UdpTransportOptions = {}): Transport<UdpCl
       return error !== null && typeof error === 'object' && sendErrors.has(error);
     },
   };
-}
-
-/**
- * dgram emits 'close' on the next tick after `close()`, while libuv frees the handle only in a
- * later close phase of the event loop; two check phases later it is gone whichever phase
- * `close()` ran in. Without this wait, `close()` would resolve with the socket still open.
- */
-async function handleGone(): Promise<void> {
-  await setImmediate();
-  await setImmediate();
 }
 
 /**
