@@ -1,6 +1,6 @@
 /**
- * A small Kubernetes API server for EndpointSlices, real HTTP on 127.0.0.1, speaking the protocol
- * `@kubernetes/client-node` speaks: bearer-token auth, list with resourceVersion, limit and continue,
+ * A small Kubernetes API server for EndpointSlices, real HTTP(S) on 127.0.0.1, speaking the protocol
+ * `@kubernetes/client-node` speaks: bearer-token or client-certificate auth, list with resourceVersion, limit and continue,
  * and watch as a stream of JSON lines (ADDED, MODIFIED, DELETED, BOOKMARK, ERROR) replayed from a
  * resourceVersion, with faults on demand (error statuses, dropped, ended and stalled connections,
  * 410 Gone after compaction). Tests and the bench drive it; nothing here sleeps.
@@ -8,7 +8,9 @@
 import { EventEmitter } from 'node:events';
 import { writeFile } from 'node:fs/promises';
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
+import { createServer as createHttpsServer } from 'node:https';
 import type { Socket } from 'node:net';
+import type { TLSSocket } from 'node:tls';
 import { join } from 'node:path';
 import { KubeConfig } from '@kubernetes/client-node';
 
@@ -105,6 +107,16 @@ export function podIp(i: number): string {
   return `10.1.${(n >> 8) & 255}.${n & 255}`;
 }
 
+/** Options of {@link FakeApiServer.start}. */
+export interface FakeApiServerOptions {
+  /** The bearer token it accepts; default a random one. */
+  token?: string;
+  /** Lists come in pages of at most this many slices, whatever `limit` the client asks. */
+  maxPageSize?: number;
+  /** Serve HTTPS with this key and certificate; with `ca`, also accept client certificates it signed. */
+  tls?: { key: Buffer; cert: Buffer; ca?: Buffer };
+}
+
 /** One request the server saw. */
 export interface RequestRecord {
   readonly seq: number;
@@ -114,6 +126,8 @@ export interface RequestRecord {
   readonly query: Readonly<Record<string, string>>;
   /** The bearer token sent, if any. */
   readonly token: string | undefined;
+  /** Over TLS with client certificates: the CN of the certificate the client presented. */
+  readonly clientCertificate?: string;
   /** The status answered (200 for a watch once its headers are sent); undefined while held. */
   status: number | undefined;
   /** Settles when the connection carrying this request is closed, by either side. */
@@ -212,27 +226,44 @@ export class FakeApiServer extends EventEmitter<{ request: [RequestRecord] }> {
   }
 
   /**
-   * Starts a server on 127.0.0.1 and an ephemeral port. `maxPageSize` makes lists come in pages of
-   * at most that many slices whatever `limit` the client asks (servers may return fewer).
+   * Starts a server on 127.0.0.1 and an ephemeral port, plain HTTP or (with `tls`) HTTPS.
+   * `maxPageSize` makes lists come in pages of at most that many slices whatever `limit` the
+   * client asks (servers may return fewer).
    */
-  static async start(options: { token?: string; maxPageSize?: number } = {}): Promise<FakeApiServer> {
-    const server = createServer();
+  static async start(options: FakeApiServerOptions = {}): Promise<FakeApiServer> {
+    const { tls } = options;
+    // With `tls.ca`, a client certificate that CA signed authenticates a request as a token does.
+    const server = tls === undefined ? createServer() : createHttpsServer({ key: tls.key, cert: tls.cert, ...(tls.ca !== undefined && { ca: tls.ca, requestCert: true, rejectUnauthorized: false }) });
     await new Promise<void>((resolve, reject) => {
       server.once('error', reject);
       server.listen(0, '127.0.0.1', () => resolve());
     });
     const { port } = server.address() as { port: number };
     const token = options.token ?? `fake-token-${Math.random().toString(36).slice(2)}`;
-    return new FakeApiServer(server, `http://127.0.0.1:${port}`, token, options.maxPageSize ?? Infinity);
+    return new FakeApiServer(server, `${tls === undefined ? 'http' : 'https'}://127.0.0.1:${port}`, token, options.maxPageSize ?? Infinity);
   }
 
-  /** A KubeConfig for this server; `token: null` sends no token at all. */
-  kubeConfig({ token = this.token }: { token?: string | null } = {}): KubeConfig {
+  /**
+   * A KubeConfig for this server; `token: null` sends no token at all. Over TLS: `ca` is the CA
+   * to trust (as a cluster's certificate-authority-data), `servername` the name its certificate
+   * has (tls-server-name, the address being 127.0.0.1), `client` a certificate to present.
+   */
+  kubeConfig({ token = this.token, ca, servername, client }: { token?: string | null; ca?: Buffer; servername?: string; client?: { cert: Buffer; key: Buffer } } = {}): KubeConfig {
     const kc = new KubeConfig();
+    const cluster =
+      ca === undefined
+        ? // Plain HTTP on loopback: the client insists on skipTLSVerify for http:// servers.
+          { name: 'fake', server: this.url, skipTLSVerify: true }
+        : { name: 'fake', server: this.url, caData: ca.toString('base64'), ...(servername !== undefined && { tlsServerName: servername }) };
     kc.loadFromOptions({
-      // Plain HTTP on loopback: the client insists on skipTLSVerify for http:// servers.
-      clusters: [{ name: 'fake', server: this.url, skipTLSVerify: true }],
-      users: [{ name: 'fake-user', ...(token !== null && { token }) }],
+      clusters: [cluster],
+      users: [
+        {
+          name: 'fake-user',
+          ...(token !== null && { token }),
+          ...(client !== undefined && { certData: client.cert.toString('base64'), keyData: client.key.toString('base64') }),
+        },
+      ],
       contexts: [{ name: 'fake', cluster: 'fake', user: 'fake-user' }],
       currentContext: 'fake',
     });
@@ -483,6 +514,9 @@ export class FakeApiServer extends EventEmitter<{ request: [RequestRecord] }> {
     const match = PATH.exec(url.pathname);
     const auth = req.headers.authorization;
     const token = auth?.startsWith('Bearer ') ? auth.slice('Bearer '.length) : undefined;
+    const socket = req.socket as Partial<TLSSocket>;
+    const peer = socket.authorized === true ? socket.getPeerCertificate?.() : undefined;
+    const clientCertificate = typeof peer?.subject?.CN === 'string' ? peer.subject.CN : undefined;
     let closedResolve!: () => void;
     const record: RequestRecord = {
       seq: ++this.#seq,
@@ -491,6 +525,7 @@ export class FakeApiServer extends EventEmitter<{ request: [RequestRecord] }> {
       path: url.pathname,
       query,
       token,
+      ...(clientCertificate !== undefined && { clientCertificate }),
       status: undefined,
       closed: new Promise((resolve) => (closedResolve = resolve)),
     };
@@ -506,7 +541,7 @@ export class FakeApiServer extends EventEmitter<{ request: [RequestRecord] }> {
       res.writeHead(status, { 'Content-Type': 'application/json' });
       res.end(JSON.stringify(body));
     };
-    if (token !== this.token) {
+    if (token !== this.token && clientCertificate === undefined) {
       return answer(401, statusObject(401, 'Unauthorized'));
     }
     if (match === null) return answer(404, statusObject(404, 'the server could not find the requested resource'));
