@@ -1,9 +1,10 @@
 /**
- * A small Kubernetes API server for EndpointSlices, real HTTP(S) on 127.0.0.1, speaking the protocol
- * `@kubernetes/client-node` speaks: bearer-token or client-certificate auth, list with resourceVersion, limit and continue,
- * and watch as a stream of JSON lines (ADDED, MODIFIED, DELETED, BOOKMARK, ERROR) replayed from a
- * resourceVersion, with faults on demand (error statuses, dropped, ended and stalled connections,
- * 410 Gone after compaction). Tests and the bench drive it; nothing here sleeps.
+ * A small Kubernetes API server for EndpointSlices, real HTTP(S) on 127.0.0.1, speaking the
+ * protocol `@kubernetes/client-node` speaks: bearer-token or client-certificate auth, list with
+ * resourceVersion, limit and continue, and watch as a stream of JSON lines (ADDED, MODIFIED,
+ * DELETED, BOOKMARK, ERROR) replayed from a resourceVersion, with faults on demand (error
+ * statuses, dropped, ended and stalled connections, 410 Gone after compaction). Tests and the
+ * bench drive it; nothing here sleeps.
  */
 import { EventEmitter } from 'node:events';
 import { writeFile } from 'node:fs/promises';
