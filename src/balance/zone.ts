@@ -194,6 +194,8 @@ function hintGroup(e: Endpoint, zone: string): string {
  * a spill goes to, all built here, and one draw per call to choose among them. A call with an
  * affinity key draws from the key's hash instead, so the key stays on one pod while the plan
  * holds. Each pick is counted in `counts`, which also gets the plan's mode and local share.
+ * `previous`, the zone picker the pool built before, lends each of its pickers to the build of
+ * the same zone's (ring-hash merges a ring's changes instead of building it again).
  */
 export function zonePicker<M extends Pickable>(
   balancer: Balancer,
@@ -203,6 +205,7 @@ export function zonePicker<M extends Pickable>(
   counts: ZoneCounts,
   endpoints: Iterable<Endpoint>,
   subset?: ReadonlySet<string>,
+  previous?: Picker<M>,
 ): Picker<M> {
   const plan = zonePlan(policy, members, endpoints, subset);
   if (plan.mode !== counts.mode || plan.localShare !== counts.localShare) {
@@ -210,20 +213,36 @@ export function zonePicker<M extends Pickable>(
   }
   counts.mode = plan.mode;
   counts.localShare = plan.localShare;
-  const local = balancer.picker(plan.local, context);
-  if (plan.mode !== 'spill') return new CountingPicker(local, policy.zone, counts);
-  return new SpillPicker(plan, plan.localShare > 0 ? local : undefined, balancer, context, policy.zone, counts);
+  const before = previous instanceof CountingPicker || previous instanceof SpillPicker ? (previous.parts as ReadonlyMap<string, Picker<M>>) : undefined;
+  const parts = new Map<string, Picker<M>>();
+  // `all` is over other members than a zone's: it gets a name no zone has.
+  const localName = plan.mode === 'all' ? ALL : policy.zone;
+  const local = balancer.picker(plan.local, context, before?.get(localName));
+  parts.set(localName, local);
+  if (plan.mode !== 'spill') return new CountingPicker(local, policy.zone, counts, parts);
+  const spill = plan.spill.map((s) => {
+    const picker = balancer.picker(s.members, context, before?.get(s.zone));
+    parts.set(s.zone, picker);
+    return picker;
+  });
+  return new SpillPicker(plan, plan.localShare > 0 ? local : undefined, spill, context, policy.zone, counts, parts);
 }
 
+/** The name of the picker over every member (`all`): no zone is called that. */
+const ALL = '\0all';
+
 class CountingPicker<M extends Pickable> implements Picker<M> {
+  /** The balancer's pickers this one is made of, by zone, for the next build to start from. */
+  readonly parts: ReadonlyMap<string, Picker<M>>;
   readonly #inner: Picker<M>;
   readonly #zone: string;
   readonly #counts: ZoneCounts;
 
-  constructor(inner: Picker<M>, zone: string, counts: ZoneCounts) {
+  constructor(inner: Picker<M>, zone: string, counts: ZoneCounts, parts: ReadonlyMap<string, Picker<M>>) {
     this.#inner = inner;
     this.#zone = zone;
     this.#counts = counts;
+    this.parts = parts;
   }
 
   pick(key?: string): M | undefined {
@@ -234,6 +253,7 @@ class CountingPicker<M extends Pickable> implements Picker<M> {
 }
 
 class SpillPicker<M extends Pickable> implements Picker<M> {
+  readonly parts: ReadonlyMap<string, Picker<M>>;
   readonly #local: Picker<M> | undefined;
   readonly #localShare: number;
   /** `#bounds[i]`: the draw below which (and at or above `#bounds[i - 1]`) `#spill[i]` picks. */
@@ -243,7 +263,8 @@ class SpillPicker<M extends Pickable> implements Picker<M> {
   readonly #zone: string;
   readonly #counts: ZoneCounts;
 
-  constructor(plan: ZonePlan<M>, local: Picker<M> | undefined, balancer: Balancer, context: PickerContext, zone: string, counts: ZoneCounts) {
+  constructor(plan: ZonePlan<M>, local: Picker<M> | undefined, spill: readonly Picker<M>[], context: PickerContext, zone: string, counts: ZoneCounts, parts: ReadonlyMap<string, Picker<M>>) {
+    this.parts = parts;
     this.#local = local;
     this.#localShare = plan.localShare;
     this.#bounds = new Float64Array(plan.spill.length);
@@ -254,7 +275,7 @@ class SpillPicker<M extends Pickable> implements Picker<M> {
     }
     // Rounding must not leave a draw just under 1 with no zone to go to.
     this.#bounds[plan.spill.length - 1] = Infinity;
-    this.#spill = plan.spill.map((s) => balancer.picker(s.members, context));
+    this.#spill = spill;
     this.#random = context.random;
     this.#zone = zone;
     this.#counts = counts;

@@ -328,5 +328,18 @@ describe('zonePicker', () => {
       assert.ok(Math.abs(local / keys.length - 0.75) < 0.01, `${local} of 10,000 keys stayed local`);
       assert.deepEqual([...localPods].sort(), ['a-0', 'a-1']);
     });
+
+    it('routes every key as a fresh build does when it starts from the previous picker, across changes of plan', () => {
+      const all = world(pods(ABC, 4));
+      const steps = [(n: string) => n !== 'b-3', (n: string) => n !== 'b-3' && n !== 'a-0', (n: string) => n !== 'a-0', () => true];
+      let previous = zonePicker(ringHash(), all.members, never, A, counts(), all.set);
+      for (const up of steps) {
+        const members = all.members.filter((m) => up(m.name));
+        const reused = zonePicker(ringHash(), members, never, A, counts(), all.set, undefined, previous);
+        const fresh = zonePicker(ringHash(), members, never, A, counts(), all.set);
+        for (const k of keys.slice(0, 2_000)) assert.equal(reused.pick(k), fresh.pick(k), k);
+        previous = reused;
+      }
+    });
   });
 });
