@@ -389,7 +389,11 @@ export class Pool<C> extends EventEmitter<PoolEvents> implements AdapterPool<C> 
    */
   close(): Promise<void> {
     if (this.#closing === undefined) {
-      this.#closing = this.#shutdown();
+      // Set before the shutdown starts: what its first drains make happen (a state listener
+      // calling use(), a queued picker build) must already find the pool closing.
+      const closing = Promise.withResolvers<void>();
+      this.#closing = closing.promise;
+      this.#shutdown().then(closing.resolve, closing.reject);
       this.#announceConnectivity();
     }
     return this.#closing;

@@ -210,6 +210,45 @@ describe('ringHash', () => {
     assert.ok(keys.some((key) => full.pick(key) !== less.pick(key)));
   });
 
+  it('built from the previous ring after members come and go, routes every key as a fresh build over the same members', () => {
+    const sample = keys.slice(0, 3_000);
+    fc.assert(
+      fc.property(
+        // 10,000 replicas over up to 400 members crosses the ring's cap back and forth, where each
+        // member's share of points moves and the ring is built afresh.
+        fc.constantFrom(1, 7, 160, 10_000),
+        fc.array(fc.uniqueArray(fc.integer({ min: 1, max: 400 }), { maxLength: 60 }), { minLength: 1, maxLength: 6 }),
+        fc.integer({ min: 0, max: 400 }),
+        (replicas, steps, base) => {
+          const balancer = ringHash({ replicas });
+          // Each step keeps some of the last members (those below `base`) and brings others.
+          let previous = balancer.picker<Member>([], context);
+          let kept: number[] = [];
+          for (const ids of steps) {
+            const members = membersOf(new Set([...kept.filter((id) => id < base), ...ids]));
+            const built = balancer.picker(members, context, previous);
+            const fresh = balancer.picker(members, context);
+            for (const key of sample) assert.equal(built.pick(key)?.id, fresh.pick(key)?.id, `${key} over ${members.length} members`);
+            previous = built;
+            kept = members.map((m) => m.id);
+          }
+        },
+      ),
+      { numRuns: 40 },
+    );
+  });
+
+  it('builds afresh from a picker another balancer made', () => {
+    const members = membersOf([1, 2, 3, 4]);
+    const other = ringHash({ replicas: 3 }).picker(membersOf([1, 2]), context);
+    const built = ringHash().picker(members, context, other);
+    const fresh = ringHash().picker(members, context);
+    for (const key of keys.slice(0, 2_000)) assert.equal(built.pick(key), fresh.pick(key), key);
+    const foreign = { pick: () => members[0] };
+    const fromForeign = ringHash().picker(members, context, foreign);
+    for (const key of keys.slice(0, 2_000)) assert.equal(fromForeign.pick(key), fresh.pick(key), key);
+  });
+
   it('rejects more than 10,000 replicas, which only cost rebuilds', () => {
     ringHash({ replicas: 10_000 });
     assert.throws(() => ringHash({ replicas: 10_001 }), {

@@ -130,6 +130,25 @@ describe('close()', () => {
     assert.equal(transport.attempts(k1), 1);
   });
 
+  it('is closed already for what its own drains set off: a state listener calling use() or begin() hears PODPOOL_CLOSED', async (t) => {
+    const { source, pool } = harness(t);
+    source.set([pod(1), pod(2)]);
+    await pool.ready({ minEndpoints: 2 });
+    const heard: unknown[] = [];
+    pool.on('state', ({ to }) => {
+      if (to !== 'draining') return;
+      heard.push(pool.connectivity);
+      heard.push(pool.use(() => 'picked').catch((error: ClosedError) => error.code));
+      try {
+        pool.begin();
+      } catch (error) {
+        heard.push((error as ClosedError).code);
+      }
+    });
+    await pool.close();
+    assert.deepEqual(await Promise.all(heard), ['closed', ErrorCode.CLOSED, ErrorCode.CLOSED, 'closed', ErrorCode.CLOSED, ErrorCode.CLOSED]);
+  });
+
   it('fails a pending ready() with PODPOOL_CLOSED', async (t) => {
     const { source, transport, pool } = harness(t);
     transport.hold();

@@ -73,6 +73,13 @@ function checkState(pool: Pool<MemoryClient>, transport: MemoryTransport): void 
     const e = pool.endpoints.get(m.endpoint.key);
     assert.ok(e !== undefined && e.ready && !e.terminating, `${m.endpoint.key} is ${m.state} but its endpoint is not wanted`);
   }
+  // Reconcile looks only at what each snapshot changed: that holds only while every endpoint in
+  // service has a member taking it up, whatever happened to it between snapshots.
+  for (const e of pool.endpoints) {
+    if (!e.ready || e.terminating) continue;
+    const m = members.get(e.key);
+    assert.ok(m !== undefined && m.state !== 'draining' && m.state !== 'closed', `${e.key} is in service but its member is ${m?.state ?? 'missing'}`);
+  }
   const live = new Map<string, number>();
   for (const c of transport.connections) {
     if (c.closed) continue;
