@@ -172,7 +172,16 @@ export class EndpointSet implements Iterable<Endpoint> {
       if (before === undefined) added.push(e);
       else if (!sameEndpoint(before, e)) changed.push([before, e]);
     }
-    for (const e of previous) if (!this.#byKey.has(e.key)) removed.push(e);
+    // Those of `previous` not kept: as many as it has more than the kept ones, so the search
+    // stops once they are found (none when nothing was removed).
+    let missing = previous.size - (this.#byKey.size - added.length);
+    if (missing > 0) {
+      for (const e of previous) {
+        if (this.#byKey.has(e.key)) continue;
+        removed.push(e);
+        if (--missing === 0) break;
+      }
+    }
     return { added, removed, changed };
   }
 

@@ -29,6 +29,9 @@ const MAX_RING_POINTS = 2 ** 18;
 const MAX_REPLICAS = 10_000;
 const OPTIONS = optionNames<RingHashOptions>({ replicas: true });
 
+/** Above every point of the ring (points are unsigned 32-bit). */
+const PAST_THE_RING = 2 ** 32;
+
 const RADIX_BITS = 11;
 const RADIX = 1 << RADIX_BITS;
 const RADIX_MASK = RADIX - 1;
@@ -118,21 +121,26 @@ class RingHashPicker<M extends Pickable> {
     const size = members.length * perMember;
     const points = new Uint32Array(size);
     const owners = new Uint32Array(size);
-    let x = 0;
-    let y = 0;
-    let k = 0;
     const olds = oldPoints.length;
     const news = newPoints.length;
-    for (;;) {
-      while (x < olds && remap[oldOwners[x]] < 0) x++;
-      if (x === olds) break;
+    // One pass over the old ring, the next new point held in locals (past the last, 2^32: above
+    // every point). Ties go as a fresh build orders them: by member index.
+    let k = 0;
+    let y = 0;
+    let nextPoint = news > 0 ? newPoints[0] : PAST_THE_RING;
+    let nextOwner = news > 0 ? newOwners[0] : 0;
+    for (let x = 0; x < olds; x++) {
       const owner = remap[oldOwners[x]];
-      // Ties as a fresh build orders them: by member index.
-      while (y < news && (newPoints[y] < oldPoints[x] || (newPoints[y] === oldPoints[x] && newOwners[y] < owner))) {
-        points[k] = newPoints[y];
-        owners[k++] = newOwners[y++];
+      if (owner < 0) continue;
+      const point = oldPoints[x];
+      while (nextPoint < point || (nextPoint === point && nextOwner < owner)) {
+        points[k] = nextPoint;
+        owners[k++] = nextOwner;
+        y++;
+        nextPoint = y < news ? newPoints[y] : PAST_THE_RING;
+        nextOwner = y < news ? newOwners[y] : 0;
       }
-      points[k] = oldPoints[x++];
+      points[k] = point;
       owners[k++] = owner;
     }
     for (; y < news; y++, k++) {

@@ -28,6 +28,9 @@ export type { PoolOptions, ReadyOptions, UseOptions } from './pool-options.ts';
 
 /** Members `close()` drains in one turn of the event loop (each costs a few µs, more with real connections). */
 const DRAINS_PER_TURN = 1_000;
+
+/** Changes a picker build applies one by one (a binary search and a splice each); past it, in one pass. */
+const FEW_CHANGES = 8;
 export type { PoolEvents, StateChange } from './events.ts';
 
 /** `pool.stats()`. */
@@ -89,8 +92,8 @@ export class Pool<C> extends EventEmitter<PoolEvents> implements AdapterPool<C> 
   #readyCount = 0;
   /** Members that entered `ready` since the picker was built (and have not left it since). */
   #entered = new Set<Member<C>>();
-  /** A member left `ready` since the picker was built. */
-  #left = false;
+  /** Members of the picker that left `ready` since it was built (some may have come back: they are in `#entered` too). */
+  #left: Member<C>[] = [];
   /** The picker is behind the members' states; a build is queued. */
   #stale = false;
   #closing: Promise<void> | undefined = undefined;
@@ -450,7 +453,7 @@ export class Pool<C> extends EventEmitter<PoolEvents> implements AdapterPool<C> 
     } else if (from === 'ready') {
       this.#readyCount--;
       // It may have entered since the last build; then it is simply not added.
-      if (!this.#entered.delete(m)) this.#left = true;
+      if (!this.#entered.delete(m)) this.#left.push(m);
       this.#queueRebuild();
     }
     this.#emit('state', { endpoint: m.endpoint, from, to, ...(error !== undefined && { error }) });
@@ -478,29 +481,31 @@ export class Pool<C> extends EventEmitter<PoolEvents> implements AdapterPool<C> 
   }
 
   /**
-   * A new picker over the members in `ready`: the last one's members that are still ready,
-   * merged (in endpoint key order) with those that entered since. It costs a pass over the ready
-   * members and a sort of the new ones, not a sort of all.
+   * A new picker over the members in `ready`: the last one's members, without those that left
+   * it, merged (in endpoint key order) with those that entered since. A few changes cost a copy
+   * of the list and a binary search each; many, a pass over it and a sort of the new ones. Never a
+   * sort of all.
    */
   #rebuild(): void {
     this.#stale = false;
-    const old = this.#pickable;
+    const left = this.#left;
+    const entered = this.#entered;
     let pickable: Member<C>[];
-    if (this.#left) {
-      pickable = [];
-      for (const m of old) if (m.state === 'ready') pickable.push(m);
+    if (left.length <= FEW_CHANGES) {
+      pickable = this.#pickable.slice();
+      // Each was in the list; one that came back is in `entered`, and goes back in below.
+      for (const m of left) {
+        const at = indexByKey(pickable, m.endpoint.key);
+        if (pickable[at] === m) pickable.splice(at, 1);
+      }
     } else {
-      pickable = old as Member<C>[];
+      pickable = [];
+      for (const m of this.#pickable) if (m.state === 'ready' && !entered.has(m)) pickable.push(m);
     }
-    if (this.#entered.size > 0) {
-      const entered = [...this.#entered].sort(byEndpointKey);
-      pickable = mergeByKey(pickable, entered);
-    } else if (!this.#left) {
-      // Nothing moved (slow start's timer): the same members, a fresh array all the same, as the contract wants.
-      pickable = [...old];
-    }
-    this.#entered.clear();
-    this.#left = false;
+    if (entered.size > FEW_CHANGES) pickable = mergeByKey(pickable, [...entered].sort(byEndpointKey));
+    else for (const m of entered) pickable.splice(indexByKey(pickable, m.endpoint.key), 0, m);
+    this.#left = [];
+    entered.clear();
     this.#pickable = pickable;
     let picker: Picker<Member<C>>;
     if (this.#zone === undefined) {
@@ -551,6 +556,18 @@ export class Pool<C> extends EventEmitter<PoolEvents> implements AdapterPool<C> 
     this.#announced = connectivity;
     this.#emit('connectivity', connectivity);
   }
+}
+
+/** Where `key` is, or would go, in members sorted by endpoint key. */
+function indexByKey(members: readonly { endpoint: Endpoint }[], key: string): number {
+  let lo = 0;
+  let hi = members.length;
+  while (lo < hi) {
+    const mid = (lo + hi) >>> 1;
+    if (members[mid].endpoint.key < key) lo = mid + 1;
+    else hi = mid;
+  }
+  return lo;
 }
 
 /** Two arrays in endpoint key order, merged into a new one in that order. */

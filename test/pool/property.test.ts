@@ -3,6 +3,7 @@ import { describe, it } from 'node:test';
 import fc from 'fast-check';
 import type { Endpoint } from '../../src/endpoint.ts';
 import { ErrorCode, PodpoolError } from '../../src/errors.ts';
+import { roundRobin } from '../../src/balance/round-robin.ts';
 import { createPool, type Pool } from '../../src/pool/pool.ts';
 import { flush } from '../support/flush.ts';
 import { ManualSource, pod, podKey } from '../support/manual-source.ts';
@@ -14,6 +15,7 @@ const podArb = fc.integer({ min: 1, max: 5 });
 type Op =
   | { kind: 'set'; pods: { n: number; ready: boolean; terminating: boolean }[] }
   | { kind: 'lose'; n: number }
+  | { kind: 'blink'; n: number }
   | { kind: 'connects'; n: number; behaviour: 'accept' | 'refuse' | 'hold' }
   | { kind: 'release'; n: number }
   | { kind: 'use'; outcome: 'ok' | 'fail' | 'hang' }
@@ -33,6 +35,8 @@ const opArb: fc.Arbitrary<Op> = fc.oneof(
     weight: 3,
   },
   { arbitrary: fc.record({ kind: fc.constant('lose' as const), n: podArb }), weight: 2 },
+  // A connection out of the picks and back before anything else happens (the picker is built once after both).
+  { arbitrary: fc.record({ kind: fc.constant('blink' as const), n: podArb }), weight: 2 },
   {
     arbitrary: fc.record({
       kind: fc.constant('connects' as const),
@@ -91,6 +95,8 @@ function checkState(pool: Pool<MemoryClient>, transport: MemoryTransport): void 
   for (const [key, n] of live) assert.equal(n, 1, `${n} open connections to ${key}`);
 }
 
+const inner = roundRobin();
+
 describe('the pool under any sequence of events', () => {
   it('picks only ready members of ready endpoints in the current snapshot, over live connections', async (t) => {
     const timers = mockTimers(t);
@@ -100,9 +106,17 @@ describe('the pool under any sequence of events', () => {
         let now = 0;
         const source = new ManualSource();
         const transport = new MemoryTransport();
+        const built: string[][] = [];
         const pool = createPool({
           source,
           transport,
+          balancer: {
+            name: 'recording',
+            picker(members, context, previous) {
+              built.push(members.map((m) => m.endpoint.key));
+              return inner.picker(members, context, previous);
+            },
+          },
           clock: () => now,
           random: () => 0.5,
           drainTimeoutMs: 500,
@@ -119,6 +133,10 @@ describe('the pool under any sequence of events', () => {
                 break;
               case 'lose':
                 transport.lose(podKey(op.n));
+                break;
+              case 'blink':
+                transport.unavailable(podKey(op.n));
+                transport.available(podKey(op.n));
                 break;
               case 'connects':
                 if (op.behaviour === 'accept') transport.accept(podKey(op.n));
@@ -168,6 +186,9 @@ describe('the pool under any sequence of events', () => {
             }
             await flush();
             checkState(pool, transport);
+            // The picker is built over exactly the ready members, each once, in key order.
+            const ready = pool.stats().members.filter((m) => m.state === 'ready').map((m) => m.endpoint.key);
+            assert.deepEqual(built.at(-1), ready, 'the last picker was not built over the ready members');
           }
           for (const gate of hanging) gate.resolve();
           await Promise.all(calls);

@@ -99,6 +99,19 @@ describe('the picker at scale', () => {
     assert.deepEqual(pickNow(pool, 3), [podKey(1), podKey(1), podKey(1)]);
   });
 
+  it('counts a member that leaves ready and comes back before the next build once', async (t) => {
+    const balancer = counting(roundRobin());
+    const { source, transport, pool } = harness(t, { balancer });
+    source.set([pod(1), pod(2), pod(3)]);
+    await pool.ready({ minEndpoints: 3 });
+    // Out of the picks and back in one turn, as a transport may say of a connection.
+    transport.unavailable(podKey(2));
+    transport.available(podKey(2));
+    const picked = pickNow(pool, 6);
+    assert.deepEqual(balancer.builds.at(-1), 3);
+    assert.deepEqual([...picked].sort(), [podKey(1), podKey(1), podKey(2), podKey(2), podKey(3), podKey(3)]);
+  });
+
   it('picks a member that just became ready at once, from inside its transition', async (t) => {
     const { source, transport, pool } = harness(t, { balancer: first() });
     transport.hold(podKey(1));
