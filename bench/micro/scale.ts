@@ -9,7 +9,11 @@
 // class, as in a real program), and each row with a fresh pool.
 //
 //   node --conditions=podpool-source bench/micro/scale.ts [--balancers round-robin,ring-hash]
-//        [--sizes 1000,5000,20000] [--ring-sizes 1000,5000,20000] [--rounds 50] [--steps ready,replaced,close]
+//        [--sizes 1000,5000,20000] [--ring-sizes 1000,5000,20000] [--rounds 50] [--steps ready,replaced,close] [--cold]
+//
+// Before the rows, a pool of 1,200 is made ready, has a pod replaced and is closed, so the rows
+// measure code the JIT has compiled (what each step costs a running program); --cold skips that,
+// and the first row then also pays for compiling the pool's code (a program's first pool).
 //
 // Uses only the package's exports, so the same file measures an older commit as well.
 import { execFileSync } from 'node:child_process';
@@ -25,6 +29,7 @@ const { values, positionals } = parseArgs({
     'ring-sizes': { type: 'string', default: '1000,5000,20000' },
     rounds: { type: 'string', default: '50' },
     steps: { type: 'string', default: 'ready,replaced,close' },
+    cold: { type: 'boolean', default: false },
   },
 });
 const ROUNDS = Math.max(1, Math.min(500, Number(values.rounds)));
@@ -149,15 +154,24 @@ function list(text: string): number[] {
 if (positionals.length > 0) {
   const [name] = positionals;
   const steps = new Set(values.steps.split(','));
+  if (!values.cold) {
+    const { pool, source } = start(name);
+    source.set(new EndpointSet(pods(100_000, 101_200)));
+    await pool.ready({ minEndpoints: 1_200 });
+    source.set(new EndpointSet(pods(100_001, 101_201)));
+    await pool.ready({ minEndpoints: 1_200 });
+    await pickOnce(pool);
+    await pool.close();
+  }
   // A line a row, as each ends: a step that takes minutes (an old commit) still leaves the others.
   if (steps.has('ready')) for (const n of list(name === 'ring-hash' ? values['ring-sizes'] : values.sizes)) console.log(JSON.stringify(await ready(name, n)));
   if (steps.has('replaced')) console.log(JSON.stringify(await replaced(name)));
   if (steps.has('close')) console.log(JSON.stringify(await closed(name)));
 } else {
-  console.log(`pool at scale, in-memory transport (node ${process.version}); max block: longest event-loop delay during the row`);
+  console.log(`pool at scale, in-memory transport (node ${process.version}, ${values.cold ? 'cold' : 'warmed up'}); max block: longest event-loop delay during the row`);
   console.log(`${'balancer'.padEnd(12)} ${'step'.padEnd(26)} ${'ms'.padStart(10)} ${'max ms'.padStart(9)} ${'max block ms'.padStart(13)}`);
   for (const name of values.balancers.split(',')) {
-    const args = [...process.execArgv, import.meta.filename, name, '--sizes', values.sizes, '--ring-sizes', values['ring-sizes'], '--rounds', String(ROUNDS), '--steps', values.steps];
+    const args = [...process.execArgv, import.meta.filename, name, '--sizes', values.sizes, '--ring-sizes', values['ring-sizes'], '--rounds', String(ROUNDS), '--steps', values.steps, ...(values.cold ? ['--cold'] : [])];
     const out = execFileSync(process.execPath, args, { encoding: 'utf8', maxBuffer: 1 << 20 });
     for (const row of out.trim().split('\n').map((line) => JSON.parse(line) as Row)) {
       console.log(`${name.padEnd(12)} ${row.what.padEnd(26)} ${row.ms.toFixed(2).padStart(10)} ${(row.maxMs?.toFixed(2) ?? '').padStart(9)} ${row.blockedMs.toFixed(1).padStart(13)}`);
