@@ -29,8 +29,12 @@ const MAX_RING_POINTS = 2 ** 18;
 const MAX_REPLICAS = 10_000;
 const OPTIONS = optionNames<RingHashOptions>({ replicas: true });
 
-/** Above every point of the ring (points are unsigned 32-bit). */
-const PAST_THE_RING = 2 ** 32;
+/**
+ * Points are kept as signed 32-bit numbers, the hash with its top bit flipped: ordered as the
+ * unsigned hashes are, and V8 reads and compares int32 elements about twice as fast as uint32
+ * ones (whose upper half does not fit a small integer), which is what a ring's merge does.
+ */
+const SIGN = 0x80000000;
 
 const RADIX_BITS = 11;
 const RADIX = 1 << RADIX_BITS;
@@ -67,11 +71,11 @@ class RingHashPicker<M extends Pickable> {
   readonly #perMember: number;
   readonly #members: readonly M[];
   /** Ring positions, ascending; on a tie, in member order. */
-  readonly #points: Uint32Array;
+  readonly #points: Int32Array;
   /** `#owners[i]` is the index in `#members` of the member at `#points[i]`. */
-  readonly #owners: Uint32Array;
+  readonly #owners: Int32Array;
 
-  constructor(members: readonly M[], replicas: number, perMember: number, points: Uint32Array, owners: Uint32Array) {
+  constructor(members: readonly M[], replicas: number, perMember: number, points: Int32Array, owners: Int32Array) {
     this.replicas = replicas;
     this.#perMember = perMember;
     this.#members = members;
@@ -81,7 +85,7 @@ class RingHashPicker<M extends Pickable> {
 
   static build<M extends Pickable>(members: readonly M[], replicas: number): RingHashPicker<M> {
     const perMember = pointsPerMember(replicas, members.length);
-    const indices = new Uint32Array(members.length);
+    const indices = new Int32Array(members.length);
     for (let m = 0; m < members.length; m++) indices[m] = m;
     const [points, owners] = sortRing(...memberPoints(members, indices, perMember));
     return new RingHashPicker(members, replicas, perMember, points, owners);
@@ -117,28 +121,32 @@ class RingHashPicker<M extends Pickable> {
     const oldOwners = this.#owners;
     // Same members: the same ring (its owners index the same places).
     if (removed === 0 && added.length === 0) return new RingHashPicker(members, this.replicas, perMember, oldPoints, oldOwners);
-    const [newPoints, newOwners] = sortRing(...memberPoints(members, Uint32Array.from(added), perMember));
+    const [newPoints, newOwners] = sortRing(...memberPoints(members, Int32Array.from(added), perMember));
     const size = members.length * perMember;
-    const points = new Uint32Array(size);
-    const owners = new Uint32Array(size);
+    const points = new Int32Array(size);
+    const owners = new Int32Array(size);
     const olds = oldPoints.length;
     const news = newPoints.length;
-    // One pass over the old ring, the next new point held in locals (past the last, 2^32: above
-    // every point). Ties go as a fresh build orders them: by member index.
+    // One pass over the old ring, the next new point held in locals. Ties go as a fresh build
+    // orders them: by member index.
     let k = 0;
     let y = 0;
-    let nextPoint = news > 0 ? newPoints[0] : PAST_THE_RING;
-    let nextOwner = news > 0 ? newOwners[0] : 0;
+    let more = news > 0;
+    let nextPoint = more ? newPoints[0] : 0;
+    let nextOwner = more ? newOwners[0] : 0;
     for (let x = 0; x < olds; x++) {
       const owner = remap[oldOwners[x]];
       if (owner < 0) continue;
       const point = oldPoints[x];
-      while (nextPoint < point || (nextPoint === point && nextOwner < owner)) {
+      while (more && (nextPoint < point || (nextPoint === point && nextOwner < owner))) {
         points[k] = nextPoint;
         owners[k++] = nextOwner;
         y++;
-        nextPoint = y < news ? newPoints[y] : PAST_THE_RING;
-        nextOwner = y < news ? newOwners[y] : 0;
+        more = y < news;
+        if (more) {
+          nextPoint = newPoints[y];
+          nextOwner = newOwners[y];
+        }
       }
       points[k] = point;
       owners[k++] = owner;
@@ -159,7 +167,7 @@ class RingHashPicker<M extends Pickable> {
     const points = this.#points;
     const size = points.length;
     if (size === 0) return undefined;
-    const hash = murmur3(key, 0);
+    const hash = murmur3(key, 0) ^ SIGN;
     // The first point at or after the hash, wrapping past the end to the first.
     let lo = 0;
     let hi = size;
@@ -173,17 +181,17 @@ class RingHashPicker<M extends Pickable> {
 }
 
 /** The points of the members at `indices` (ascending), `perMember` each, with their owners, in member order. */
-function memberPoints(members: readonly Pickable[], indices: Uint32Array, perMember: number): [Uint32Array, Uint32Array] {
+function memberPoints(members: readonly Pickable[], indices: Int32Array, perMember: number): [Int32Array, Int32Array] {
   const size = indices.length * perMember;
-  const points = new Uint32Array(size);
-  const owners = new Uint32Array(size);
+  const points = new Int32Array(size);
+  const owners = new Int32Array(size);
   for (let n = 0, i = 0; n < indices.length; n++) {
     const m = indices[n];
     // From the endpoint key alone, so every client process builds the same ring and sends a
     // key to the same pod. A member past the cap keeps its first points.
     const seed = murmur3(members[m].endpoint.key, 0);
     for (let r = 0; r < perMember; r++, i++) {
-      points[i] = replica(seed, r);
+      points[i] = replica(seed, r) ^ SIGN;
       owners[i] = m;
     }
   }
@@ -196,21 +204,21 @@ function memberPoints(members: readonly Pickable[], indices: Uint32Array, perMem
  * colliding points in member order, so a collision resolves the same way in a ring without some
  * other member: removal then moves only the removed member's keys.
  */
-function sortRing(points: Uint32Array, owners: Uint32Array): [Uint32Array, Uint32Array] {
+function sortRing(points: Int32Array, owners: Int32Array): [Int32Array, Int32Array] {
   const size = points.length;
-  let nextPoints: Uint32Array = new Uint32Array(size);
-  let nextOwners: Uint32Array = new Uint32Array(size);
+  let nextPoints: Int32Array = new Int32Array(size);
+  let nextOwners: Int32Array = new Int32Array(size);
   const counts = new Uint32Array(RADIX);
   for (let shift = 0; shift < 32; shift += RADIX_BITS) {
     counts.fill(0);
-    for (let i = 0; i < size; i++) counts[(points[i] >>> shift) & RADIX_MASK]++;
+    for (let i = 0; i < size; i++) counts[((points[i] ^ SIGN) >>> shift) & RADIX_MASK]++;
     for (let d = 0, at = 0; d < RADIX; d++) {
       const c = counts[d];
       counts[d] = at;
       at += c;
     }
     for (let i = 0; i < size; i++) {
-      const to = counts[(points[i] >>> shift) & RADIX_MASK]++;
+      const to = counts[((points[i] ^ SIGN) >>> shift) & RADIX_MASK]++;
       nextPoints[to] = points[i];
       nextOwners[to] = owners[i];
     }
