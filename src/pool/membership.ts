@@ -32,7 +32,7 @@ export class Membership<C> {
   readonly #events: MemberEvents;
   /** The last snapshot's subset, for endpoints whose member waits for a later turn. */
   #subset: ReadonlySet<string> | undefined = undefined;
-  /** Members added in this turn; reset by `#nextTurn`. */
+  /** Members added in this turn of the event loop; `#turn` starts the count again. */
   #addedThisTurn = 0;
   /** Endpoint keys that wait for a member (past {@link ADDS_PER_TURN}), in snapshot order. */
   #waiting: string[] = [];
