@@ -2,8 +2,14 @@
 // controller cuts them), against the fake API server on loopback:
 //   first set   from watch() to the first snapshot (list of 100 slices, parse, merge);
 //   one slice   an event that changes one endpoint of one slice, until the snapshot shows it;
+//   replace     every slice changed at once to 100 other pods (a whole fleet replaced: 100
+//               MODIFIED events in one burst), until the snapshot is the new pods only;
 //   swap        one new slice of 10,000 other pods, then the 100 old slices deleted, until the
-//               snapshot is the new pods only.
+//               snapshot is the new pods only. The API server refuses a slice of more than 1,000
+//               endpoints, so no real cluster sends this: it measures one 10,000-endpoint event.
+// The client module (@kubernetes/client-node) is imported before the first round: loading it
+// compiles for about 200 ms in slices of up to ~15 ms, once per process, and would otherwise be
+// the first round's longest block (`--cold` keeps it in).
 // Each figure is the median of --rounds, with the median and the longest of the event-loop blocks
 // seen (the longest block during each run: the first round's first set runs cold code); "after
 // write" is the median from the server's last write to the snapshot. The fake server runs on a
@@ -14,7 +20,7 @@
 // until the pool picks a pod of the new set (the changed pod's member out of the picks, the
 // swapped-in pods' members connected and picked).
 //
-//   node --conditions=podpool-source bench/micro/discovery-scale.ts [--rounds 5] [--events 20] [--pool]
+//   node --conditions=podpool-source bench/micro/discovery-scale.ts [--rounds 5] [--events 20] [--pool] [--cold]
 //
 // Loopback only; bounded by the round and event counts.
 import { monitorEventLoopDelay, performance } from 'node:perf_hooks';
@@ -29,6 +35,7 @@ const { values } = parseArgs({
     rounds: { type: 'string', default: '5' },
     events: { type: 'string', default: '20' },
     pool: { type: 'boolean', default: false },
+    cold: { type: 'boolean', default: false },
   },
 });
 const rounds = Math.max(1, Math.min(20, Number(values.rounds)));
@@ -117,7 +124,8 @@ async function timed(step: () => Promise<{ seen: number; written?: number; picke
   return { ms: seen - started, afterWriteMs: seen - written, pickedMs: picked === undefined ? undefined : picked - written, blockedMs: h.max / 1e6 };
 }
 
-const figures: Record<'first' | 'slice' | 'swap', Figure[]> = { first: [], slice: [], swap: [] };
+if (!values.cold) await import('@kubernetes/client-node');
+const figures: Record<'first' | 'slice' | 'replace' | 'swap', Figure[]> = { first: [], slice: [], replace: [], swap: [] };
 for (let round = 0; round < rounds; round++) {
   const api = await ApiServerThread.start('bench-token');
   const snapshots = new Snapshots();
@@ -155,10 +163,19 @@ for (let round = 0; round < rounds; round++) {
         }),
       );
     }
+    const replacement = `${podIp(2 * SIZE)}:8080`;
+    figures.replace.push(
+      await timed(async () => {
+        const replaced = snapshots.next((x) => x.size === SIZE && x.has(replacement) && !x.has(`${podIp(0)}:8080`));
+        const { writtenAt } = await api.apply({ service: SERVICE, from: 2 * SIZE, to: 3 * SIZE });
+        const at = await replaced;
+        return { seen: at, written: writtenAt, picked: await picked(SIZE) };
+      }),
+    );
     const first = `${podIp(SIZE)}:8080`;
     figures.swap.push(
       await timed(async () => {
-        const swapped = snapshots.next((x) => x.size === SIZE && x.has(first) && !x.has(`${podIp(0)}:8080`));
+        const swapped = snapshots.next((x) => x.size === SIZE && x.has(first) && !x.has(replacement));
         await api.apply({ service: SERVICE, from: SIZE, to: 2 * SIZE, name: `${SERVICE}-all` });
         const { writtenAt } = await api.remove(Array.from({ length: 100 }, (_, i) => `${SERVICE}-${i}`));
         const at = await swapped;
@@ -183,7 +200,12 @@ console.log(
 console.log(
   `${'step'.padEnd(44)} ${'runs'.padStart(5)} ${'median ms'.padStart(10)} ${'max ms'.padStart(9)} ${'after write'.padStart(12)}${values.pool ? ` ${'to picker'.padStart(10)} ${'max'.padStart(8)}` : ''} ${'block ms median/max'.padStart(20)}`,
 );
-const names = { first: 'first set (list 100 slices)', slice: 'one event changing one slice', swap: 'swap to one slice of 10,000 other pods' };
+const names = {
+  first: 'first set (list 100 slices)',
+  slice: 'one event changing one slice',
+  replace: 'every slice changed to other pods at once',
+  swap: 'swap to one slice of 10,000 other pods',
+};
 for (const [step, list] of Object.entries(figures) as [keyof typeof figures, Figure[]][]) {
   const ms = list.map((f) => f.ms);
   const after = step === 'first' ? '' : median(list.map((f) => f.afterWriteMs)).toFixed(1);
