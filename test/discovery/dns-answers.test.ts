@@ -6,15 +6,15 @@
  */
 import assert from 'node:assert/strict';
 import { once } from 'node:events';
-import { afterEach, beforeEach, describe, it } from 'node:test';
-import { dnsEndpoints, type DnsEndpointsOptions } from '../../src/discovery/dns.ts';
-import type { SourceWatch } from '../../src/discovery/source.ts';
+import { describe, it } from 'node:test';
+import { dnsEndpoints } from '../../src/discovery/dns.ts';
 import { ErrorCode, PodpoolError } from '../../src/errors.ts';
 import { createPool } from '../../src/pool/pool.ts';
 import { httpTransport } from '../../src/transport/http.ts';
 import { DnsServer } from '../../testkit/dns-server.ts';
 import { startHttpPods } from '../../testkit/http-pods.ts';
-import { RecordingSink } from '../support/recording-sink.ts';
+import { dnsWatches } from '../support/dns-watches.ts';
+import type { RecordingSink } from '../support/recording-sink.ts';
 
 const HOST = 'backend.default.svc.cluster.local';
 const SRV = `_grpc._tcp.${HOST}`;
@@ -28,27 +28,13 @@ const V6_B = 'fd00::2';
 const T = { timeout: 10_000 };
 
 describe('dnsEndpoints and the answers it gets', () => {
-  let server: DnsServer;
-  let watches: SourceWatch[];
-
-  beforeEach(async () => {
-    server = await DnsServer.start();
-    watches = [];
-  });
-
-  afterEach(async () => {
-    await Promise.all(watches.map((w) => w.close()));
-    await server.close();
-  });
-
-  function watch(options: Partial<DnsEndpointsOptions> = {}): RecordingSink {
-    const sink = new RecordingSink();
-    // timeoutMs: room for a cold first query on a loaded machine (the client and this server share
-    // one event loop); a silent server still fails a poll quickly.
-    const source = dnsEndpoints({ host: HOST, port: 8080, refreshMs: 5, servers: [server.address], tries: 1, timeoutMs: 250, ...options });
-    watches.push(source.watch(sink));
-    return sink;
-  }
+  let server!: DnsServer;
+  // timeoutMs: room for a cold first query on a loaded machine (the client and this server share
+  // one event loop); a silent server still fails a poll quickly.
+  const { watch } = dnsWatches(
+    (s) => ({ host: HOST, port: 8080, refreshMs: 5, servers: [s.address], tries: 1, timeoutMs: 250 }),
+    (s) => (server = s),
+  );
 
   /** Resolves when `n` polls that start from now on have finished (poll n + 1 has begun). */
   const pollsFinish = (n: number, name = HOST, type = 'A') => server.waitForQueries(server.count(name, type) + n + 1, name, type);

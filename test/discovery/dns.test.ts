@@ -6,14 +6,14 @@
 import assert from 'node:assert/strict';
 import { once } from 'node:events';
 import { readdirSync, readlinkSync } from 'node:fs';
-import { afterEach, beforeEach, describe, it } from 'node:test';
+import { describe, it } from 'node:test';
 import { setImmediate } from 'node:timers/promises';
 import { dnsEndpoints, type DnsEndpointsOptions } from '../../src/discovery/dns.ts';
-import type { SourceWatch } from '../../src/discovery/source.ts';
 import { ErrorCode, PodpoolError } from '../../src/errors.ts';
 import { createPool } from '../../src/pool/pool.ts';
 import { webSocketTransport } from '../../src/transport/websocket.ts';
 import { DnsServer } from '../../testkit/dns-server.ts';
+import { dnsWatches } from '../support/dns-watches.ts';
 import { RecordingSink } from '../support/recording-sink.ts';
 import { resourceNames } from '../support/resources.ts';
 
@@ -49,25 +49,11 @@ function openSockets(): number | undefined {
 const T = { timeout: 10_000 };
 
 describe('dnsEndpoints', () => {
-  let server: DnsServer;
-  let watches: SourceWatch[];
-
-  beforeEach(async () => {
-    server = await DnsServer.start();
-    watches = [];
-  });
-
-  afterEach(async () => {
-    await Promise.all(watches.map((w) => w.close()));
-    await server.close();
-  });
-
-  function watch(options: Partial<DnsEndpointsOptions> = {}): RecordingSink {
-    const sink = new RecordingSink();
-    const source = dnsEndpoints({ host: HOST, port: 8080, refreshMs: 20, servers: [server.address], tries: 1, ...LOOPBACK, ...options });
-    watches.push(source.watch(sink));
-    return sink;
-  }
+  let server!: DnsServer;
+  const { watch, track } = dnsWatches(
+    (s) => ({ host: HOST, port: 8080, refreshMs: 20, servers: [s.address], tries: 1, ...LOOPBACK }),
+    (s) => (server = s),
+  );
 
   /** A-mode polls started so far: each poll asks A once. */
   const polls = (name = HOST, type = 'A') => server.count(name, type);
@@ -464,7 +450,7 @@ describe('dnsEndpoints', () => {
       const sink = new RecordingSink();
       const options = { host: HOST, port: 8080, refreshMs: 20, servers: [server.address], timeoutMs: 60_000, tries: 1, ...LOOPBACK };
       const w = dnsEndpoints(options).watch(sink);
-      watches.push(w); // closed again by afterEach if an assertion fails first
+      track(w); // closed again after the test if an assertion fails first
       await server.waitForQueries(2); // A and AAAA, both held by the server
       if (sockets !== undefined) assert.ok(openSockets()! > sockets, 'the resolver has a socket open meanwhile');
       const closing = w.close();
@@ -485,7 +471,7 @@ describe('dnsEndpoints', () => {
       const sockets = openSockets();
       const sink = new RecordingSink();
       const w = dnsEndpoints({ host: HOST, port: 8080, refreshMs: 60_000, servers: [server.address], ...LOOPBACK }).watch(sink);
-      watches.push(w);
+      track(w);
       await sink.until((s) => s.snapshots.length === 1);
       // The poll schedules its successor in microtasks after reporting: all run before an immediate.
       await setImmediate();
@@ -503,7 +489,7 @@ describe('dnsEndpoints', () => {
       const first = new RecordingSink();
       const second = new RecordingSink();
       const w1 = source.watch(first);
-      watches.push(source.watch(second));
+      track(source.watch(second));
       await server.waitForQueries(4); // both watches' A and AAAA are in flight
       await w1.close();
       server.release();
