@@ -25,13 +25,13 @@ import { Waits, closedError } from './waiting.ts';
 const debug = debuglog('podpool');
 
 export type { PoolOptions, ReadyOptions, UseOptions } from './pool-options.ts';
+export type { PoolEvents, StateChange } from './events.ts';
 
 /** Members `close()` drains in one turn of the event loop (each costs a few µs, more with real connections). */
 const DRAINS_PER_TURN = 1_000;
 
 /** Changes a picker build applies one by one (a binary search and a splice each); past it, in one pass. */
 const FEW_CHANGES = 8;
-export type { PoolEvents, StateChange } from './events.ts';
 
 /** `pool.stats()`. */
 export interface PoolStats {
