@@ -18,6 +18,8 @@ export type { ZoneMode, ZoneOptions, ZoneStats } from './balance/zone.ts';
 export { createEndpoint, endpointKey, EndpointSet } from './endpoint.ts';
 export type { Endpoint, EndpointInit, EndpointDiff } from './endpoint.ts';
 export { addressRange } from './address.ts';
+export { CHANNEL_NAMES } from './channels.ts';
+export type { CallKind, CallStartMessage, CallEndMessage, CallErrorMessage, MemberStateMessage, SnapshotMessage, DiscoveryErrorMessage } from './channels.ts';
 export type { AddressRange } from './address.ts';
 export {
   PodpoolError,
