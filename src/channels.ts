@@ -37,10 +37,20 @@ export interface CallStartMessage {
   readonly pool: object;
   /** The same object in this attempt's end or error message. */
   readonly call: object;
+  /**
+   * The same object in every attempt of one logical call: a `use()`'s retries and hedges share
+   * it (the first attempt's `call`, unless the call hedges). A broadcast's delivery retried by the
+   * broadcast, and an adapter's retry, are calls of their own here (their `attempt` still counts).
+   */
+  readonly logicalCall: object;
   readonly kind: CallKind;
   /** The pod picked. */
   readonly endpoint: Endpoint;
-  /** 1 for the first attempt, then 2, 3… for retries and hedges of the same call. */
+  /**
+   * 1 for the first attempt, then 2, 3… for retries and hedges of the same call; a broadcast
+   * delivery's retry on its pod has the delivery's attempt; an adapter's retry (`begin()` with
+   * `avoid`) is 2, however many came before.
+   */
   readonly attempt: number;
   /** True for a hedge: an attempt sent while an earlier one still runs. */
   readonly hedge: boolean;
@@ -54,13 +64,17 @@ export interface CallEndMessage extends CallStartMessage {
 }
 
 /**
- * `podpool:call:error`: the attempt ended without an answer. `outcome` says what it meant for
- * the pod: `failed` counts against it, `abandoned` (a hedge answered first) and `unrecorded` (the
- * caller gave up, or the deadline's failure was counted already) do not.
+ * `podpool:call:error`: the attempt ended without an answer, or with one that counts as the pod
+ * failing (an HTTP 503 from the transport's `isFailedResult` or `use()`'s `failedResult`).
+ * `outcome` says what it meant for the pod: `failed` counts against it; `answered` is a request
+ * the pod refused (the transport's `isPodFailure` says so: its latency is as real as a success's);
+ * `abandoned` (a hedge answered first) and `unrecorded` (the caller gave up, or the deadline's
+ * failure was counted already) do not count.
  */
 export interface CallErrorMessage extends CallStartMessage {
   readonly durationMs: number;
-  readonly outcome: 'failed' | 'abandoned' | 'unrecorded';
+  readonly outcome: 'answered' | 'failed' | 'abandoned' | 'unrecorded';
+  /** What the attempt threw; for a failed answer, an error naming it (the caller got the answer). */
   readonly error: unknown;
 }
 

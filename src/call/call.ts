@@ -1,5 +1,6 @@
 import { setTimeout as sleep } from 'node:timers/promises';
 import { reasonOf } from '../abort.ts';
+import { channels, type CallKind, type CallStartMessage } from '../channels.ts';
 import type { Endpoint } from '../endpoint.ts';
 import { AbortedError, ErrorCode, NotSupportedError, PodpoolError, TimeoutError } from '../errors.ts';
 import type { Connection, Transport } from '../transport/transport.ts';
@@ -53,6 +54,16 @@ export interface CallPlan<T> {
   readonly waitForReady: boolean;
   /** Names the call in errors (`use() on`), followed by the endpoint. */
   readonly what: string;
+  /** Which of the pool's doors the call came through, for the diagnostics channels; default `use`. */
+  readonly kind?: CallKind;
+}
+
+/** What the diagnostics channels' messages say of the pool the calls run in. */
+export interface CallOwner {
+  /** The pool, which subscribers compare by identity. */
+  readonly pool: object;
+  /** Its balancer's name. */
+  readonly balancer: string;
 }
 
 /** What the call layer asks of the pool for a retry or a hedge: another member, and the budget. */
@@ -106,6 +117,7 @@ export class Calls<C> {
   readonly #clock: () => number;
   readonly #random: () => number;
   readonly #router: CallRouter<C>;
+  readonly #owner: CallOwner;
   /** The pool's default deadline, which calls share through cohorts ({@link cohortFor}). */
   readonly #defaultTimeoutMs: number;
   readonly #onExpiry = (m: CohortHost, call: CohortCall, error: TimeoutError): void => {
@@ -121,7 +133,8 @@ export class Calls<C> {
   retries = 0;
   hedges = 0;
 
-  constructor(transport: Transport<C>, clock: () => number, random: () => number, router: CallRouter<C>, defaultTimeoutMs: number) {
+  constructor(transport: Transport<C>, clock: () => number, random: () => number, router: CallRouter<C>, defaultTimeoutMs: number, owner: CallOwner) {
+    this.#owner = owner;
     this.#transport = transport;
     this.#clock = clock;
     this.#random = random;
@@ -137,30 +150,33 @@ export class Calls<C> {
   /**
    * Runs `fn` on `m`'s connection as `plan` says and records its outcome; retries and hedges go
    * to other members. A call with the pool's default deadline and no signal joins a deadline
-   * cohort (no timer of its own); see {@link #within} for the others.
+   * cohort (no timer of its own); see {@link #within} for the others. `attempt` numbers the
+   * first attempt on the diagnostics channels (a broadcast's delivery retried by the broadcast).
    */
-  run<T>(m: CallTarget<C>, fn: CallFn<C, T>, plan: CallPlan<T>): Promise<T> {
+  run<T>(m: CallTarget<C>, fn: CallFn<C, T>, plan: CallPlan<T>, attempt = 1): Promise<T> {
     const started = this.#clock();
     this.#router.deposit(started);
     if (plan.hedge !== undefined) return this.#hedged(m, fn, plan, started);
     if (plan.signal === undefined) {
-      if (plan.timeoutMs === Infinity) return this.#attempt(m, fn, plan, m.connectionClosedSignal, undefined, undefined, undefined, started, started, 1);
-      if (plan.timeoutMs === this.#defaultTimeoutMs) return this.#inCohort(m, fn, plan, started);
+      if (plan.timeoutMs === Infinity) return this.#attempt(m, fn, plan, m.connectionClosedSignal, undefined, undefined, undefined, started, started, attempt, false, undefined);
+      if (plan.timeoutMs === this.#defaultTimeoutMs) return this.#inCohort(m, fn, plan, started, attempt);
     }
-    return this.#within(m, fn, plan, plan.signal, started, 1);
+    return this.#within(m, fn, plan, plan.signal, started, attempt, false, undefined);
   }
 
   /**
    * For adapters that must pick synchronously: counts a call in flight on `m` until `end()`.
-   * Throws `PODPOOL_NOT_SUPPORTED` for a transport that lends a connection per call.
+   * Throws `PODPOOL_NOT_SUPPORTED` for a transport that lends a connection per call. `attempt`
+   * is what the diagnostics channels report: 2 for an adapter's retry, however many came before.
    */
-  begin(m: CallTarget<C>): PoolCall<C> {
+  begin(m: CallTarget<C>, attempt = 1): PoolCall<C> {
     const connection = m.connection!;
     if (connection.acquire !== undefined) {
       throw new NotSupportedError(`the ${this.#transport.name} transport lends a connection per call; use pool.use() instead of begin()`);
     }
     m.startCall();
     const started = this.#clock();
+    const call = channels.callStart.hasSubscribers ? this.#publishStart(m, 'adapter', attempt, false, undefined) : undefined;
     let ended = false;
     return {
       endpoint: m.endpoint,
@@ -169,18 +185,22 @@ export class Calls<C> {
         if (ended) return;
         ended = true;
         const now = this.#clock();
-        m.endCall(this.#outcomeOf(error !== undefined, error), now - started, now, error);
+        const outcome = this.#outcomeOf(error !== undefined, error);
+        m.endCall(outcome, now - started, now, error);
+        if (error === undefined ? channels.callEnd.hasSubscribers : channels.callError.hasSubscribers) {
+          this.#publishEnd(call ?? this.#startMessage(m, 'adapter', attempt, false, undefined), error !== undefined, outcome, error, now - started);
+        }
       },
     };
   }
 
   /** The default deadline, shared by the calls of a cohort. */
-  #inCohort<T>(m: CallTarget<C>, fn: CallFn<C, T>, plan: CallPlan<T>, started: number): Promise<T> {
+  #inCohort<T>(m: CallTarget<C>, fn: CallFn<C, T>, plan: CallPlan<T>, started: number, attempt: number): Promise<T> {
     const cohort = cohortFor(m, started, this.#defaultTimeoutMs, plan.what, this.#onExpiry);
     return new Promise<T>((resolve, reject) => {
       const call = new CohortCall(reject, started);
       cohort.join(call);
-      this.#attempt(m, fn, plan, cohort.signal, undefined, call, cohort, started, started, 1).then(resolve, reject);
+      this.#attempt(m, fn, plan, cohort.signal, undefined, call, cohort, started, started, attempt, false, undefined).then(resolve, reject);
     });
   }
 
@@ -190,13 +210,22 @@ export class Calls<C> {
    * that never answers must add up to an ejection even when `fn` ignores its signal. The member
    * keeps counting the call in flight until `fn` really ends, which is the truth the balancers need.
    */
-  #within<T>(m: CallTarget<C>, fn: CallFn<C, T>, plan: CallPlan<T>, outer: AbortSignal | undefined, callStarted: number, attempt: number): Promise<T> {
+  #within<T>(
+    m: CallTarget<C>,
+    fn: CallFn<C, T>,
+    plan: CallPlan<T>,
+    outer: AbortSignal | undefined,
+    callStarted: number,
+    attempt: number,
+    hedge: boolean,
+    logical: object | undefined,
+  ): Promise<T> {
     const what = `${plan.what} ${m.endpoint.key}`;
     if (outer?.aborted) return Promise.reject(reasonOf(outer, what));
     const started = this.#clock();
     const timeoutMs = plan.timeoutMs === Infinity ? Infinity : plan.timeoutMs - (started - callStarted);
     if (timeoutMs === Infinity && outer === undefined) {
-      return this.#attempt(m, fn, plan, m.connectionClosedSignal, undefined, undefined, undefined, callStarted, started, attempt);
+      return this.#attempt(m, fn, plan, m.connectionClosedSignal, undefined, undefined, undefined, callStarted, started, attempt, hedge, logical);
     }
     return new Promise<T>((resolve, reject) => {
       const controller = new AbortController();
@@ -229,7 +258,7 @@ export class Calls<C> {
       }
       outer?.addEventListener('abort', onAbort, { once: true });
       connection.addEventListener('abort', onConnectionClosed, { once: true });
-      this.#attempt(m, fn, plan, controller.signal, outer, deadline, undefined, callStarted, started, attempt).then(
+      this.#attempt(m, fn, plan, controller.signal, outer, deadline, undefined, callStarted, started, attempt, hedge, logical).then(
         (value) => {
           finish();
           resolve(value);
@@ -247,7 +276,9 @@ export class Calls<C> {
    * member when it may: always when it never reached the pod (a retry, not charged to the
    * budget), and when it failed against the pod (thrown, or a failed result) only for an
    * idempotent call and within the budget. Never once the caller gave up or the deadline passed.
-   * `signal` is fn's; `outer` the caller's (or a hedge's), which a retry carries on.
+   * `signal` is fn's; `outer` the caller's (or a hedge's), which a retry carries on. `hedge`
+   * and `logical` are for the diagnostics channels: whether this attempt is a hedge, and the
+   * object every attempt of the call shares (undefined: this attempt's own, when it is published).
    */
   async #attempt<T>(
     m: CallTarget<C>,
@@ -260,9 +291,14 @@ export class Calls<C> {
     callStarted: number,
     started: number,
     attempt: number,
+    hedge: boolean,
+    logical: object | undefined,
   ): Promise<T> {
     const connection = m.connection!;
     m.startCall();
+    // Nobody listening: one check, nothing built.
+    const call = channels.callStart.hasSubscribers ? this.#publishStart(m, plan.kind ?? 'use', attempt, hedge, logical) : undefined;
+    logical = call?.logicalCall ?? logical;
     let client: C | undefined;
     let value: T | undefined;
     let error: unknown;
@@ -299,6 +335,11 @@ export class Calls<C> {
     else outcome = this.#outcomeOf(true, error);
     m.endCall(outcome, now - started, now, failure);
     if (outcome === 'answered') this.#latencies?.record(now - started, now);
+    // An answer counted as the pod failing (an HTTP 503) is an error on the channels too.
+    const errored = threw || outcome !== 'answered';
+    if (errored ? channels.callError.hasSubscribers : channels.callEnd.hasSubscribers) {
+      this.#publishEnd(call ?? this.#startMessage(m, plan.kind ?? 'use', attempt, hedge, logical), errored, outcome, failure, now - started);
+    }
 
     if (!threw) {
       // Nobody waits for a value that came after the deadline or the caller's abort: free it.
@@ -310,11 +351,11 @@ export class Calls<C> {
       // Only with another pod to send it to, and budget for it, is the answer dropped.
       if (this.#router.pickAnother(plan.key, m) === undefined || !this.#router.withdraw()) return value as T;
       this.#transport.discard?.(value);
-      return this.#retry(m, fn, plan, outer, callStarted, attempt, false, failure);
+      return this.#retry(m, fn, plan, outer, callStarted, attempt, false, failure, logical);
     }
     if (expired || !this.#mayRetry(plan, attempt, outer)) throw error;
-    if (!lent || this.#transport.wasNotSent?.(error) === true) return this.#retry(m, fn, plan, outer, callStarted, attempt, true, error);
-    if (plan.retry.idempotent && outcome === 'failed' && this.#router.withdraw()) return this.#retry(m, fn, plan, outer, callStarted, attempt, false, error);
+    if (!lent || this.#transport.wasNotSent?.(error) === true) return this.#retry(m, fn, plan, outer, callStarted, attempt, true, error, logical);
+    if (plan.retry.idempotent && outcome === 'failed' && this.#router.withdraw()) return this.#retry(m, fn, plan, outer, callStarted, attempt, false, error, logical);
     throw error;
   }
 
@@ -337,6 +378,7 @@ export class Calls<C> {
     attempt: number,
     notSent: boolean,
     failure: unknown,
+    logical: object | undefined,
   ): Promise<T> {
     if (!notSent) {
       const delay = retryDelayMs(plan.retry, attempt, this.#random);
@@ -360,7 +402,7 @@ export class Calls<C> {
       if (next === undefined) throw failure;
     }
     this.retries++;
-    return this.#within(next, fn, plan, outer, callStarted, attempt + 1);
+    return this.#within(next, fn, plan, outer, callStarted, attempt + 1, false, logical);
   }
 
   /**
@@ -379,7 +421,9 @@ export class Calls<C> {
     }
     const latencies = hedge.delayMs === undefined ? (this.#latencies ??= new LatencyWindow(this.#clock)) : undefined;
     const delay = hedge.delayMs ?? latencies!.percentileMs(hedge.percentile!);
-    if (plan.signal?.aborted) return this.#within(m, fn, plan, plan.signal, started, 1);
+    if (plan.signal?.aborted) return this.#within(m, fn, plan, plan.signal, started, 1, false, undefined);
+    // The hedge and the first attempt are one call on the channels.
+    const logical = channels.callStart.hasSubscribers ? {} : undefined;
     return new Promise<T>((resolve, reject) => {
       const attempts: { readonly m: CallTarget<C>; readonly controller: AbortController }[] = [];
       let running = 0;
@@ -399,7 +443,7 @@ export class Calls<C> {
         const controller = new AbortController();
         attempts.push({ m: target, controller });
         running++;
-        this.#within(target, fn, plan, controller.signal, started, attempt).then(
+        this.#within(target, fn, plan, controller.signal, started, attempt, attempt > 1, logical).then(
           (value) => {
             running--;
             if (done) {
@@ -440,6 +484,25 @@ export class Calls<C> {
         });
       }
     });
+  }
+
+  /** An attempt's start message: its `call` is a new object, which its end or error carries on. */
+  #startMessage(m: CallTarget<C>, kind: CallKind, attempt: number, hedge: boolean, logical: object | undefined): CallStartMessage {
+    const call = {};
+    const { pool, balancer } = this.#owner;
+    return { pool, call, logicalCall: logical ?? call, kind, endpoint: m.endpoint, attempt, hedge, balancer };
+  }
+
+  #publishStart(m: CallTarget<C>, kind: CallKind, attempt: number, hedge: boolean, logical: object | undefined): CallStartMessage {
+    const message = this.#startMessage(m, kind, attempt, hedge, logical);
+    channels.callStart.publish(message);
+    return message;
+  }
+
+  /** `podpool:call:end`, or `podpool:call:error` when the attempt threw or its answer counts as the pod failing. */
+  #publishEnd(start: CallStartMessage, errored: boolean, outcome: CallOutcome, error: unknown, durationMs: number): void {
+    if (errored) channels.callError.publish({ ...start, durationMs, outcome, error });
+    else channels.callEnd.publish({ ...start, durationMs });
   }
 
   #hedgeBudgetFor(percentile: number): RetryBudget {

@@ -7,6 +7,7 @@ import type { SubsetPolicy } from '../balance/subset.ts';
 import { zonePicker, type ZoneCounts, type ZonePolicy, type ZoneStats } from '../balance/zone.ts';
 import { Calls, type CallFn, type CallPlan, type PoolCall } from '../call/call.ts';
 import { NO_RETRY, RetryBudget, retryDelayMs, type RetryGate, type RetryPolicy } from '../call/retry.ts';
+import { channels } from '../channels.ts';
 import type { EndpointSource, SourceSink, SourceWatch } from '../discovery/source.ts';
 import { EndpointSet, type Endpoint } from '../endpoint.ts';
 import { DiscoveryFailedError, PodpoolError, abortError } from '../errors.ts';
@@ -135,11 +136,11 @@ export class Pool<C> extends EventEmitter<PoolEvents> implements AdapterPool<C> 
         new Promise((resolve, reject) => this.#waits.toPick(key, { signal, timeoutMs, failFast: false, what: 'a retry' }, resolve, reject)),
       withdraw: () => budget.withdraw(),
       deposit: (now) => budget.deposit(now),
-    }, callTimeoutMs);
+    }, callTimeoutMs, { pool: this, balancer: balancer.name });
     if (hedge?.percentile !== undefined) this.#calls.keepLatencies();
     this.#plan = Object.freeze({ key: undefined, signal: undefined, timeoutMs: callTimeoutMs, failedResult: undefined, retry, hedge, waitForReady: true, what: 'use() on' });
     // A delivery is retried by the broadcast itself (its `retries`), on its own pod, never hedged.
-    this.#broadcastPlan = Object.freeze({ ...this.#plan, retry: NO_RETRY, hedge: undefined, what: 'broadcast to' });
+    this.#broadcastPlan = Object.freeze({ ...this.#plan, retry: NO_RETRY, hedge: undefined, what: 'broadcast to', kind: 'broadcast' as const });
     this.retry = Object.freeze({
       policy: retry,
       withdraw: () => budget.withdraw(),
@@ -208,6 +209,7 @@ export class Pool<C> extends EventEmitter<PoolEvents> implements AdapterPool<C> 
     this.#membership.discoveryFailed(error);
     debug('source %s: %s', this.#source.kind, error.message);
     this.#emit('sourceError', error);
+    if (channels.discoveryError.hasSubscribers) channels.discoveryError.publish({ pool: this, source: this.#source.kind, error });
     this.#waits.wake();
   }
 
@@ -304,7 +306,7 @@ export class Pool<C> extends EventEmitter<PoolEvents> implements AdapterPool<C> 
     const deliver = (m: Member<C>, delivery: Delivery): Promise<T> =>
       m.connection === undefined
         ? Promise.reject(notConnected(m))
-        : this.#calls.run(m, (c, e) => fn(c, e, delivery), { ...this.#broadcastPlan, signal: delivery.signal });
+        : this.#calls.run(m, (c, e) => fn(c, e, delivery), { ...this.#broadcastPlan, signal: delivery.signal }, delivery.attempt);
     return fanOut(targets, (m) => m.endpoint, deliver, plan, this.#clock);
   }
 
@@ -319,7 +321,7 @@ export class Pool<C> extends EventEmitter<PoolEvents> implements AdapterPool<C> 
     if (member === undefined) throw this.#waits.noEndpoints();
     if (avoid === undefined) this.#budget.deposit();
     else this.#calls.retries++;
-    return this.#calls.begin(member);
+    return this.#calls.begin(member, avoid === undefined ? 1 : 2);
   }
 
   /**
@@ -361,7 +363,7 @@ export class Pool<C> extends EventEmitter<PoolEvents> implements AdapterPool<C> 
         try {
           if (avoid === undefined) this.#budget.deposit();
           else this.#calls.retries++;
-          resolve(this.#calls.begin(m));
+          resolve(this.#calls.begin(m, avoid === undefined ? 1 : 2));
         } catch (error) {
           reject(error);
         }
@@ -439,6 +441,7 @@ export class Pool<C> extends EventEmitter<PoolEvents> implements AdapterPool<C> 
     // change to any of them may move it, not only a member entering or leaving `ready`.
     if (this.#zone !== undefined && (diff.added.length > 0 || diff.removed.length > 0 || diff.changed.length > 0)) this.#queueRebuild();
     this.#emit('change', endpoints, diff);
+    if (channels.snapshot.hasSubscribers) channels.snapshot.publish({ pool: this, source: this.#source.kind, endpoints, diff });
     // A snapshot that changed nothing about pickable members still settles waiters that count on it.
     this.#waits.wake();
   }
@@ -456,7 +459,9 @@ export class Pool<C> extends EventEmitter<PoolEvents> implements AdapterPool<C> 
       if (!this.#entered.delete(m)) this.#left.push(m);
       this.#queueRebuild();
     }
-    this.#emit('state', { endpoint: m.endpoint, from, to, ...(error !== undefined && { error }) });
+    const change = { endpoint: m.endpoint, from, to, ...(error !== undefined && { error }) };
+    this.#emit('state', change);
+    if (channels.memberState.hasSubscribers) channels.memberState.publish({ pool: this, ...change });
   }
 
   /**
