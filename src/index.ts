@@ -21,6 +21,8 @@ export { addressRange } from './address.ts';
 export { CHANNEL_NAMES } from './channels.ts';
 export type { CallKind, CallStartMessage, CallEndMessage, CallErrorMessage, MemberStateMessage, SnapshotMessage, DiscoveryErrorMessage } from './channels.ts';
 export type { AddressRange } from './address.ts';
+export { podpoolDebugServer } from './observe/debug-server.ts';
+export type { DebugServer, DebugServerOptions, DebugPool, DebugView, DebugPoolView, DebugMember } from './observe/debug-server.ts';
 export {
   PodpoolError,
   ErrorCode,
