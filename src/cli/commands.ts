@@ -2,6 +2,7 @@
  * The `podpool` command, once main.ts has checked the Node version.
  *
  *   podpool endpoints --dns <host> --port <port> [--server <ip:port>] [--watch]
+ *   podpool top <url> [--interval <ms>] [--once]
  *   podpool demo [flags]
  *   podpool bench <scenario> [flags]
  *   podpool --version | --help | <command> --help
@@ -13,12 +14,14 @@
 import { findPackageJSON } from 'node:module';
 import { readFileSync } from 'node:fs';
 import { runEndpoints, ENDPOINTS_USAGE } from './endpoints.ts';
+import { runTop, TOP_USAGE } from './top.ts';
 import { ErrorCode, PodpoolError } from '../errors.ts';
 
 const USAGE = `usage: podpool <command> [flags]
   demo [flags]              the balance and slow-pod scenarios at a small size, with an HTML page of charts
   bench <scenario> [flags]  one benchmark scenario
   endpoints [flags]         print what a discovery source finds
+  top <url> [flags]         a live table of a running service's pools (its podpoolDebugServer() endpoint)
   podpool <command> --help  a command's flags
   podpool --version         podpool's version
 
@@ -46,6 +49,8 @@ export async function run(argv: string[]): Promise<number> {
       return bench(command, rest);
     case 'endpoints':
       return guard(() => runEndpoints(rest), ENDPOINTS_USAGE);
+    case 'top':
+      return guard(() => runTop(rest), TOP_USAGE);
     case '-v':
     case '--version':
       process.stdout.write(`${version()}\n`);

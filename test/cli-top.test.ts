@@ -1,0 +1,156 @@
+import assert from 'node:assert/strict';
+import { execFile, spawn } from 'node:child_process';
+import { once } from 'node:events';
+import { createServer } from 'node:net';
+import { describe, it, type TestContext } from 'node:test';
+import { stripVTControlCharacters } from 'node:util';
+import { podpoolDebugServer } from '../src/observe/debug-server.ts';
+import { ringHash } from '../src/balance/ring-hash.ts';
+import { harness } from './support/pool-harness.ts';
+import { pod } from './support/manual-source.ts';
+
+const main = new URL('../src/cli/main.ts', import.meta.url).pathname;
+
+interface Run {
+  code: number;
+  stdout: string;
+  stderr: string;
+}
+
+/** Runs the podpool command (not in a terminal); the test's timeout is the hang guard. */
+function podpool(t: TestContext, args: string[]): Promise<Run> {
+  return new Promise((resolve) => {
+    execFile(process.execPath, [main, ...args], { signal: t.signal }, (error, stdout, stderr) => {
+      resolve({ code: error ? Number((error as { code?: number }).code ?? 1) : 0, stdout, stderr });
+    });
+  });
+}
+
+/** A pool of two pods named backend-0 and backend-1, ring-hashed so a key sends every call to one pod, behind a debug server. */
+async function service(t: TestContext) {
+  const { source, pool } = harness(t, { balancer: ringHash() });
+  source.set([pod(1, { podName: 'backend-0' }), pod(2, { podName: 'backend-1' })]);
+  await pool.ready({ minEndpoints: 2 });
+  const server = await podpoolDebugServer({ pools: { backend: pool } });
+  t.after(() => server.close());
+  return { pool, server };
+}
+
+/** A loopback port nothing listens on: one the kernel gave us, then closed. */
+async function closedPort(): Promise<number> {
+  const server = createServer().listen(0, '127.0.0.1');
+  await once(server, 'listening');
+  const { port } = server.address() as { port: number };
+  server.close();
+  await once(server, 'close');
+  return port;
+}
+
+describe('podpool top', () => {
+  it('--once prints one frame: each pod, its state and its share of the requests so far', async (t) => {
+    const { pool, server } = await service(t);
+    for (let i = 0; i < 3; i++) await pool.use(() => 'ok', { key: 'user-1' });
+    const run = await podpool(t, ['top', server.url, '--once']);
+    assert.equal(run.code, 0, run.stderr);
+    assert.equal(run.stdout, stripVTControlCharacters(run.stdout), 'no escape codes outside a live view');
+    assert.match(run.stdout, /^podpool top {2}http:\/\/127\.0\.0\.1:\d+\/podpool {2}\d{4}-\d\d-\d\dT/);
+    assert.match(run.stdout, /backend {2}ready {2}· {2}2\/2 ready {2}· {2}ring-hash, \w+ discovery, memory {2}· {2}share of 3 requests so far/);
+    const rows = run.stdout.split('\n').filter((line) => /^ {2}backend-\d/.test(line)).map((line) => line.trim().split(/\s+/));
+    assert.equal(rows.length, 2, run.stdout);
+    assert.deepEqual(rows.map((r) => r.slice(0, 3)), [
+      ['backend-0', '10.0.0.1:80', 'ready'],
+      ['backend-1', '10.0.0.2:80', 'ready'],
+    ]);
+    // All three calls had the same key: one pod took them all.
+    assert.deepEqual(rows.map((r) => r[3]).sort(), ['0.0%', '100.0%']);
+    // P50 and P99 from stats() when it reports them, then in-flight, ejections, failures.
+    const latency = pool.stats().members[0] as { latency?: { p50Ms?: number } };
+    if (typeof latency.latency?.p50Ms === 'number') {
+      assert.match(run.stdout, /P50 ms +P99 ms/);
+      for (const row of rows) assert.match(row[4]!, /^(\d+\.\d+|-)$/);
+    }
+    assert.deepEqual(rows.map((r) => r.slice(6)), [['0', '0', '0'], ['0', '0', '0']]);
+  });
+
+  it('--once shows an endpoint it cannot reach and exits 1, without a stack', async (t) => {
+    const url = `http://127.0.0.1:${await closedPort()}/podpool`;
+    const run = await podpool(t, ['top', url, '--once']);
+    assert.equal(run.code, 1);
+    assert.match(run.stdout, new RegExp(`cannot read ${url.replaceAll('.', '\\.')}: .*ECONNREFUSED`));
+    assert.equal(run.stderr, '');
+  });
+
+  it('--once says when the URL does not serve podpool’s JSON', async (t) => {
+    const { server } = await service(t);
+    const run = await podpool(t, ['top', server.url.replace('/podpool', '/nothing'), '--once']);
+    assert.equal(run.code, 1);
+    assert.match(run.stdout, /cannot read .*: HTTP 404/);
+  });
+
+  it('refuses a missing or bad URL and a bad --interval with its usage, exit 2', async (t) => {
+    for (const args of [['top'], ['top', 'not a url'], ['top', 'ftp://127.0.0.1/podpool'], ['top', 'http://127.0.0.1:1/podpool', '--interval', '5'], ['top', 'http://127.0.0.1:1/', '--bogus']]) {
+      const run = await podpool(t, args);
+      assert.equal(run.code, 2, args.join(' '));
+      assert.match(run.stderr, /podpool top <url> flags:/, args.join(' '));
+    }
+    const help = await podpool(t, ['top', '--help']);
+    assert.equal(help.code, 0);
+    assert.match(help.stdout, /--interval <ms>/);
+  });
+
+  it('in a terminal: redraws in place with the share since the last refresh, and exits 0 on Ctrl-C with the cursor back', { timeout: 30_000 }, async (t) => {
+    const { pool, server } = await service(t);
+    // script(1) from util-linux runs the command on a pseudo-terminal; its stdin goes to the
+    // terminal as typed keys, so \x03 is a Ctrl-C there.
+    const command = `${process.execPath} ${main} top ${server.url} --interval 100`;
+    const child = spawn('script', ['-qfec', command, '/dev/null'], { env: { ...process.env, TERM: 'xterm' } });
+    t.after(() => child.kill());
+    let output = '';
+    const waiters: (() => void)[] = [];
+    child.stdout.setEncoding('utf8').on('data', (chunk: string) => {
+      output += chunk;
+      for (const wake of waiters.splice(0)) wake();
+    });
+    const until = async (test: () => boolean): Promise<void> => {
+      while (!test()) await new Promise<void>((resolve) => waiters.push(resolve));
+    };
+    const frames = () => output.split('\x1b[H').slice(1).map(stripVTControlCharacters);
+
+    await until(() => frames().some((f) => f.includes('backend-1')));
+    assert.ok(output.includes('\x1b[?25l'), 'hides the cursor while it draws');
+    assert.match(frames()[0]!, /share of 0 requests so far/);
+    // Four calls in one turn of the event loop, so they all fall between two reads of the endpoint.
+    await Promise.all(Array.from({ length: 4 }, () => pool.use(() => 'ok', { key: 'user-1' })));
+    await until(() => frames().some((f) => f.includes('share of 4 requests since the last refresh')));
+    const frame = frames().find((f) => f.includes('share of 4 requests since the last refresh'))!;
+    assert.deepEqual(
+      frame.split('\n').filter((line) => /^ {2}backend-\d/.test(line)).map((line) => line.trim().split(/\s+/)[3]).sort(),
+      ['0.0%', '100.0%'],
+    );
+    // The next refresh has no new request: no share to show.
+    await until(() => frames().slice(frames().indexOf(frame) + 1).some((f) => f.includes('share of 0 requests since the last refresh')));
+
+    child.stdin.write('\x03');
+    const [code] = (await once(child, 'exit')) as [number];
+    assert.equal(code, 0, output);
+    assert.ok(output.includes('\x1b[?25h'), 'shows the cursor again');
+  });
+
+  it('in a terminal: q quits', { timeout: 30_000 }, async (t) => {
+    const { server } = await service(t);
+    const child = spawn('script', ['-qfec', `${process.execPath} ${main} top ${server.url}`, '/dev/null'], { env: { ...process.env, TERM: 'xterm' } });
+    t.after(() => child.kill());
+    let output = '';
+    let drawn!: () => void;
+    const frame = new Promise<void>((resolve) => (drawn = resolve));
+    child.stdout.setEncoding('utf8').on('data', (chunk: string) => {
+      output += chunk;
+      if (stripVTControlCharacters(output).includes('backend-1')) drawn();
+    });
+    await frame;
+    child.stdin.write('q');
+    const [code] = (await once(child, 'exit')) as [number];
+    assert.equal(code, 0, output);
+    assert.ok(output.includes('\x1b[?25h'));
+  });
+});
