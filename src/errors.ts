@@ -68,6 +68,15 @@ export class PodpoolError extends Error {
     this.name = 'PodpoolError';
     this.code = code;
   }
+
+  /**
+   * `{ name, code, message }`: an Error's message is not enumerable, so `JSON.stringify` (of
+   * `stats()`, in a log line) would show `{ code, name }` without saying what happened. The
+   * cause stays out: it may be anything, even something that does not serialise.
+   */
+  toJSON(): { name: string; code: ErrorCode; message: string } {
+    return { name: this.name, code: this.code, message: this.message };
+  }
 }
 
 /** The options every subclass takes: the original failure, if any. */

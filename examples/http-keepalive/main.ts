@@ -56,7 +56,8 @@ console.table(
     requests: m.requests,
     failures: m.failures,
     connections: m.connects,
-    'latency ms': Number(m.latencyMs.toFixed(2)),
+    'p50 ms': Number(m.latency.p50Ms.toFixed(2)),
+    'p99 ms': Number(m.latency.p99Ms.toFixed(2)),
   })),
 );
 

@@ -1,8 +1,11 @@
-import { LatencyEwma } from './latency.ts';
+import { LatencyEwma, RecentLatency, toMicros } from './latency.ts';
+
+/** How long a window of {@link RecentLatency} lasts: `stats()` figures cover the last 10 to 20 s. */
+export const RECENT_WINDOW_MS = 10_000;
 
 /**
  * How busy and how healthy one member is, as tower's `Load` keeps it apart from `Balance`: calls
- * in flight, counts, and the latency EWMA. It only measures; the balancers read it through the
+ * in flight, counts, the latency EWMA the balancers weigh and the recent latency `stats()` reports. It only measures; the balancers read it through the
  * member, and ejection reads the run of failures. Nothing here allocates per call.
  */
 export class Load {
@@ -13,6 +16,8 @@ export class Load {
   failures = 0;
   consecutiveFailures = 0;
   readonly latency: LatencyEwma;
+  /** What calls took lately, as they took it: for people (`stats()`), not for picking. */
+  readonly recent = new RecentLatency(RECENT_WINDOW_MS);
 
   constructor(latencyDecayMs: number) {
     this.latency = new LatencyEwma(latencyDecayMs);
@@ -26,6 +31,9 @@ export class Load {
   /** The pod answered (a success, or a request the pod refused): its latency is real. */
   answered(latencyMs: number, now: number): void {
     this.latency.observe(latencyMs, now);
+    const recent = this.recent;
+    if (now >= recent.turnsAt) recent.turn(now);
+    recent.record(toMicros(latencyMs));
     this.consecutiveFailures = 0;
   }
 

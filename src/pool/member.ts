@@ -4,6 +4,7 @@ import type { Cohort } from '../call/deadline.ts';
 import type { Endpoint } from '../endpoint.ts';
 import { ClosedError, type PodpoolError } from '../errors.ts';
 import type { Connection } from '../transport/transport.ts';
+import type { LatencyReading } from './latency.ts';
 import { Load } from './load.ts';
 
 /** The signal of a member that never connected: no call runs on it, so it never aborts. */
@@ -38,7 +39,12 @@ export interface MemberStats {
   /** Calls that failed in a way that counts against the pod. */
   readonly failures: number;
   readonly consecutiveFailures: number;
-  /** Peak-sensitive EWMA of call latency, in ms (0 before the first call). */
+  /** Call latency: the balancer's estimate, and what recent calls took. */
+  readonly latency: MemberLatency;
+  /**
+   * The peak-sensitive EWMA, as `latency.peakEwmaMs`.
+   * @deprecated Use `latency.peakEwmaMs` for the balancer's estimate, or `latency.meanMs` / `latency.p50Ms` for what calls took.
+   */
   readonly latencyMs: number;
   /** Times this member was ejected as an outlier. */
   readonly ejections: number;
@@ -46,6 +52,22 @@ export interface MemberStats {
   readonly connects: number;
   /** The last connect or call failure, if any. */
   readonly lastError?: Error;
+}
+
+/**
+ * A member's call latency in ms, of the calls the pod answered (failed calls count in
+ * `failures`, not here). The percentiles come from an HDR histogram (within 1%) of the last one
+ * to two windows of `windowMs`; all are 0 with no sample there.
+ */
+export interface MemberLatency extends LatencyReading {
+  /**
+   * The peak-sensitive EWMA the `peakEwma()` balancer weighs: a slow call raises it at once, it
+   * decays toward 0 while the member is idle. An estimate for picking, above what calls took
+   * after a slow one: read `meanMs` and the percentiles for that.
+   */
+  readonly peakEwmaMs: number;
+  /** The length of a window: the figures cover the last `windowMs` to `2 × windowMs`. */
+  readonly windowMs: number;
 }
 
 /** What the pool hears from its members: one object for all of them, so no closure per member. */
@@ -314,6 +336,7 @@ export class Member<C> implements Pickable, CallTarget<C> {
 
   stats(now: number): MemberStats {
     const load = this.#load;
+    const peakEwmaMs = load.latency.at(now);
     return {
       endpoint: this.#endpoint,
       state: this.#state,
@@ -321,7 +344,8 @@ export class Member<C> implements Pickable, CallTarget<C> {
       requests: load.requests,
       failures: load.failures,
       consecutiveFailures: load.consecutiveFailures,
-      latencyMs: load.latency.at(now),
+      latency: { peakEwmaMs, ...load.recent.read(now), windowMs: load.recent.windowMs },
+      latencyMs: peakEwmaMs,
       ejections: this.#ejections,
       connects: this.#connects,
       ...(this.#lastError !== undefined && { lastError: this.#lastError }),

@@ -14,6 +14,16 @@ const debug = debuglog('podpool');
  */
 const ADDS_PER_TURN = 500;
 
+/** `stats().discovery`: what discovery last did, each field absent until it happened. */
+export interface DiscoveryStats {
+  /** When discovery last reported a snapshot (epoch ms), changed or not. */
+  readonly lastSnapshotAt?: number;
+  /** When discovery last failed (epoch ms); the pool kept the last good snapshot. */
+  readonly lastErrorAt?: number;
+  /** Discovery's last error (a `PodpoolError`, which serialises as `{ name, code, message }`). */
+  readonly lastError?: PodpoolError;
+}
+
 /**
  * Who is in the pool: reconciles each snapshot from discovery against the members (a new
  * endpoint is added and connected, a gone or unready one drained, one that comes back while it
@@ -26,6 +36,9 @@ export class Membership<C> {
   #endpoints = EndpointSet.empty;
   #hasSnapshot = false;
   #sourceError: PodpoolError | undefined = undefined;
+  /** When discovery last reported a snapshot, and last failed (epoch ms; 0 for never). */
+  #lastSnapshotAt = 0;
+  #lastErrorAt = 0;
   readonly #connector: Connector<C>;
   readonly #latencyDecayMs: number;
   readonly #drainTimeoutMs: number;
@@ -72,6 +85,20 @@ export class Membership<C> {
 
   discoveryFailed(error: PodpoolError): void {
     this.#sourceError = error;
+    this.#lastErrorAt = Date.now();
+  }
+
+  /**
+   * Discovery's last snapshot and last error, as `stats().discovery` reports them. Wall-clock
+   * times (epoch ms), not the pool's clock: they are read by people and compared with logs. A
+   * last error older than the last snapshot is over.
+   */
+  discoveryStats(): DiscoveryStats {
+    return {
+      ...(this.#lastSnapshotAt > 0 && { lastSnapshotAt: this.#lastSnapshotAt }),
+      ...(this.#lastErrorAt > 0 && { lastErrorAt: this.#lastErrorAt }),
+      ...(this.#sourceError !== undefined && { lastError: this.#sourceError }),
+    };
   }
 
   /**
@@ -83,6 +110,7 @@ export class Membership<C> {
     const diff = endpoints.diff(this.#endpoints);
     this.#endpoints = endpoints;
     this.#hasSnapshot = true;
+    this.#lastSnapshotAt = Date.now();
     this.#subset = subset;
     if (subset === undefined) {
       for (const e of diff.added) this.#place(e, undefined);

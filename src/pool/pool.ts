@@ -17,7 +17,7 @@ import type { AdapterPool, BeginOptions, PoolConnectivity } from './adapter-pool
 import { broadcastTargets, fanOut, notConnected, planBroadcast, type BroadcastOptions, type BroadcastResult, type Delivery } from './broadcast.ts';
 import { Connector } from './connector.ts';
 import { Ejection } from './ejection.ts';
-import { Membership } from './membership.ts';
+import { Membership, type DiscoveryStats } from './membership.ts';
 import { byEndpointKey, type Member, type MemberEvents, type MemberState, type MemberStats } from './member.ts';
 import { emitGuarded, type PoolEvents } from './events.ts';
 import { DEFAULT_READY_WAIT_MS, callPlan, checkBeginOptions, checkPoolOptions, checkReadyOptions, type PoolOptions, type ReadyOptions, type UseOptions } from './pool-options.ts';
@@ -52,6 +52,8 @@ export interface PoolStats {
   readonly hedges: number;
   /** With the `zone` option: the client's zone, the calls picked inside and outside it, and how the picker routes now. */
   readonly zone?: ZoneStats;
+  /** Discovery's last snapshot and last error, with their times. */
+  readonly discovery: DiscoveryStats;
 }
 
 /**
@@ -384,6 +386,7 @@ export class Pool<C> extends EventEmitter<PoolEvents> implements AdapterPool<C> 
       members: [...this.#membership.values()].sort(byEndpointKey).map((m) => m.stats(now)),
       retries: this.#calls.retries,
       hedges: this.#calls.hedges,
+      discovery: this.#membership.discoveryStats(),
       ...(this.#zone !== undefined && { zone: { zone: this.#zone.zone, ...this.#zoneCounts } }),
     };
   }
