@@ -1,10 +1,13 @@
 import assert from 'node:assert/strict';
+import { once } from 'node:events';
 import { request } from 'node:http';
+import { connect } from 'node:net';
 import { describe, it, type TestContext } from 'node:test';
 import { podpoolDebugServer, PodpoolError, ErrorCode, roundRobin } from '../../src/index.ts';
 import type { DebugView } from '../../src/observe/debug-server.ts';
 import { harness } from '../support/pool-harness.ts';
 import { pod, podKey } from '../support/manual-source.ts';
+import { activeResources, assertNothingLeft } from '../support/resources.ts';
 
 async function started(t: TestContext, options: Parameters<typeof podpoolDebugServer>[0]) {
   const server = await podpoolDebugServer(options);
@@ -73,12 +76,13 @@ describe('podpoolDebugServer', () => {
     assert.equal(backend.members.reduce((sum, m) => sum + m.failures, 0), 1);
     assert.equal(backend.members.reduce((sum, m) => sum + m.inFlight, 0), 1);
     assert.deepEqual(backend.members.map((m) => m.ejections), [0, 0, 0]);
-    // Every number stats() reports reaches the JSON, whatever fields it grows.
-    const stats = pool.stats();
-    for (const [i, member] of stats.members.entries()) {
-      for (const [field, value] of Object.entries(member)) {
-        if (typeof value === 'number') assert.equal((backend.members[i] as unknown as Record<string, unknown>)[field], value, field);
-      }
+    // Everything stats() reports reaches the JSON (latency's percentiles among it), whatever fields it grows.
+    const { members, ...poolStats } = pool.stats();
+    const json = (value: unknown): unknown => JSON.parse(JSON.stringify(value));
+    for (const [field, value] of Object.entries(poolStats)) assert.deepEqual((backend as unknown as Record<string, unknown>)[field], json(value), field);
+    for (const [i, { endpoint, lastError, ...member }] of members.entries()) {
+      assert.equal(backend.members[i]!.key, endpoint.key);
+      for (const [field, value] of Object.entries(member)) assert.deepEqual((backend.members[i] as unknown as Record<string, unknown>)[field], json(value), field);
     }
     // An error's message, which its plain JSON would lose.
     const failed = backend.members.find((m) => m.failures === 1)!;
@@ -137,13 +141,21 @@ describe('podpoolDebugServer', () => {
     await refused(undefined, /options must be an object/);
   });
 
-  it('close() stops listening and ends kept-alive connections', async (t) => {
-    const server = await podpoolDebugServer({ pools: { p: harness(t).pool } });
-    const agent = new (await import('node:http')).Agent({ keepAlive: true });
-    t.after(() => agent.destroy());
-    await new Promise<void>((resolve, reject) => request(server.url, { agent }, (res) => res.resume().on('end', resolve)).on('error', reject).end());
+  it('close() stops listening, ends kept-alive connections and leaves nothing behind', async (t) => {
+    const pool = harness(t).pool;
+    const before = activeResources();
+    const server = await podpoolDebugServer({ pools: { p: pool } });
+    // A client that keeps its connection open after an answer, as a polling `podpool top` does.
+    const socket = connect(server.port, '127.0.0.1');
+    socket.write('GET /podpool HTTP/1.1\r\nhost: 127.0.0.1\r\n\r\n');
+    const [first] = (await once(socket, 'data')) as [Buffer];
+    assert.match(first.toString(), /^HTTP\/1\.1 200 /);
+    const ended = once(socket, 'close');
     await server.close();
     await server.close(); // twice is fine
+    // The server ended the kept-alive connection rather than wait for the client to.
+    await ended;
+    assertNothingLeft(before);
     await assert.rejects(get(server.url), { code: 'ECONNREFUSED' });
   });
 });
