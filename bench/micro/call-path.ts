@@ -7,10 +7,15 @@
  *   request, on a real pool over a transport that connects in memory (no sockets);
  * - `await pool.use(fn)`: the whole call, with the pool's default deadline (calls share a
  *   cohort's timer and signal) and with `callTimeoutMs: Infinity` (no deadline), and with a
- *   per-call `timeoutMs` (a timer and a controller of its own).
+ *   per-call `timeoutMs` (a timer and a controller of its own);
+ * - the diagnostics channels (`podpool:call:start`/`end`/`error`): the rows above run with nobody
+ *   subscribed (one `hasSubscribers` check per publication, nothing built); `begin+end` and
+ *   `use()` again with a no-op subscriber on the three, which builds and publishes the messages.
  * Each balancer runs in its own process, as in bench:pick, so its call sites stay monomorphic.
  */
 import { execFileSync } from 'node:child_process';
+import { subscribe, unsubscribe } from 'node:diagnostics_channel';
+import { CHANNEL_NAMES } from '../../src/channels.ts';
 import type { Balancer, PickerContext } from '../../src/balance/balancer.ts';
 import { leastLoaded } from '../../src/balance/least-loaded.ts';
 import { peakEwma } from '../../src/balance/peak-ewma.ts';
@@ -105,6 +110,18 @@ async function usePath(balancer: Balancer, extra: object, options?: { timeoutMs:
   }
 }
 
+/** Runs `measure` with a no-op subscriber on the call channels, as a tracer or metrics would be. */
+async function subscribed(measure: () => Promise<Row>): Promise<Row> {
+  const noop = (): void => {};
+  const names = [CHANNEL_NAMES.callStart, CHANNEL_NAMES.callEnd, CHANNEL_NAMES.callError];
+  for (const name of names) subscribe(name, noop);
+  try {
+    return await measure();
+  } finally {
+    for (const name of names) unsubscribe(name, noop);
+  }
+}
+
 const only = process.argv[2];
 if (only !== undefined) {
   const balancer = strategies[only];
@@ -115,15 +132,31 @@ if (only !== undefined) {
       await usePath(balancer(), {}),
       await usePath(balancer(), { callTimeoutMs: Infinity }),
       await usePath(balancer(), {}, { timeoutMs: 10_000 }),
+      await subscribed(() => beginPath(balancer())),
+      await subscribed(() => usePath(balancer(), {})),
     ]),
   );
 } else {
   const started = performance.now();
-  const rows: string[][] = [['strategy', 'member ns/call', 'member B/call', 'begin+end ns/call', 'begin+end B/call', 'use() ns', 'use() no deadline ns', 'use() own timeoutMs ns']];
+  const rows: string[][] = [
+    ['strategy', 'member ns/call', 'member B/call', 'begin+end ns/call', 'begin+end B/call', 'use() ns', 'use() no deadline ns', 'use() own timeoutMs ns', 'begin+end subscribed ns', 'begin+end subscribed B', 'use() subscribed ns'],
+  ];
   for (const name of Object.keys(strategies)) {
     const out = execFileSync(process.execPath, [...process.execArgv, import.meta.filename, name], { encoding: 'utf8' });
-    const [member, begin, use, useNoDeadline, useTimeout] = JSON.parse(out) as Row[];
-    rows.push([name, member.ns.toFixed(1), member.bytes.toFixed(1), begin.ns.toFixed(1), begin.bytes.toFixed(1), use.ns.toFixed(0), useNoDeadline.ns.toFixed(0), useTimeout.ns.toFixed(0)]);
+    const [member, begin, use, useNoDeadline, useTimeout, beginSubscribed, useSubscribed] = JSON.parse(out) as Row[];
+    rows.push([
+      name,
+      member.ns.toFixed(1),
+      member.bytes.toFixed(1),
+      begin.ns.toFixed(1),
+      begin.bytes.toFixed(1),
+      use.ns.toFixed(0),
+      useNoDeadline.ns.toFixed(0),
+      useTimeout.ns.toFixed(0),
+      beginSubscribed.ns.toFixed(1),
+      beginSubscribed.bytes.toFixed(1),
+      useSubscribed.ns.toFixed(0),
+    ]);
   }
   const widths = rows[0].map((_, c) => Math.max(...rows.map((row) => row[c].length)));
   const line = (row: string[]) => row.map((cell, c) => (c === 0 ? cell.padEnd(widths[c]) : cell.padStart(widths[c]))).join('  ');
@@ -131,6 +164,7 @@ if (only !== undefined) {
   console.log('member: pick + Member.startCall() + Member.endCall(answered, latency, clock())');
   console.log('begin+end: pool.begin() + end() on a real pool over an in-memory transport (the adapters\' path)');
   console.log('use(): await pool.use(fn) on the same pool: default deadline (shared cohorts), callTimeoutMs Infinity, and a per-call timeoutMs');
+  console.log('subscribed: the same with a no-op subscriber on podpool:call:start/end/error (without: nobody subscribed, as in every other column)');
   console.log(`median of ${ROUNDS} rounds of ${ROUND_CALLS} calls after ${WARMUP_CALLS} warm-up; B/call: heap allocated per call over one more round\n`);
   console.log(line(rows[0]));
   console.log(widths.map((w) => '-'.repeat(w)).join('  '));

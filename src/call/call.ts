@@ -153,7 +153,9 @@ export class Calls<C> {
    * cohort (no timer of its own); see {@link #within} for the others. `attempt` numbers the
    * first attempt on the diagnostics channels (a broadcast's delivery retried by the broadcast).
    */
-  run<T>(m: CallTarget<C>, fn: CallFn<C, T>, plan: CallPlan<T>, attempt = 1): Promise<T> {
+  run<T>(m: CallTarget<C>, fn: CallFn<C, T>, plan: CallPlan<T>, first?: number): Promise<T> {
+    // Not a default parameter: a parameter list with one costs every call a bigger closure context.
+    const attempt = first ?? 1;
     const started = this.#clock();
     this.#router.deposit(started);
     if (plan.hedge !== undefined) return this.#hedged(m, fn, plan, started);
@@ -169,18 +171,38 @@ export class Calls<C> {
    * Throws `PODPOOL_NOT_SUPPORTED` for a transport that lends a connection per call. `attempt`
    * is what the diagnostics channels report: 2 for an adapter's retry, however many came before.
    */
-  begin(m: CallTarget<C>, attempt = 1): PoolCall<C> {
+  begin(m: CallTarget<C>, attempt?: number): PoolCall<C> {
     const connection = m.connection!;
     if (connection.acquire !== undefined) {
       throw new NotSupportedError(`the ${this.#transport.name} transport lends a connection per call; use pool.use() instead of begin()`);
     }
     m.startCall();
     const started = this.#clock();
-    const call = channels.callStart.hasSubscribers ? this.#publishStart(m, 'adapter', attempt, false, undefined) : undefined;
+    // A call nobody traces keeps the closure it always had: capturing the message too would make
+    // every adapter call's context bigger.
+    if (channels.callStart.hasSubscribers || channels.callEnd.hasSubscribers || channels.callError.hasSubscribers) {
+      return this.#tracedBegin(m, connection.client as C, started, attempt ?? 1);
+    }
     let ended = false;
     return {
       endpoint: m.endpoint,
       client: connection.client as C,
+      end: (error?: unknown) => {
+        if (ended) return;
+        ended = true;
+        const now = this.#clock();
+        m.endCall(this.#outcomeOf(error !== undefined, error), now - started, now, error);
+      },
+    };
+  }
+
+  /** {@link begin} while somebody subscribes to the call channels: the same, published. */
+  #tracedBegin(m: CallTarget<C>, client: C, started: number, attempt: number): PoolCall<C> {
+    const call = channels.callStart.hasSubscribers ? this.#publishStart(m, 'adapter', attempt, false, undefined) : undefined;
+    let ended = false;
+    return {
+      endpoint: m.endpoint,
+      client,
       end: (error?: unknown) => {
         if (ended) return;
         ended = true;
