@@ -98,6 +98,25 @@ describe('podpool top', () => {
     assert.match(help.stdout, /--interval <ms>/);
   });
 
+  it('outside a terminal: prints frame after frame without escape codes, and exits 0 on SIGINT', { timeout: 30_000 }, async (t) => {
+    const { server } = await service(t);
+    const child = spawn(process.execPath, [main, 'top', server.url, '--interval', '100'], { stdio: ['ignore', 'pipe', 'pipe'] });
+    t.after(() => child.kill());
+    let output = '';
+    let drawn!: () => void;
+    const twice = new Promise<void>((resolve) => (drawn = resolve));
+    child.stdout.setEncoding('utf8').on('data', (chunk: string) => {
+      output += chunk;
+      if (output.split('podpool top ').length > 2) drawn();
+    });
+    await twice;
+    child.kill('SIGINT');
+    const [code] = (await once(child, 'exit')) as [number];
+    assert.equal(code, 0, output);
+    assert.equal(output, stripVTControlCharacters(output));
+    assert.match(output, /share of 0 requests so far[\s\S]*share of 0 requests since the last refresh/);
+  });
+
   it('in a terminal: redraws in place with the share since the last refresh, and exits 0 on Ctrl-C with the cursor back', { timeout: 30_000 }, async (t) => {
     const { pool, server } = await service(t);
     // script(1) from util-linux runs the command on a pseudo-terminal; its stdin goes to the
