@@ -4,7 +4,8 @@
  *
  * Where the numbers come from, so that the call path pays for nothing it does not have to:
  * - per call (outcomes, durations, broadcast deliveries): the `podpool:call:*` diagnostics
- *   channels, kept to this pool's messages; one Map lookup and two prom-client updates a call.
+ *   channels, kept to this pool's messages: a Map lookup, a count and one histogram observation
+ *   a call (outcomes are counted in the endpoint's series and handed to prom-client at scrape).
  * - what the pool already counts (in-flight, member state, ejections, reconnects, retries,
  *   hedges): `pool.stats()`, read at scrape time in prom-client `collect()` callbacks.
  * - discovery and connects: the pool's `change`, `state`, `sourceError` and `connectError` events.
@@ -102,6 +103,8 @@ function checkLabels(labels: unknown): asserts labels is Labels {
 interface EndpointSeries {
   readonly labels: Labels;
   readonly outcomes: Labels[];
+  /** Attempts ended, by outcome (in {@link OUTCOMES}' order): counted here, handed to prom-client at scrape. */
+  readonly counts: number[];
   readonly duration: { observe(seconds: number): void };
 }
 
@@ -168,11 +171,11 @@ class Family {
       this.#names.push(full);
       return metric;
     };
-    this.requests = make(client.Counter, 'requests_total', 'Calls ended on a pod (attempts: a retry or a hedge is another), by outcome: answered (an error the pod answered with included), failed (counted against the pod), abandoned (a hedge answered first), unrecorded (the caller gave up).', ['endpoint', 'outcome']);
+    this.requests = make(client.Counter, 'requests_total', 'Calls ended on a pod (attempts: a retry or a hedge is another), by outcome: answered (an error the pod answered with included), failed (counted against the pod), abandoned (a hedge answered first), unrecorded (the caller gave up).', ['endpoint', 'outcome'], { collect });
     this.duration = make(client.Histogram, 'request_duration_seconds', 'Duration of calls on a pod, whatever their outcome.', ['endpoint'], { buckets: DURATION_BUCKETS });
     this.connectErrors = make(client.Counter, 'connect_errors_total', 'Failed connects to a pod; the pool tries again after a backoff.', ['endpoint']);
-    this.broadcastDeliveries = make(client.Counter, 'broadcast_deliveries_total', 'Broadcast attempts a pod answered.', []);
-    this.broadcastFailures = make(client.Counter, 'broadcast_failures_total', 'Broadcast attempts that ended without an answer.', []);
+    this.broadcastDeliveries = make(client.Counter, 'broadcast_deliveries_total', 'Broadcast attempts a pod answered.', [], { collect });
+    this.broadcastFailures = make(client.Counter, 'broadcast_failures_total', 'Broadcast attempts that ended without an answer.', [], { collect });
     this.snapshots = make(client.Counter, 'discovery_snapshots_total', 'Snapshots discovery delivered.', []);
     this.discoveryErrors = make(client.Counter, 'discovery_errors_total', 'Discovery failures (the pool keeps its last good snapshot), by error code.', ['code']);
     this.staleness = make(client.Gauge, 'discovery_staleness_seconds', 'Time since discovery last reported a snapshot (no series before the first).', [], { collect });
@@ -187,14 +190,15 @@ class Family {
   }
 
   /**
-   * Every metric read from `stats()` is filled by the first collect() of a scrape: prom-client
+   * Every metric read from `stats()` or counted per call (prom-client's label hashing costs µs a
+   * call; a number in the endpoint's series costs nothing) is filled by the first collect() of a scrape: prom-client
    * calls them one after another in the same turn, so the flag is cleared in a microtask.
    */
   #collect(): void {
     if (this.#collected) return;
     this.#collected = true;
     queueMicrotask(() => (this.#collected = false));
-    for (const metric of [this.inFlight, this.memberState, this.ejections, this.reconnects, this.retries, this.hedges, this.endpoints, this.ready, this.staleness]) metric.reset();
+    for (const metric of [this.requests, this.broadcastDeliveries, this.broadcastFailures, this.inFlight, this.memberState, this.ejections, this.reconnects, this.retries, this.hedges, this.endpoints, this.ready, this.staleness]) metric.reset();
     for (const pool of this.pools) pool.collect();
   }
 
@@ -221,6 +225,8 @@ class PoolMetrics implements PodpoolMetrics {
   /** Endpoint keys per `endpoint` label value: two keys may share a pod name for a moment (a pod moved). */
   readonly #labelUsers = new Map<string, number>();
   readonly #errorCodes = new Set<string>();
+  #broadcastDeliveries = 0;
+  #broadcastFailures = 0;
   #closed = false;
 
   constructor(pool: Pool<unknown>, family: Family, labels: Labels) {
@@ -234,9 +240,7 @@ class PoolMetrics implements PodpoolMetrics {
     this.#family = family;
     this.#labels = labels;
     family.pools.add(this);
-    // Pool-level counters start at 0, so a rate() has a series before the first event.
-    family.broadcastDeliveries.inc(labels, 0);
-    family.broadcastFailures.inc(labels, 0);
+    // Counted by events, not at scrape: it starts at 0, so a rate() has a series before the first.
     family.snapshots.inc(labels, 0);
     subscribe(CHANNEL_NAMES.callEnd, this.#callEnded);
     subscribe(CHANNEL_NAMES.callError, this.#callFailed);
@@ -257,8 +261,6 @@ class PoolMetrics implements PodpoolMetrics {
     this.#pool.off('connectError', this.#connectFailed);
     const f = this.#family;
     for (const key of [...this.#series.keys()]) this.#drop(key);
-    f.broadcastDeliveries.remove(this.#labels);
-    f.broadcastFailures.remove(this.#labels);
     f.snapshots.remove(this.#labels);
     for (const code of this.#errorCodes) f.discoveryErrors.remove({ ...this.#labels, code });
     f.leave(this);
@@ -270,6 +272,11 @@ class PoolMetrics implements PodpoolMetrics {
     const stats: PoolStats = this.#pool.stats();
     const pool = this.#labels;
     f.retries.inc(pool, stats.retries);
+    f.broadcastDeliveries.inc(pool, this.#broadcastDeliveries);
+    f.broadcastFailures.inc(pool, this.#broadcastFailures);
+    for (const s of this.#series.values()) {
+      for (let i = 0; i < OUTCOMES.length; i++) if (s.counts[i] > 0) f.requests.inc(s.outcomes[i], s.counts[i]);
+    }
     f.hedges.inc(pool, stats.hedges);
     f.endpoints.set(pool, stats.endpoints);
     f.ready.set(pool, stats.ready);
@@ -301,9 +308,12 @@ class PoolMetrics implements PodpoolMetrics {
   /** `errored`: on the error channel, which a broadcast counts as a failed delivery even when the pod answered (with an error). */
   #ended(m: CallStartMessage & { readonly durationMs: number }, outcome: Outcome, errored: boolean): void {
     const s = this.#seriesOf(m.endpoint);
-    this.#family.requests.inc(s.outcomes[OUTCOMES.indexOf(outcome)], 1);
+    s.counts[OUTCOMES.indexOf(outcome)]++;
     s.duration.observe(m.durationMs / 1000);
-    if (m.kind === 'broadcast') (errored ? this.#family.broadcastFailures : this.#family.broadcastDeliveries).inc(this.#labels, 1);
+    if (m.kind === 'broadcast') {
+      if (errored) this.#broadcastFailures++;
+      else this.#broadcastDeliveries++;
+    }
   }
 
   readonly #changed = (_endpoints: EndpointSet, _diff: EndpointDiff): void => {
@@ -328,7 +338,7 @@ class PoolMetrics implements PodpoolMetrics {
     if (s === undefined) {
       const value = endpointLabel(endpoint);
       const labels = { ...this.#labels, endpoint: value };
-      s = { labels, outcomes: OUTCOMES.map((outcome) => ({ ...labels, outcome })), duration: this.#family.duration.labels(labels) };
+      s = { labels, outcomes: OUTCOMES.map((outcome) => ({ ...labels, outcome })), counts: OUTCOMES.map(() => 0), duration: this.#family.duration.labels(labels) };
       this.#series.set(endpoint.key, s);
       this.#labelUsers.set(value, (this.#labelUsers.get(value) ?? 0) + 1);
     }
@@ -348,7 +358,6 @@ class PoolMetrics implements PodpoolMetrics {
     }
     this.#labelUsers.delete(value);
     const f = this.#family;
-    for (const labels of s.outcomes) f.requests.remove(labels);
     f.duration.remove(s.labels);
     f.connectErrors.remove(s.labels);
   }
