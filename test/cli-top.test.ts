@@ -1,5 +1,5 @@
 import assert from 'node:assert/strict';
-import { execFile, spawn } from 'node:child_process';
+import { execFile, spawn, type SpawnOptions } from 'node:child_process';
 import { once } from 'node:events';
 import { createServer } from 'node:net';
 import { describe, it, type TestContext } from 'node:test';
@@ -44,6 +44,31 @@ async function closedPort(): Promise<number> {
   server.close();
   await once(server, 'close');
   return port;
+}
+
+/**
+ * Starts `command` and collects its output; `until(test)` resolves once the output passes the
+ * test, checked at each chunk (no polling, no sleep). Killed after the test if still running.
+ */
+function watched(t: TestContext, command: string, args: string[], options: SpawnOptions = {}) {
+  const child = spawn(command, args, { ...options, stdio: ['pipe', 'pipe', 'pipe'] });
+  t.after(() => child.kill());
+  let output = '';
+  const waiters: (() => void)[] = [];
+  child.stdout.setEncoding('utf8').on('data', (chunk: string) => {
+    output += chunk;
+    for (const wake of waiters.splice(0)) wake();
+  });
+  const until = async (test: (output: string) => boolean): Promise<void> => {
+    while (!test(output)) await new Promise<void>((resolve) => waiters.push(resolve));
+  };
+  const exited = once(child, 'exit') as Promise<[number | null]>;
+  return { child, until, exited, output: () => output };
+}
+
+/** `podpool top` on a pseudo-terminal: script(1) (util-linux) passes its stdin to it as typed keys, so \x03 is a Ctrl-C there. */
+function inTerminal(t: TestContext, args: string[]) {
+  return watched(t, 'script', ['-qfec', [process.execPath, main, 'top', ...args].join(' '), '/dev/null'], { env: { ...process.env, TERM: 'xterm' } });
 }
 
 describe('podpool top', () => {
@@ -100,18 +125,11 @@ describe('podpool top', () => {
 
   it('outside a terminal: prints frame after frame without escape codes, and exits 0 on SIGINT', { timeout: 30_000 }, async (t) => {
     const { server } = await service(t);
-    const child = spawn(process.execPath, [main, 'top', server.url, '--interval', '100'], { stdio: ['ignore', 'pipe', 'pipe'] });
-    t.after(() => child.kill());
-    let output = '';
-    let drawn!: () => void;
-    const twice = new Promise<void>((resolve) => (drawn = resolve));
-    child.stdout.setEncoding('utf8').on('data', (chunk: string) => {
-      output += chunk;
-      if (output.split('podpool top ').length > 2) drawn();
-    });
-    await twice;
-    child.kill('SIGINT');
-    const [code] = (await once(child, 'exit')) as [number];
+    const top = watched(t, process.execPath, [main, 'top', server.url, '--interval', '100']);
+    await top.until((output) => output.split('podpool top ').length > 2);
+    top.child.kill('SIGINT');
+    const [code] = await top.exited;
+    const output = top.output();
     assert.equal(code, 0, output);
     assert.equal(output, stripVTControlCharacters(output));
     assert.match(output, /share of 0 requests so far[\s\S]*share of 0 requests since the last refresh/);
@@ -119,57 +137,37 @@ describe('podpool top', () => {
 
   it('in a terminal: redraws in place with the share since the last refresh, and exits 0 on Ctrl-C with the cursor back', { timeout: 30_000 }, async (t) => {
     const { pool, server } = await service(t);
-    // script(1) from util-linux runs the command on a pseudo-terminal; its stdin goes to the
-    // terminal as typed keys, so \x03 is a Ctrl-C there.
-    const command = `${process.execPath} ${main} top ${server.url} --interval 100`;
-    const child = spawn('script', ['-qfec', command, '/dev/null'], { env: { ...process.env, TERM: 'xterm' } });
-    t.after(() => child.kill());
-    let output = '';
-    const waiters: (() => void)[] = [];
-    child.stdout.setEncoding('utf8').on('data', (chunk: string) => {
-      output += chunk;
-      for (const wake of waiters.splice(0)) wake();
-    });
-    const until = async (test: () => boolean): Promise<void> => {
-      while (!test()) await new Promise<void>((resolve) => waiters.push(resolve));
-    };
-    const frames = () => output.split('\x1b[H').slice(1).map(stripVTControlCharacters);
+    const top = inTerminal(t, [server.url, '--interval', '100']);
+    // Each redraw starts at home: a frame is what follows one \x1b[H.
+    const frames = () => top.output().split('\x1b[H').slice(1).map(stripVTControlCharacters);
 
-    await until(() => frames().some((f) => f.includes('backend-1')));
-    assert.ok(output.includes('\x1b[?25l'), 'hides the cursor while it draws');
+    await top.until(() => frames().some((f) => f.includes('backend-1')));
+    assert.ok(top.output().includes('\x1b[?25l'), 'hides the cursor while it draws');
     assert.match(frames()[0]!, /share of 0 requests so far/);
     // Four calls in one turn of the event loop, so they all fall between two reads of the endpoint.
     await Promise.all(Array.from({ length: 4 }, () => pool.use(() => 'ok', { key: 'user-1' })));
-    await until(() => frames().some((f) => f.includes('share of 4 requests since the last refresh')));
+    await top.until(() => frames().some((f) => f.includes('share of 4 requests since the last refresh')));
     const frame = frames().find((f) => f.includes('share of 4 requests since the last refresh'))!;
     assert.deepEqual(
       frame.split('\n').filter((line) => /^ {2}backend-\d/.test(line)).map((line) => line.trim().split(/\s+/)[3]).sort(),
       ['0.0%', '100.0%'],
     );
     // The next refresh has no new request: no share to show.
-    await until(() => frames().slice(frames().indexOf(frame) + 1).some((f) => f.includes('share of 0 requests since the last refresh')));
+    await top.until(() => frames().slice(frames().indexOf(frame) + 1).some((f) => f.includes('share of 0 requests since the last refresh')));
 
-    child.stdin.write('\x03');
-    const [code] = (await once(child, 'exit')) as [number];
-    assert.equal(code, 0, output);
-    assert.ok(output.includes('\x1b[?25h'), 'shows the cursor again');
+    top.child.stdin.write('\x03');
+    const [code] = await top.exited;
+    assert.equal(code, 0, top.output());
+    assert.ok(top.output().includes('\x1b[?25h'), 'shows the cursor again');
   });
 
   it('in a terminal: q quits', { timeout: 30_000 }, async (t) => {
     const { server } = await service(t);
-    const child = spawn('script', ['-qfec', `${process.execPath} ${main} top ${server.url}`, '/dev/null'], { env: { ...process.env, TERM: 'xterm' } });
-    t.after(() => child.kill());
-    let output = '';
-    let drawn!: () => void;
-    const frame = new Promise<void>((resolve) => (drawn = resolve));
-    child.stdout.setEncoding('utf8').on('data', (chunk: string) => {
-      output += chunk;
-      if (stripVTControlCharacters(output).includes('backend-1')) drawn();
-    });
-    await frame;
-    child.stdin.write('q');
-    const [code] = (await once(child, 'exit')) as [number];
-    assert.equal(code, 0, output);
-    assert.ok(output.includes('\x1b[?25h'));
+    const top = inTerminal(t, [server.url]);
+    await top.until((output) => stripVTControlCharacters(output).includes('backend-1'));
+    top.child.stdin.write('q');
+    const [code] = await top.exited;
+    assert.equal(code, 0, top.output());
+    assert.ok(top.output().includes('\x1b[?25h'));
   });
 });
