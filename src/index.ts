@@ -23,7 +23,7 @@ export { CHANNEL_NAMES } from './channels.ts';
 export type { CallKind, CallStartMessage, CallEndMessage, CallErrorMessage, MemberStateMessage, SnapshotMessage, DiscoveryErrorMessage } from './channels.ts';
 export type { AddressRange } from './address.ts';
 export { podpoolMetrics } from './observe/metrics.ts';
-export type { PodpoolMetricsOptions, PodpoolMetrics } from './observe/metrics.ts';
+export type { PodpoolMetricsOptions, PodpoolMetrics, MetricsRegistry } from './observe/metrics.ts';
 export { podpoolDebugServer } from './observe/debug-server.ts';
 export type { DebugServer, DebugServerOptions, DebugPool, DebugView, DebugPoolView, DebugMember } from './observe/debug-server.ts';
 export {

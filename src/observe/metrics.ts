@@ -22,10 +22,20 @@ import { checkOptions, invalidArgument, invalidOption, optionNames } from '../op
 import type { StateChange } from '../pool/events.ts';
 import { Pool, type PoolStats } from '../pool/pool.ts';
 
+/**
+ * A prom-client `Registry`, as podpool's types name it: structurally, so that podpool's
+ * declarations do not need prom-client installed (it is an optional peer dependency).
+ */
+export interface MetricsRegistry {
+  registerMetric(metric: never): void;
+  getSingleMetric(name: string): unknown;
+  removeSingleMetric(name: string): void;
+}
+
 /** Options of {@link podpoolMetrics}. */
 export interface PodpoolMetricsOptions {
   /** The prom-client registry to register in; prom-client's default `register` if omitted. */
-  registry?: Registry;
+  registry?: MetricsRegistry;
   /** Prefix of every metric name (default `podpool_`). */
   prefix?: string;
   /** Constant labels on every series (`{ pool: 'backend' }`): what tells two pools apart in one registry. */
@@ -82,7 +92,7 @@ export function podpoolMetrics(pool: Pool<unknown>, options: PodpoolMetricsOptio
   if (typeof prefix !== 'string' || (prefix !== '' && !METRIC_NAME.test(prefix))) invalidOption('prefix', 'a metric name prefix (letters, digits, _ and :)', prefix);
   checkLabels(labels);
   const client = loadPromClient();
-  const registry = options.registry ?? client.register;
+  const registry = (options.registry ?? client.register) as Registry;
   if (registry === null || typeof registry !== 'object' || typeof registry.registerMetric !== 'function' || typeof registry.getSingleMetric !== 'function') {
     invalidOption('registry', 'a prom-client Registry', registry);
   }
