@@ -317,8 +317,10 @@ test('overhead: podpool and the plain client serve the same pods', { timeout: 90
   assert.deepEqual(report.results.map((r) => `${r.transport} ${r.client}`), [
     'http plain undici',
     'http podpool round-robin',
+    'http podpool round-robin, metrics',
     'grpc plain grpc-js',
     'grpc podpool round-robin',
+    'grpc podpool round-robin, metrics',
   ]);
   for (const row of report.results) {
     assert.equal(row.podsUsed, 2);

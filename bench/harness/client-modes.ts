@@ -337,13 +337,15 @@ export interface PodpoolModeOptions {
   label?: string;
   /** Members the client waits for before the load; default every ready pod (a subset holds fewer). */
   ready?: number;
+  /** Run on each client's pool once it is ready (metrics, say); what it returns runs before the pool closes. */
+  attach?: (pool: Pool<unknown>) => () => void;
 }
 
 /**
  * podpool over `wire` with one balancer, configured the same for every wire: the scenario's
  * source and balancer, quick reconnects, and ready once every pod is.
  */
-export function podpoolMode(wire: Wire, balancer: string, { source = dnsSource, agent, pool: extra, label, ready }: PodpoolModeOptions = {}): Mode {
+export function podpoolMode(wire: Wire, balancer: string, { source = dnsSource, agent, pool: extra, label, ready, attach }: PodpoolModeOptions = {}): Mode {
   const how = PODPOOL_WIRES[wire] as PodpoolWire<unknown>;
   return {
     client: label === undefined ? `podpool ${balancer}` : `podpool ${balancer}, ${label}`,
@@ -366,7 +368,8 @@ export function podpoolMode(wire: Wire, balancer: string, { source = dnsSource, 
         throw error;
       }
       const { request } = how;
-      return { call: () => pool.use(request), close: () => pool.close(), stats: () => pool.stats() };
+      const detach = attach?.(pool);
+      return { call: () => pool.use(request), close: () => (detach?.(), pool.close()), stats: () => pool.stats() };
     },
   };
 }

@@ -23,7 +23,9 @@ import { roundRobin } from '../../src/balance/round-robin.ts';
 import { staticEndpoints } from '../../src/discovery/static.ts';
 import { createEndpoint } from '../../src/endpoint.ts';
 import { Member, type MemberEvents } from '../../src/pool/member.ts';
-import { createPool } from '../../src/pool/pool.ts';
+import { createPool, type Pool } from '../../src/pool/pool.ts';
+import { podpoolMetrics } from '../../src/observe/metrics.ts';
+import { Registry } from 'prom-client';
 import type { Transport } from '../../src/transport/transport.ts';
 import { bytesAllocated } from '../../testkit/allocation.ts';
 
@@ -85,11 +87,12 @@ async function beginPath(balancer: Balancer): Promise<Row> {
 }
 
 /** `await pool.use(fn)` on a real pool over an in-memory transport, with `extra` pool options and `options` per call. */
-async function usePath(balancer: Balancer, extra: object, options?: { timeoutMs: number }): Promise<Row> {
+async function usePath(balancer: Balancer, extra: object, options?: { timeoutMs: number }, attach?: (pool: Pool<object>) => () => void): Promise<Row> {
   const transport: Transport<object> = { name: 'memory', connect: async () => ({ client: {}, close: async () => {} }) };
   const endpoints = Array.from({ length: PODS }, (_, i) => ({ address: `10.0.0.${i + 1}`, port: 80 }));
   const pool = createPool({ source: staticEndpoints(endpoints), transport, balancer, ejection: false, ...extra });
   const fn = (client: object) => client;
+  const detach = attach?.(pool);
   try {
     await pool.ready({ minEndpoints: PODS });
     const calls = async (n: number) => {
@@ -106,6 +109,7 @@ async function usePath(balancer: Balancer, extra: object, options?: { timeoutMs:
     rounds.sort((a, b) => a - b);
     return { ns: rounds[rounds.length >> 1], bytes: NaN };
   } finally {
+    detach?.();
     await pool.close();
   }
 }
@@ -134,16 +138,20 @@ if (only !== undefined) {
       await usePath(balancer(), {}, { timeoutMs: 10_000 }),
       await subscribed(() => beginPath(balancer())),
       await subscribed(() => usePath(balancer(), {})),
+      await usePath(balancer(), {}, undefined, (pool) => {
+        const metrics = podpoolMetrics(pool, { registry: new Registry() });
+        return () => metrics.close();
+      }),
     ]),
   );
 } else {
   const started = performance.now();
   const rows: string[][] = [
-    ['strategy', 'member ns/call', 'member B/call', 'begin+end ns/call', 'begin+end B/call', 'use() ns', 'use() no deadline ns', 'use() own timeoutMs ns', 'begin+end subscribed ns', 'begin+end subscribed B', 'use() subscribed ns'],
+    ['strategy', 'member ns/call', 'member B/call', 'begin+end ns/call', 'begin+end B/call', 'use() ns', 'use() no deadline ns', 'use() own timeoutMs ns', 'begin+end subscribed ns', 'begin+end subscribed B', 'use() subscribed ns', 'use() metrics ns'],
   ];
   for (const name of Object.keys(strategies)) {
     const out = execFileSync(process.execPath, [...process.execArgv, import.meta.filename, name], { encoding: 'utf8' });
-    const [member, begin, use, useNoDeadline, useTimeout, beginSubscribed, useSubscribed] = JSON.parse(out) as Row[];
+    const [member, begin, use, useNoDeadline, useTimeout, beginSubscribed, useSubscribed, useMetrics] = JSON.parse(out) as Row[];
     rows.push([
       name,
       member.ns.toFixed(1),
@@ -156,6 +164,7 @@ if (only !== undefined) {
       beginSubscribed.ns.toFixed(1),
       beginSubscribed.bytes.toFixed(1),
       useSubscribed.ns.toFixed(0),
+      useMetrics.ns.toFixed(0),
     ]);
   }
   const widths = rows[0].map((_, c) => Math.max(...rows.map((row) => row[c].length)));
@@ -165,6 +174,7 @@ if (only !== undefined) {
   console.log('begin+end: pool.begin() + end() on a real pool over an in-memory transport (the adapters\' path)');
   console.log('use(): await pool.use(fn) on the same pool: default deadline (shared cohorts), callTimeoutMs Infinity, and a per-call timeoutMs');
   console.log('subscribed: the same with a no-op subscriber on podpool:call:start/end/error (without: nobody subscribed, as in every other column)');
+  console.log('metrics: use() with podpoolMetrics() on the pool (a registry of its own): every call counted and observed');
   console.log(`median of ${ROUNDS} rounds of ${ROUND_CALLS} calls after ${WARMUP_CALLS} warm-up; B/call: heap allocated per call over one more round\n`);
   console.log(line(rows[0]));
   console.log(widths.map((w) => '-'.repeat(w)).join('  '));

@@ -6,7 +6,9 @@
 import * as grpc from '@grpc/grpc-js';
 import { Pool } from 'undici';
 import { Cluster } from '../cluster.ts';
-import { onePerPod, podpoolMode, staticSource, type Mode } from '../client-modes.ts';
+import { Registry } from 'prom-client';
+import { podpoolMetrics } from '../../../src/index.ts';
+import { onePerPod, podpoolMode, staticSource, type Mode, type PodpoolModeOptions } from '../client-modes.ts';
 import { round } from '../load.ts';
 import { measure, type ModeResult } from '../measure.ts';
 import { EchoClient, POD_PORTS, type EchoClientInstance } from '../pods.ts';
@@ -14,6 +16,12 @@ import { formatTable, throughputChart, reportHead, type ScenarioReport } from '.
 import type { ScenarioOptions, ScenarioOutput } from './options.ts';
 
 const EMPTY = Buffer.alloc(0);
+
+/** podpoolMetrics() on the pool, in a registry of its own: every call observed, as a scraped service's would be. */
+const withMetrics: PodpoolModeOptions['attach'] = (pool) => {
+  const metrics = podpoolMetrics(pool, { registry: new Registry() });
+  return () => metrics.close();
+};
 
 /** Plain undici: per pod a `Pool` of as many connections as podpool's transport keeps, round-robin by hand. */
 function httpPlain(perPod: number): Mode {
@@ -78,10 +86,10 @@ export async function overhead(options: ScenarioOptions, cluster?: Cluster): Pro
     for (const wire of wires) {
       // HTTP: as many sockets to each pod as the client has requests in flight, for both.
       const agent = options.inflight * cluster.readyPods().length;
-      const pair: Mode[] =
-        wire === 'http'
-          ? [httpPlain(options.inflight), podpoolMode('http', 'round-robin', { source: staticSource, agent })]
-          : [grpcPlain, podpoolMode('grpc', 'round-robin', { source: staticSource })];
+      const podpool = (label?: string, attach?: PodpoolModeOptions['attach']): Mode =>
+        podpoolMode(wire, 'round-robin', { source: staticSource, ...(wire === 'http' && { agent }), ...(label !== undefined && { label, attach }) });
+      // The plain client, podpool, and podpool with its Prometheus metrics on (a registry per client's pool).
+      const pair: Mode[] = [wire === 'http' ? httpPlain(options.inflight) : grpcPlain, podpool(), podpool('metrics', withMetrics)];
       const rows: ModeResult[] = [];
       // Warm both up first (JIT, connections, the pods process): the first run would pay for it.
       for (const mode of pair) {
