@@ -6,7 +6,7 @@
 import * as grpc from '@grpc/grpc-js';
 import { Pool } from 'undici';
 import { Cluster } from '../cluster.ts';
-import { Registry } from 'prom-client';
+import { createRequire } from 'node:module';
 import { podpoolMetrics } from '../../../src/index.ts';
 import { onePerPod, podpoolMode, staticSource, type Mode, type PodpoolModeOptions } from '../client-modes.ts';
 import { round } from '../load.ts';
@@ -17,8 +17,21 @@ import type { ScenarioOptions, ScenarioOutput } from './options.ts';
 
 const EMPTY = Buffer.alloc(0);
 
+const require = createRequire(import.meta.url);
+
+/** prom-client is an optional peer dependency of podpool: where it is not installed, the metrics row is left out. */
+function promClientInstalled(): boolean {
+  try {
+    require.resolve('prom-client');
+    return true;
+  } catch {
+    return false;
+  }
+}
+
 /** podpoolMetrics() on the pool, in a registry of its own: every call observed, as a scraped service's would be. */
 const withMetrics: PodpoolModeOptions['attach'] = (pool) => {
+  const { Registry } = require('prom-client') as typeof import('prom-client');
   const metrics = podpoolMetrics(pool, { registry: new Registry() });
   return () => metrics.close();
 };
@@ -89,7 +102,7 @@ export async function overhead(options: ScenarioOptions, cluster?: Cluster): Pro
       const podpool = (label?: string, attach?: PodpoolModeOptions['attach']): Mode =>
         podpoolMode(wire, 'round-robin', { source: staticSource, ...(wire === 'http' && { agent }), ...(label !== undefined && { label, attach }) });
       // The plain client, podpool, and podpool with its Prometheus metrics on (a registry per client's pool).
-      const pair: Mode[] = [wire === 'http' ? httpPlain(options.inflight) : grpcPlain, podpool(), podpool('metrics', withMetrics)];
+      const pair: Mode[] = [wire === 'http' ? httpPlain(options.inflight) : grpcPlain, podpool(), ...(promClientInstalled() ? [podpool('metrics', withMetrics)] : [])];
       const rows: ModeResult[] = [];
       // Warm both up first (JIT, connections, the pods process): the first run would pay for it.
       for (const mode of pair) {
