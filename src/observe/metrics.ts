@@ -53,7 +53,8 @@ const OPTION_NAMES = optionNames<PodpoolMetricsOptions>({ registry: true, prefix
 /** Call latency from 100 µs (a pod on the same node answering at once) to 10 s. */
 const DURATION_BUCKETS = Object.freeze([0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10]);
 
-const MEMBER_STATES = Object.freeze(['connecting', 'ready', 'ejected', 'draining', 'closed'] as const);
+/** The states `member_state` shows: a closed member's series are gone, so `closed` would always be 0. */
+const MEMBER_STATES = Object.freeze(['connecting', 'ready', 'ejected', 'draining'] as const);
 const OUTCOMES = Object.freeze(['answered', 'failed', 'abandoned', 'unrecorded'] as const);
 type Outcome = (typeof OUTCOMES)[number];
 
