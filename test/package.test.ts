@@ -221,7 +221,7 @@ describe('the installed package', { timeout: 600_000 }, () => {
 
   it('npx podpool: --version, --help for every command, exit 2 on a mistake', async (t) => {
     assert.equal((await ok(t, 'npx', ['podpool', '--version'], { cwd: project })).stdout, `${VERSION}\n`);
-    for (const command of [[], ['endpoints'], ['bench'], ['demo']]) {
+    for (const command of [[], ['endpoints'], ['bench'], ['demo'], ['top']]) {
       const out = await ok(t, 'npx', ['podpool', ...command, '--help'], { cwd: project });
       assert.match(out.stdout, /usage|flags/, command.join(' '));
     }
