@@ -182,6 +182,8 @@ describe('fuzz: a pool, its calls and its adapters', () => {
       ready: (_fn, o) => pool.ready(o as never),
       httpDispatcher: (_fn, o) => podpool.httpDispatcher(pool as never, o as never),
       grpcChannel: (_fn, o) => podpool.grpcChannel(pool as never, o as never),
+      podpoolMetrics: (_fn, o) => podpool.podpoolMetrics(pool as never, o as never),
+      podpoolDebugServer: (_fn, o) => podpool.podpoolDebugServer(o as never),
     };
     /** Calls still waiting (a far deadline, more pods than there are): closing the pool ends them. */
     const pending: { what: string; outcome: Promise<unknown> }[] = [];
@@ -201,11 +203,16 @@ describe('fuzz: a pool, its calls and its adapters', () => {
             return;
           }
           if (outcome instanceof Promise) {
+            // What resolves to something that runs (a debug server listening) is closed at once.
+            const running = (outcome as Promise<unknown>).then(async (value: unknown) => {
+              if (value !== null && typeof value === 'object' && typeof (value as { close?: unknown }).close === 'function') await (value as { close(): Promise<void> }).close();
+              return value;
+            });
             // A call asked to wait long (a far deadline, more pods than there are) is cut short
             // below by closing a pool of its own; here the pool is shared, so only short waits.
-            const settled = await Promise.race([outcome.then(() => 'done', (error: unknown) => error), flush().then(flush).then(() => 'pending')]);
+            const settled = await Promise.race([running.then(() => 'done', (error: unknown) => error), flush().then(flush).then(() => 'pending')]);
             if (settled !== 'done' && settled !== 'pending') assertPodpoolError(settled, what);
-            if (settled === 'pending') pending.push({ what, outcome });
+            if (settled === 'pending') pending.push({ what, outcome: running });
           } else if (outcome !== null && typeof outcome === 'object' && 'close' in outcome) {
             await (outcome as { close(): Promise<void> | void }).close();
           }
