@@ -25,8 +25,9 @@ export interface PickerContext {
 }
 
 /**
- * A picker is a frozen snapshot of the members that may take new work, built again whenever
- * membership or readiness changes. `pick()` is synchronous and does not allocate.
+ * A picker is a frozen snapshot of the members that may take new work, built again once per
+ * burst of membership or readiness changes (at the first pick after them, or in a microtask).
+ * `pick()` is synchronous and does not allocate.
  */
 export interface Picker<M extends Pickable> {
   /**
