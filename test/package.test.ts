@@ -112,6 +112,19 @@ console.log(JSON.stringify({
 `;
 
 /** Loads the library and lists every module it loaded, through Node's module hooks. */
+// A service that turns metrics on without installing prom-client.
+const METRICS_WITHOUT_PROM_CLIENT = `
+import { createPool, podpoolMetrics, staticEndpoints, udpTransport } from 'podpool';
+const pool = createPool({ source: staticEndpoints([]), transport: udpTransport() });
+try {
+  podpoolMetrics(pool);
+  console.log(JSON.stringify({ code: 'none', message: 'no error' }));
+} catch (error) {
+  console.log(JSON.stringify({ code: error.code, message: error.message }));
+}
+await pool.close();
+`;
+
 const LOADED = `
 import { registerHooks } from 'node:module';
 const loaded = [];
@@ -210,6 +223,14 @@ describe('the installed package', { timeout: 600_000 }, () => {
       loaded.filter((url) => /\/podpool\/dist\/(bench|testkit|test)\/|\/node_modules\/(vega|vega-lite|dns-packet)\//.test(url)),
       [],
     );
+  });
+
+  it('podpoolMetrics() without prom-client (an optional peer, not installed here) says what to install', async (t) => {
+    assert.equal(existsSync(join(project, 'node_modules/prom-client')), false, 'npm does not install an optional peer');
+    const out = await ok(t, process.execPath, ['--input-type=module', '-e', METRICS_WITHOUT_PROM_CLIENT], { cwd: project });
+    const { code, message } = JSON.parse(out.stdout) as { code: string; message: string };
+    assert.equal(code, 'PODPOOL_NOT_SUPPORTED');
+    assert.match(message, /npm install prom-client/);
   });
 
   it('compiles a TypeScript consumer with skipLibCheck false, target and lib es2022', async (t) => {
