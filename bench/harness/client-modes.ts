@@ -26,7 +26,7 @@ import {
   type Transport,
   type WebSocketClient,
 } from '../../src/index.ts';
-import { HEADLESS_NAME, type Cluster } from './cluster.ts';
+import type { BenchCluster } from './cluster.ts';
 import type { Caller } from './load.ts';
 import { EchoClient, POD_PORTS, type EchoClientInstance } from './pods.ts';
 
@@ -58,7 +58,7 @@ export interface Mode {
   /** What one client holds with `pods` pods ready. */
   connections(pods: number): Connections;
   /** Opens one client application instance; resolves once it can send. */
-  open(cluster: Cluster, options: ModeOptions): Promise<Caller>;
+  open(cluster: BenchCluster, options: ModeOptions): Promise<Caller>;
 }
 
 /** One long-lived connection to the ClusterIP. */
@@ -109,7 +109,7 @@ export const BALANCERS: Record<string, () => Balancer> = {
 };
 
 /** What podpool discovers the pods with in the bench: the headless name, through cluster DNS. */
-export type SourceFactory = (cluster: Cluster, port: number) => EndpointSource | Promise<EndpointSource>;
+export type SourceFactory = (cluster: BenchCluster, port: number) => EndpointSource | Promise<EndpointSource>;
 
 /** The ready pods as they are now, listed once: for scenarios where discovery is beside the point. */
 export const staticSource: SourceFactory = (cluster, port) =>
@@ -119,18 +119,18 @@ export const staticSource: SourceFactory = (cluster, port) =>
 export const DNS_REFRESH_MS = 1_000;
 
 /**
- * The headless name through cluster DNS, whose server is named (as a pod's resolv.conf would):
- * the machine's own resolver never hears of the bench's names. The userspace stand-in's pods are
- * on 127.x, which dnsEndpoints refuses unless told (the iptables stand-in's are on 10.244.x, in
- * the bench's namespace, and need nothing).
+ * The headless name through cluster DNS. In the stand-ins its server is named (as a pod's
+ * resolv.conf would): the machine's own resolver never hears of the bench's names; in a real
+ * cluster the pod's resolver answers. The userspace stand-in's pods are on 127.x, which
+ * dnsEndpoints refuses unless told (`allowAddresses`).
  */
 export const dnsSource: SourceFactory = (cluster, port) =>
   dnsEndpoints({
-    host: HEADLESS_NAME,
+    host: cluster.headlessName,
     port,
     refreshMs: DNS_REFRESH_MS,
-    servers: [cluster.dnsServer],
-    ...(cluster.standIn === 'userspace' && { allowAddresses: ['loopback'] }),
+    ...(cluster.dnsServer !== undefined && { servers: [cluster.dnsServer] }),
+    allowAddresses: cluster.allowAddresses,
   });
 
 /**

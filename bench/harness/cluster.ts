@@ -8,7 +8,7 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import { DnsServer } from '../../testkit/dns-server.ts';
 import { FakeApiServer, endpointSlice } from '../../testkit/fake-apiserver.ts';
 import { kubernetesEndpoints } from '../../src/discovery/kubernetes.ts';
-import type { EndpointSource } from '../../src/index.ts';
+import type { AddressRange, EndpointSource } from '../../src/index.ts';
 import { PodFleet, POD_PORTS, type KillResult, type PodCounts, type Protocol, type Recycling } from './pods.ts';
 import { clusterDnsTarget } from './grpc-resolver.ts';
 import {
@@ -65,7 +65,69 @@ export interface ClusterAddress {
   readonly port: number;
 }
 
-export class Cluster {
+/**
+ * What a scenario runs against: the stand-in ({@link Cluster}) on this machine, or a real cluster
+ * seen from a pod inside it (`KubeCluster`, kube/in-cluster.ts). Scenarios, client modes and
+ * `measure` know only this, so the stand-in and a real cluster run one code path: the only
+ * difference is where the pods, the ClusterIP and the DNS server come from, and who adds, removes
+ * and restarts pods.
+ */
+export interface BenchCluster {
+  readonly standIn: StandIn;
+  readonly standInReason: string;
+  /** The headless Service's DNS name. */
+  readonly headlessName: string;
+  /**
+   * `ip:port` of the DNS server that answers {@link headlessName}; `undefined` in a real cluster,
+   * where the pod's own resolver does.
+   */
+  readonly dnsServer: string | undefined;
+  /** Address ranges podpool's DNS and Kubernetes sources must accept here (loopback pods). */
+  readonly allowAddresses: readonly AddressRange[];
+  /** The grpc-js target that resolves the headless name for `port` (round_robin's row). */
+  grpcDnsTarget(port?: number): string;
+  /** Where clients dial the Service's ClusterIP for `protocol`. */
+  clusterAddress(protocol: 'http' | 'grpc' | 'ws'): ClusterAddress;
+  /** Every pod seen so far, in the order first seen; `gone` once it left for good. */
+  readonly pods: readonly PodInfo[];
+  readyPods(): PodInfo[];
+  readyAddresses(): string[];
+  /** Brings the ready pods to `count` (up or down); resolves with the pods added, once they are ready. */
+  scale(count: number): Promise<PodInfo[]>;
+  /** One pod more; resolves once it is ready. */
+  addPod(): Promise<PodInfo>;
+  /** Replaces every pod once under load, as a Deployment's rolling update does. */
+  rollingRestart(options: RollingRestartOptions): Promise<{ replaced: number }>;
+  /** The pod's process dies (connections reset, its address refuses); it stays listed until {@link removeFromSource}. */
+  killPod(name: string): Promise<KillResult>;
+  /** The control plane takes the pod out (deleted), whether it still serves or died. */
+  removeFromSource(name: string): Promise<void>;
+  /** How every pod's HTTP server recycles keep-alive connections (`undefined`: never). */
+  setRecycling(recycling: Recycling | undefined): Promise<void>;
+  /** Multiplies the pod's service time by `factor` (1 restores it). */
+  slowPod(name: string, factor: number): Promise<void>;
+  /** What each pod served so far, by pod name. */
+  counts(): Promise<PodCounts>;
+  /** podpool's Kubernetes source for the headless Service's port `port` (a pod port number). */
+  kubernetesSource(port: number): Promise<EndpointSource>;
+  /** Resolves once every change so far reached the sources' watches. */
+  published(): Promise<unknown>;
+  close(): Promise<void>;
+}
+
+/** How a rolling restart goes: the stand-in paces it over the load; a Deployment paces itself. */
+export interface RollingRestartOptions {
+  /** Stops starting replacements (the load is over). */
+  readonly signal: AbortSignal;
+  /** The load's planned length: the stand-in spreads the N replacements over it. */
+  readonly durationMs: number;
+  /** How long a terminating pod may finish in-flight work. */
+  readonly graceMs: number;
+  /** The pods' `preStop` sleep: endpoints change first, the pod stops accepting this much later. */
+  readonly preStopMs: number;
+}
+
+export class Cluster implements BenchCluster {
   readonly standIn: StandIn;
   readonly standInReason: string;
   readonly #fleet: PodFleet;
@@ -119,17 +181,24 @@ export class Cluster {
     return cluster;
   }
 
+  readonly headlessName = HEADLESS_NAME;
+
   /** `host:port` of the DNS server that answers {@link HEADLESS_NAME}. */
   get dnsServer(): string {
     return this.#dns.address;
+  }
+
+  /** Pods on 127.x where the stand-in has no namespace: podpool's sources refuse loopback unless told. */
+  get allowAddresses(): readonly AddressRange[] {
+    return this.standIn === 'userspace' ? ['loopback'] : [];
   }
 
   /**
    * The grpc-js target that resolves the headless name at the cluster's DNS server, with
    * grpc-js's own `dns:` resolver rules (see grpc-resolver.ts), in both stand-ins.
    */
-  grpcDnsTarget(): string {
-    return clusterDnsTarget(this.#dns.address, HEADLESS_NAME, POD_PORTS.grpc);
+  grpcDnsTarget(port: number = POD_PORTS.grpc): string {
+    return clusterDnsTarget(this.#dns.address, HEADLESS_NAME, port);
   }
 
   /** Where clients dial the Service's ClusterIP for `protocol`. */
@@ -160,11 +229,18 @@ export class Cluster {
     return `${prefix}.${1 + Math.floor(n / 250)}.${1 + (n % 250)}`;
   }
 
-  /** Starts pods until `count` are ready. */
+  /**
+   * Starts pods until `count` are ready, or takes the newest out (terminated at once, no grace)
+   * until `count` are left.
+   */
   async scale(count: number): Promise<PodInfo[]> {
     const added: PodInfo[] = [];
     const wanted = count - this.readyPods().length;
-    if (wanted <= 0) return added;
+    if (wanted < 0) {
+      for (const pod of this.readyPods().slice(count).reverse()) await this.terminatePod(pod.name, 0);
+      return added;
+    }
+    if (wanted === 0) return added;
     const pods: PodInfo[] = [];
     for (let i = 0; i < wanted; i++) {
       const n = this.#next++;
@@ -219,6 +295,25 @@ export class Cluster {
   }
 
   /**
+   * Replaces every pod once, one at a time, spread over the load: a new pod becomes ready, then
+   * an old one turns terminating (out of DNS, the ClusterIP and the EndpointSlice's ready set),
+   * sleeps its preStop, finishes its in-flight work within the grace period, and is gone.
+   */
+  async rollingRestart({ signal, durationMs, graceMs, preStopMs }: RollingRestartOptions): Promise<{ replaced: number }> {
+    const old = this.readyPods();
+    const step = durationMs / (old.length + 1);
+    let replaced = 0;
+    for (const pod of old) {
+      await sleep(step * 0.6);
+      if (signal.aborted) break;
+      await this.addPod();
+      await this.terminatePod(pod.name, graceMs, preStopMs);
+      replaced++;
+    }
+    return { replaced };
+  }
+
+  /**
    * The pod's process dies (see {@link PodFleet.kill}): its address refuses connections (in the
    * iptables stand-in too: the address stays on the namespace's lo, so the kernel answers RST),
    * and it stays in DNS, the EndpointSlice and behind the ClusterIP until
@@ -236,7 +331,7 @@ export class Cluster {
    * Takes a pod out of DNS, the ClusterIP and the EndpointSlice at once, as the control plane does
    * when a pod is deleted, without touching its server (whether it still serves or died).
    */
-  removeFromSource(name: string): void {
+  async removeFromSource(name: string): Promise<void> {
     const pod = this.#pods.find((p) => p.name === name);
     if (!pod || pod.gone) return;
     pod.ready = false;

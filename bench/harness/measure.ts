@@ -2,7 +2,7 @@
  * Runs one mode against the cluster and turns what the pods served and the clients saw into one
  * row of a report.
  */
-import type { Cluster } from './cluster.ts';
+import type { BenchCluster } from './cluster.ts';
 import type { Kind, Mode } from './client-modes.ts';
 import { Gate, coefficientOfVariation, percentileMs, round, runLoad, type Caller, type LoadResult } from './load.ts';
 import type { PodCounts } from './pods.ts';
@@ -75,7 +75,7 @@ export interface Measured {
 }
 
 /** Opens `clients` instances of the mode, loads them, closes them and reports. */
-export async function measure(cluster: Cluster, mode: Mode, options: MeasureOptions): Promise<Measured> {
+export async function measure(cluster: BenchCluster, mode: Mode, options: MeasureOptions): Promise<Measured> {
   const { clients, inflight, durationMs } = options;
   const maxRequests = options.maxRequests ?? Math.ceil((durationMs / 1000) * 20_000);
   const callers: Caller[] = [];
@@ -188,7 +188,7 @@ export function servedBetween(before: PodCounts, after: PodCounts, counter: keyo
 const MAX_PLACE_TRIES = 200;
 
 /** Opens client `index`, again and again until `place` accepts the pod its connection reached. */
-async function openPlaced(cluster: Cluster, mode: Mode, inflight: number, index: number, place: MeasureOptions['place']): Promise<Caller> {
+async function openPlaced(cluster: BenchCluster, mode: Mode, inflight: number, index: number, place: MeasureOptions['place']): Promise<Caller> {
   for (let tries = 0; tries < MAX_PLACE_TRIES; tries++) {
     const caller = await mode.open(cluster, { inflight, client: index });
     if (!place) return caller;

@@ -18,7 +18,11 @@ import { once } from 'node:events';
 import { rmSync } from 'node:fs';
 import { createServer, connect, type Server, type Socket } from 'node:net';
 
-export type StandIn = 'iptables' | 'userspace';
+/**
+ * What plays the Service's part: `iptables` and `userspace` are this machine's stand-ins;
+ * `kubernetes` is a real cluster (`podpool bench --cluster`).
+ */
+export type StandIn = 'iptables' | 'userspace' | 'kubernetes';
 
 /** Names of namespaces this tool creates; leftovers of a crashed run are recognised by it. */
 export const NETNS_PREFIX = 'podpool-bench-';

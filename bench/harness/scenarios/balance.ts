@@ -8,7 +8,7 @@
  * an agent with the same number of sockets per client in every row, where kube-proxy spreads
  * some, since the ClusterIP DNATs each socket on its own.
  */
-import { Cluster } from '../cluster.ts';
+import { Cluster, type BenchCluster } from '../cluster.ts';
 import { BALANCERS, grpcKubeProxy, grpcRoundRobin, httpBalancedPool, httpKubeProxy, podpoolMode, wsKubeProxy, type HttpAgent, type Mode, type Wire } from '../client-modes.ts';
 import { measure, type ModeResult } from '../measure.ts';
 import { balanceChart, formatTable, reportHead, type ScenarioReport } from '../report.ts';
@@ -52,7 +52,7 @@ export function expectedPodsReached(pods: number, sockets: number): number {
   return pods * (1 - (1 - 1 / pods) ** sockets);
 }
 
-export async function balance(options: ScenarioOptions, cluster?: Cluster): Promise<ScenarioOutput> {
+export async function balance(options: ScenarioOptions, cluster?: BenchCluster): Promise<ScenarioOutput> {
   const wires = options.wires ?? ['http', 'grpc', 'ws'];
   const balancers = options.balancers ?? Object.keys(BALANCERS).filter((b) => b !== 'peak-ewma');
   const own = cluster === undefined;

@@ -9,7 +9,7 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import { createPool, httpTransport, type Pool } from '../../../src/index.ts';
 import { udpTransport, type UdpClient } from '../../../src/transport/udp.ts';
 import { webSocketTransport, type WebSocketClient } from '../../../src/transport/websocket.ts';
-import { Cluster, HEADLESS_NAME } from '../cluster.ts';
+import { Cluster, type BenchCluster } from '../cluster.ts';
 import { dnsSource } from '../client-modes.ts';
 import { coefficientOfVariation, round } from '../load.ts';
 import type { ModeResult } from '../measure.ts';
@@ -36,7 +36,7 @@ interface BroadcastMode {
   client: string;
   transport: string;
   counts: CountKey;
-  open(cluster: Cluster): Promise<Broadcaster>;
+  open(cluster: BenchCluster): Promise<Broadcaster>;
 }
 
 async function readyPool<C>(pool: Pool<C>, n: number): Promise<Pool<C>> {
@@ -116,10 +116,11 @@ const loop: BroadcastMode = {
   counts: 'httpBroadcasts',
   async open(cluster) {
     const resolver = new Resolver({ timeout: 2_000, tries: 2 });
-    resolver.setServers([cluster.dnsServer]);
+    // The stand-in's DNS server; in a real cluster, the pod's own resolver.
+    if (cluster.dnsServer !== undefined) resolver.setServers([cluster.dnsServer]);
     return {
       async broadcast(seq) {
-        const addresses = await resolver.resolve4(HEADLESS_NAME);
+        const addresses = await resolver.resolve4(cluster.headlessName);
         let failed = 0;
         for (const host of addresses) {
           try {
@@ -156,7 +157,7 @@ function delivered(before: PodCounts, after: PodCounts, key: CountKey, names: re
   return perPod;
 }
 
-export async function broadcast(options: ScenarioOptions & { sizes?: readonly number[] }, cluster?: Cluster): Promise<ScenarioOutput> {
+export async function broadcast(options: ScenarioOptions & { sizes?: readonly number[] }, cluster?: BenchCluster): Promise<ScenarioOutput> {
   const sizes = options.sizes ?? SIZES;
   const own = cluster === undefined;
   cluster ??= await Cluster.start({ pods: sizes[0]!, protocols: ['http', 'ws', 'udp'], concurrency: options.concurrency, serviceMs: options.serviceMs });

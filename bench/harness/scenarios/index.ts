@@ -8,10 +8,10 @@ import { overhead } from './overhead.ts';
 import { serverRecycles } from './server-recycles.ts';
 import { killedPod } from './killed-pod.ts';
 import { subset } from './subset.ts';
-import type { Cluster } from '../cluster.ts';
+import type { BenchCluster } from '../cluster.ts';
 
 /** Every scenario `podpool bench` runs, by name. */
-export const SCENARIOS: Record<string, (options: ScenarioOptions, cluster?: Cluster) => Promise<ScenarioOutput>> = {
+export const SCENARIOS: Record<string, (options: ScenarioOptions, cluster?: BenchCluster) => Promise<ScenarioOutput>> = {
   balance,
   'slow-pod': slowPod,
   'scale-up': scaleUp,

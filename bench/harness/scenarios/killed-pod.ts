@@ -6,7 +6,7 @@
  * the others lose at most the calls that were in flight on that pod when it died.
  */
 import { setTimeout as sleep } from 'node:timers/promises';
-import { Cluster, type PodInfo } from '../cluster.ts';
+import { Cluster, type BenchCluster, type PodInfo } from '../cluster.ts';
 import { grpcKubeProxy, httpKubeProxy, podpoolMode, type Mode } from '../client-modes.ts';
 import type { Caller } from '../load.ts';
 import { measure, servedBetween, type ModeResult } from '../measure.ts';
@@ -51,7 +51,7 @@ function memberSum(callers: readonly Caller[], address: string, figure: 'inFligh
   return sum;
 }
 
-export async function killedPod(options: ScenarioOptions, cluster?: Cluster): Promise<ScenarioOutput> {
+export async function killedPod(options: ScenarioOptions, cluster?: BenchCluster): Promise<ScenarioOutput> {
   const own = cluster === undefined;
   cluster ??= await Cluster.start({ pods: options.pods, protocols: ['http', 'grpc'], concurrency: options.concurrency, serviceMs: options.serviceMs });
   const durationMs = options.durationS * 1000;
@@ -93,7 +93,7 @@ export async function killedPod(options: ScenarioOptions, cluster?: Cluster): Pr
           // Calls the clients sent to the dead pod before they heard its connections reset (a
           // reset is an event away): they too were on the pod when it was found dead.
           const startedAfter = memberSum(callers, victim.address, 'requests');
-          cluster!.removeFromSource(victim.name);
+          await cluster!.removeFromSource(victim.name);
           return {
             killed: victim.name,
             ...(inFlightAtKill !== undefined && { inFlightAtKill }),
@@ -103,8 +103,8 @@ export async function killedPod(options: ScenarioOptions, cluster?: Cluster): Pr
         },
       });
       results.push(row);
-      // Back to N pods for the next row.
-      await cluster.addPod();
+      // Back to N pods for the next row (a Deployment replaces the deleted pod by itself).
+      await cluster.scale(options.pods);
     }
     const report: ScenarioReport = {
       ...reportHead('killed-pod', cluster, options),

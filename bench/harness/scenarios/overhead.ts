@@ -5,7 +5,7 @@
  */
 import * as grpc from '@grpc/grpc-js';
 import { Pool } from 'undici';
-import { Cluster } from '../cluster.ts';
+import { Cluster, type BenchCluster } from '../cluster.ts';
 import { createRequire } from 'node:module';
 import { podpoolMetrics } from '../../../src/index.ts';
 import { onePerPod, podpoolMode, staticSource, type Mode, type PodpoolModeOptions } from '../client-modes.ts';
@@ -89,7 +89,7 @@ const grpcPlain: Mode = {
   },
 };
 
-export async function overhead(options: ScenarioOptions, cluster?: Cluster): Promise<ScenarioOutput> {
+export async function overhead(options: ScenarioOptions, cluster?: BenchCluster): Promise<ScenarioOutput> {
   const own = cluster === undefined;
   // Unbounded, instant pods: only the client's work is left to measure.
   cluster ??= await Cluster.start({ pods: options.pods, protocols: ['http', 'grpc'], concurrency: 1_000_000, serviceMs: 0 });

@@ -3,8 +3,7 @@
  * then an old one turns terminating (out of DNS, the ClusterIP and the EndpointSlice's ready set),
  * finishes its in-flight work within a grace period, and is gone. Failed requests and p99 per mode.
  */
-import { setTimeout as sleep } from 'node:timers/promises';
-import { Cluster } from '../cluster.ts';
+import { Cluster, type BenchCluster } from '../cluster.ts';
 import { DISCOVERY_SOURCES, DNS_REFRESH_MS, grpcKubeProxy, grpcRoundRobin, httpBalancedPool, httpKubeProxy, podpoolMode, type Mode } from '../client-modes.ts';
 import { round } from '../load.ts';
 import { measure, type ModeResult } from '../measure.ts';
@@ -40,7 +39,7 @@ export function rollingRestartModes(options: { pods: number; inflight: number })
   ];
 }
 
-export async function rollingRestart(options: ScenarioOptions, cluster?: Cluster): Promise<ScenarioOutput> {
+export async function rollingRestart(options: ScenarioOptions, cluster?: BenchCluster): Promise<ScenarioOutput> {
   const own = cluster === undefined;
   cluster ??= await Cluster.start({ pods: options.pods, concurrency: options.concurrency, serviceMs: options.serviceMs });
   const durationMs = options.durationS * 1000;
@@ -53,19 +52,7 @@ export async function rollingRestart(options: ScenarioOptions, cluster?: Cluster
         durationMs,
         label: `rolling-restart · ${mode.wire} · ${mode.client}`,
         holdForDuring: true,
-        during: async ({ signal }) => {
-          const old = cluster!.readyPods();
-          const step = durationMs / (old.length + 1);
-          let replaced = 0;
-          for (const pod of old) {
-            await sleep(step * 0.6);
-            if (signal.aborted) break;
-            await cluster!.addPod();
-            await cluster!.terminatePod(pod.name, GRACE_MS, PRE_STOP_MS);
-            replaced++;
-          }
-          return { replaced };
-        },
+        during: ({ signal }) => cluster!.rollingRestart({ signal, durationMs, graceMs: GRACE_MS, preStopMs: PRE_STOP_MS }),
       });
       // Requests, not pods, are what a restart must not lose.
       row.errorRate = row.requests + row.errors === 0 ? 0 : round(row.errors / (row.requests + row.errors), 4);

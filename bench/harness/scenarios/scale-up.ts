@@ -5,7 +5,7 @@
  * connections only, and long-lived clients open none.
  */
 import { setTimeout as sleep } from 'node:timers/promises';
-import { Cluster } from '../cluster.ts';
+import { Cluster, type BenchCluster } from '../cluster.ts';
 import { DISCOVERY_SOURCES, grpcKubeProxy, grpcRoundRobin, httpKubeProxy, podpoolMode, type Mode } from '../client-modes.ts';
 import { round } from '../load.ts';
 import { measure, type ModeResult } from '../measure.ts';
@@ -26,7 +26,7 @@ export function scaleUpModes(): Mode[] {
   return [httpKubeProxy(), grpcKubeProxy, ...podpool, grpcRoundRobin];
 }
 
-export async function scaleUp(options: ScenarioOptions, cluster?: Cluster): Promise<ScenarioOutput> {
+export async function scaleUp(options: ScenarioOptions, cluster?: BenchCluster): Promise<ScenarioOutput> {
   const own = cluster === undefined;
   cluster ??= await Cluster.start({ pods: options.pods, concurrency: options.concurrency, serviceMs: options.serviceMs });
   const durationMs = options.durationS * 1000;
@@ -68,7 +68,7 @@ export async function scaleUp(options: ScenarioOptions, cluster?: Cluster): Prom
       row.runMs = round(load.elapsedMs - addedAt, 0);
       results.push(row);
       // Back to N pods for the next client.
-      await cluster.terminatePod(added, 0);
+      await cluster.scale(n - 1);
     }
     const report: ScenarioReport = {
       ...reportHead('scale-up', cluster, options),

@@ -5,7 +5,7 @@
  * recycling off then on, with the same connections and load, and reports errors, pods used and
  * the throughput ratio on / off.
  */
-import { Cluster } from '../cluster.ts';
+import { Cluster, type BenchCluster } from '../cluster.ts';
 import { httpBalancedPool, httpKubeProxy, podpoolMode, type Mode } from '../client-modes.ts';
 import { round } from '../load.ts';
 import { measure, type ModeResult } from '../measure.ts';
@@ -31,7 +31,7 @@ export function serverRecyclesModes(options: { pods: number; inflight: number })
   return [httpKubeProxy(agent), podpoolMode('http', 'round-robin', { agent }), httpBalancedPool(agent)];
 }
 
-export async function serverRecycles(options: ScenarioOptions, cluster?: Cluster): Promise<ScenarioOutput> {
+export async function serverRecycles(options: ScenarioOptions, cluster?: BenchCluster): Promise<ScenarioOutput> {
   const own = cluster === undefined;
   cluster ??= await Cluster.start({ pods: options.pods, protocols: ['http'], concurrency: options.concurrency, serviceMs: options.serviceMs });
   try {

@@ -12,7 +12,7 @@
  * differ only by noise.
  */
 import type { PoolOptions } from '../../../src/index.ts';
-import { Cluster } from '../cluster.ts';
+import { Cluster, type BenchCluster } from '../cluster.ts';
 import { grpcKubeProxy, grpcRoundRobin, podpoolMode, type Mode } from '../client-modes.ts';
 import { round } from '../load.ts';
 import { measure, sentAgain, type ModeResult } from '../measure.ts';
@@ -68,7 +68,7 @@ export function drawProbability(clients: number, pods: number, k: number): numbe
 
 const FIGURES = ['throughput', 'p50Ms', 'p99Ms', 'p999Ms', 'slowPodShare'] as const;
 
-export async function slowPod(options: ScenarioOptions, cluster?: Cluster): Promise<ScenarioOutput> {
+export async function slowPod(options: ScenarioOptions, cluster?: BenchCluster): Promise<ScenarioOutput> {
   const own = cluster === undefined;
   cluster ??= await Cluster.start({ pods: options.pods, concurrency: options.concurrency, serviceMs: options.serviceMs });
   try {

@@ -13,7 +13,7 @@
 import { createHash } from 'node:crypto';
 import { subsetPolicy } from '../../../src/balance/subset.ts';
 import { createEndpoint, EndpointSet, staticEndpoints } from '../../../src/index.ts';
-import { Cluster, type PodInfo } from '../cluster.ts';
+import { Cluster, type BenchCluster, type PodInfo } from '../cluster.ts';
 import { podpoolMode, staticSource, type Connections, type Mode, type PodpoolModeOptions, type Wire } from '../client-modes.ts';
 import { round } from '../load.ts';
 import { measure, type ModeResult } from '../measure.ts';
@@ -96,7 +96,7 @@ export function churnOnePodAdded(pods: readonly PodInfo[], port: number, size: n
   return { mean: round(moved / places, 1), maxPerClient };
 }
 
-export async function subset(options: ScenarioOptions, cluster?: Cluster): Promise<ScenarioOutput> {
+export async function subset(options: ScenarioOptions, cluster?: BenchCluster): Promise<ScenarioOutput> {
   const wire = options.wires?.[0] ?? 'ws';
   const size = subsetSize(options.pods);
   const own = cluster === undefined;
