@@ -1,6 +1,7 @@
 /**
- * The stand-in cluster's pods, in their own process (so the clients' CPU does not serve them):
- * the bench forks this file and drives it over IPC with {@link PodFleet}.
+ * The bench's pods. In the stand-in cluster they run in their own process (so the clients' CPU
+ * does not serve them): the bench forks this file and drives it over IPC with {@link PodFleet}.
+ * On a real cluster each pod is one `podpool pod` process (pod-server.ts) around one {@link Pod}.
  *
  * A pod has bounded capacity: it serves at most `concurrency` requests at a time, each for
  * `serviceMs` (times its slow factor); the rest wait in its queue. So throughput grows with the
@@ -11,7 +12,7 @@ import { fork, type ChildProcess } from 'node:child_process';
 import { createSocket, type Socket as UdpSocket } from 'node:dgram';
 import { once } from 'node:events';
 import { createServer, type Server as HttpServer } from 'node:http';
-import { createServer as createNetServer, type Server as NetServer, type Socket } from 'node:net';
+import { createServer as createNetServer, isIPv6, type Server as NetServer, type Socket } from 'node:net';
 import * as grpc from '@grpc/grpc-js';
 import { WebSocketServer } from 'ws';
 // The pod side of podpool's WebSocket requests and datagrams, as a user's pod would take it.
@@ -72,25 +73,25 @@ export interface KillResult {
   readonly unanswered: number;
 }
 
+/** What one pod served and accepted (see {@link PodCounts}). */
+export interface PodCount {
+  http: number;
+  grpc: number;
+  ws: number;
+  wsMessages: number;
+  httpBroadcasts: number;
+  wsBroadcasts: number;
+  udp: number;
+  httpSockets: number;
+  wsSockets: number;
+}
+
 /**
  * Requests each pod served since it started, per protocol (and datagrams received), and the TCP
  * connections its HTTP and WebSocket servers accepted: what a row's "sockets" are, counted where
  * they arrive.
  */
-export type PodCounts = Record<
-  string,
-  {
-    http: number;
-    grpc: number;
-    ws: number;
-    wsMessages: number;
-    httpBroadcasts: number;
-    wsBroadcasts: number;
-    udp: number;
-    httpSockets: number;
-    wsSockets: number;
-  }
->;
+export type PodCounts = Record<string, PodCount>;
 
 type Command =
   | { op: 'add'; spec: PodSpec }
@@ -198,12 +199,16 @@ export class PodFleet {
   }
 }
 
-// ---- the pods process ---------------------------------------------------------------------
+// ---- a pod --------------------------------------------------------------------------------
 
-class Pod {
+/**
+ * One pod's servers on `spec.address` at {@link POD_PORTS}: HTTP, gRPC Echo, WebSocket requests
+ * and the UDP datagram receiver, for whichever protocols the spec names.
+ */
+export class Pod {
   readonly spec: PodSpec;
-  readonly counts = { http: 0, grpc: 0, ws: 0, wsMessages: 0, httpBroadcasts: 0, wsBroadcasts: 0, udp: 0, httpSockets: 0, wsSockets: 0 };
-  factor = 1;
+  readonly counts: PodCount = { http: 0, grpc: 0, ws: 0, wsMessages: 0, httpBroadcasts: 0, wsBroadcasts: 0, udp: 0, httpSockets: 0, wsSockets: 0 };
+  #factor = 1;
   #busy = 0;
   readonly #queue: (() => void)[] = [];
   readonly #sockets = new Set<Socket>();
@@ -229,12 +234,28 @@ class Pod {
         done();
         const next = this.#queue.shift();
         if (next) next();
-      }, this.spec.serviceMs * this.factor);
+      }, this.spec.serviceMs * this.#factor);
     };
     if (this.#busy < this.spec.concurrency) run();
     else this.#queue.push(run);
   }
 
+  /** What the pod's service time is multiplied by (1 unless {@link slow} said otherwise). */
+  get factor(): number {
+    return this.#factor;
+  }
+
+  /** Requests received and not answered yet: being served or queued. */
+  get pending(): number {
+    return this.#killed ? 0 : this.#busy + this.#queue.length;
+  }
+
+  /** Multiplies the service time of every request served from now on by `factor` (1 restores it). */
+  slow(factor: number): void {
+    this.#factor = factor;
+  }
+
+  /** Listens on every protocol of the spec; rejects if an address is taken. */
   async start(): Promise<void> {
     const { address, protocols, name } = this.spec;
     const reply = Buffer.from(name);
@@ -309,7 +330,8 @@ class Pod {
       this.#ws = { http, wss };
     }
     if (protocols.includes('udp')) {
-      const socket = createSocket('udp4');
+      // A pod of an IPv6 cluster has an IPv6 address only.
+      const socket = createSocket(isIPv6(address) ? 'udp6' : 'udp4');
       // Repeats and retries of a (sender, sequence) count once, as an application's would.
       datagramReceiver({ onMessage: () => this.counts.udp++ }).listen(socket);
       socket.bind(POD_PORTS.udp, address);
@@ -382,6 +404,8 @@ class Pod {
   }
 }
 
+// ---- the pods process ---------------------------------------------------------------------
+
 function podsProcess(): void {
   const pods = new Map<string, Pod>();
   let recycling: Recycling | undefined;
@@ -402,7 +426,7 @@ function podsProcess(): void {
       case 'slow': {
         const pod = pods.get(command.name);
         if (!pod) throw new Error(`no pod ${command.name}`);
-        pod.factor = command.factor;
+        pod.slow(command.factor);
         return undefined;
       }
       case 'kill': {

@@ -5,6 +5,7 @@
  *   podpool top <url> [--interval <ms>] [--once]
  *   podpool demo [flags]
  *   podpool bench <scenario> [flags]
+ *   podpool pod [flags]
  *   podpool --version | --help | <command> --help
  *
  * `demo` and `bench` run the stand-in cluster of bench/harness/ (compiled into the package as
@@ -20,6 +21,7 @@ import { ErrorCode, PodpoolError } from '../errors.ts';
 const USAGE = `usage: podpool <command> [flags]
   demo [flags]              the balance and slow-pod scenarios at a small size, with an HTML page of charts
   bench <scenario> [flags]  one benchmark scenario
+  pod [flags]               the bench's backend pod (HTTP, gRPC, WebSocket, UDP) with a control endpoint, for a container
   endpoints [flags]         print what a discovery source finds
   top <url> [flags]         a live table of a running service's pools (its podpoolDebugServer() endpoint)
   podpool <command> --help  a command's flags
@@ -47,6 +49,8 @@ export async function run(argv: string[]): Promise<number> {
     case 'demo':
     case 'bench':
       return bench(command, rest);
+    case 'pod':
+      return pod(rest);
     case 'endpoints':
       return guard(() => runEndpoints(rest), ENDPOINTS_USAGE);
     case 'top':
@@ -84,6 +88,13 @@ async function bench(command: 'bench' | 'demo', args: string[]): Promise<number>
   const code = await guard(() => module.main(command, args), module.USAGE);
   // A client that failed to close (the report says which) must not keep the bench alive.
   process.exit(code);
+}
+
+/** `podpool pod`: loaded only when asked for, and without the bench's packages (a pod needs none). */
+async function pod(args: string[]): Promise<number> {
+  // A literal specifier, so the build rewrites it to the compiled bench/harness/pod-server.js.
+  const module = (await import('../../bench/harness/pod-server.ts')) as { runPod(args: string[]): Promise<number>; POD_USAGE: string };
+  return guard(() => module.runPod(args), module.POD_USAGE);
 }
 
 function resolvable(name: string): boolean {
@@ -128,7 +139,7 @@ function isUsageError(error: unknown): error is Error {
 }
 
 /** The version in podpool's package.json, found from this file in the sources and in dist alike. */
-function version(): string {
+export function version(): string {
   const path = findPackageJSON(new URL('.', import.meta.url));
   if (path === undefined) return 'unknown';
   return (JSON.parse(readFileSync(path, 'utf8')) as { version: string }).version;
