@@ -6,7 +6,10 @@
 import { writeFileSync } from 'node:fs';
 import { parseArgs } from 'node:util';
 import { Cluster } from './cluster.ts';
-import { clearProgress, note } from './progress.ts';
+import { KubeCluster } from './kube/in-cluster.ts';
+import { formatEvent, type RunnerEvent } from './kube/protocol.ts';
+import { clearProgress, note, sendProgressTo } from './progress.ts';
+import { version } from '../../src/cli/commands.ts';
 import { RESULTS_DIR, renderSvg, writeResults, type ScenarioReport } from './report.ts';
 import { balance } from './scenarios/balance.ts';
 import type { ScenarioOptions, ScenarioOutput } from './scenarios/options.ts';
@@ -19,6 +22,15 @@ export const USAGE = `usage:
       --quick                       the smallest demo (3 pods, short runs): a few seconds, for a first look or a test
   podpool bench <scenario> [--pods N] [--clients C] [--duration S] [--json]
       scenarios: ${Object.keys(SCENARIOS).join(', ')}
+  podpool bench <scenario> --cluster [--kubeconfig F] [--context C] [--image I] [--namespace N] [flags]
+      the scenario on a real cluster: creates the backend Deployment, the Services, RBAC and a
+      client Job (in namespace N, or a new one), collects the results, deletes what it created
+      --image I                  the podpool image pods and the Job run (default podpool:<version>)
+  podpool bench manifests <scenario> [--image I] [--namespace N] [flags]
+      prints the same objects as YAML, for kubectl apply -f -
+  podpool bench collect <scenario> --namespace N [--kubeconfig F] [--context C]
+      follows the client Job of applied manifests, serves its requests, writes the results
+      --in-cluster               run as the client Job's pod does (bench --cluster starts it)
       --transport http,grpc,ws   wire protocols to compare (balance, overhead)
       --inflight K               requests in flight per client (default 16)
       --concurrency K            requests a pod serves at once (default 4)
@@ -63,6 +75,12 @@ const FLAGS = {
   transport: { type: 'string' },
   json: { type: 'boolean' },
   quick: { type: 'boolean' },
+  'in-cluster': { type: 'boolean' },
+  cluster: { type: 'boolean' },
+  kubeconfig: { type: 'string' },
+  context: { type: 'string' },
+  image: { type: 'string' },
+  namespace: { type: 'string' },
   help: { type: 'boolean', short: 'h' },
 } as const;
 
@@ -77,15 +95,82 @@ export async function main(command: 'bench' | 'demo', args: string[]): Promise<n
     return 0;
   }
   let scenario = 'demo';
+  let verb: 'run' | 'manifests' | 'collect' = 'run';
   if (command === 'bench') {
+    if (positionals[0] === 'manifests' || positionals[0] === 'collect') verb = positionals.shift() as 'manifests' | 'collect';
     scenario = positionals[0] ?? '';
     if (!(scenario in SCENARIOS)) throw new UsageError(`unknown scenario ${JSON.stringify(scenario)}\n${USAGE}`);
   }
+  const onCluster = values.cluster === true || verb !== 'run';
+  for (const flag of ['kubeconfig', 'context', 'image', 'namespace'] as const) {
+    if (values[flag] !== undefined && !onCluster) throw new UsageError(`--${flag} goes with --cluster, manifests or collect`);
+  }
+  if (command === 'demo' && (onCluster || values['in-cluster'])) throw new UsageError('demo runs on the stand-in only; on a cluster, run bench <scenario> --cluster');
+  if (values['in-cluster']) {
+    if (onCluster) throw new UsageError('--in-cluster is what the client Job runs; it goes with none of --cluster, manifests, collect');
+    return runInCluster(scenario, scenarioOptions(values, {}));
+  }
+  if (onCluster) return clusterCommand(verb, scenario, values);
   if (!currentNamespace() && detectStandIn().standIn === 'iptables') return runInNamespace();
   if (command === 'demo') return demo(values);
   const output = await SCENARIOS[scenario]!(scenarioOptions(values, {}));
   await emit(output, values.json === true);
   return 0;
+}
+
+/** The scenario's flags as the user gave them, for the client Job's command line. */
+const SCENARIO_FLAGS = ['pods', 'clients', 'duration', 'inflight', 'concurrency', 'service-ms', 'transport'] as const;
+
+/** `bench <scenario> --cluster`, `bench manifests <scenario>` and `bench collect <scenario>`. */
+async function clusterCommand(verb: 'run' | 'manifests' | 'collect', scenario: string, values: Record<string, string | boolean | undefined>): Promise<number> {
+  const options = scenarioOptions(values, {});
+  const runnerArgs = SCENARIO_FLAGS.flatMap((flag) => (typeof values[flag] === 'string' ? [`--${flag}`, values[flag] as string] : []));
+  const image = typeof values.image === 'string' ? values.image : `podpool:${version()}`;
+  const namespace = typeof values.namespace === 'string' ? values.namespace : undefined;
+  const cluster = {
+    image,
+    ...(namespace !== undefined && { namespace }),
+    ...(typeof values.kubeconfig === 'string' && { kubeconfig: values.kubeconfig }),
+    ...(typeof values.context === 'string' && { context: values.context }),
+  };
+  // Loaded only here: the stand-in never needs the orchestration code.
+  const { manifests, benchSpec } = await import('./kube/manifests.ts');
+  const { runOnCluster, collect } = await import('./kube/orchestrate.ts');
+  if (verb === 'manifests') {
+    process.stdout.write(manifests(benchSpec(scenario, options, cluster, runnerArgs)));
+    return 0;
+  }
+  if (verb === 'collect' && namespace === undefined) throw new UsageError('collect needs --namespace: the one the manifests were applied to');
+  const output = verb === 'collect' ? await collect(scenario, { ...cluster, namespace: namespace! }) : await runOnCluster(scenario, options, cluster, runnerArgs);
+  await emit(output, values.json === true);
+  return 0;
+}
+
+/**
+ * `bench <scenario> --in-cluster`: the client Job's pod. The scenario runs as on the stand-in,
+ * against the cluster its pod is in ({@link KubeCluster}); what it has to say goes to stdout as
+ * event lines for the command that started it (which follows the pod's log), the report last.
+ */
+async function runInCluster(scenario: string, options: ScenarioOptions): Promise<number> {
+  const send = (event: RunnerEvent): void => {
+    process.stdout.write(formatEvent(event));
+  };
+  sendProgressTo({ progress: (label, fraction) => send({ event: 'progress', label, fraction }), note: (message) => send({ event: 'note', message }) });
+  let cluster: KubeCluster | undefined;
+  try {
+    cluster = await KubeCluster.connect(options.pods, send);
+    send({ event: 'hello', scenario, pods: cluster.readyPods().length, version: version() });
+    const output = await SCENARIOS[scenario]!(options, cluster);
+    send({ event: 'result', report: output.report, ...(output.chart && { chart: output.chart }), table: output.table });
+    return 0;
+  } catch (error) {
+    const code = (error as { code?: unknown }).code;
+    send({ event: 'error', message: error instanceof Error ? error.message : String(error), ...(typeof code === 'string' && { code }) });
+    return 1;
+  } finally {
+    await cluster?.close();
+    sendProgressTo(undefined);
+  }
 }
 
 async function emit(output: ScenarioOutput, json: boolean): Promise<void> {
