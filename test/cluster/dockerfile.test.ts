@@ -16,7 +16,8 @@ import { once } from 'node:events';
 import { cp, mkdir, mkdtemp, readdir, readFile, rm, stat, symlink, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { delimiter, dirname, join, matchesGlob, relative } from 'node:path';
-import { after, before, describe, it } from 'node:test';
+import { after, before, describe, it, type TestContext } from 'node:test';
+import { loadAllYaml, type V1Deployment } from '@kubernetes/client-node';
 import { request } from 'undici';
 
 const REPO = join(import.meta.dirname, '..', '..');
@@ -140,15 +141,14 @@ describe('the Dockerfile', () => {
 
 describe('the image, built and run without Docker', { timeout: 600_000 }, () => {
   let work: string;
+  /** The runtime stage's /app, with podpool installed in it. */
+  let app: string;
+  const env = buildEnv();
+  let next = 0;
+  const host = (): string => `127.${200 + (process.pid % 40)}.${(process.pid >> 6) % 250}.${++next}`;
 
   before(async () => {
     work = await mkdtemp(join(tmpdir(), 'podpool-image-'));
-  });
-  after(async () => {
-    if (work) await rm(work, { recursive: true, force: true });
-  });
-
-  it('builds from the context .dockerignore leaves, installs with --omit=dev, and serves as podpool pod until SIGTERM', async (t) => {
     const stages = parseDockerfile(await readFile(join(REPO, 'Dockerfile'), 'utf8'));
     const patterns = (await readFile(join(REPO, '.dockerignore'), 'utf8'))
       .split('\n')
@@ -161,7 +161,6 @@ describe('the image, built and run without Docker', { timeout: 600_000 }, () => 
     // The build stage: its COPY lines, from the context only, into an empty directory.
     const src = join(work, 'src');
     await mkdir(src);
-    const env = buildEnv();
     for (const { keyword, args } of stages[0]!) {
       if (keyword === 'COPY') {
         const parts = args.split(/\s+/);
@@ -186,24 +185,24 @@ describe('the image, built and run without Docker', { timeout: 600_000 }, () => 
     assert.equal(tarball, `podpool-${VERSION}.tgz`);
 
     // The runtime stage's install, with its flags, into an empty /app.
-    const app = join(work, 'app');
+    app = join(work, 'app');
     await mkdir(app);
     await writeFile(join(app, 'package.json'), JSON.stringify({ name: 'app', private: true }));
     const install = stages.at(-1)!.find((i) => i.keyword === 'RUN' && /npm install/.test(i.args))!.args;
     const flags = install.split('&&')[0]!.split(/\s+/).filter((w) => w.startsWith('--'));
     const installed = await run('npm', ['install', ...flags, '--prefer-offline', join(work, tarball)], app, env);
     assert.equal(installed.code, 0, installed.stderr);
-    for (const dev of ['typescript', 'fast-check', 'prom-client']) {
-      await assert.rejects(stat(join(app, 'node_modules', dev)), `${dev}, a dev dependency, is not installed`);
-    }
-    await stat(join(app, 'node_modules', 'vega'));
-    await assert.rejects(stat(join(app, 'node_modules', 'podpool', 'src', 'index.ts')), 'no sources in the package');
+  });
 
-    // ENTRYPOINT ["podpool"], found on the PATH the image sets.
-    const host = `127.${200 + (process.pid % 40)}.${(process.pid >> 6) % 250}.1`;
-    const child = spawn('podpool', ['pod', '--host', host, '--name', 't', '--service-ms', '1'], {
+  after(async () => {
+    if (work) await rm(work, { recursive: true, force: true });
+  });
+
+  /** Runs the installed command as the ENTRYPOINT does (`podpool`, found on the PATH the image sets). */
+  async function entrypoint(t: TestContext, args: string[], extraEnv: NodeJS.ProcessEnv = {}) {
+    const child = spawn('podpool', args, {
       cwd: app,
-      env: { ...env, PATH: `${join(app, 'node_modules', '.bin')}${delimiter}${env.PATH}` },
+      env: { ...env, PATH: `${join(app, 'node_modules', '.bin')}${delimiter}${env.PATH}`, ...extraEnv },
       stdio: ['ignore', 'pipe', 'pipe'],
     });
     let stderr = '';
@@ -211,13 +210,51 @@ describe('the image, built and run without Docker', { timeout: 600_000 }, () => 
     const exited = once(child, 'exit') as Promise<[number | null, NodeJS.Signals | null]>;
     t.after(() => child.kill('SIGKILL'));
     const [line] = (await Promise.race([once(child.stdout.setEncoding('utf8'), 'data'), exited.then(() => assert.fail(stderr))])) as [string];
-    assert.match(line, new RegExp(`^podpool pod t ready on ${host.replaceAll('.', '\\.')}: http 8080, grpc 50051, ws 8081, udp 9090, control 9901\\n`));
-    const ready = await request(`http://${host}:9901/ready`, { reset: true });
+    return { child, exited, line, stderr: () => stderr };
+  }
+
+  it('installs no dev dependencies and no sources, and keeps the optional packages', async () => {
+    for (const dev of ['typescript', 'fast-check', 'prom-client']) {
+      await assert.rejects(stat(join(app, 'node_modules', dev)), `${dev}, a dev dependency, is not installed`);
+    }
+    await stat(join(app, 'node_modules', 'vega'));
+    await assert.rejects(stat(join(app, 'node_modules', 'podpool', 'src', 'index.ts')), 'no sources in the package');
+  });
+
+  it('runs podpool pod from the installed package: ready, serving, and exit 0 on SIGTERM', async (t) => {
+    const address = host();
+    const pod = await entrypoint(t, ['pod', '--host', address, '--name', 't', '--service-ms', '1']);
+    assert.match(pod.line, new RegExp(`^podpool pod t ready on ${address.replaceAll('.', '\\.')}: http 8080, grpc 50051, ws 8081, udp 9090, control 9901\\n`));
+    const ready = await request(`http://${address}:9901/ready`, { reset: true });
     assert.equal(ready.statusCode, 200);
     assert.equal(((await ready.body.json()) as { name: string }).name, 't');
-    const served = await request(`http://${host}:8080/`, { reset: true });
+    const served = await request(`http://${address}:8080/`, { reset: true });
     assert.equal(await served.body.text(), 't');
-    child.kill('SIGTERM');
-    assert.deepEqual(await exited, [0, null], stderr);
+    pod.child.kill('SIGTERM');
+    assert.deepEqual(await pod.exited, [0, null], pod.stderr());
+  });
+
+  it("runs examples/kubernetes' backend container as its manifest says, and its readiness probe passes", async (t) => {
+    const example = await readFile(join(REPO, 'examples', 'kubernetes', 'Dockerfile'), 'utf8');
+    assert.equal(parseDockerfile(example)[0]![0]!.args, `podpool:${VERSION}`, "the example's client builds on this image");
+    const backend = loadAllYaml(await readFile(join(REPO, 'examples', 'kubernetes', 'backend.yaml'), 'utf8')).find((o) => o?.kind === 'Deployment') as V1Deployment;
+    const [container] = backend.spec!.template.spec!.containers;
+    assert.equal(container!.image, `podpool:${VERSION}`);
+    assert.equal(container!.command, undefined, "args only: the image's ENTRYPOINT is podpool");
+    // The env the kubelet resolves from the downward API.
+    const address = host();
+    const fieldRefs: Record<string, string> = { 'metadata.name': 'echo-7d9c5b6f4-2xkqp', 'status.podIP': address };
+    const podEnv = Object.fromEntries(container!.env!.map((e) => [e.name, e.value ?? fieldRefs[e.valueFrom!.fieldRef!.fieldPath]]));
+    const pod = await entrypoint(t, container!.args!, podEnv);
+    assert.match(pod.line, /^podpool pod echo-7d9c5b6f4-2xkqp ready on /);
+    const probe = container!.readinessProbe!.httpGet!;
+    const port = container!.ports!.find((p) => p.name === probe.port || p.containerPort === probe.port)!.containerPort;
+    const ready = await request(`http://${address}:${port}${probe.path}`, { reset: true });
+    assert.equal(ready.statusCode, 200);
+    await ready.body.dump();
+    const http = container!.ports!.find((p) => p.name === 'http')!.containerPort;
+    assert.equal(await (await request(`http://${address}:${http}/hostname`, { reset: true })).body.text(), 'echo-7d9c5b6f4-2xkqp');
+    pod.child.kill('SIGTERM');
+    assert.deepEqual(await pod.exited, [0, null], pod.stderr());
   });
 });
