@@ -11,7 +11,7 @@
 import { fork, type ChildProcess } from 'node:child_process';
 import { createSocket, type Socket as UdpSocket } from 'node:dgram';
 import { once } from 'node:events';
-import { createServer, type Server as HttpServer } from 'node:http';
+import { createServer, type Server as HttpServer, type ServerResponse } from 'node:http';
 import { createServer as createNetServer, isIPv6, type Server as NetServer, type Socket } from 'node:net';
 import * as grpc from '@grpc/grpc-js';
 import { WebSocketServer } from 'ws';
@@ -213,6 +213,7 @@ export class Pod {
   readonly #queue: (() => void)[] = [];
   readonly #sockets = new Set<Socket>();
   #killed = false;
+  #terminating = false;
   #http: HttpServer | undefined;
   #grpc: { server: grpc.Server; listener: NetServer } | undefined;
   #ws: { http: HttpServer; wss: WebSocketServer } | undefined;
@@ -266,13 +267,13 @@ export class Pod {
         if (req.url === '/broadcast') {
           req.once('end', () => {
             this.counts.httpBroadcasts++;
-            res.end(reply);
+            this.#answer(res, reply);
           });
           return;
         }
         this.serve(() => {
           this.counts.http++;
-          res.end(reply);
+          this.#answer(res, reply);
         });
       });
       this.#track(server, 'httpSockets');
@@ -340,6 +341,16 @@ export class Pod {
     }
   }
 
+  /**
+   * Once terminating, an answer closes its keep-alive connection (`Connection: close`), as a
+   * server shutting down gracefully does: `close()` alone leaves a busy connection open, so the
+   * pod would wait out the whole grace period and then reset it.
+   */
+  #answer(res: ServerResponse, reply: Buffer): void {
+    if (this.#terminating) res.shouldKeepAlive = false;
+    res.end(reply);
+  }
+
   #track(server: HttpServer, counter: 'httpSockets' | 'wsSockets'): void {
     server.on('connection', (socket: Socket) => {
       this.counts[counter]++;
@@ -376,6 +387,7 @@ export class Pod {
   /** Like a pod given SIGTERM: stop listening, finish what is in flight (up to `graceMs`), exit. */
   async terminate(graceMs: number): Promise<void> {
     if (this.#killed) return;
+    this.#terminating = true;
     const closing: Promise<unknown>[] = [];
     if (this.#http) {
       const server = this.#http;
