@@ -7,6 +7,7 @@
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
 import { once } from 'node:events';
+import { createServer as createNetServer, type AddressInfo } from 'node:net';
 import { join } from 'node:path';
 import { describe, it, type TestContext } from 'node:test';
 import * as grpc from '@grpc/grpc-js';
@@ -246,7 +247,23 @@ describe('podpool pod', { timeout: 60_000 }, () => {
     await assert.rejects(slowPod(pod.host, Number.NaN), { code: 'PODPOOL_INVALID_ARGUMENT' });
   });
 
-  it('pod-control: a pod that does not answer is a PodpoolError naming its address', async () => {
+  it('listens on an IPv6 address (UDP too), and pod-control reaches it bracketed', async (t) => {
+    const child = spawn(process.execPath, ['--conditions=podpool-source', MAIN, 'pod', '--host', '::1', '--name', 'six', '--protocols', 'http,udp'], {
+      stdio: ['ignore', 'pipe', 'pipe'],
+    });
+    t.after(() => child.kill('SIGKILL'));
+    const [line] = (await once(child.stdout.setEncoding('utf8'), 'data')) as [string];
+    assert.equal(line, 'podpool pod six ready on ::1: http 8080, udp 9090, control 9901\n');
+    assert.equal(await (await request(`http://[::1]:${POD_PORTS.http}/`, { reset: true })).body.text(), 'six');
+    const udp = createPool<UdpClient>({ source: staticEndpoints([{ address: '::1', port: POD_PORTS.udp }]), transport: udpTransport() });
+    t.after(() => udp.close());
+    await udp.ready({ minEndpoints: 1 });
+    assert.equal((await udp.broadcast((client, _endpoint, delivery) => client.send('hello', delivery))).failed.length, 0);
+    const counts = await countsUntil('::1', (c) => c.counts.udp > 0);
+    assert.deepEqual([counts.name, counts.counts.http, counts.counts.udp], ['six', 1, 1]);
+  });
+
+  it('pod-control: a pod that does not answer is a PodpoolError naming its address', async (t) => {
     const nobody = address();
     await assert.rejects(podCounts(nobody), (error: Error & { code?: string }) => {
       assert.equal(error.code, 'PODPOOL_CONNECT_FAILED');
@@ -256,6 +273,18 @@ describe('podpool pod', { timeout: 60_000 }, () => {
     await assert.rejects(killPod('::1', { port: 1 }), (error: Error & { code?: string }) => {
       assert.equal(error.code, 'PODPOOL_CONNECT_FAILED');
       assert.match(error.message, /http:\/\/\[::1\]:1\/kill/, 'an IPv6 address is bracketed');
+      return true;
+    });
+    // A pod that takes the connection and never answers: the call's timeout ends it.
+    const silent = createNetServer(() => {});
+    const host = address();
+    silent.listen(0, host);
+    await once(silent, 'listening');
+    t.after(() => silent.close());
+    const { port } = silent.address() as AddressInfo;
+    await assert.rejects(slowPod(host, 2, { port, timeoutMs: 50 }), (error: Error & { code?: string }) => {
+      assert.equal(error.code, 'PODPOOL_TIMEOUT');
+      assert.match(error.message, new RegExp(`pod ${host.replaceAll('.', '\\.')} .* did not answer within 50 ms`));
       return true;
     });
   });
