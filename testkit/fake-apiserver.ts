@@ -183,6 +183,24 @@ const REASONS: Record<number, string> = {
 
 const PATH = /^\/apis\/discovery\.k8s\.io\/v1\/(?:namespaces\/([^/]+)\/)?endpointslices$/;
 
+/** The user a request made with the server's own token (or a client certificate) is, to an {@link ApiServerExtension}. */
+export const ADMIN_USER = 'kubernetes-admin';
+
+/**
+ * What {@link FakeApiServer.extend} plugs in to grow the server into a whole fake cluster: users
+ * of its own (ServiceAccount tokens), RBAC over the EndpointSlice list and watch, and every path
+ * the server does not serve itself. Without one the server behaves as before: one token, every
+ * other path 404.
+ */
+export interface ApiServerExtension {
+  /** The user a bearer token other than the server's own belongs to; undefined answers 401. */
+  authenticate(token: string): string | undefined;
+  /** Why `user` may not `verb` EndpointSlices in `namespace` (a Kubernetes-worded message), or undefined when it may. */
+  authorize(user: string, verb: 'list' | 'watch', namespace: string | undefined): string | undefined;
+  /** Answers a request for any path but the EndpointSlice list and watch; sets `record.status`. */
+  handle(req: IncomingMessage, res: ServerResponse, user: string, record: RequestRecord): void;
+}
+
 /**
  * The fake API server. Start it with {@link FakeApiServer.start}, point a client at it with
  * {@link FakeApiServer.kubeConfig}, change slices with {@link FakeApiServer.apply} and
@@ -212,6 +230,7 @@ export class FakeApiServer extends EventEmitter<{ request: [RequestRecord] }> {
   #compactedRv = 0;
   #forbidden = false;
   #seq = 0;
+  #extension: ApiServerExtension | undefined;
 
   private constructor(server: Server, url: string, token: string, maxPageSize: number) {
     super();
@@ -411,6 +430,11 @@ export class FakeApiServer extends EventEmitter<{ request: [RequestRecord] }> {
     return n;
   }
 
+  /** Plugs in more users, their RBAC and the paths beyond EndpointSlices (see {@link ApiServerExtension}). */
+  extend(extension: ApiServerExtension): void {
+    this.#extension = extension;
+  }
+
   /** While on, every authenticated request is refused with 403 (RBAC denies it). */
   forbid(on = true): void {
     this.#forbidden = on;
@@ -542,9 +566,12 @@ export class FakeApiServer extends EventEmitter<{ request: [RequestRecord] }> {
       res.writeHead(status, { 'Content-Type': 'application/json' });
       res.end(JSON.stringify(body));
     };
-    if (token !== this.token && clientCertificate === undefined) {
+    const user =
+      token === this.token || clientCertificate !== undefined ? ADMIN_USER : token === undefined ? undefined : this.#extension?.authenticate(token);
+    if (user === undefined) {
       return answer(401, statusObject(401, 'Unauthorized'));
     }
+    if (match === null && this.#extension !== undefined) return this.#extension.handle(req, res, user, record);
     if (match === null) return answer(404, statusObject(404, 'the server could not find the requested resource'));
     const namespace = match[1] === undefined ? undefined : decodeURIComponent(match[1]);
     if (this.#forbidden) {
@@ -553,6 +580,8 @@ export class FakeApiServer extends EventEmitter<{ request: [RequestRecord] }> {
         statusObject(403, `endpointslices.discovery.k8s.io is forbidden: User "system:serviceaccount:${namespace}:client" cannot ${watch ? 'watch' : 'list'} resource "endpointslices" in API group "discovery.k8s.io" in the namespace "${namespace}"`),
       );
     }
+    const denied = user === ADMIN_USER ? undefined : this.#extension?.authorize(user, watch ? 'watch' : 'list', namespace);
+    if (denied !== undefined) return answer(403, statusObject(403, denied));
     if (record.method !== 'GET') return answer(405, statusObject(405, `${record.method} is not allowed`));
     let selector: (labels: Record<string, string>) => boolean;
     try {
