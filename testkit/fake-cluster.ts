@@ -79,7 +79,11 @@ export interface FakeClusterOptions {
   version?: string;
 }
 
-/** An object created or deleted, and who did it: a client's user name, or `system:controller`. */
+/**
+ * An object created or deleted, and who did it: a client's user name, or `system:controller` for
+ * the control plane (a Deployment's pods, a cascade). A deletion is recorded when the object is
+ * gone (a pod after its process exited), by whoever asked for it.
+ */
 export interface ObjectRecord {
   readonly kind: string;
   readonly namespace: string | undefined;
@@ -146,6 +150,8 @@ export class FakeCluster extends EventEmitter<Events> {
   readonly #watches = new Set<ServerResponse>();
   readonly #waiters = new Set<() => void>();
   readonly #finishedJobs = new Set<string>();
+  /** Who asked for an object's deletion (by uid), for the record made when it is finally gone. */
+  readonly #deleters = new Map<string, string>();
   #actor = 'system:controller';
   #closed = false;
 
@@ -333,8 +339,9 @@ export class FakeCluster extends EventEmitter<Events> {
         namespace: object.metadata.namespace,
         name: object.metadata.name,
         labels: { ...object.metadata.labels },
-        by: this.#actor,
+        by: (change.type === 'DELETED' ? this.#deleters.get(object.metadata.uid!) : undefined) ?? this.#actor,
       };
+      if (change.type === 'DELETED') this.#deleters.delete(object.metadata.uid!);
       (change.type === 'ADDED' ? this.created : this.deleted).push(record);
       this.emit(change.type === 'ADDED' ? 'created' : 'deleted', record);
     }
@@ -430,17 +437,28 @@ export class FakeCluster extends EventEmitter<Events> {
       if (route.resource.namespaced && route.namespace === undefined && verb !== 'list' && verb !== 'watch') {
         throw new ApiError(404, 'the server could not find the requested resource');
       }
-      // Whatever the request creates or deletes synchronously is the user's doing.
+      if (verb === 'watch') return this.#watch(route, query, res, record);
+      if (route.sub === 'log' && route.resource === PODS) return this.#log(route, query, res, record);
+      // Whatever the request creates or deletes synchronously is the user's doing (controllers
+      // run in later microtasks, as the control plane's).
+      let served: [number, unknown];
       this.#actor = user;
       try {
-        if (verb === 'watch') return this.#watch(route, query, res, record);
-        if (route.sub === 'log' && route.resource === PODS) return this.#log(route, query, res, record);
-        const [status, result] = this.#serve(verb, route, query, body, req.headers['content-type']);
-        if (route.resource === SERVICES && verb === 'create') await this.#controllers.openProxy(result as KubeObject);
-        answer(status, result);
+        served = this.#serve(verb, route, query, body, req.headers['content-type']);
       } finally {
         this.#actor = 'system:controller';
       }
+      const [status, result] = served;
+      if (route.resource === SERVICES && verb === 'create') {
+        const service = result as KubeObject;
+        try {
+          await this.#controllers.openProxy(service);
+        } catch (error) {
+          this.#store.remove(SERVICES, service);
+          throw new ApiError(500, (error as Error).message);
+        }
+      }
+      answer(status, result);
     } catch (error) {
       if (error instanceof ApiError) return answer(error.code, error.status());
       this.#error(error);
@@ -578,6 +596,7 @@ export class FakeCluster extends EventEmitter<Events> {
     }
     if (resource === NAMESPACES) {
       if (SYSTEM_NAMESPACES.includes(object.metadata.name)) throw new ApiError(403, `namespaces "${object.metadata.name}" is forbidden: this namespace may not be deleted`);
+      if (object.metadata.deletionTimestamp === undefined) this.#deleters.set(object.metadata.uid!, this.#actor);
       const terminating = this.#store.modify(NAMESPACES, object, (ns) => {
         ns.metadata.deletionTimestamp ??= now();
         ns.status = { phase: 'Terminating' };
@@ -588,9 +607,16 @@ export class FakeCluster extends EventEmitter<Events> {
     const policy = options.propagationPolicy ?? (resource === JOBS ? 'Orphan' : 'Background');
     const dependents = resource === DEPLOYMENTS ? this.#controllers.podsOf(object) : resource === JOBS ? this.#controllers.podsOfJob(object) : [];
     this.#store.remove(resource, object);
-    for (const pod of dependents) {
-      if (policy === 'Orphan') this.#store.modify(PODS, pod, (p) => delete p.metadata.ownerReferences);
-      else this.#deletePod(pod);
+    // The dependents are the garbage collector's to delete, not the user's.
+    const user = this.#actor;
+    this.#actor = 'system:controller';
+    try {
+      for (const pod of dependents) {
+        if (policy === 'Orphan') this.#store.modify(PODS, pod, (p) => delete p.metadata.ownerReferences);
+        else this.#deletePod(pod);
+      }
+    } finally {
+      this.#actor = user;
     }
     return gone();
   }
@@ -599,6 +625,7 @@ export class FakeCluster extends EventEmitter<Events> {
   #deletePod(pod: KubeObject, gracePeriodSeconds?: number): void {
     const current = this.#store.get(PODS, pod.metadata.namespace, pod.metadata.name);
     if (current === undefined || current.metadata.deletionTimestamp !== undefined) return;
+    this.#deleters.set(current.metadata.uid!, this.#actor);
     this.#store.modify(PODS, current, (p) => {
       p.metadata.deletionTimestamp = now();
       p.metadata.deletionGracePeriodSeconds = gracePeriodSeconds ?? p.spec.terminationGracePeriodSeconds ?? 30;

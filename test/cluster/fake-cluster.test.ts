@@ -6,7 +6,7 @@
  */
 import assert from 'node:assert/strict';
 import { once } from 'node:events';
-import { readFileSync } from 'node:fs';
+import { existsSync, readFileSync } from 'node:fs';
 import { request } from 'node:http';
 import { Resolver } from 'node:dns/promises';
 import { PassThrough } from 'node:stream';
@@ -27,6 +27,7 @@ import {
   type V1EndpointSlice,
   type V1Job,
 } from '@kubernetes/client-node';
+import { ADMIN_USER } from '../../testkit/fake-apiserver.ts';
 import { FakeCluster, type KubeObject } from '../../testkit/fake-cluster.ts';
 
 const NS = 'bench-a';
@@ -362,6 +363,7 @@ describe('FakeCluster', { timeout: 120_000 }, () => {
       return ready?.every((p) => p.metadata.name !== victim.metadata.name) ? ready : undefined;
     });
     assert.equal(pods.length, 2);
+    assert.equal(cluster.deleted.find((r) => r.name === victim.metadata.name)?.by, ADMIN_USER);
     await cluster.waitFor((c) => !readyIn(c.api.slices().find((s) => s.metadata.labels?.['kubernetes.io/service-name'] === 'backend-headless') as V1EndpointSlice).includes(victim.status.podIP));
   });
 
@@ -388,6 +390,11 @@ describe('FakeCluster', { timeout: 120_000 }, () => {
     await batch.deleteNamespacedJob({ name: 'broken', namespace: NS, propagationPolicy: 'Background' });
     await batch.deleteNamespacedJob({ name: 'version', namespace: NS });
     await cluster.waitFor((c) => !podsOf(c, NS).some((p) => p.metadata.labels?.['job-name'] === 'broken'));
+    // The garbage collector deleted that pod, not the user who deleted the Job.
+    assert.deepEqual(
+      cluster.deleted.filter((r) => r.labels['job-name'] === 'broken').map((r) => `${r.kind} by ${r.by}`),
+      [`Job by ${ADMIN_USER}`, 'Pod by system:controller'],
+    );
     assert.equal(podsOf(cluster, NS).filter((p) => p.metadata.labels?.['job-name'] === 'version').length, 1, 'the orphaned pod stays');
   });
 
@@ -425,5 +432,44 @@ describe('FakeCluster', { timeout: 120_000 }, () => {
     const createdHere = new Set(cluster.created.filter((r) => r.namespace === NS).map((r) => `${r.kind}/${r.name}`));
     const deletedHere = new Set(cluster.deleted.filter((r) => r.namespace === NS).map((r) => `${r.kind}/${r.name}`));
     assert.deepEqual(deletedHere, createdHere);
+    assert.equal(cluster.deleted.find((r) => r.kind === 'Namespace' && r.name === NS)?.by, ADMIN_USER);
+    assert.deepEqual(new Set(cluster.deleted.filter((r) => r.namespace === NS && r.kind === 'Deployment').map((r) => r.by)), new Set(['system:controller']), 'the namespace controller deleted its contents');
+  });
+});
+
+describe('FakeCluster.close', () => {
+  test('kills every process mid-run, ends log streams and watches, frees its addresses and temp files, leaves no handle', async () => {
+    const kinds = () => process.getActiveResourcesInfo().filter((k) => k === 'ProcessWrap' || k === 'UDPWrap' || k === 'Timeout' || k === 'TCPServerWrap');
+    const before = kinds();
+    const cluster = await FakeCluster.start({ kubeProxyMode: null });
+    const admin = new KubeConfig();
+    admin.loadFromFile(cluster.kubeconfigPath);
+    const core = admin.makeApiClient(CoreV1Api);
+    await core.createNamespace({ body: { metadata: { name: NS } } });
+    const started = new Promise<number>((resolve) => cluster.once('pod-started', (e) => resolve(e.detail.pid as number)));
+    await admin.makeApiClient(AppsV1Api).createNamespacedDeployment({ namespace: NS, body: deployment(1) });
+    const service = await core.createNamespacedService({
+      namespace: NS,
+      body: { metadata: { name: 'backend' }, spec: { selector: SELECTOR, ports: [{ name: 'http', port: 8080 }] } },
+    });
+    const [pod] = await cluster.waitFor((c) => (readyPods(c, NS).length === 1 ? readyPods(c, NS) : undefined));
+    const pid = await started;
+    assert.equal(await get(service.spec!.clusterIP!, 8080), pod.metadata.name);
+    // No kube-proxy ConfigMap when told so (the report then says the mode is unknown).
+    assert.equal((await status(core.readNamespacedConfigMap({ name: 'kube-proxy', namespace: 'kube-system' }))).code, 404);
+
+    const sink = new PassThrough();
+    sink.resume();
+    const logEnded = once(sink, 'end');
+    await new Log(admin).log(NS, pod.metadata.name, 'pod', sink, { follow: true });
+    const watchEnded = new Promise<void>((resolve) => void new Watch(admin).watch(`/api/v1/namespaces/${NS}/pods`, {}, () => {}, () => resolve()));
+
+    await cluster.close();
+    await Promise.all([logEnded, watchEnded]);
+    assert.throws(() => process.kill(pid, 0), { code: 'ESRCH' }, 'the pod process is gone');
+    await assert.rejects(get(service.spec!.clusterIP!, 8080), { code: 'ECONNREFUSED' });
+    await assert.rejects(get(pod.status.podIP, 8080), { code: 'ECONNREFUSED' });
+    assert.equal(existsSync(cluster.kubeconfigPath), false, 'the temp files are gone');
+    assert.deepEqual(kinds(), before);
   });
 });

@@ -99,7 +99,13 @@ export class Controllers {
       const server = createServer((client) => this.#forward(proxy, port.port, client));
       proxy.servers.push(server);
       server.listen(port.port, ip);
-      await once(server, 'listening');
+      try {
+        await once(server, 'listening');
+      } catch (error) {
+        // Another process's cluster may hold the address (its pid shares our /24): say so.
+        await this.#closeProxy(serviceKey(service));
+        throw new Error(`kube-proxy of the fake cluster could not listen on ${ip}:${port.port}: ${(error as Error).message}`, { cause: error });
+      }
     }
     this.#sync(service.metadata.namespace!);
   }
