@@ -313,9 +313,13 @@ describe('FakeCluster', { timeout: 120_000 }, () => {
   test('rolling restart (restartedAt patch): every pod replaced, never fewer than 2 ready endpoints on the slice watch', async () => {
     const before = new Set(readyPods(cluster, NS).map((p) => p.metadata.name));
     const counts: number[] = [];
+    let seen = 0;
+    let caughtUp: { rv: number; resolve: () => void } | undefined;
     const watching = new Promise<void>((resolve) => {
       void new Watch(sa).watch(`/apis/discovery.k8s.io/v1/namespaces/${NS}/endpointslices`, { labelSelector: SLICE_LABEL }, (_type, slice: V1EndpointSlice) => {
         counts.push(readyIn(slice).length);
+        seen = Number(slice.metadata?.resourceVersion);
+        if (caughtUp !== undefined && seen >= caughtUp.rv) caughtUp.resolve();
         resolve();
       }, () => {}).then((controller) => after(() => controller.abort()));
     });
@@ -331,8 +335,9 @@ describe('FakeCluster', { timeout: 120_000 }, () => {
     });
     assert.equal(cluster.get('Deployment', NS, 'backend')!.metadata.generation, generation + 1);
     assert.equal(after_.length, 2);
-    // The watch saw the rollout as it went (a new pod ready, an old one out…), never below 2.
-    await cluster.waitFor(() => counts.length >= 4 && counts.at(-1) === 2);
+    // The watch saw every version of the slice up to the last (a new pod ready, an old one out…).
+    const last = Number(cluster.api.slices().find((s) => s.metadata.labels?.['kubernetes.io/service-name'] === 'backend-headless')!.metadata.resourceVersion);
+    if (seen < last) await new Promise<void>((resolve) => (caughtUp = { rv: last, resolve }));
     assert.ok(counts.includes(3), `a surge pod was ready beside the old ones: ${counts}`);
     assert.ok(Math.min(...counts) >= 2, `ready endpoints during the rollout: ${counts}`);
   });
@@ -353,8 +358,23 @@ describe('FakeCluster', { timeout: 120_000 }, () => {
     assert.ok(!left.some((p) => p.metadata.name === last), `the newest pod ${last} went`);
   });
 
-  test('delete a pod with grace 0: SIGKILL at once, gone from the slice, replaced by a new pod', async () => {
-    const victim = readyPods(cluster, NS)[0];
+  test('a pod that fails its readiness probe leaves the ready endpoints, kube-proxy and DNS; deleted with grace 0: SIGKILL at once, replaced', async () => {
+    const [victim, survivor] = readyPods(cluster, NS);
+    // Killed through its control endpoint: it stops serving, /ready answers 503, the process stays.
+    await new Promise<void>((resolve, reject) =>
+      request({ host: victim.status.podIP, port: 9901, path: '/kill', method: 'POST', agent: false }, (res) => res.resume().once('end', resolve)).once('error', reject).end(),
+    );
+    const headless = (c: FakeCluster) => c.api.slices().find((s) => s.metadata.labels?.['kubernetes.io/service-name'] === 'backend-headless') as V1EndpointSlice;
+    await cluster.waitFor((c) => !readyIn(headless(c)).includes(victim.status.podIP));
+    const entry = headless(cluster).endpoints?.find((e) => e.addresses[0] === victim.status.podIP);
+    assert.deepEqual({ ...entry?.conditions }, { ready: false, serving: false, terminating: false });
+    // Every new connection to the ClusterIP goes to the ready pod: one to the dead one would fail.
+    const clusterIp = (await core.readNamespacedService({ name: 'backend', namespace: NS })).spec!.clusterIP!;
+    for (let i = 0; i < 20; i++) assert.equal(await get(clusterIp, 8080), survivor.metadata.name);
+    const resolver = new Resolver();
+    resolver.setServers([cluster.dns.address]);
+    assert.deepEqual(await resolver.resolve4(`backend-headless.${NS}.svc.cluster.local`), [survivor.status.podIP]);
+
     const killed = new Promise<Record<string, unknown>>((resolve) => cluster.on('pod-exited', (e) => e.name === victim.metadata.name && resolve(e.detail)));
     await core.deleteNamespacedPod({ name: victim.metadata.name, namespace: NS, gracePeriodSeconds: 0 });
     assert.equal((await killed).signal, 'SIGKILL');
@@ -364,7 +384,7 @@ describe('FakeCluster', { timeout: 120_000 }, () => {
     });
     assert.equal(pods.length, 2);
     assert.equal(cluster.deleted.find((r) => r.name === victim.metadata.name)?.by, ADMIN_USER);
-    await cluster.waitFor((c) => !readyIn(c.api.slices().find((s) => s.metadata.labels?.['kubernetes.io/service-name'] === 'backend-headless') as V1EndpointSlice).includes(victim.status.podIP));
+    assert.ok(!headless(cluster).endpoints?.some((e) => e.targetRef?.name === victim.metadata.name), 'gone from the slice');
   });
 
   test('a Job runs its pod to Succeeded: the log holds what it wrote, the Job is Complete; a failing one is Failed', async () => {
