@@ -684,7 +684,7 @@ function statusObject(code: number, message: string): Record<string, unknown> {
 }
 
 /** Equality-based label selectors: `a=b`, `a==b`, `a!=b`, `a`, `!a`, joined by commas. */
-function parseSelector(text: string): (labels: Record<string, string>) => boolean {
+export function parseSelector(text: string): (labels: Record<string, string>) => boolean {
   const terms = text
     .split(',')
     .map((t) => t.trim())

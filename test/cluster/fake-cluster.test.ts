@@ -191,6 +191,22 @@ describe('FakeCluster', { timeout: 120_000 }, () => {
     assert.equal((await status(apps.createNamespacedDeployment({ namespace: NS, body: withCommand }))).code, 422);
   });
 
+  test('patch: json-patch, strategic-merge and merge patches change metadata without a new generation; an unknown type is 415', async () => {
+    const patch = (body: unknown, type: string) =>
+      apps.patchNamespacedDeployment({ name: 'backend', namespace: NS, body }, setHeaderOptions('Content-Type', type));
+    const json = await patch([{ op: 'add', path: '/metadata/annotations', value: { 'example.com/a': '1' } }], PatchStrategy.JsonPatch);
+    assert.equal(json.metadata?.annotations?.['example.com/a'], '1');
+    const strategic = await patch({ metadata: { annotations: { 'example.com/b': '2' } } }, PatchStrategy.StrategicMergePatch);
+    assert.deepEqual({ ...strategic.metadata?.annotations }, { 'example.com/a': '1', 'example.com/b': '2' });
+    const merged = await patch({ metadata: { annotations: { 'example.com/a': null } } }, PatchStrategy.MergePatch);
+    assert.deepEqual({ ...merged.metadata?.annotations }, { 'example.com/b': '2' });
+    assert.equal(merged.metadata?.generation, 1, 'metadata is not the spec');
+    assert.ok(Number(merged.metadata?.resourceVersion) > Number(json.metadata?.resourceVersion));
+    const failedTest = await status(patch([{ op: 'test', path: '/spec/replicas', value: 7 }], PatchStrategy.JsonPatch));
+    assert.equal(failedTest.code, 422);
+    assert.equal((await status(patch({}, 'application/apply-patch+yaml'))).code, 415);
+  });
+
   test('where it runs: /version, the nodes, the kube-proxy ConfigMap', async () => {
     const { VersionApi } = await import('@kubernetes/client-node');
     assert.equal((await admin.makeApiClient(VersionApi).getCode()).gitVersion, 'v1.31.0-fake');
@@ -343,12 +359,31 @@ describe('FakeCluster', { timeout: 120_000 }, () => {
   });
 
   test('scale to 3 through the scale subresource: 3 ready endpoints; then back to 2: the newest goes', async () => {
+    // A pod watch from the list's resourceVersion sees the new pod come and run.
+    const listed = await core.listNamespacedPod({ namespace: NS, labelSelector: 'app.kubernetes.io/component=backend' });
+    const events: string[] = [];
+    let running: (name: string) => void = () => {};
+    const runningSeen = new Promise<string>((resolve) => (running = resolve));
+    const controller = await new Watch(admin).watch(
+      `/api/v1/namespaces/${NS}/pods`,
+      { labelSelector: 'app.kubernetes.io/component=backend', resourceVersion: listed.metadata!.resourceVersion },
+      (type, pod: { metadata: { name: string }; status?: { phase?: string } }) => {
+        events.push(`${type} ${pod.metadata.name} ${pod.status?.phase ?? '-'}`);
+        if (type === 'MODIFIED' && pod.status?.phase === 'Running') running(pod.metadata.name);
+      },
+      () => {},
+    );
+    after(() => controller.abort());
     const scale = await apps.replaceNamespacedDeploymentScale({ name: 'backend', namespace: NS, body: { metadata: { name: 'backend', namespace: NS }, spec: { replicas: 3 } } });
     assert.equal(scale.spec?.replicas, 3);
     await cluster.waitFor((c) => rolledOut(c, 3));
     const slices = await sa.makeApiClient(DiscoveryV1Api).listNamespacedEndpointSlice({ namespace: NS, labelSelector: SLICE_LABEL });
     assert.equal(readyIn(slices.items[0]).length, 3);
     assert.equal((await apps.readNamespacedDeploymentScale({ name: 'backend', namespace: NS })).status?.replicas, 3);
+    const added = readyPods(cluster, NS).find((p) => !listed.items.some((l) => l.metadata?.name === p.metadata.name))!;
+    assert.equal(await runningSeen, added.metadata.name);
+    assert.equal(events.find((e) => e.includes(added.metadata.name)), `ADDED ${added.metadata.name} -`);
+    controller.abort();
 
     const newest = readyPods(cluster, NS).sort((a, b) => Number(b.metadata.resourceVersion) - Number(a.metadata.resourceVersion));
     const created = cluster.created.filter((r) => r.kind === 'Pod' && r.namespace === NS).map((r) => r.name);

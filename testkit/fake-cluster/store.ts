@@ -6,6 +6,7 @@
  * subscribe to changes with {@link Store.onChange}; nothing here runs by itself.
  */
 import { randomUUID } from 'node:crypto';
+import { parseSelector as parseLabelSelector } from '../fake-apiserver.ts';
 
 /** A stored object as JSON. */
 export interface KubeObject {
@@ -119,28 +120,15 @@ export interface Change {
   readonly rv: number;
 }
 
-/** Equality-based label selectors (`a=b`, `a==b`, `a!=b`, `a`, `!a`) and `in`/`notin` sets. */
+/** A `labelSelector` (the FakeApiServer's parser), its errors a 400 as the API server answers them. */
 export function parseSelector(text: string): (labels: Record<string, string> | undefined) => boolean {
-  const terms = text
-    .split(/,(?![^()]*\))/)
-    .map((t) => t.trim())
-    .filter((t) => t.length > 0)
-    .map((term): ((labels: Record<string, string>) => boolean) => {
-      const set = /^([\w./-]+)\s+(in|notin)\s+\(([^)]*)\)$/.exec(term);
-      if (set !== null) {
-        const values = new Set(set[3].split(',').map((v) => v.trim()));
-        return set[2] === 'in' ? (l) => values.has(l[set[1]]) : (l) => !values.has(l[set[1]]);
-      }
-      const m = /^([^=!]+)(!=|==|=)(.*)$/.exec(term);
-      if (m !== null) {
-        const [, key, op, value] = m;
-        return op === '!=' ? (l) => l[key.trim()] !== value.trim() : (l) => l[key.trim()] === value.trim();
-      }
-      if (term.startsWith('!')) return (l) => !(term.slice(1) in l);
-      if (/^[\w./-]+$/.test(term)) return (l) => term in l;
-      throw new ApiError(400, `unable to parse requirement: ${term}`);
-    });
-  return (labels) => terms.every((t) => t(labels ?? {}));
+  let matches: (labels: Record<string, string>) => boolean;
+  try {
+    matches = parseLabelSelector(text);
+  } catch (error) {
+    throw new ApiError(400, (error as Error).message);
+  }
+  return (labels) => matches(labels ?? {});
 }
 
 /** Whether a `matchLabels` selector selects `labels`. */
