@@ -62,9 +62,17 @@ export class Kubelet {
   readonly #pods = new Map<string, Container>();
   #nextNode = 0;
   #closed = false;
+  /**
+   * A test process that exits without close() (a failed assertion in a hook, a timeout) must not
+   * leave pods listening on loopback behind it: they are killed on its way out.
+   */
+  readonly #onExit = () => {
+    for (const container of this.#pods.values()) container.process?.kill('SIGKILL');
+  };
 
   constructor(options: KubeletOptions) {
     this.#options = options;
+    process.on('exit', this.#onExit);
     options.store.onChange((change) => {
       if (change.resource !== PODS || change.type === 'DELETED') return;
       const id = podId(change.object);
@@ -110,6 +118,7 @@ export class Kubelet {
   /** Kills every process at once and waits for them to be gone. */
   async close(): Promise<void> {
     this.#closed = true;
+    process.off('exit', this.#onExit);
     const exits: Promise<unknown>[] = [];
     for (const container of this.#pods.values()) {
       clearTimeout(container.probeTimer);
