@@ -121,7 +121,10 @@ export async function runPod(args: string[]): Promise<number> {
   const pod = new Pod({ name, address: host, protocols: options.protocols, concurrency: options.concurrency, serviceMs: options.serviceMs });
   let state: State = 'starting';
   const control = createServer((req, res) => {
-    handle(req, res).catch((error: unknown) => reply(res, 500, { error: error instanceof Error ? error.message : String(error) }));
+    handle(req, res).catch((error: unknown) => {
+      if (res.headersSent) res.destroy();
+      else reply(res, 500, { error: error instanceof Error ? error.message : String(error) });
+    });
   });
 
   async function handle(req: IncomingMessage, res: ServerResponse): Promise<void> {
