@@ -184,6 +184,24 @@ describe('podpool bench manifests', () => {
     assert.match(byKind(given, 'Job').spec.template.spec.containers[0].env.find((e: Obj) => e.name === ENV.dnsName).value, /\.team-a\.svc\.cluster\.local$/);
   });
 
+  it('is what `podpool bench manifests` prints: parseable YAML on stdout, exit 0', async () => {
+    const child = spawn(process.execPath, ['--conditions=podpool-source', MAIN, 'bench', 'manifests', 'balance', '--pods', '3', '--image', 'podpool:cli'], { stdio: ['ignore', 'pipe', 'pipe'] });
+    let stdout = '';
+    let stderr = '';
+    child.stdout.setEncoding('utf8').on('data', (chunk: string) => (stdout += chunk));
+    child.stderr.setEncoding('utf8').on('data', (chunk: string) => (stderr += chunk));
+    const [code] = await once(child, 'close');
+    assert.equal(code, 0, stderr);
+    const printed = parse(stdout);
+    assert.deepEqual(printed.map((o) => o.kind), ['Namespace', 'ServiceAccount', 'Role', 'RoleBinding', 'Service', 'Service', 'Deployment', 'Job']);
+    assert.equal(byKind(printed, 'Deployment').spec.replicas, 3);
+    const runId = byKind(printed, 'Namespace').metadata.labels[LABELS.run];
+    assert.match(runId, /^[0-9a-f]{6}$/, 'a fresh run id');
+    for (const object of printed) assert.equal(object.metadata.labels[LABELS.run], runId, 'one run id on every object');
+    assert.deepEqual(byKind(printed, 'Job').spec.template.spec.containers[0].args, ['bench', 'balance', '--in-cluster', '--pods', '3', '--json']);
+    for (const container of containers(printed)) assert.equal(container.image, 'podpool:cli');
+  });
+
   it('puts the ClusterIP the command read into the Job when there is one', () => {
     const withIp = parse(manifests(benchSpec('balance', OPTIONS, { image: 'podpool:x' }, [], { runId: 'abcdef', now: NOW, clusterIp: '10.96.0.17' })));
     const env = byKind(withIp, 'Job').spec.template.spec.containers[0].env;

@@ -465,6 +465,8 @@ async function follow(kc: KubeConfig, api: Clients, namespace: string, pod: V1Po
       throw apiError('follow the log of', `Pod ${namespace}/${name}`, error);
     }
     const stop = (): void => controller.abort();
+    // The signal may have fired while the log's request was on its way.
+    if (signal?.aborted) stop();
     signal?.addEventListener('abort', stop, { once: true });
     try {
       const outcome = await Promise.race([stream.ended, runner.outcome]);
@@ -561,6 +563,9 @@ class RunnerLog {
         callback();
       },
     });
+    // client-node's Log pipes the response into the sink and leaves the response's errors
+    // unhandled (an abort, a connection broken off): handled here, where they end this stream.
+    sink.on('pipe', (source: NodeJS.ReadableStream) => source.on('error', () => over.resolve(undefined)));
     // `unpipe` comes on a normal end and when the response broke off (the pipe then does not
     // end its destination); either way this stream is over.
     sink.on('unpipe', () => setImmediate(() => over.resolve(undefined)));
