@@ -14,7 +14,7 @@ import { mkdtemp, readFile, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, describe, it, type TestContext } from 'node:test';
-import { CoreV1Api, KubeConfig } from '@kubernetes/client-node';
+import { AppsV1Api, BatchV1Api, CoreV1Api, KubeConfig, RbacAuthorizationV1Api, loadAllYaml } from '@kubernetes/client-node';
 import { ADMIN_USER } from '../../testkit/fake-apiserver.ts';
 import { FakeCluster, type ObjectRecord } from '../../testkit/fake-cluster.ts';
 import { DEADLINE_ANNOTATION, LABELS, MANAGED_BY, NAMES } from '../../bench/harness/kube/protocol.ts';
@@ -154,6 +154,72 @@ describe('podpool bench --cluster against a fake cluster', { concurrency: false 
     assert.equal(stderr.match(/scaled podpool-backend to 3 pods, as the runner asked/g)?.length, 5);
     assert.equal(stderr.match(/scaled podpool-backend to 2 pods, as the runner asked/g)?.length, 5);
     await assertAllDeleted(runId);
+  });
+
+  it("rolling-restart and killed-pod: the runner's restart and delete-pod requests done as kubectl would", {
+    // The command's part passes; the in-cluster runner then reads /counts of a pod that is gone
+    // (ECONNREFUSED on its control endpoint) and fails the run: the runner's to fix.
+    todo: 'the in-cluster runner asks a pod that is gone for its counts',
+  }, async (t) => {
+    const before = fake.created.length;
+    const seq = fake.api.requests.length;
+    const restart = bench(t, ['rolling-restart', '--cluster', '--image', 'podpool:test', '--pods', '2', '--clients', '1', '--duration', '1', '--transport', 'http']);
+    const restarted = await restart.exited;
+    const first = runOf(fake.created.slice(before));
+    const patches = fake.api.requests.slice(seq).filter((r) => r.method === 'PATCH' && r.path === `/apis/apps/v1/namespaces/${first.namespace}/deployments/${NAMES.deployment}`);
+    assert.ok(patches.length > 0 && patches.every((r) => r.status === 200), 'the Deployment was patched');
+    const hashes = new Set(fake.created.slice(before).filter((r) => r.kind === 'Pod' && r.namespace === first.namespace && r.labels[LABELS.component] === 'backend').map((r) => r.labels['pod-template-hash']));
+    assert.ok(hashes.size >= 2, 'the patch changed the pod template: new pods rolled out (kubectl rollout restart)');
+    await assertAllDeleted(first.runId);
+
+    const middle = fake.created.length;
+    const seq2 = fake.api.requests.length;
+    const kill = bench(t, ['killed-pod', '--cluster', '--image', 'podpool:test', '--pods', '2', '--clients', '1', '--duration', '1', '--transport', 'http']);
+    const killed = await kill.exited;
+    const second = runOf(fake.created.slice(middle));
+    const deletes = fake.api.requests.slice(seq2).filter((r) => r.method === 'DELETE' && r.path.startsWith(`/api/v1/namespaces/${second.namespace}/pods/`));
+    assert.ok(deletes.length > 0, 'a pod was deleted');
+    for (const request of deletes) assert.deepEqual([request.query.gracePeriodSeconds, request.status], ['0', 200], 'at once, as the control plane does to a pod that died');
+    await assertAllDeleted(second.runId);
+    assert.equal(restarted.code, 0, restarted.stderr);
+    assert.equal(killed.code, 0, killed.stderr);
+  });
+
+  it('collect: manifests applied by hand are followed, served and reported; collect deletes nothing', async (t) => {
+    const { benchSpec, manifests } = await import('../../bench/harness/kube/manifests.ts');
+    const options = { pods: 2, clients: 1, durationS: 0.1, inflight: 4, concurrency: 4, serviceMs: 1 };
+    const spec = benchSpec('balance', options, { image: 'podpool:test' }, ['--pods', '2', '--clients', '1', '--duration', '0.1', '--transport', 'http']);
+    // What `kubectl apply -f -` does with the YAML: each object created, in order.
+    const kc = new KubeConfig();
+    kc.loadFromFile(fake.kubeconfigPath);
+    const core = kc.makeApiClient(CoreV1Api);
+    const rbac = kc.makeApiClient(RbacAuthorizationV1Api);
+    const apps = kc.makeApiClient(AppsV1Api);
+    const batch = kc.makeApiClient(BatchV1Api);
+    for (const body of loadAllYaml(manifests(spec))) {
+      const namespace = spec.namespace;
+      if (body.kind === 'Namespace') await core.createNamespace({ body });
+      else if (body.kind === 'ServiceAccount') await core.createNamespacedServiceAccount({ namespace, body });
+      else if (body.kind === 'Role') await rbac.createNamespacedRole({ namespace, body });
+      else if (body.kind === 'RoleBinding') await rbac.createNamespacedRoleBinding({ namespace, body });
+      else if (body.kind === 'Service') await core.createNamespacedService({ namespace, body });
+      else if (body.kind === 'Deployment') await apps.createNamespacedDeployment({ namespace, body });
+      else if (body.kind === 'Job') await batch.createNamespacedJob({ namespace, body });
+      else assert.fail(`manifests printed a ${body.kind}`);
+    }
+    const run = bench(t, ['collect', 'balance', '--namespace', spec.namespace]);
+    const { code, stderr } = await run.exited;
+    assert.equal(code, 0, stderr);
+    const report = JSON.parse(await readFile(join(results, 'balance.json'), 'utf8')) as ScenarioReport;
+    assert.equal(report.standIn, 'kubernetes');
+    assert.equal((report.cluster as Record<string, unknown>).namespace, spec.namespace);
+    assert.equal((report.cluster as Record<string, unknown>).image, 'podpool:test');
+    assert.match(stderr, new RegExp(`collecting run ${spec.runId} in namespace ${spec.namespace}`));
+    // Without PODPOOL_BENCH_CLUSTER_IP the runner dialled the ClusterIP of the service-link variable.
+    assert.ok(report.results.some((r) => r.kind === 'kube-proxy' && r.throughput > 0), 'the kube-proxy rows reached the ClusterIP');
+    assert.ok(fake.get('Deployment', spec.namespace, NAMES.deployment), 'collect deleted nothing');
+    await core.deleteNamespace({ name: spec.namespace });
+    await fake.waitFor((cluster) => cluster.objects().every((o) => o.metadata.labels?.[LABELS.run] !== spec.runId));
   });
 
   it('a runner that fails: rejected with its last words, everything deleted', async () => {
