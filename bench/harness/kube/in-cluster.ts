@@ -159,6 +159,8 @@ export class KubeCluster implements BenchCluster {
         this.#pods.push(pod);
         if (this.#recycling !== undefined) this.#recycle(pod, this.#recycling);
       } else {
+        // Leaving (terminating, or failing its probe): read its figures while it still answers.
+        if (pod.ready && !endpoint.ready) void this.#read(pod);
         pod.ready = endpoint.ready;
       }
     }
@@ -246,19 +248,26 @@ export class KubeCluster implements BenchCluster {
 
   /**
    * `kubectl rollout restart`: the Deployment replaces its pods at its own pace (surge 1, none
-   * unavailable); resolves once every pod listed at the start is gone and as many are ready.
-   * The signal (the load's end) stops the wait, not the rollout.
+   * unavailable). `replaced` counts the pods replaced while the load ran (until `signal`); the
+   * call resolves only once the rollout is over (every pod listed at the start gone, as many
+   * ready), so that the next row starts on a settled Deployment.
    */
-  async rollingRestart({ signal }: RollingRestartOptions): Promise<{ replaced: number }> {
+  async rollingRestart({ signal }: RollingRestartOptions): Promise<{ replaced: number; rolloutMs: number }> {
     const old = this.#pods.filter((p) => !p.gone);
     const wanted = old.length;
+    const started = performance.now();
+    let replaced: number | undefined;
+    const onEnd = (): void => {
+      replaced = old.filter((p) => p.gone).length;
+    };
+    signal.addEventListener('abort', onEnd, { once: true });
     this.#request({ op: 'restart' });
     try {
-      await this.#until(() => old.every((p) => p.gone) && this.readyPods().length === wanted, `every one of ${wanted} pods replaced`, REQUEST_TIMEOUT_MS, signal);
-    } catch (error) {
-      if (!signal.aborted) throw error;
+      await this.#until(() => old.every((p) => p.gone) && this.readyPods().length === wanted, `every one of ${wanted} pods replaced`, REQUEST_TIMEOUT_MS);
+    } finally {
+      signal.removeEventListener('abort', onEnd);
     }
-    return { replaced: old.filter((p) => p.gone).length };
+    return { replaced: replaced ?? wanted, rolloutMs: Math.round(performance.now() - started) };
   }
 
   async killPod(name: string): Promise<KillResult> {
@@ -293,22 +302,27 @@ export class KubeCluster implements BenchCluster {
   }
 
   /**
-   * Every listed pod's counts, read from its control endpoint at once; a pod that has gone (or
-   * stops answering as it terminates) keeps the last figures it gave.
+   * Every listed pod's counts, read from its control endpoint at once. A pod can go at any
+   * moment (deleted, replaced, still starting): one that does not answer keeps the last figures
+   * it gave, and a note says so once, since what it served since then is not counted.
    */
   async counts(): Promise<PodCounts> {
-    await Promise.all(
-      this.#pods
-        .filter((p) => !p.gone)
-        .map(async (p) => {
-          try {
-            this.#counts.set(p.name, (await podCounts(p.address)).counts);
-          } catch (error) {
-            if (!this.#counts.has(p.name) && !p.gone && !p.killed) throw error;
-          }
-        }),
-    );
+    // A pod not ready yet and never read is starting: it served nothing and may not listen yet.
+    await Promise.all(this.#pods.filter((p) => !p.gone && (p.ready || this.#counts.has(p.name))).map((p) => this.#read(p)));
     return Object.fromEntries(this.#counts);
+  }
+
+  readonly #unread = new Set<string>();
+
+  async #read(pod: PodInfo): Promise<void> {
+    try {
+      this.#counts.set(pod.name, (await podCounts(pod.address)).counts);
+    } catch (error) {
+      if (this.#unread.has(pod.name)) return;
+      this.#unread.add(pod.name);
+      const kept = this.#counts.has(pod.name) ? 'its last figures are kept' : 'it has no figures yet';
+      this.#emit({ event: 'note', message: `pod ${pod.name} did not give its counts (${error instanceof Error ? error.message : String(error)}); ${kept}` });
+    }
   }
 
   kubernetesSource(port: number): Promise<EndpointSource> {

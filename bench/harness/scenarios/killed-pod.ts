@@ -111,7 +111,7 @@ export async function killedPod(options: ScenarioOptions, cluster?: BenchCluster
       removeAfterMs: REMOVE_AFTER_MS,
       results,
       notes: [
-        `one pod killed ${Math.round(KILL_AT * 100)} % into each run (the one with the most calls in flight, for podpool; for kube-proxy, the one that served the most so far): its connections reset, its address refuses (RST, as a crashed container on a live node); it leaves DNS, the EndpointSlice and the ClusterIP ${REMOVE_AFTER_MS} ms later.`,
+        `one pod killed ${Math.round(KILL_AT * 100)} % into each run (the one with the most calls in flight, for podpool; for kube-proxy, the one that served the most so far): its connections reset, its address refuses (RST, as a crashed container on a live node); ${cluster.standIn === 'kubernetes' ? `its deletion (grace 0) is asked of the API server ${REMOVE_AFTER_MS} ms later, and the Deployment replaces it` : `it leaves DNS, the EndpointSlice and the ClusterIP ${REMOVE_AFTER_MS} ms later`}.`,
         `"${IDEMPOTENT}": the pool's retry: { idempotent: true } (the bench's GET / Echo call is idempotent); other podpool rows keep the default: only calls that never reached a pod are sent again.`,
         '"in flight": podpool\'s pool.stats() inFlight on the killed pod, summed over clients, read just before the kill (the load loops start no call from the reading to the kill, a millisecond or so, so no call reaches the pod uncounted); "sent to dead": calls the clients started on it after the kill, before they heard its connections reset (retries of never-sent calls included); "pod held": requests the pod had received and not answered when it died.',
       ],

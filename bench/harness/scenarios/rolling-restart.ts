@@ -65,7 +65,9 @@ export async function rollingRestart(options: ScenarioOptions, cluster?: BenchCl
       preStopMs: PRE_STOP_MS,
       results,
       notes: [
-        `every pod replaced once per mode: new pod ready, old pod terminating (out of endpoints), ${PRE_STOP_MS} ms preStop sleep, then stops accepting and is gone after ≤ ${GRACE_MS} ms of grace.`,
+        cluster.standIn === 'kubernetes'
+          ? 'every pod replaced once per mode by the Deployment\'s rolling update (kubectl rollout restart; maxSurge 1, maxUnavailable 0); a pod told to stop turns unready at once, serves its preStop time, then finishes in-flight work within its grace; "replaced": pods replaced while the load ran (the next row starts once the rollout is over).'
+          : `every pod replaced once per mode: new pod ready, old pod terminating (out of endpoints), ${PRE_STOP_MS} ms preStop sleep, then stops accepting and is gone after ≤ ${GRACE_MS} ms of grace.`,
         `podpool's DNS source polls every ${DNS_REFRESH_MS} ms, so it may still pick a pod that stopped accepting.`,
         `podpool's rows ("${IDEMPOTENT}") set retry: { idempotent: true }, since the bench's GET / Echo call is idempotent: a call sent to a pod that went away unanswered is sent again on another; kube-proxy and the peers have no such setting and run as they are.`,
         'undici BalancedPool lists the pods once at start: once they are all replaced, it has nowhere to send.',
