@@ -38,13 +38,14 @@ interface Started {
 let fake: FakeCluster;
 let results: string;
 
-/** `podpool bench …` against the fake cluster, its results in a directory of the test's. */
+/** `podpool bench …` against the fake cluster (unless given another kubeconfig), its results in a directory of the test's. */
 function bench(t: TestContext, args: string[]): Started {
   const env: NodeJS.ProcessEnv = { ...process.env, PODPOOL_BENCH_RESULTS: results };
   // Only what the test names: no kubeconfig of the machine's, no trace that changes stderr.
   delete env.KUBECONFIG;
   delete env.PODPOOL_BENCH_TRACE;
-  const child = spawn(process.execPath, ['--conditions=podpool-source', MAIN, 'bench', ...args, '--kubeconfig', fake.kubeconfigPath], {
+  const kubeconfig = args.includes('--kubeconfig') ? [] : ['--kubeconfig', fake.kubeconfigPath];
+  const child = spawn(process.execPath, ['--conditions=podpool-source', MAIN, 'bench', ...args, ...kubeconfig], {
     stdio: ['ignore', 'pipe', 'pipe'],
     env,
   });
@@ -220,6 +221,34 @@ describe('podpool bench --cluster against a fake cluster', { concurrency: false 
     assert.ok(fake.get('Deployment', spec.namespace, NAMES.deployment), 'collect deleted nothing');
     await core.deleteNamespace({ name: spec.namespace });
     await fake.waitFor((cluster) => cluster.objects().every((o) => o.metadata.labels?.[LABELS.run] !== spec.runId));
+  });
+
+  it('an identity that may not create the objects: exit 1, the verb, the object and the API server\'s words, no token, nothing created', async (t) => {
+    // The `default` ServiceAccount of `default`: authenticated, allowed nothing.
+    const token = fake.tokenOf('default', 'default');
+    assert.ok(token);
+    const dir = await mkdtemp(join(tmpdir(), 'podpool-flow-sa-'));
+    t.after(() => rm(dir, { recursive: true, force: true }));
+    const kubeconfig = await fake.api.writeKubeconfig(dir, { token });
+    const before = fake.created.length;
+    const run = bench(t, ['balance', '--cluster', '--image', 'podpool:test', '--kubeconfig', kubeconfig]);
+    const { code, stderr } = await run.exited;
+    assert.equal(code, 1);
+    assert.match(stderr, /cannot create Namespace podpool-bench-[0-9a-f]{6}: HTTP 403: .*forbidden.*\(PODPOOL_CONNECT_FAILED\)/s);
+    assert.match(stderr, /Kubernetes v1\.31\.0-fake \(nodes unknown, kube-proxy unknown \(cannot read ConfigMap kube-system\/kube-proxy: HTTP 403/, 'what it may not read is said, not fatal');
+    assert.ok(!stderr.includes(token), 'the token is never printed');
+    assert.equal(fake.created.slice(before).length, 0, 'nothing was created');
+  });
+
+  it('a kubeconfig that is not there, or a context it does not have: a usage error (exit 2) naming it, nothing sent', async (t) => {
+    const seq = fake.api.requests.length;
+    const missing = await bench(t, ['balance', '--cluster', '--kubeconfig', join(results, 'no-such-kubeconfig')]).exited;
+    assert.equal(missing.code, 2);
+    assert.match(missing.stderr, /^podpool: cannot load the kubeconfig \S*no-such-kubeconfig \(ENOENT\)\n/);
+    const context = await bench(t, ['balance', '--cluster', '--context', 'prod']).exited;
+    assert.equal(context.code, 2);
+    assert.match(context.stderr, /^podpool: --context prod: the kubeconfig has no such context \(it has fake\)\n/);
+    assert.equal(fake.api.requests.length, seq, 'no request reached the API server');
   });
 
   it('a runner that fails: rejected with its last words, everything deleted', async () => {
