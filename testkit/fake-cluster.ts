@@ -624,11 +624,14 @@ export class FakeCluster extends EventEmitter<Events> {
   /** Marks a pod deleted; the kubelet stops it (grace 0: SIGKILL at once) and then removes it. */
   #deletePod(pod: KubeObject, gracePeriodSeconds?: number): void {
     const current = this.#store.get(PODS, pod.metadata.namespace, pod.metadata.name);
-    if (current === undefined || current.metadata.deletionTimestamp !== undefined) return;
-    this.#deleters.set(current.metadata.uid!, this.#actor);
+    if (current === undefined) return;
+    const grace = gracePeriodSeconds ?? current.spec.terminationGracePeriodSeconds ?? 30;
+    // Deleting a pod already going changes nothing, unless it asks for less time (as the API server does).
+    if (current.metadata.deletionTimestamp !== undefined && grace >= (current.metadata.deletionGracePeriodSeconds ?? 30)) return;
+    if (current.metadata.deletionTimestamp === undefined) this.#deleters.set(current.metadata.uid!, this.#actor);
     this.#store.modify(PODS, current, (p) => {
-      p.metadata.deletionTimestamp = now();
-      p.metadata.deletionGracePeriodSeconds = gracePeriodSeconds ?? p.spec.terminationGracePeriodSeconds ?? 30;
+      p.metadata.deletionTimestamp ??= now();
+      p.metadata.deletionGracePeriodSeconds = grace;
     });
   }
 

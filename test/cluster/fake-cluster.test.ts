@@ -28,7 +28,7 @@ import {
   type V1Job,
 } from '@kubernetes/client-node';
 import { ADMIN_USER } from '../../testkit/fake-apiserver.ts';
-import { FakeCluster, type KubeObject } from '../../testkit/fake-cluster.ts';
+import { FakeCluster, type KubeObject, type PodEvent } from '../../testkit/fake-cluster.ts';
 
 const NS = 'bench-a';
 const VERSION = JSON.parse(readFileSync(new URL('../../package.json', import.meta.url), 'utf8')).version as string;
@@ -420,6 +420,29 @@ describe('FakeCluster', { timeout: 120_000 }, () => {
     assert.equal(pods.length, 2);
     assert.equal(cluster.deleted.find((r) => r.name === victim.metadata.name)?.by, ADMIN_USER);
     assert.ok(!headless(cluster).endpoints?.some((e) => e.targetRef?.name === victim.metadata.name), 'gone from the slice');
+  });
+
+  test('a pod terminating on a long grace period is cut short by a delete with grace 0', async () => {
+    const body = job('slow-stop', ['pod', '--protocols', 'http', '--pre-stop-ms', '600000']);
+    body.spec!.template.spec!.containers[0].env = [{ name: 'POD_IP', valueFrom: { fieldRef: { fieldPath: 'status.podIP' } } }];
+    const started = new Promise<PodEvent>((resolve) => cluster.on('job-started', (e) => e.name === 'slow-stop' && resolve(e)));
+    await batch.createNamespacedJob({ namespace: NS, body });
+    const pod = (await started).pod.metadata.name;
+    const sink = new PassThrough().setEncoding('utf8');
+    let text = '';
+    const lines = (n: number) => new Promise<void>((resolve) => sink.on('data', (chunk: string) => (text += chunk).split('\n').length > n && resolve()));
+    const ready = lines(1);
+    await new Log(admin).log(NS, pod, 'client', sink, { follow: true });
+    await ready;
+    const exited = new Promise<PodEvent>((resolve) => cluster.on('pod-exited', (e) => e.name === pod && resolve(e)));
+    const terminating = lines(2);
+    await core.deleteNamespacedPod({ name: pod, namespace: NS, gracePeriodSeconds: 600 });
+    await terminating;
+    assert.match(text.split('\n')[1], /not ready; serving 600000 ms more/, 'it heard SIGTERM and keeps serving for its pre-stop time');
+    const again = await core.deleteNamespacedPod({ name: pod, namespace: NS, gracePeriodSeconds: 0 });
+    assert.ok(again.metadata?.deletionTimestamp !== undefined || again.kind === 'Status');
+    assert.equal((await exited).detail.signal, 'SIGKILL');
+    await batch.deleteNamespacedJob({ name: 'slow-stop', namespace: NS, propagationPolicy: 'Background' });
   });
 
   test('a Job runs its pod to Succeeded: the log holds what it wrote, the Job is Complete; a failing one is Failed', async () => {

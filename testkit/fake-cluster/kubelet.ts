@@ -53,6 +53,8 @@ interface Container {
   restartTimer: NodeJS.Timeout | undefined;
   killTimer: NodeJS.Timeout | undefined;
   terminating: boolean;
+  /** The grace period the termination runs under (a later delete may shorten it). */
+  grace: number;
   /** Set once the pod has no process and never will again. */
   done: boolean;
 }
@@ -78,8 +80,10 @@ export class Kubelet {
       const id = podId(change.object);
       const container = this.#pods.get(id);
       if (container === undefined && change.type === 'ADDED') this.#admit(change.object);
-      else if (container !== undefined && change.object.metadata.deletionTimestamp !== undefined && !container.terminating) {
-        this.#terminate(change.object, container);
+      else if (container !== undefined && change.object.metadata.deletionTimestamp !== undefined) {
+        // A second delete with a shorter grace period (grace 0 on a pod already terminating) cuts it short.
+        const grace = change.object.metadata.deletionGracePeriodSeconds ?? Infinity;
+        if (!container.terminating || grace < container.grace) this.#terminate(change.object, container);
       }
     });
   }
@@ -150,6 +154,7 @@ export class Kubelet {
       restartTimer: undefined,
       killTimer: undefined,
       terminating: false,
+      grace: Infinity,
       done: false,
     };
     this.#pods.set(podId(pod), container);
@@ -357,16 +362,22 @@ export class Kubelet {
 
   /** The kubelet's termination: SIGTERM, SIGKILL after the grace period (at once for 0). */
   #terminate(pod: KubeObject, container: Container): void {
+    const again = container.terminating;
     container.terminating = true;
     clearTimeout(container.restartTimer);
+    clearTimeout(container.killTimer);
     const child = container.process;
-    if (child === undefined) return this.#gone(pod, container);
+    if (child === undefined) {
+      if (!again) this.#gone(pod, container);
+      return;
+    }
     const grace = pod.metadata.deletionGracePeriodSeconds ?? pod.spec.terminationGracePeriodSeconds ?? 30;
+    container.grace = grace;
     if (grace <= 0) {
       child.kill('SIGKILL');
       return;
     }
-    child.kill('SIGTERM');
+    if (!again) child.kill('SIGTERM');
     container.killTimer = setTimeout(() => child.kill('SIGKILL'), grace * 1000);
   }
 
