@@ -50,6 +50,8 @@ const DEPLOYMENTS = RESOURCES.get('apps/deployments')!;
 const JOBS = RESOURCES.get('batch/jobs')!;
 const ROLES = RESOURCES.get('rbac.authorization.k8s.io/roles')!;
 const ROLE_BINDINGS = RESOURCES.get('rbac.authorization.k8s.io/rolebindings')!;
+/** Served by the FakeApiServer itself; named here for RBAC only. */
+const ENDPOINT_SLICES: Resource = { name: 'endpointslices', group: 'discovery.k8s.io', version: 'v1', kind: 'EndpointSlice', namespaced: true };
 
 const REPO = fileURLToPath(new URL('..', import.meta.url));
 /** The namespaces a cluster starts with; they can't be deleted. */
@@ -189,7 +191,7 @@ export class FakeCluster extends EventEmitter<Events> {
         const account = this.#tokens.get(token);
         return account === undefined ? undefined : `system:serviceaccount:${account.replace('/', ':')}`;
       },
-      authorize: (user, verb, namespace) => this.#authorize(user, verb, RESOURCES_SLICES, namespace, undefined, undefined),
+      authorize: (user, verb, namespace) => this.#authorize(user, verb, ENDPOINT_SLICES, namespace, undefined, undefined),
       handle: (req, res, user, record) => void this.#handle(req, res, user, record),
     });
     this.#seed(nodes);
@@ -674,8 +676,6 @@ export class FakeCluster extends EventEmitter<Events> {
     });
   }
 }
-
-const RESOURCES_SLICES: Resource = { name: 'endpointslices', group: 'discovery.k8s.io', version: 'v1', kind: 'EndpointSlice', namespaced: true };
 
 function parseRoute(path: string): Route | undefined {
   let group: string;

@@ -88,11 +88,6 @@ export class Kubelet {
     });
   }
 
-  /** Whether the pod's container passed its readiness probe last (and is running). */
-  isReady(pod: KubeObject): boolean {
-    return this.#pods.get(podId(pod))?.ready ?? false;
-  }
-
   /**
    * Answers `pods/<name>/log`: what the container wrote so far, then (`follow`) what it writes
    * until it exits.

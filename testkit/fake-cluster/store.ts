@@ -108,7 +108,7 @@ export class ApiError extends Error {
   }
 }
 
-export function notFound(resource: Resource, name: string): ApiError {
+function notFound(resource: Resource, name: string): ApiError {
   return new ApiError(404, `${qualified(resource)} "${name}" not found`, { details: { name, group: resource.group, kind: resource.name } });
 }
 
