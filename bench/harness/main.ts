@@ -13,7 +13,7 @@ import { version } from '../../src/cli/commands.ts';
 import { RESULTS_DIR, renderSvg, writeResults, type ScenarioReport } from './report.ts';
 import { balance } from './scenarios/balance.ts';
 import type { ScenarioOptions, ScenarioOutput } from './scenarios/options.ts';
-import { SCENARIOS } from './scenarios/index.ts';
+import { SCENARIO_DEFAULTS, SCENARIOS } from './scenarios/index.ts';
 import { currentNamespace, detectStandIn, runInNamespace } from './standin.ts';
 import type { Wire } from './client-modes.ts';
 
@@ -52,7 +52,6 @@ function scenarioOptions(values: Record<string, string | boolean | undefined>, d
     pods: Math.round(number('pods', defaults.pods ?? DEFAULTS.pods, 1)),
     podsGiven: values.pods !== undefined,
     clients: Math.round(number('clients', defaults.clients ?? DEFAULTS.clients, 1)),
-    clientsGiven: values.clients !== undefined,
     durationS: number('duration', defaults.durationS ?? DEFAULTS.durationS, 0.1),
     inflight: Math.round(number('inflight', defaults.inflight ?? DEFAULTS.inflight, 1)),
     concurrency: Math.round(number('concurrency', defaults.concurrency ?? DEFAULTS.concurrency, 1)),
@@ -108,12 +107,12 @@ export async function main(command: 'bench' | 'demo', args: string[]): Promise<n
   if (command === 'demo' && (onCluster || values['in-cluster'])) throw new UsageError('demo runs on the stand-in only; on a cluster, run bench <scenario> --cluster');
   if (values['in-cluster']) {
     if (onCluster) throw new UsageError('--in-cluster is what the client Job runs; it goes with none of --cluster, manifests, collect');
-    return runInCluster(scenario, scenarioOptions(values, {}));
+    return runInCluster(scenario, scenarioOptions(values, SCENARIO_DEFAULTS[scenario] ?? {}));
   }
   if (onCluster) return clusterCommand(verb, scenario, values);
   if (!currentNamespace() && detectStandIn().standIn === 'iptables') return runInNamespace();
   if (command === 'demo') return demo(values);
-  const output = await SCENARIOS[scenario]!(scenarioOptions(values, {}));
+  const output = await SCENARIOS[scenario]!(scenarioOptions(values, SCENARIO_DEFAULTS[scenario] ?? {}));
   await emit(output, values.json === true);
   return 0;
 }
@@ -123,7 +122,7 @@ const SCENARIO_FLAGS = ['pods', 'clients', 'duration', 'inflight', 'concurrency'
 
 /** `bench <scenario> --cluster`, `bench manifests <scenario>` and `bench collect <scenario>`. */
 async function clusterCommand(verb: 'run' | 'manifests' | 'collect', scenario: string, values: Record<string, string | boolean | undefined>): Promise<number> {
-  const options = scenarioOptions(values, {});
+  const options = scenarioOptions(values, SCENARIO_DEFAULTS[scenario] ?? {});
   const runnerArgs = SCENARIO_FLAGS.flatMap((flag) => (typeof values[flag] === 'string' ? [`--${flag}`, values[flag] as string] : []));
   const image = typeof values.image === 'string' ? values.image : `podpool:${version()}`;
   const namespace = typeof values.namespace === 'string' ? values.namespace : undefined;

@@ -261,7 +261,7 @@ export function formatTable(report: ScenarioReport, extra: [string, (r: ModeResu
     report.scenario === 'broadcast'
       ? `N = ${(report.sizes as number[] | undefined)?.join(', ') ?? report.pods} pods`
       : `${report.clients} clients × ${report.pods} pods, ${report.durationS} s per client`;
-  const pods = report.podConcurrency === 0 ? 'pods answer at once' : `pods serve ${report.podConcurrency} at a time × ${report.serviceMs} ms`;
+  const pods = report.serviceMs === 0 ? 'pods answer at once' : `pods serve ${report.podConcurrency} at a time × ${report.serviceMs} ms`;
   const title = `${report.scenario}: ${size}, ${pods}; stand-in: ${report.standIn} (${report.standInReason})`;
   const hung = report.results
     .filter((r) => typeof r.closeTimedOut === 'number')

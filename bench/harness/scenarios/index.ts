@@ -10,6 +10,18 @@ import { killedPod } from './killed-pod.ts';
 import { subset } from './subset.ts';
 import type { BenchCluster } from '../cluster.ts';
 
+/**
+ * What a scenario runs with unless told otherwise, where it differs from the bench's defaults.
+ * Applied to the flags before anything starts, so that on a cluster the Deployment the command
+ * creates and the runner inside agree (both read the same flags the same way).
+ */
+export const SCENARIO_DEFAULTS: Readonly<Record<string, Partial<ScenarioOptions>>> = {
+  // The issue's shape: 20 clients × 50 pods.
+  subset: { pods: 50, clients: 20 },
+  // Pods that answer at once with no capacity limit: the client process is what is measured.
+  overhead: { concurrency: 1_000_000, serviceMs: 0 },
+};
+
 /** Every scenario `podpool bench` runs, by name. */
 export const SCENARIOS: Record<string, (options: ScenarioOptions, cluster?: BenchCluster) => Promise<ScenarioOutput>> = {
   balance,
@@ -20,6 +32,5 @@ export const SCENARIOS: Record<string, (options: ScenarioOptions, cluster?: Benc
   'killed-pod': killedPod,
   broadcast: (options, cluster) => broadcast(options.podsGiven ? { ...options, sizes: [options.pods] } : options, cluster),
   overhead,
-  // The issue's shape (20 clients × 50 pods) unless told otherwise.
-  subset: (options, cluster) => subset({ ...options, ...(!options.podsGiven && { pods: 50 }), ...(!options.clientsGiven && { clients: 20 }) }, cluster),
+  subset,
 };

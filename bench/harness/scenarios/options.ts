@@ -7,8 +7,6 @@ export interface ScenarioOptions {
   /** Whether --pods was given (broadcast then runs that one size instead of 5, 50, 200). */
   podsGiven?: boolean;
   clients: number;
-  /** Whether --clients was given (subset then runs that many instead of 20). */
-  clientsGiven?: boolean;
   /** Seconds of load per client mode. */
   durationS: number;
   /** Requests in flight per client. */

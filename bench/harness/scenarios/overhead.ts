@@ -92,7 +92,7 @@ const grpcPlain: Mode = {
 export async function overhead(options: ScenarioOptions, cluster?: BenchCluster): Promise<ScenarioOutput> {
   const own = cluster === undefined;
   // Unbounded, instant pods: only the client's work is left to measure.
-  cluster ??= await Cluster.start({ pods: options.pods, protocols: ['http', 'grpc'], concurrency: 1_000_000, serviceMs: 0 });
+  cluster ??= await Cluster.start({ pods: options.pods, protocols: ['http', 'grpc'], concurrency: options.concurrency, serviceMs: options.serviceMs });
   const wires = (options.wires ?? ['http', 'grpc']).filter((w) => w !== 'ws');
   try {
     const results: ModeResult[] = [];
@@ -132,11 +132,11 @@ export async function overhead(options: ScenarioOptions, cluster?: BenchCluster)
     }
     const report: ScenarioReport = {
       ...reportHead('overhead', cluster, options),
-      podConcurrency: 0,
-      serviceMs: 0,
       results,
       notes: [
-        'pods answer at once with no capacity limit: the client process is the bottleneck.',
+        options.serviceMs === 0 && options.concurrency >= 1_000_000
+          ? 'pods answer at once with no capacity limit: the client process is the bottleneck.'
+          : `pods serve ${options.concurrency} at a time × ${options.serviceMs} ms (as told): the pods may be the bottleneck, not the client.`,
         '"µs/req added" is the difference in client time per request at full load (1/throughput).',
       ],
     };
