@@ -59,6 +59,14 @@ export function reportHead(
   };
 }
 
+/**
+ * Where a report ran, for titles: `iptables stand-in`, or `Kubernetes v1.31.2, 3 nodes, kube-proxy
+ * ipvs` (the command's `standInReason` for a real cluster).
+ */
+export function ranOn(report: Pick<ScenarioReport, 'standIn' | 'standInReason'>): string {
+  return report.standIn === 'kubernetes' ? report.standInReason : `${report.standIn} stand-in`;
+}
+
 /** A vega-lite spec (loosely typed: vega-lite's own types are broad and deep). */
 export type ChartSpec = Record<string, unknown>;
 
@@ -135,7 +143,7 @@ export function balanceChart(report: ScenarioReport, title: string): ChartSpec {
     };
   });
   return {
-    title: { text: title, subtitle: `${report.clients} clients, ${report.pods} pods, ${report.standIn} stand-in; each row: the same connections per client` },
+    title: { text: title, subtitle: `${report.clients} clients, ${report.pods} pods, ${ranOn(report)}; each row: the same connections per client` },
     vconcat: rows,
     spacing: 24,
     resolve: { scale: { color: 'shared' }, legend: { color: 'shared' } },
@@ -152,7 +160,7 @@ export function percentileChart(report: ScenarioReport, title: string): ChartSpe
     })),
   );
   return {
-    title: { text: title, subtitle: `${report.clients} clients, ${report.pods} pods, ${report.standIn} stand-in` },
+    title: { text: title, subtitle: `${report.clients} clients, ${report.pods} pods, ${ranOn(report)}` },
     data: { values },
     mark: 'bar',
     width: 360,
@@ -188,7 +196,7 @@ export function slowPodChart(report: ScenarioReport, title: string): ChartSpec {
   const top = Math.max(10, ...bars.map((b) => b.ms), ...draws.map((d) => d.ms));
   const x = { field: 'ms', type: 'quantitative', scale: { type: 'log', domain: [1, 10 ** Math.ceil(Math.log10(top * 1.05))] }, title: 'p99 latency (ms, log scale)' };
   return {
-    title: { text: title, subtitle: `${report.clients} clients, ${report.pods} pods, ${report.standIn} stand-in; bar: expected p99 over connection draws, circles: each draw (size = its probability)` },
+    title: { text: title, subtitle: `${report.clients} clients, ${report.pods} pods, ${ranOn(report)}; bar: expected p99 over connection draws, circles: each draw (size = its probability)` },
     width: 520,
     height: { step: 30 },
     layer: [
@@ -206,7 +214,7 @@ export function slowPodChart(report: ScenarioReport, title: string): ChartSpec {
 /** Throughput bars per client. */
 export function throughputChart(report: ScenarioReport, title: string): ChartSpec {
   return {
-    title: { text: title, subtitle: `${report.clients} clients, ${report.pods} pods, ${report.standIn} stand-in` },
+    title: { text: title, subtitle: `${report.clients} clients, ${report.pods} pods, ${ranOn(report)}` },
     data: { values: report.results.map((r) => ({ client: `${r.transport} · ${r.client}`, throughput: r.throughput })) },
     mark: 'bar',
     width: 360,
@@ -262,7 +270,7 @@ export function formatTable(report: ScenarioReport, extra: [string, (r: ModeResu
       ? `N = ${(report.sizes as number[] | undefined)?.join(', ') ?? report.pods} pods`
       : `${report.clients} clients × ${report.pods} pods, ${report.durationS} s per client`;
   const pods = report.serviceMs === 0 ? 'pods answer at once' : `pods serve ${report.podConcurrency} at a time × ${report.serviceMs} ms`;
-  const title = `${report.scenario}: ${size}, ${pods}; stand-in: ${report.standIn} (${report.standInReason})`;
+  const title = `${report.scenario}: ${size}, ${pods}; ${report.standIn === 'kubernetes' ? `on ${report.standInReason}` : `stand-in: ${report.standIn} (${report.standInReason})`}`;
   const hung = report.results
     .filter((r) => typeof r.closeTimedOut === 'number')
     .map((r) => `  ! ${r.transport} ${r.client}: close() of ${r.closeTimedOut} client(s) did not finish within 3 s`);

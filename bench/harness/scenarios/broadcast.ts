@@ -15,7 +15,7 @@ import { coefficientOfVariation, round } from '../load.ts';
 import type { ModeResult } from '../measure.ts';
 import { POD_PORTS, type PodCounts } from '../pods.ts';
 import { progress } from '../progress.ts';
-import { formatTable, type ChartSpec, type ScenarioReport } from '../report.ts';
+import { formatTable, ranOn, type ChartSpec, type ScenarioReport } from '../report.ts';
 import type { ScenarioOptions, ScenarioOutput } from './options.ts';
 
 export const SIZES = [5, 50, 200];
@@ -244,7 +244,7 @@ export async function broadcast(options: ScenarioOptions & { sizes?: readonly nu
 
 function broadcastChart(report: ScenarioReport): ChartSpec {
   return {
-    title: { text: 'Time to send one message to every pod', subtitle: `${report.standIn} stand-in` },
+    title: { text: 'Time to send one message to every pod', subtitle: ranOn(report) },
     data: { values: report.results.map((r) => ({ client: `${r.transport} · ${r.client}`, pods: r.n, ms: Math.max(0.01, r.p50Ms) })) },
     mark: { type: 'line', point: true },
     width: 420,

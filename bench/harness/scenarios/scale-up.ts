@@ -9,7 +9,7 @@ import { Cluster, type BenchCluster } from '../cluster.ts';
 import { DISCOVERY_SOURCES, grpcKubeProxy, grpcRoundRobin, httpKubeProxy, podpoolMode, type Mode } from '../client-modes.ts';
 import { round } from '../load.ts';
 import { measure, type ModeResult } from '../measure.ts';
-import { formatTable, type ChartSpec, reportHead, type ScenarioReport } from '../report.ts';
+import { formatTable, ranOn, type ChartSpec, reportHead, type ScenarioReport } from '../report.ts';
 import type { ScenarioOptions, ScenarioOutput } from './options.ts';
 
 /** Time line resolution, and the window in which "fair share" is judged. */
@@ -101,7 +101,7 @@ export async function scaleUp(options: ScenarioOptions, cluster?: BenchCluster):
 
 function timelineChart(report: ScenarioReport, addAtMs: number): ChartSpec {
   return {
-    title: { text: 'Share of requests served by the pod added mid-run', subtitle: `${report.clients} clients, ${report.pods} + 1 pods, ${report.standIn} stand-in` },
+    title: { text: 'Share of requests served by the pod added mid-run', subtitle: `${report.clients} clients, ${report.pods} + 1 pods, ${ranOn(report)}` },
     width: 480,
     height: 200,
     layer: [
