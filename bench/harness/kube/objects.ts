@@ -16,6 +16,7 @@ import type {
   V1RoleBinding,
   V1SecurityContext,
   V1Service,
+  V1ServicePort,
   V1ServiceAccount,
   V1Volume,
   V1VolumeMount,
@@ -98,6 +99,16 @@ const SECURITY_CONTEXT: V1SecurityContext = {
 // With the root filesystem read-only, Node still may want a temporary directory.
 const TMP_VOLUMES: V1Volume[] = [{ name: 'tmp', emptyDir: { sizeLimit: '64Mi' } }];
 const TMP_MOUNTS: V1VolumeMount[] = [{ name: 'tmp', mountPath: '/tmp' }];
+
+/** The pods' TCP ports (`udp` is the fourth), named as the Services name them. */
+const TCP_PORTS = ['http', 'grpc', 'ws'] as const;
+type PortName = keyof typeof SERVICE_PORT_NAMES;
+
+const protocolOf = (name: PortName): string => (name === 'udp' ? 'UDP' : 'TCP');
+
+function servicePort(name: PortName): V1ServicePort {
+  return { name: SERVICE_PORT_NAMES[name], port: POD_PORTS[name], targetPort: POD_PORTS[name], protocol: protocolOf(name) };
+}
 
 /** How long a backend pod gets to drain after SIGTERM (`podpool pod --grace-ms` is 10 s of it). */
 const BACKEND_GRACE_S = 15;
@@ -194,12 +205,8 @@ export function benchObjects(spec: BenchSpec): BenchObjects {
     spec: {
       clusterIP: 'None',
       selector: backendSelector,
-      ports: [
-        { name: SERVICE_PORT_NAMES.http, port: POD_PORTS.http, targetPort: POD_PORTS.http, protocol: 'TCP' },
-        { name: SERVICE_PORT_NAMES.grpc, port: POD_PORTS.grpc, targetPort: POD_PORTS.grpc, protocol: 'TCP' },
-        { name: SERVICE_PORT_NAMES.ws, port: POD_PORTS.ws, targetPort: POD_PORTS.ws, protocol: 'TCP' },
-        { name: SERVICE_PORT_NAMES.udp, port: POD_PORTS.udp, targetPort: POD_PORTS.udp, protocol: 'UDP' },
-      ],
+      // The UDP receiver's too: podpool's sources find a port by its name here.
+      ports: [...TCP_PORTS.map(servicePort), servicePort('udp')],
     },
   };
 
@@ -210,11 +217,8 @@ export function benchObjects(spec: BenchSpec): BenchObjects {
     spec: {
       type: 'ClusterIP',
       selector: backendSelector,
-      ports: [
-        { name: SERVICE_PORT_NAMES.http, port: POD_PORTS.http, targetPort: POD_PORTS.http, protocol: 'TCP' },
-        { name: SERVICE_PORT_NAMES.grpc, port: POD_PORTS.grpc, targetPort: POD_PORTS.grpc, protocol: 'TCP' },
-        { name: SERVICE_PORT_NAMES.ws, port: POD_PORTS.ws, targetPort: POD_PORTS.ws, protocol: 'TCP' },
-      ],
+      // The same numbers as the pods': nothing below 1024, and kube-proxy balances TCP only here.
+      ports: TCP_PORTS.map(servicePort),
     },
   };
 
@@ -229,10 +233,7 @@ export function benchObjects(spec: BenchSpec): BenchObjects {
       { name: POD_ENV.ip, valueFrom: { fieldRef: { fieldPath: 'status.podIP' } } },
     ],
     ports: [
-      { name: SERVICE_PORT_NAMES.http, containerPort: POD_PORTS.http, protocol: 'TCP' },
-      { name: SERVICE_PORT_NAMES.grpc, containerPort: POD_PORTS.grpc, protocol: 'TCP' },
-      { name: SERVICE_PORT_NAMES.ws, containerPort: POD_PORTS.ws, protocol: 'TCP' },
-      { name: SERVICE_PORT_NAMES.udp, containerPort: POD_PORTS.udp, protocol: 'UDP' },
+      ...[...TCP_PORTS, 'udp' as const].map((name) => ({ name: SERVICE_PORT_NAMES[name], containerPort: POD_PORTS[name], protocol: protocolOf(name) })),
       { name: 'control', containerPort: CONTROL_PORT, protocol: 'TCP' },
     ],
     // Failing once takes the pod out of the EndpointSlices at once: a pod told to drain says so

@@ -205,34 +205,29 @@ export async function sweep(api: Clients, namespace: string | undefined, now = n
     }
   };
   try {
-    const namespaces = await api.core.listNamespace({ labelSelector: selector });
-    for (const object of namespaces.items.filter(expired)) {
+    const namespaces = kindApi(api, 'Namespace');
+    for (const object of (await namespaces.list(undefined, selector)).filter(expired)) {
       const name = object.metadata!.name!;
-      await remove('Namespace', undefined, name, () => api.core.deleteNamespace({ name }));
+      await remove('Namespace', undefined, name, () => namespaces.remove(undefined, name));
     }
   } catch (error) {
     // A user allowed one namespace only may not list namespaces: their own leftovers are in it.
     if (statusOf(error) !== 403 && statusOf(error) !== 401) throw apiError('list', 'Namespaces', error);
   }
   if (namespace !== undefined) {
-    const listed: [string, () => Promise<{ items: KubernetesObject[] }>, (name: string) => Promise<unknown>][] = [
-      ['Job', () => api.batch.listNamespacedJob({ namespace, labelSelector: selector }), (name) => api.batch.deleteNamespacedJob({ name, namespace, propagationPolicy: 'Background' })],
-      ['Deployment', () => api.apps.listNamespacedDeployment({ namespace, labelSelector: selector }), (name) => api.apps.deleteNamespacedDeployment({ name, namespace })],
-      ['Service', () => api.core.listNamespacedService({ namespace, labelSelector: selector }), (name) => api.core.deleteNamespacedService({ name, namespace })],
-      ['RoleBinding', () => api.rbac.listNamespacedRoleBinding({ namespace, labelSelector: selector }), (name) => api.rbac.deleteNamespacedRoleBinding({ name, namespace })],
-      ['Role', () => api.rbac.listNamespacedRole({ namespace, labelSelector: selector }), (name) => api.rbac.deleteNamespacedRole({ name, namespace })],
-      ['ServiceAccount', () => api.core.listNamespacedServiceAccount({ namespace, labelSelector: selector }), (name) => api.core.deleteNamespacedServiceAccount({ name, namespace })],
-    ];
-    for (const [kind, list, del] of listed) {
+    // Namespaced kinds, the Job first: its pods go with it.
+    for (const kind of CREATION_ORDER.toReversed()) {
+      if (kind === 'Namespace') continue;
+      const verbs = kindApi(api, kind);
       let items: KubernetesObject[];
       try {
-        items = (await list()).items;
+        items = await verbs.list(namespace, selector);
       } catch (error) {
         throw apiError('list', `${kind}s in namespace ${namespace}`, error);
       }
       for (const object of items.filter(expired)) {
         const name = object.metadata!.name!;
-        await remove(kind, namespace, name, () => del(name));
+        await remove(kind, namespace, name, () => verbs.remove(namespace, name));
       }
     }
   }
@@ -288,26 +283,77 @@ interface Created {
   remove(): Promise<unknown>;
 }
 
+/** The kinds a run creates, in the order it creates them. */
+const CREATION_ORDER = ['Namespace', 'ServiceAccount', 'Role', 'RoleBinding', 'Service', 'Deployment', 'Job'] as const;
+type Kind = (typeof CREATION_ORDER)[number];
+
+/** What a run does with each kind: create it, list it by label, delete it. */
+interface KindApi {
+  create(namespace: string | undefined, body: KubernetesObject): Promise<KubernetesObject>;
+  list(namespace: string | undefined, labelSelector: string): Promise<KubernetesObject[]>;
+  remove(namespace: string | undefined, name: string): Promise<unknown>;
+}
+
+function kindApi(api: Clients, kind: Kind): KindApi {
+  const { core, rbac, apps, batch } = api;
+  // `namespace!`: only the Namespace kind is cluster-scoped.
+  switch (kind) {
+    case 'Namespace':
+      return {
+        create: (_, body) => core.createNamespace({ body }),
+        list: async (_, labelSelector) => (await core.listNamespace({ labelSelector })).items,
+        remove: (_, name) => core.deleteNamespace({ name }),
+      };
+    case 'ServiceAccount':
+      return {
+        create: (namespace, body) => core.createNamespacedServiceAccount({ namespace: namespace!, body }),
+        list: async (namespace, labelSelector) => (await core.listNamespacedServiceAccount({ namespace: namespace!, labelSelector })).items,
+        remove: (namespace, name) => core.deleteNamespacedServiceAccount({ name, namespace: namespace! }),
+      };
+    case 'Role':
+      return {
+        create: (namespace, body) => rbac.createNamespacedRole({ namespace: namespace!, body: body as never }),
+        list: async (namespace, labelSelector) => (await rbac.listNamespacedRole({ namespace: namespace!, labelSelector })).items,
+        remove: (namespace, name) => rbac.deleteNamespacedRole({ name, namespace: namespace! }),
+      };
+    case 'RoleBinding':
+      return {
+        create: (namespace, body) => rbac.createNamespacedRoleBinding({ namespace: namespace!, body: body as never }),
+        list: async (namespace, labelSelector) => (await rbac.listNamespacedRoleBinding({ namespace: namespace!, labelSelector })).items,
+        remove: (namespace, name) => rbac.deleteNamespacedRoleBinding({ name, namespace: namespace! }),
+      };
+    case 'Service':
+      return {
+        create: (namespace, body) => core.createNamespacedService({ namespace: namespace!, body }),
+        list: async (namespace, labelSelector) => (await core.listNamespacedService({ namespace: namespace!, labelSelector })).items,
+        remove: (namespace, name) => core.deleteNamespacedService({ name, namespace: namespace! }),
+      };
+    case 'Deployment':
+      return {
+        create: (namespace, body) => apps.createNamespacedDeployment({ namespace: namespace!, body }),
+        list: async (namespace, labelSelector) => (await apps.listNamespacedDeployment({ namespace: namespace!, labelSelector })).items,
+        remove: (namespace, name) => apps.deleteNamespacedDeployment({ name, namespace: namespace! }),
+      };
+    case 'Job':
+      return {
+        create: (namespace, body) => batch.createNamespacedJob({ namespace: namespace!, body }),
+        list: async (namespace, labelSelector) => (await batch.listNamespacedJob({ namespace: namespace!, labelSelector })).items,
+        // Background: the Job's pods go with it (the API's default for Jobs orphans them).
+        remove: (namespace, name) => batch.deleteNamespacedJob({ name, namespace: namespace!, propagationPolicy: 'Background' }),
+      };
+  }
+}
+
+function kindOf(object: KubernetesObject): Kind {
+  const kind = CREATION_ORDER.find((k) => k === object.kind);
+  if (kind === undefined) throw new PodpoolError(ErrorCode.INVALID_ARGUMENT, `a bench run creates no ${object.kind}`);
+  return kind;
+}
+
 async function create(api: Clients, object: KubernetesObject): Promise<KubernetesObject> {
-  const namespace = object.metadata!.namespace!;
   const what = describe(object);
   try {
-    switch (object.kind) {
-      case 'Namespace':
-        return await api.core.createNamespace({ body: object });
-      case 'ServiceAccount':
-        return await api.core.createNamespacedServiceAccount({ namespace, body: object });
-      case 'Role':
-        return await api.rbac.createNamespacedRole({ namespace, body: object as never });
-      case 'RoleBinding':
-        return await api.rbac.createNamespacedRoleBinding({ namespace, body: object as never });
-      case 'Service':
-        return await api.core.createNamespacedService({ namespace, body: object });
-      case 'Deployment':
-        return await api.apps.createNamespacedDeployment({ namespace, body: object });
-      case 'Job':
-        return await api.batch.createNamespacedJob({ namespace, body: object });
-    }
+    return await kindApi(api, kindOf(object)).create(object.metadata!.namespace, object);
   } catch (error) {
     if (statusOf(error) === 409) {
       throw new PodpoolError(
@@ -319,33 +365,12 @@ async function create(api: Clients, object: KubernetesObject): Promise<Kubernete
     }
     throw apiError('create', what, error);
   }
-  throw new PodpoolError(ErrorCode.INVALID_ARGUMENT, `no way to create a ${object.kind}`);
 }
 
 function deletion(api: Clients, object: KubernetesObject): Created {
-  const name = object.metadata!.name!;
-  const namespace = object.metadata!.namespace!;
-  const what = describe(object);
-  const remove = (): Promise<unknown> => {
-    switch (object.kind) {
-      case 'Namespace':
-        return api.core.deleteNamespace({ name });
-      case 'ServiceAccount':
-        return api.core.deleteNamespacedServiceAccount({ name, namespace });
-      case 'Role':
-        return api.rbac.deleteNamespacedRole({ name, namespace });
-      case 'RoleBinding':
-        return api.rbac.deleteNamespacedRoleBinding({ name, namespace });
-      case 'Service':
-        return api.core.deleteNamespacedService({ name, namespace });
-      case 'Deployment':
-        return api.apps.deleteNamespacedDeployment({ name, namespace });
-      // Background: the Job's pods go with it (the API's default for Jobs orphans them).
-      default:
-        return api.batch.deleteNamespacedJob({ name, namespace, propagationPolicy: 'Background' });
-    }
-  };
-  return { what, remove };
+  const verbs = kindApi(api, kindOf(object));
+  const { name, namespace } = object.metadata!;
+  return { what: describe(object), remove: () => verbs.remove(namespace, name!) };
 }
 
 /**
