@@ -12,6 +12,7 @@
  */
 import { EventEmitter } from 'node:events';
 import { debuglog } from 'node:util';
+import { rmSync } from 'node:fs';
 import { mkdir, mkdtemp, rm } from 'node:fs/promises';
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import { tmpdir } from 'node:os';
@@ -156,6 +157,14 @@ export class FakeCluster extends EventEmitter<Events> {
   readonly #deleters = new Map<string, string>();
   #actor = 'system:controller';
   #closed = false;
+  /**
+   * A test process that exits without close() (a failed assertion in a hook, a timeout) leaves
+   * no pod listening on loopback and no temp files behind it.
+   */
+  readonly #onExit = () => {
+    this.#kubelet.killAll();
+    rmSync(this.#dir, { recursive: true, force: true });
+  };
 
   private constructor(dir: string, api: FakeApiServer, dns: DnsServer, kubeconfigPath: string, options: Required<FakeClusterOptions>) {
     super();
@@ -195,6 +204,7 @@ export class FakeCluster extends EventEmitter<Events> {
       handle: (req, res, user, record) => void this.#handle(req, res, user, record),
     });
     this.#seed(nodes);
+    process.on('exit', this.#onExit);
   }
 
   /** Starts the API server, the DNS server and the control plane, on loopback. */
@@ -264,6 +274,7 @@ export class FakeCluster extends EventEmitter<Events> {
   async close(): Promise<void> {
     if (this.#closed) return;
     this.#closed = true;
+    process.off('exit', this.#onExit);
     for (const res of this.#watches) res.end();
     this.#watches.clear();
     await this.#kubelet.close();

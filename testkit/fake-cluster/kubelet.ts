@@ -64,17 +64,8 @@ export class Kubelet {
   readonly #pods = new Map<string, Container>();
   #nextNode = 0;
   #closed = false;
-  /**
-   * A test process that exits without close() (a failed assertion in a hook, a timeout) must not
-   * leave pods listening on loopback behind it: they are killed on its way out.
-   */
-  readonly #onExit = () => {
-    for (const container of this.#pods.values()) container.process?.kill('SIGKILL');
-  };
-
   constructor(options: KubeletOptions) {
     this.#options = options;
-    process.on('exit', this.#onExit);
     options.store.onChange((change) => {
       if (change.resource !== PODS || change.type === 'DELETED') return;
       const id = podId(change.object);
@@ -114,10 +105,14 @@ export class Kubelet {
     return container !== undefined && (container.process !== undefined || container.log.length > 0 || container.done);
   }
 
+  /** SIGKILLs every process, synchronously: for a test process on its way out without close(). */
+  killAll(): void {
+    for (const container of this.#pods.values()) container.process?.kill('SIGKILL');
+  }
+
   /** Kills every process at once and waits for them to be gone. */
   async close(): Promise<void> {
     this.#closed = true;
-    process.off('exit', this.#onExit);
     const exits: Promise<unknown>[] = [];
     for (const container of this.#pods.values()) {
       clearTimeout(container.probeTimer);
