@@ -260,8 +260,8 @@ describe('podpool bench --cluster against a fake cluster', { concurrency: false 
     await assert.rejects(
       runOnCluster('balance', options, { kubeconfig: fake.kubeconfigPath, image: 'podpool:test' }, ['--no-such-flag']),
       (error: Error & { code?: string }) => {
-        assert.match(error.message, /the client Job's pod podpool-bench-client-\S+ ended \(Failed\) without a result; its last lines:/);
-        assert.match(error.message, /no-such-flag/, "the runner's own words");
+        assert.match(error.message, /^the client Job's pod podpool-bench-client-\S+ ended \(Failed: BackoffLimitExceeded[^)]*\) without a result: podpool: Unknown option '--no-such-flag'/, "the Job's reason and the runner's own words");
+        assert.match(error.message, /; its last lines:\n/);
         assert.equal(error.code, 'PODPOOL_CONNECTION_LOST');
         return true;
       },

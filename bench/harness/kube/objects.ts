@@ -147,6 +147,12 @@ export function headlessDnsName(namespace: string): string {
   return `${NAMES.headless}.${namespace}.svc.cluster.local`;
 }
 
+/**
+ * Every object of one run, each labelled for the sweep (managed-by,
+ * the run's id, the deadline), the backend pods and the client Job's pod under the restricted
+ * Pod Security Standard with requests and limits, the runner's account allowed only to read
+ * EndpointSlices.
+ */
 export function benchObjects(spec: BenchSpec): BenchObjects {
   const { runId, namespace } = spec;
   const labels = runLabels(runId);

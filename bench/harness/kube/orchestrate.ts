@@ -138,13 +138,17 @@ export async function runOnCluster(
     stamp(output, cluster);
   } catch (error) {
     failure = run.signal.aborted ? run.signal.reason : error;
+  }
+  let left: string[];
+  try {
+    // Not aborted by the signal: deleting is what the signal asks for. The handlers stay, so
+    // that a first Ctrl-C while deleting lets the deletes finish, and a second one exits.
+    left = await deleteAll(created);
   } finally {
     process.off('SIGINT', onSignal);
     process.off('SIGTERM', onSignal);
     signal?.removeEventListener('abort', onAbort);
   }
-  // Deleting is not aborted by the signal: it is what the signal asked for.
-  const left = await deleteAll(created);
   clearProgress();
   if (signalled) {
     if (left.length === 0) note(`${signalled}: deleted everything this run created`);
@@ -515,10 +519,24 @@ async function follow(kc: KubeConfig, api: Clients, namespace: string, pod: V1Po
       const lines = runner.lastLines();
       throw new PodpoolError(
         ErrorCode.CONNECTION_LOST,
-        `the client Job's pod ${name} ended (${phase}) without a result${lines.length > 0 ? `; its last lines:\n${lines.join('\n')}` : ' and wrote nothing'}`,
+        `the client Job's pod ${name} ended (${phase}${await jobFailure(api, namespace)}) without a result` +
+          (runner.lastError ? `: ${runner.lastError}` : '') +
+          (lines.length > 0 ? `; its last lines:\n${lines.join('\n')}` : ' and wrote nothing'),
       );
     }
     await delay(POLL_MS, undefined, signal && { signal });
+  }
+}
+
+/** Why the Job failed, when it says (`: DeadlineExceeded, Job was active longer than …`); else nothing. */
+async function jobFailure(api: Clients, namespace: string): Promise<string> {
+  try {
+    const job = await api.batch.readNamespacedJob({ name: NAMES.job, namespace });
+    const failed = job.status?.conditions?.find((c) => c.type === 'Failed' && c.status === 'True');
+    return failed ? `: ${[failed.reason, failed.message].filter(Boolean).join(', ')}` : '';
+  } catch {
+    // Only a detail of the message being made.
+    return '';
   }
 }
 
@@ -531,6 +549,7 @@ class RunnerLog {
   readonly #servedIds = new Set<number>();
   #queue: Promise<void> = Promise.resolve();
   readonly #last: string[] = [];
+  #lastError: string | undefined;
   readonly #outcome = Promise.withResolvers<ScenarioOutput>();
   #settled = false;
 
@@ -555,6 +574,11 @@ class RunnerLog {
 
   lastLines(): string[] {
     return [...this.#last];
+  }
+
+  /** The last line of the command's own error format (`podpool: …`), which a usage may push out of the last lines. */
+  get lastError(): string | undefined {
+    return this.#lastError;
   }
 
   /** Resolves once every request read so far was done (or failed). */
@@ -637,6 +661,7 @@ class RunnerLog {
   }
 
   #keep(line: string): void {
+    if (line.startsWith('podpool: ')) this.#lastError = line;
     this.#last.push(line);
     if (this.#last.length > LAST_LINES) this.#last.shift();
   }
@@ -672,7 +697,8 @@ class RunnerLog {
         try {
           await this.#api.core.deleteNamespacedPod({ name: request.pod, namespace, gracePeriodSeconds: 0 });
         } catch (error) {
-          throw apiError('delete', `Pod ${namespace}/${request.pod}`, error);
+          // Gone already (the Deployment replaced it meanwhile): what was asked for.
+          if (statusOf(error) !== 404) throw apiError('delete', `Pod ${namespace}/${request.pod}`, error);
         }
         note(`deleted pod ${request.pod} at once, as the runner asked`);
         return;
