@@ -10,7 +10,8 @@
 import assert from 'node:assert/strict';
 import { spawn, type ChildProcess } from 'node:child_process';
 import { once } from 'node:events';
-import { mkdtemp, readFile, rm } from 'node:fs/promises';
+import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
+import { connect, createServer, type AddressInfo, type Socket } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, describe, it, type TestContext } from 'node:test';
@@ -93,6 +94,39 @@ async function assertAllDeleted(runId: string): Promise<void> {
   await fake.waitFor((cluster) => cluster.objects().every((o) => o.metadata.labels?.[LABELS.run] !== runId));
 }
 
+/** A TCP proxy on loopback to `target` whose `cut()` breaks every connection through it (and says how many). */
+async function cuttingProxy(target: URL): Promise<{ url: string; cut(): number; close(): Promise<void> }> {
+  const sockets = new Set<Socket>();
+  const server = createServer((client) => {
+    const upstream = connect(Number(target.port), target.hostname);
+    for (const socket of [client, upstream]) {
+      sockets.add(socket);
+      socket.on('close', () => sockets.delete(socket));
+      socket.on('error', () => {
+        client.destroy();
+        upstream.destroy();
+      });
+    }
+    client.pipe(upstream).pipe(client);
+  });
+  server.listen(0, '127.0.0.1');
+  await once(server, 'listening');
+  const { port } = server.address() as AddressInfo;
+  return {
+    url: `${target.protocol}//127.0.0.1:${port}`,
+    cut: () => {
+      const n = sockets.size;
+      for (const socket of sockets) socket.destroy();
+      return n;
+    },
+    close: async () => {
+      for (const socket of sockets) socket.destroy();
+      server.close();
+      await once(server, 'close');
+    },
+  };
+}
+
 describe('podpool bench --cluster against a fake cluster', { concurrency: false }, () => {
   before(async () => {
     fake = await FakeCluster.start({ nodes: 2 });
@@ -136,11 +170,39 @@ describe('podpool bench --cluster against a fake cluster', { concurrency: false 
     await assertAllDeleted(runId);
   });
 
-  it("scale-up: the runner's scale requests are done through the API, and each row's added pod is the Deployment's", async (t) => {
+  it("scale-up: the runner's scale requests are done through the API, once each although the log broke off and was read again", async (t) => {
     const before = fake.created.length;
-    const run = bench(t, ['scale-up', '--cluster', '--image', 'podpool:test', '--pods', '2', '--clients', '1', '--duration', '1']);
+    // The command talks to the API server through a proxy that breaks every connection once,
+    // while the runner runs: its log's stream with them.
+    const proxy = await cuttingProxy(new URL(fake.api.url));
+    t.after(() => proxy.close());
+    const dir = await mkdtemp(join(tmpdir(), 'podpool-flow-proxy-'));
+    t.after(() => rm(dir, { recursive: true, force: true }));
+    const kubeconfig = join(dir, 'kubeconfig');
+    const config = JSON.parse(await readFile(fake.kubeconfigPath, 'utf8'));
+    config.clusters[0].cluster.server = proxy.url;
+    await writeFile(kubeconfig, JSON.stringify(config));
+    let armed = false;
+    let cut = 0;
+    const onStarted = (): void => void (armed = true);
+    // A new backend pod ready: the runner asked for it, its scale request was answered long ago.
+    const onReady = (event: { pod: { metadata: { labels?: Record<string, string> } } }): void => {
+      if (!armed || cut > 0 || event.pod.metadata.labels?.[LABELS.component] !== 'backend') return;
+      cut = proxy.cut();
+    };
+    fake.on('job-started', onStarted);
+    fake.on('pod-ready', onReady);
+    t.after(() => {
+      fake.off('job-started', onStarted);
+      fake.off('pod-ready', onReady);
+    });
+    const logs = fake.api.requests.length;
+    const run = bench(t, ['scale-up', '--cluster', '--image', 'podpool:test', '--pods', '2', '--clients', '1', '--duration', '1', '--kubeconfig', kubeconfig]);
     const { code, stderr } = await run.exited;
     assert.equal(code, 0, stderr);
+    assert.ok(cut > 0, 'connections were broken while the runner ran');
+    const follows = fake.api.requests.slice(logs).filter((r) => r.path.endsWith('/log') && r.query.follow === 'true');
+    assert.ok(follows.length >= 2, `the log was followed again (${follows.length} times)`);
     const report = JSON.parse(await readFile(join(results, 'scale-up.json'), 'utf8')) as ScenarioReport;
     const { runId, namespace } = runOf(fake.created.slice(before));
     const backend = fake.created.slice(before).filter((r) => r.kind === 'Pod' && r.namespace === namespace && r.labels[LABELS.component] === 'backend').map((r) => r.name);
