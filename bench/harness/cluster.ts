@@ -18,6 +18,7 @@ import {
   currentNamespace,
   detectStandIn,
   kubeProxyRules,
+  type ProxyTarget,
   type ServicePort,
   type StandIn,
 } from './standin.ts';
@@ -170,7 +171,8 @@ export class Cluster implements BenchCluster {
         addAddresses([CLUSTER_IP]);
       } else {
         for (const [protocol, port] of Object.entries(SERVICE_PORTS)) {
-          cluster.#proxies.set(protocol, await UserspaceProxy.start(() => cluster.readyAddresses(), port.targetPort));
+          const targets = (): ProxyTarget[] => cluster.readyAddresses().map((host) => ({ host, port: port.targetPort }));
+          cluster.#proxies.set(protocol, await UserspaceProxy.start(targets));
         }
       }
       await cluster.scale(options.pods);

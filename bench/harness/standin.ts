@@ -195,9 +195,17 @@ export function addAddresses(addresses: readonly string[]): void {
   execFileSync('ip', ['-batch', '-'], { input: addresses.map((a) => `addr add ${a}/32 dev lo\n`).join('') });
 }
 
+/** Where a proxied connection goes: a ready pod's address and the Service port's target port there. */
+export interface ProxyTarget {
+  readonly host: string;
+  readonly port: number;
+}
+
 /**
  * kube-proxy's userspace mode, in short: one listener per Service port, a random ready pod per
- * new connection, bytes copied both ways until either side closes.
+ * new connection, bytes copied both ways until either side closes. No ready pod: the connection
+ * is closed at once, as iptables' REJECT does. The stand-in listens on 127.0.0.1 at a port the
+ * kernel picks; the fake cluster on a ClusterIP at the Service's port.
  */
 export class UserspaceProxy {
   readonly #server: Server;
@@ -210,16 +218,17 @@ export class UserspaceProxy {
     this.#sockets = sockets;
   }
 
-  static async start(targets: () => readonly string[], targetPort: number): Promise<UserspaceProxy> {
+  static async start(targets: () => readonly ProxyTarget[], listen: { host?: string; port?: number } = {}): Promise<UserspaceProxy> {
     const sockets = new Set<Socket>();
     const server = createServer((client) => {
       const pods = targets();
       if (pods.length === 0) {
+        client.on('error', () => {});
         client.destroy();
         return;
       }
-      const address = pods[Math.floor(Math.random() * pods.length)]!;
-      const upstream = connect({ host: address, port: targetPort, noDelay: true });
+      const target = pods[Math.floor(Math.random() * pods.length)]!;
+      const upstream = connect({ host: target.host, port: target.port, noDelay: true });
       client.setNoDelay(true);
       for (const s of [client, upstream]) {
         sockets.add(s);
@@ -230,7 +239,7 @@ export class UserspaceProxy {
       client.once('close', () => upstream.destroy());
       upstream.once('close', () => client.destroy());
     });
-    server.listen(0, '127.0.0.1');
+    server.listen(listen.port ?? 0, listen.host ?? '127.0.0.1');
     await once(server, 'listening');
     const address = server.address();
     return new UserspaceProxy(server, typeof address === 'object' && address ? address.port : 0, sockets);

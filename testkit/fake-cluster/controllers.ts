@@ -7,8 +7,7 @@
  * (a listener on each ClusterIP port that sends each new connection to a random ready endpoint).
  */
 import { createHash } from 'node:crypto';
-import { once } from 'node:events';
-import { connect, createServer, type Server, type Socket } from 'node:net';
+import { UserspaceProxy, type ProxyTarget } from '../../bench/harness/standin.ts';
 import type { EndpointSliceObject, FakeApiServer } from '../fake-apiserver.ts';
 import type { DnsRecords, DnsServer } from '../dns-server.ts';
 import { resolvePort } from './kubelet.ts';
@@ -63,8 +62,8 @@ interface Published {
 }
 
 interface Proxy {
-  readonly servers: Server[];
-  readonly sockets: Set<Socket>;
+  /** One listener per TCP port of the Service. */
+  readonly listeners: UserspaceProxy[];
   /** `ip` of every ready endpoint with its target port by the Service's port. */
   ready: { ip: string; ports: Map<number, number> }[];
 }
@@ -92,15 +91,14 @@ export class Controllers {
   async openProxy(service: KubeObject): Promise<void> {
     const ip = service.spec.clusterIP;
     if (typeof ip !== 'string' || ip === 'None') return;
-    const proxy: Proxy = { servers: [], sockets: new Set(), ready: [] };
+    const proxy: Proxy = { listeners: [], ready: [] };
     this.#proxies.set(serviceKey(service), proxy);
     for (const port of service.spec.ports as { port: number; protocol?: string }[]) {
       if ((port.protocol ?? 'TCP') !== 'TCP') continue;
-      const server = createServer((client) => this.#forward(proxy, port.port, client));
-      proxy.servers.push(server);
-      server.listen(port.port, ip);
+      // kube-proxy's choice: a random ready endpoint per connection, never one that is not ready.
+      const targets = (): ProxyTarget[] => proxy.ready.map((e) => ({ host: e.ip, port: e.ports.get(port.port) ?? port.port }));
       try {
-        await once(server, 'listening');
+        proxy.listeners.push(await UserspaceProxy.start(targets, { host: ip, port: port.port }));
       } catch (error) {
         // Another process's cluster may hold the address (its pid shares our /24): say so.
         await this.#closeProxy(serviceKey(service));
@@ -424,27 +422,6 @@ export class Controllers {
     this.#dnsNames.set(key, new Set(names.keys()));
   }
 
-  /** kube-proxy's choice: a random ready endpoint per connection, never one that is not ready. */
-  #forward(proxy: Proxy, servicePort: number, client: Socket): void {
-    const endpoints = proxy.ready;
-    client.on('error', () => {});
-    if (endpoints.length === 0) {
-      // What iptables does for a Service without endpoints: REJECT.
-      client.destroy();
-      return;
-    }
-    const endpoint = endpoints[Math.floor(Math.random() * endpoints.length)];
-    const upstream = connect({ host: endpoint.ip, port: endpoint.ports.get(servicePort) ?? servicePort, noDelay: true });
-    upstream.on('error', () => {});
-    for (const s of [client, upstream]) {
-      proxy.sockets.add(s);
-      s.once('close', () => proxy.sockets.delete(s));
-    }
-    client.pipe(upstream).pipe(client);
-    client.once('close', () => upstream.destroy());
-    upstream.once('close', () => client.destroy());
-  }
-
   #serviceGone(service: KubeObject): void {
     const key = serviceKey(service);
     const published = this.#slices.get(key);
@@ -459,9 +436,7 @@ export class Controllers {
     const proxy = this.#proxies.get(key);
     if (proxy === undefined) return;
     this.#proxies.delete(key);
-    const closed = proxy.servers.map((server) => new Promise((resolve) => server.close(resolve)));
-    for (const s of proxy.sockets) s.destroy();
-    await Promise.all(closed);
+    await Promise.all(proxy.listeners.map((listener) => listener.close()));
   }
 }
 
