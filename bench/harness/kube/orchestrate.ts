@@ -168,7 +168,7 @@ export async function runOnCluster(
  * says).
  */
 export async function collect(scenario: string, flags: Omit<ClusterFlags, 'image'> & { namespace: string }, signal?: AbortSignal): Promise<ScenarioOutput> {
-  const kc = loadKubeConfig({ ...flags, image: '' });
+  const kc = loadKubeConfig(flags);
   const api = clients(kc);
   const namespace = flags.namespace;
   const where = await whereItRuns(api);
@@ -259,7 +259,7 @@ export function clients(kc: KubeConfig): Clients {
 }
 
 /** The kubeconfig as kubectl would pick it, with `--kubeconfig` and `--context` applied. */
-export function loadKubeConfig(flags: ClusterFlags): KubeConfig {
+export function loadKubeConfig(flags: Pick<ClusterFlags, 'kubeconfig' | 'context'>): KubeConfig {
   const kc = new KubeConfig();
   try {
     if (flags.kubeconfig !== undefined) kc.loadFromFile(flags.kubeconfig);
