@@ -16,6 +16,7 @@ import { tmpdir } from 'node:os';
 import { delimiter, dirname, join } from 'node:path';
 import { after, before, describe, it, type TestContext } from 'node:test';
 import { fileURLToPath } from 'node:url';
+import { parseAllDocuments } from 'yaml';
 import { unsupportedNode } from '../src/node-version.ts';
 import { startHttpPods } from '../testkit/http-pods.ts';
 
@@ -242,13 +243,21 @@ describe('the installed package', { timeout: 600_000 }, () => {
 
   it('npx podpool: --version, --help for every command, exit 2 on a mistake', async (t) => {
     assert.equal((await ok(t, 'npx', ['podpool', '--version'], { cwd: project })).stdout, `${VERSION}\n`);
-    for (const command of [[], ['endpoints'], ['bench'], ['demo'], ['top']]) {
+    for (const command of [[], ['endpoints'], ['bench'], ['demo'], ['top'], ['pod']]) {
       const out = await ok(t, 'npx', ['podpool', ...command, '--help'], { cwd: project });
       assert.match(out.stdout, /usage|flags/, command.join(' '));
     }
     const wrong = await run(t, 'npx', ['podpool', 'bench', 'balance', '--nonsense'], { cwd: project });
     assert.equal(wrong.code, 2);
     assert.match(wrong.stderr, /Unknown option '--nonsense'[\s\S]*podpool bench <scenario>/);
+  });
+
+  it('npx podpool bench manifests: the objects of a cluster run, from the installed package', async (t) => {
+    const out = await ok(t, 'npx', ['podpool', 'bench', 'manifests', 'balance', '--pods', '2', '--image', 'registry.example/podpool:1'], { cwd: project });
+    const objects = parseAllDocuments(out.stdout).map((d) => d.toJS() as { kind: string; spec?: { replicas?: number } });
+    assert.deepEqual(objects.map((o) => o.kind), ['Namespace', 'ServiceAccount', 'Role', 'RoleBinding', 'Service', 'Service', 'Deployment', 'Job']);
+    assert.equal(objects.find((o) => o.kind === 'Deployment')?.spec?.replicas, 2);
+    assert.match(out.stdout, /image: registry\.example\/podpool:1/);
   });
 
   it('npx podpool demo --quick runs from the package, in a network namespace holding only lo', async (t) => {
