@@ -65,6 +65,8 @@ export interface MeasureOptions {
   group?: string;
   /** Keep loading until `during` is done (bounded by 3 × `durationMs`), not only for `durationMs`. */
   holdForDuring?: boolean;
+  /** With `holdForDuring`: the load's bound instead of 3 × `durationMs`. */
+  holdAtMostMs?: number;
   label: string;
 }
 
@@ -97,7 +99,7 @@ export async function measure(cluster: BenchCluster, mode: Mode, options: Measur
       maxRequests,
       keepAnswers: options.keepAnswers,
       gate,
-      ...(options.holdForDuring && during && { holdUntil: during.catch(() => {}) }),
+      ...(options.holdForDuring && during && { holdUntil: during.catch(() => {}), ...(options.holdAtMostMs !== undefined && { maxDurationMs: options.holdAtMostMs }) }),
       onTick: (f) => progress(options.label, f),
     });
     stop.abort();

@@ -14,6 +14,8 @@ import type { ScenarioOptions, ScenarioOutput } from './options.ts';
 
 /** Time line resolution, and the window in which "fair share" is judged. */
 const BUCKET_MS = 250;
+/** How long the added pod may take to be ready before the load gives up on it. */
+const POD_START_BOUND_MS = 120_000;
 /** A share at least this fraction of 1/N counts as fair. */
 const FAIR = 0.8;
 
@@ -43,9 +45,10 @@ export async function scaleUp(options: ScenarioOptions, cluster?: BenchCluster):
         durationMs,
         keepAnswers: true,
         label: `scale-up · ${mode.wire} · ${mode.client}`,
-        // A real pod takes seconds to start: the load goes on until the added pod has had the rest
-        // of the run (3/4 of it) to be found, whenever it turned ready.
+        // A real pod takes seconds to start (a minute with an image pull): the load goes on until
+        // the added pod has had the rest of the run (3/4 of it) to be found, whenever it turned ready.
         holdForDuring: true,
+        holdAtMostMs: durationMs + POD_START_BOUND_MS,
         during: async ({ startedAt, signal }) => {
           await sleep(addAtMs);
           const pod = await cluster!.addPod();
