@@ -51,6 +51,12 @@ export const ErrorCode = {
   NOT_SUPPORTED: 'PODPOOL_NOT_SUPPORTED',
   /** podpool was loaded on a Node.js older than its `engines` field allows. */
   UNSUPPORTED_NODE: 'PODPOOL_UNSUPPORTED_NODE',
+  /**
+   * A request `podpool bench --cluster` made of the Kubernetes API was refused or failed (RBAC,
+   * an object that exists, an API server out of reach): the message names the verb, the object
+   * and the API server's answer.
+   */
+  CLUSTER_REQUEST_FAILED: 'PODPOOL_CLUSTER_REQUEST_FAILED',
 } as const;
 
 /** One of the values of {@link ErrorCode}. */
@@ -254,6 +260,15 @@ export class UnsupportedNodeError extends PodpoolError {
   constructor(message: string, options?: Options) {
     super(ErrorCode.UNSUPPORTED_NODE, message, options);
     this.name = 'UnsupportedNodeError';
+  }
+}
+
+/** `PODPOOL_CLUSTER_REQUEST_FAILED`: a request of `podpool bench --cluster` to the Kubernetes API failed. */
+export class ClusterRequestFailedError extends PodpoolError {
+  declare readonly code: typeof ErrorCode.CLUSTER_REQUEST_FAILED;
+  constructor(message: string, options?: Options) {
+    super(ErrorCode.CLUSTER_REQUEST_FAILED, message, options);
+    this.name = 'ClusterRequestFailedError';
   }
 }
 

@@ -47,6 +47,7 @@ export {
   BackpressureError,
   NotSupportedError,
   UnsupportedNodeError,
+  ClusterRequestFailedError,
 } from './errors.ts';
 export type { RejectReason } from './errors.ts';
 

@@ -296,7 +296,7 @@ describe('podpool bench --cluster against a fake cluster', { concurrency: false 
     const run = bench(t, ['balance', '--cluster', '--image', 'podpool:test', '--kubeconfig', kubeconfig]);
     const { code, stderr } = await run.exited;
     assert.equal(code, 1);
-    assert.match(stderr, /cannot create Namespace podpool-bench-[0-9a-f]{6}: HTTP 403: .*forbidden.*\(PODPOOL_CONNECT_FAILED\)/s);
+    assert.match(stderr, /cannot create Namespace podpool-bench-[0-9a-f]{6}: HTTP 403: .*forbidden.*\(PODPOOL_CLUSTER_REQUEST_FAILED\)/s);
     assert.match(stderr, /Kubernetes v1\.31\.0-fake \(nodes unknown, kube-proxy unknown \(cannot read ConfigMap kube-system\/kube-proxy: HTTP 403/, 'what it may not read is said, not fatal');
     assert.ok(!stderr.includes(token), 'the token is never printed');
     assert.equal(fake.created.slice(before).length, 0, 'nothing was created');

@@ -58,11 +58,8 @@ export interface ClusterInfo {
   image: string;
 }
 
-/**
- * Until errors.ts has a code for a refused or failed Kubernetes API request, a failed call is a
- * `PODPOOL_CONNECT_FAILED`: the message names the verb, the object and the API server's answer.
- */
-const API_FAILED = ErrorCode.CONNECT_FAILED;
+/** A refused or failed Kubernetes API request: the message names the verb, the object and the API server's answer. */
+const API_FAILED = ErrorCode.CLUSTER_REQUEST_FAILED;
 
 /** How long the backend pods and the Job's pod may take to be ready and to start: image pulls, scheduling. */
 const START_TIMEOUT_MS = 5 * 60_000;
