@@ -184,6 +184,16 @@ describe('podpool bench manifests', () => {
     assert.match(byKind(given, 'Job').spec.template.spec.containers[0].env.find((e: Obj) => e.name === ENV.dnsName).value, /\.team-a\.svc\.cluster\.local$/);
   });
 
+  it('keeps every label a string, whatever the run id looks like (1e5230 is a number to a YAML reader)', () => {
+    for (const runId of ['1e5230', '123456', '9e9999']) {
+      const printed = parse(manifests(benchSpec('balance', OPTIONS, { image: 'podpool:x' }, [], { runId, now: NOW })));
+      for (const object of printed) {
+        assert.equal(object.metadata.labels[LABELS.run], runId, `${object.kind}: the run id stays the string ${runId}`);
+        for (const value of Object.values(object.metadata.labels as Record<string, unknown>)) assert.equal(typeof value, 'string');
+      }
+    }
+  });
+
   it('is what `podpool bench manifests` prints: parseable YAML on stdout, exit 0', async () => {
     const child = spawn(process.execPath, ['--conditions=podpool-source', MAIN, 'bench', 'manifests', 'balance', '--pods', '3', '--image', 'podpool:cli'], { stdio: ['ignore', 'pipe', 'pipe'] });
     let stdout = '';

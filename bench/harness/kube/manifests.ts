@@ -70,6 +70,8 @@ export function manifests(spec: BenchSpec): string {
     `Every object carries ${LABELS.run}=${spec.runId}; a later \`podpool bench --cluster\` run deletes`,
     `them after ${rfc3339(spec.deadline)} (its ${DEADLINE_ANNOTATION} annotation).`,
   ];
-  const documents = creationOrder(objects).map((object) => dumpYaml(object));
+  // Every string quoted: js-yaml leaves a value such as the run id 1e5230 bare, which YAML readers
+  // (kubectl's among them) take for a number (here, infinity), and a label must be a string.
+  const documents = creationOrder(objects).map((object) => dumpYaml(object, { forceQuotes: true }));
   return `${header.map((line) => (line === '' ? '#' : `# ${line}`)).join('\n')}\n---\n${documents.join('---\n')}`;
 }
