@@ -22,6 +22,10 @@ export const USAGE = `usage:
       --quick                       the smallest demo (3 pods, short runs): a few seconds, for a first look or a test
   podpool bench <scenario> [--pods N] [--clients C] [--duration S] [--json]
       scenarios: ${Object.keys(SCENARIOS).join(', ')}
+      --transport http,grpc,ws   wire protocols to compare (balance, overhead)
+      --inflight K               requests in flight per client (default 16)
+      --concurrency K            requests a pod serves at once (default 4)
+      --service-ms MS            a pod's service time per request (default 10)
   podpool bench <scenario> --cluster [--kubeconfig F] [--context C] [--image I] [--namespace N] [flags]
       the scenario on a real cluster: creates the backend Deployment, the Services, RBAC and a
       client Job (in namespace N, or a new one), collects the results, deletes what it created
@@ -30,11 +34,8 @@ export const USAGE = `usage:
       prints the same objects as YAML, for kubectl apply -f -
   podpool bench collect <scenario> --namespace N [--kubeconfig F] [--context C]
       follows the client Job of applied manifests, serves its requests, writes the results
-      --in-cluster               run as the client Job's pod does (bench --cluster starts it)
-      --transport http,grpc,ws   wire protocols to compare (balance, overhead)
-      --inflight K               requests in flight per client (default 16)
-      --concurrency K            requests a pod serves at once (default 4)
-      --service-ms MS            a pod's service time per request (default 10)`;
+  podpool bench <scenario> --in-cluster [flags]
+      what the client Job's pod runs (bench --cluster starts it)`;
 
 const DEFAULTS = { pods: 5, clients: 2, durationS: 3, inflight: 16, concurrency: 4, serviceMs: 10 };
 
