@@ -179,23 +179,21 @@ export class KubeCluster implements BenchCluster {
   }
 
   /** Resolves once `done()` holds after a snapshot (or now); a PODPOOL_TIMEOUT naming `what` after `ms`. */
-  #until(done: () => boolean, what: string, ms: number, signal?: AbortSignal): Promise<void> {
+  #until(done: () => boolean, what: string, ms: number): Promise<void> {
     if (done()) return Promise.resolve();
     return new Promise<void>((resolve, reject) => {
-      const finish = (error?: Error): void => {
-        clearTimeout(timer);
-        signal?.removeEventListener('abort', onAbort);
-        this.#waiters = this.#waiters.filter((w) => w !== waiter);
-        if (error) reject(error);
-        else resolve();
+      const waiter: Waiter = {
+        done,
+        resolve: () => {
+          clearTimeout(timer);
+          resolve();
+        },
       };
-      const waiter: Waiter = { done, resolve: () => finish() };
       const timer = setTimeout(() => {
+        this.#waiters = this.#waiters.filter((w) => w !== waiter);
         const last = this.#lastError ? `; the watch's last error: ${this.#lastError.message}` : '';
-        finish(new PodpoolError(ErrorCode.TIMEOUT, `waited ${ms / 1000} s for ${what} in the EndpointSlices of ${this.#env.service}${last}`));
+        reject(new PodpoolError(ErrorCode.TIMEOUT, `waited ${ms / 1000} s for ${what} in the EndpointSlices of ${this.#env.service}${last}`));
       }, ms);
-      const onAbort = (): void => finish(signal!.reason instanceof Error ? signal!.reason : new Error('aborted'));
-      signal?.addEventListener('abort', onAbort, { once: true });
       this.#waiters.push(waiter);
     });
   }
