@@ -174,7 +174,10 @@ const REASONS: Record<number, string> = {
   403: 'Forbidden',
   404: 'NotFound',
   405: 'MethodNotAllowed',
+  409: 'AlreadyExists',
   410: 'Expired',
+  415: 'UnsupportedMediaType',
+  422: 'Invalid',
   429: 'TooManyRequests',
   500: 'InternalError',
   503: 'ServiceUnavailable',
@@ -679,8 +682,9 @@ function matches(w: Watcher, e: { namespace: string; labels: Record<string, stri
   return (w.namespace === undefined || w.namespace === e.namespace) && w.selector(e.labels);
 }
 
-function statusObject(code: number, message: string): Record<string, unknown> {
-  return { kind: 'Status', apiVersion: 'v1', metadata: {}, status: 'Failure', message, reason: REASONS[code] ?? 'Unknown', code };
+/** The Status object the API server answers a failure with; `reason` from the code unless given. */
+export function statusObject(code: number, message: string, { reason, details }: { reason?: string; details?: Record<string, unknown> } = {}): Record<string, unknown> {
+  return { kind: 'Status', apiVersion: 'v1', metadata: {}, status: 'Failure', message, reason: reason ?? REASONS[code] ?? 'Unknown', ...(details !== undefined && { details }), code };
 }
 
 /** Equality-based label selectors: `a=b`, `a==b`, `a!=b`, `a`, `!a`, joined by commas. */

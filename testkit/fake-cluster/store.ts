@@ -6,7 +6,7 @@
  * subscribe to changes with {@link Store.onChange}; nothing here runs by itself.
  */
 import { randomUUID } from 'node:crypto';
-import { parseSelector as parseLabelSelector } from '../fake-apiserver.ts';
+import { parseSelector as parseLabelSelector, statusObject } from '../fake-apiserver.ts';
 
 /** A stored object as JSON. */
 export interface KubeObject {
@@ -69,42 +69,20 @@ export function qualified(resource: Resource): string {
   return resource.group === '' ? resource.name : `${resource.name}.${resource.group}`;
 }
 
-const REASONS: Record<number, string> = {
-  400: 'BadRequest',
-  403: 'Forbidden',
-  404: 'NotFound',
-  405: 'MethodNotAllowed',
-  409: 'AlreadyExists',
-  410: 'Expired',
-  415: 'UnsupportedMediaType',
-  422: 'Invalid',
-  500: 'InternalError',
-};
 
 /** A request the API server refuses: answered as a Status object. */
 export class ApiError extends Error {
   readonly code: number;
-  readonly reason: string;
-  readonly details: Record<string, unknown> | undefined;
+  readonly #extra: { reason?: string; details?: Record<string, unknown> };
 
-  constructor(code: number, message: string, { reason, details }: { reason?: string; details?: Record<string, unknown> } = {}) {
+  constructor(code: number, message: string, extra: { reason?: string; details?: Record<string, unknown> } = {}) {
     super(message);
     this.code = code;
-    this.reason = reason ?? REASONS[code] ?? 'Unknown';
-    this.details = details;
+    this.#extra = extra;
   }
 
   status(): Record<string, unknown> {
-    return {
-      kind: 'Status',
-      apiVersion: 'v1',
-      metadata: {},
-      status: 'Failure',
-      message: this.message,
-      reason: this.reason,
-      ...(this.details !== undefined && { details: this.details }),
-      code: this.code,
-    };
+    return statusObject(this.code, this.message, this.#extra);
   }
 }
 
