@@ -9,7 +9,7 @@ import { Cluster } from './cluster.ts';
 import { KubeCluster } from './kube/in-cluster.ts';
 import { formatEvent, type RunnerEvent } from './kube/protocol.ts';
 import { clearProgress, note, sendProgressTo } from './progress.ts';
-import { version } from '../../src/cli/commands.ts';
+import { version } from '../../src/cli/version.ts';
 import { RESULTS_DIR, renderSvg, writeResults, type ScenarioReport } from './report.ts';
 import { balance } from './scenarios/balance.ts';
 import type { ScenarioOptions, ScenarioOutput } from './scenarios/options.ts';

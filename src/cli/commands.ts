@@ -12,11 +12,10 @@
  * dist/bench/harness, with the testkit/ servers it runs), loaded only when asked for: the
  * library never imports it, and `endpoints` works without the packages only the bench needs.
  */
-import { findPackageJSON } from 'node:module';
-import { readFileSync } from 'node:fs';
 import { runEndpoints, ENDPOINTS_USAGE } from './endpoints.ts';
 import { runTop, TOP_USAGE } from './top.ts';
 import { ErrorCode, PodpoolError } from '../errors.ts';
+import { version } from './version.ts';
 
 const USAGE = `usage: podpool <command> [flags]
   demo [flags]              the balance and slow-pod scenarios at a small size, with an HTML page of charts
@@ -136,11 +135,4 @@ function isUsageError(error: unknown): error is Error {
     code === ErrorCode.INVALID_OPTION ||
     (typeof code === 'string' && code.startsWith('ERR_PARSE_ARGS'))
   );
-}
-
-/** The version in podpool's package.json, found from this file in the sources and in dist alike. */
-export function version(): string {
-  const path = findPackageJSON(new URL('.', import.meta.url));
-  if (path === undefined) return 'unknown';
-  return (JSON.parse(readFileSync(path, 'utf8')) as { version: string }).version;
 }
